@@ -1,0 +1,79 @@
+//! The backend interface.
+//!
+//! Every op works on row-major f32 [`Tensor`]s; weights come as
+//! [`WeightData`] in their stored format. A backend reports which ops and
+//! weight formats it supports; [`crate::Device`] sends whatever it lacks to
+//! the CPU backend, which supports everything and is the reference.
+//!
+//! Shapes used below: `n` tokens, `k` input features, `m` output features,
+//! `h`/`hkv` query/key-value heads of width `d`.
+
+use crate::{Result, Tensor, WeightData, WeightFormat};
+
+/// Ops a backend may or may not implement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Matmul,
+    Embedding,
+    RmsNorm,
+    Rope,
+    Attention,
+    SiluMul,
+    Add,
+    WriteRows,
+}
+
+/// Parameters of causal grouped-query attention over a KV cache.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Position of the first query row; query row `i` sees keys `0..=pos0+i`.
+    pub pos0: usize,
+    /// Number of valid key/value rows in the cache.
+    pub kv_len: usize,
+    /// Multiplier of q·k (usually `1/sqrt(d)`).
+    pub scale: f32,
+}
+
+/// A compute backend. Implementations: `cpu` (always present, the fallback
+/// and reference), `cuda`, `wgpu`.
+pub trait Backend: Send + Sync {
+    /// Short name: "cpu", "cuda", "wgpu".
+    fn name(&self) -> &str;
+
+    /// Whether `op` runs here, for weights of `format` where the op takes one.
+    fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool;
+
+    /// Moves a tensor onto this backend's storage (no-op when already there).
+    fn upload(&self, t: &Tensor) -> Result<Tensor>;
+
+    /// `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias[m])`.
+    fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor>;
+
+    /// Rows of `table[vocab, k]` for `ids`: `[ids.len(), k]`.
+    fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor>;
+
+    /// `x / rms(x) * w` over the last dimension of `x[n, k]`, `w[k]`.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor>;
+
+    /// Rotary embedding, rotate-half (GPT-NeoX / HF) layout, applied to
+    /// `x[n, heads*d]` in place of a copy. `inv_freq[d/2]` holds the
+    /// (already scaled) inverse frequencies, `positions[n]` the positions,
+    /// `mscale` multiplies cos and sin (YaRN attention factor; 1 otherwise).
+    fn rope(&self, x: &Tensor, head_dim: usize, positions: &[u32], inv_freq: &[f32], mscale: f32) -> Result<Tensor>;
+
+    /// Causal GQA attention of `q[n, h*d]` over `k`/`v[cap, hkv*d]` caches
+    /// (first `kv_len` rows valid): `[n, h*d]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor>;
+
+    /// `silu(gate) * up`, elementwise.
+    fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+
+    /// `a + b`, elementwise, same shapes.
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// Copies the rows of `src[r, c]` into `dst[cap, c]` starting at `row`.
+    fn write_rows(&self, dst: &mut Tensor, row: usize, src: &Tensor) -> Result<()>;
+}

@@ -1,0 +1,117 @@
+//! A device: the chosen backend plus the CPU backend as transparent fallback.
+//!
+//! Model code calls ops on a `Device` and never names a backend. When the
+//! primary backend does not support an op (or a weight format), its inputs
+//! are copied to the host, the CPU backend computes the same result, and the
+//! output is moved back to the primary backend.
+
+use std::sync::Arc;
+
+use crate::backend::{AttentionParams, Backend, Op};
+use crate::{Result, Tensor, WeightData, WeightFormat};
+
+/// The backend a model runs on, with CPU fallback.
+#[derive(Clone)]
+pub struct Device {
+    primary: Arc<dyn Backend>,
+    cpu: Arc<dyn Backend>,
+}
+
+impl Device {
+    /// `primary` runs what it supports; `cpu` everything else.
+    pub fn new(primary: Arc<dyn Backend>, cpu: Arc<dyn Backend>) -> Self {
+        Self { primary, cpu }
+    }
+
+    /// Name of the primary backend.
+    pub fn name(&self) -> &str {
+        self.primary.name()
+    }
+
+    fn pick(&self, op: Op, f: Option<WeightFormat>) -> Option<&dyn Backend> {
+        if self.primary.supports(op, f) {
+            None
+        } else {
+            tracing::trace!(?op, ?f, backend = self.primary.name(), "falling back to cpu");
+            Some(self.cpu.as_ref())
+        }
+    }
+
+    fn back(&self, t: Tensor) -> Result<Tensor> {
+        if std::ptr::eq(self.primary.as_ref() as *const _ as *const u8, self.cpu.as_ref() as *const _ as *const u8) {
+            Ok(t)
+        } else {
+            self.primary.upload(&t)
+        }
+    }
+
+    /// Moves a host tensor onto the primary backend.
+    pub fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        self.primary.upload(t)
+    }
+
+    pub fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
+        match self.pick(Op::Matmul, Some(w.format)) {
+            None => self.primary.matmul(x, w, bias),
+            Some(cpu) => {
+                let b = bias.map(|b| b.to_host()).transpose()?;
+                self.back(cpu.matmul(&x.to_host()?, w, b.as_ref())?)
+            }
+        }
+    }
+
+    pub fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor> {
+        match self.pick(Op::Embedding, Some(table.format)) {
+            None => self.primary.embedding(ids, table),
+            Some(cpu) => self.back(cpu.embedding(ids, table)?),
+        }
+    }
+
+    pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        match self.pick(Op::RmsNorm, None) {
+            None => self.primary.rms_norm(x, w, eps),
+            Some(cpu) => self.back(cpu.rms_norm(&x.to_host()?, &w.to_host()?, eps)?),
+        }
+    }
+
+    pub fn rope(&self, x: &Tensor, head_dim: usize, pos: &[u32], inv_freq: &[f32], mscale: f32) -> Result<Tensor> {
+        match self.pick(Op::Rope, None) {
+            None => self.primary.rope(x, head_dim, pos, inv_freq, mscale),
+            Some(cpu) => self.back(cpu.rope(&x.to_host()?, head_dim, pos, inv_freq, mscale)?),
+        }
+    }
+
+    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
+        match self.pick(Op::Attention, None) {
+            None => self.primary.attention(q, k, v, p),
+            Some(cpu) => self.back(cpu.attention(&q.to_host()?, &k.to_host()?, &v.to_host()?, p)?),
+        }
+    }
+
+    pub fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        match self.pick(Op::SiluMul, None) {
+            None => self.primary.silu_mul(gate, up),
+            Some(cpu) => self.back(cpu.silu_mul(&gate.to_host()?, &up.to_host()?)?),
+        }
+    }
+
+    pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self.pick(Op::Add, None) {
+            None => self.primary.add(a, b),
+            Some(cpu) => self.back(cpu.add(&a.to_host()?, &b.to_host()?)?),
+        }
+    }
+
+    /// Writes `src` rows into `dst` at `row`; `dst` stays on its backend.
+    pub fn write_rows(&self, dst: &mut Tensor, row: usize, src: &Tensor) -> Result<()> {
+        match self.pick(Op::WriteRows, None) {
+            None => self.primary.write_rows(dst, row, src),
+            Some(cpu) => {
+                let mut host = dst.to_host()?;
+                cpu.write_rows(&mut host, row, &src.to_host()?)?;
+                *dst = self.back(host)?;
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! metal-marlin core: the types every other crate shares.
+//!
+//! * [`Tensor`]: an f32 activation tensor living on some backend's storage.
+//! * [`WeightFormat`] / [`WeightData`]: a weight matrix in its stored format
+//!   (dense f32/f16/bf16, GGUF blocks, our own quantized formats) with its
+//!   bytes memory-mapped or owned.
+//! * [`Backend`]: the op interface implemented by `cpu`, `cuda` and `wgpu`.
+//! * [`Device`]: a backend plus transparent CPU fallback for what it lacks.
+//! * [`Error`]: one error type naming what failed and why.
+
+pub mod backend;
+pub mod bytes;
+pub mod device;
+pub mod error;
+pub mod tensor;
+pub mod weight;
+
+pub use backend::{AttentionParams, Backend, Op};
+pub use bytes::HostBytes;
+pub use device::Device;
+pub use error::{Error, Result};
+pub use tensor::{Storage, Tensor};
+pub use weight::{WeightData, WeightFormat};

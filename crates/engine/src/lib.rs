@@ -1,0 +1,3 @@
+//! The engine: tokenizers, chat templates, sampling and the generation loop.
+
+pub mod tokenizer;

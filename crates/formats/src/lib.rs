@@ -1,0 +1,13 @@
+//! Model file formats: GGUF v2/v3, (sharded) safetensors, HF `config.json`,
+//! and the mapping of both checkpoint kinds onto one set of tensor names
+//! (the HF names, e.g. `model.layers.0.self_attn.q_proj.weight`).
+
+pub mod config;
+pub mod gguf;
+pub mod safetensors;
+pub mod source;
+
+pub use config::{Arch, ModelConfig, RopeScaling};
+pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
+pub use safetensors::SafetensorsSet;
+pub use source::{open_source, WeightSource};
