@@ -1,1 +1,76 @@
-//! CPU backend.
+//! The CPU backend: always present, the transparent fallback of every GPU
+//! backend, and home of the scalar `_ref` twin of every op.
+//!
+//! Each op lives in `ops/<op>.rs` (the same file names as in the other
+//! backends) with its fast version and its scalar `*_ref` reference.
+
+pub mod ops;
+mod prepared;
+
+use mm_core::backend::{AttentionParams, Backend, Op};
+use mm_core::{Result, Tensor, WeightData, WeightFormat};
+
+pub use prepared::dense_f32;
+
+/// Multi-threaded CPU backend (rayon's global pool).
+#[derive(Default, Debug, Clone, Copy)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn supports(&self, _op: Op, _format: Option<WeightFormat>) -> bool {
+        true
+    }
+
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_host()
+    }
+
+    fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
+        ops::matmul::matmul(x, w, bias)
+    }
+
+    fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor> {
+        ops::embedding::embedding(ids, table)
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        ops::rms_norm::rms_norm(x, w, eps)
+    }
+
+    fn rope(
+        &self,
+        x: &Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+        mscale: f32,
+    ) -> Result<Tensor> {
+        ops::rope::rope(x, head_dim, positions, inv_freq, mscale)
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
+        ops::attention::attention(q, k, v, p)
+    }
+
+    fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        ops::activation::silu_mul(gate, up)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        ops::activation::add(a, b)
+    }
+
+    fn write_rows(&self, dst: &mut Tensor, row: usize, src: &Tensor) -> Result<()> {
+        ops::write_rows::write_rows(dst, row, src)
+    }
+}

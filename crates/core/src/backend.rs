@@ -62,7 +62,14 @@ pub trait Backend: Send + Sync {
     /// `x[n, heads*d]` in place of a copy. `inv_freq[d/2]` holds the
     /// (already scaled) inverse frequencies, `positions[n]` the positions,
     /// `mscale` multiplies cos and sin (YaRN attention factor; 1 otherwise).
-    fn rope(&self, x: &Tensor, head_dim: usize, positions: &[u32], inv_freq: &[f32], mscale: f32) -> Result<Tensor>;
+    fn rope(
+        &self,
+        x: &Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+        mscale: f32,
+    ) -> Result<Tensor>;
 
     /// Causal GQA attention of `q[n, h*d]` over `k`/`v[cap, hkv*d]` caches
     /// (first `kv_len` rows valid): `[n, h*d]`.

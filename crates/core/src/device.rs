@@ -32,13 +32,21 @@ impl Device {
         if self.primary.supports(op, f) {
             None
         } else {
-            tracing::trace!(?op, ?f, backend = self.primary.name(), "falling back to cpu");
+            tracing::trace!(
+                ?op,
+                ?f,
+                backend = self.primary.name(),
+                "falling back to cpu"
+            );
             Some(self.cpu.as_ref())
         }
     }
 
     fn back(&self, t: Tensor) -> Result<Tensor> {
-        if std::ptr::eq(self.primary.as_ref() as *const _ as *const u8, self.cpu.as_ref() as *const _ as *const u8) {
+        if std::ptr::eq(
+            self.primary.as_ref() as *const _ as *const u8,
+            self.cpu.as_ref() as *const _ as *const u8,
+        ) {
             Ok(t)
         } else {
             self.primary.upload(&t)
@@ -74,17 +82,32 @@ impl Device {
         }
     }
 
-    pub fn rope(&self, x: &Tensor, head_dim: usize, pos: &[u32], inv_freq: &[f32], mscale: f32) -> Result<Tensor> {
+    pub fn rope(
+        &self,
+        x: &Tensor,
+        head_dim: usize,
+        pos: &[u32],
+        inv_freq: &[f32],
+        mscale: f32,
+    ) -> Result<Tensor> {
         match self.pick(Op::Rope, None) {
             None => self.primary.rope(x, head_dim, pos, inv_freq, mscale),
             Some(cpu) => self.back(cpu.rope(&x.to_host()?, head_dim, pos, inv_freq, mscale)?),
         }
     }
 
-    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
+    pub fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        p: &AttentionParams,
+    ) -> Result<Tensor> {
         match self.pick(Op::Attention, None) {
             None => self.primary.attention(q, k, v, p),
-            Some(cpu) => self.back(cpu.attention(&q.to_host()?, &k.to_host()?, &v.to_host()?, p)?),
+            Some(cpu) => {
+                self.back(cpu.attention(&q.to_host()?, &k.to_host()?, &v.to_host()?, p)?)
+            }
         }
     }
 

@@ -67,7 +67,11 @@ impl Error {
     }
 
     /// A format error for `path` with a reason.
-    pub fn format(path: impl Into<PathBuf>, format: &'static str, reason: impl Into<String>) -> Self {
+    pub fn format(
+        path: impl Into<PathBuf>,
+        format: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Format {
             path: path.into(),
             format,

@@ -87,7 +87,9 @@ impl Tensor {
     pub fn dims2(&self) -> Result<(usize, usize)> {
         match self.shape.as_slice() {
             [r, c] => Ok((*r, *c)),
-            s => Err(Error::Invalid(format!("expected a 2-D tensor, found shape {s:?}"))),
+            s => Err(Error::Invalid(format!(
+                "expected a 2-D tensor, found shape {s:?}"
+            ))),
         }
     }
 

@@ -172,17 +172,23 @@ impl WeightData {
     pub fn dims2(&self) -> Result<(usize, usize)> {
         match self.shape.as_slice() {
             [r, c] => Ok((*r, *c)),
-            s => Err(Error::Invalid(format!("expected a 2-D weight, found shape {s:?}"))),
+            s => Err(Error::Invalid(format!(
+                "expected a 2-D weight, found shape {s:?}"
+            ))),
         }
     }
 
     /// The prepared form, computing it with `f` on first use. Only one type
     /// of prepared form may be stored per weight (one primary backend).
-    pub fn prepared<T: Any + Send + Sync>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<Arc<T>> {
+    pub fn prepared<T: Any + Send + Sync>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T>,
+    ) -> Result<Arc<T>> {
         if let Some(p) = self.prepared.get() {
-            return p.clone().downcast::<T>().map_err(|_| Error::Other(
-                "weight was prepared by a different backend".into(),
-            ));
+            return p
+                .clone()
+                .downcast::<T>()
+                .map_err(|_| Error::Other("weight was prepared by a different backend".into()));
         }
         let v: Arc<dyn Any + Send + Sync> = Arc::new(f(self)?);
         let p = self.prepared.get_or_init(|| v).clone();

@@ -1,1 +1,37 @@
-//! Models.
+//! Model architectures, built from shared layers.
+//!
+//! `layers/` holds the building blocks (linear op over any weight format,
+//! RMSNorm, rotary embedding, attention, MLP); `decoder.rs` the pre-norm
+//! decoder stack; each architecture file (`llama.rs`, `mistral.rs`,
+//! `qwen2.rs`, `qwen3.rs`) says how its checkpoints fill that stack.
+//! Model code runs every op through [`mm_core::Device`] and never names a
+//! backend.
+
+pub mod decoder;
+pub mod kv_cache;
+pub mod layers;
+pub mod llama;
+pub mod mistral;
+pub mod qwen2;
+pub mod qwen3;
+
+use mm_core::{Device, Result};
+use mm_formats::{Arch, WeightSource};
+
+pub use decoder::DecoderModel;
+pub use kv_cache::KvCache;
+
+/// Builds the model described by `src.config()` on `device`;
+/// `progress(done, total)` is called as layers load.
+pub fn load_model(
+    src: &dyn WeightSource,
+    device: &Device,
+    progress: &dyn Fn(usize, usize),
+) -> Result<DecoderModel> {
+    match src.config().arch {
+        Arch::Llama => llama::build(src, device, progress),
+        Arch::Mistral => mistral::build(src, device, progress),
+        Arch::Qwen2 => qwen2::build(src, device, progress),
+        Arch::Qwen3 => qwen3::build(src, device, progress),
+    }
+}

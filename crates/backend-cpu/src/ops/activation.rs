@@ -1,0 +1,58 @@
+//! Elementwise ops: `silu(gate) * up` (SwiGLU) and `a + b`.
+//! Rows are split across threads for large tensors.
+
+use mm_core::{Result, Tensor};
+use rayon::prelude::*;
+
+use super::same_shape;
+
+const PAR_MIN: usize = 1 << 15;
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+    let (a_s, b_s) = (a.as_slice()?, b.as_slice()?);
+    let mut out = vec![0.0f32; a_s.len()];
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(4096)
+            .zip(a_s.par_chunks(4096).zip(b_s.par_chunks(4096)))
+            .for_each(|(o, (x, y))| {
+                o.iter_mut()
+                    .zip(x.iter().zip(y))
+                    .for_each(|(o, (x, y))| *o = f(*x, *y))
+            });
+    } else {
+        out.iter_mut()
+            .zip(a_s.iter().zip(b_s))
+            .for_each(|(o, (x, y))| *o = f(*x, *y));
+    }
+    Tensor::from_vec(a.shape().to_vec(), out)
+}
+
+/// `silu(gate) * up`.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    same_shape("silu_mul", gate, up)?;
+    zip_map(gate, up, |g, u| silu(g) * u)
+}
+
+/// Scalar reference of [`silu_mul`].
+pub fn silu_mul_ref(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| (g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64) as f32)
+        .collect()
+}
+
+/// `a + b`.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("add", a, b)?;
+    zip_map(a, b, |x, y| x + y)
+}
+
+/// Scalar reference of [`add`].
+pub fn add_ref(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}

@@ -1,0 +1,23 @@
+//! CPU ops, one file per op, each with its scalar `_ref` twin.
+
+pub mod activation;
+pub mod attention;
+pub mod embedding;
+pub mod matmul;
+pub mod rms_norm;
+pub mod rope;
+pub mod write_rows;
+
+use mm_core::{Error, Result, Tensor};
+
+/// Checks that two tensors have the same shape.
+pub(crate) fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::Invalid(format!(
+            "{op}: shapes differ: {:?} vs {:?}",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `info`: what a model file holds.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use crate::args::InfoArgs;
+use crate::load::open;
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let (path, src) = open(&a.model)?;
+    let c = src.config();
+    println!("path:              {}", path.display());
+    println!("architecture:      {:?}", c.arch);
+    println!("layers:            {}", c.num_layers);
+    println!("hidden size:       {}", c.hidden_size);
+    println!("intermediate size: {}", c.intermediate_size);
+    println!(
+        "heads / kv heads:  {} / {} (head_dim {})",
+        c.num_heads, c.num_kv_heads, c.head_dim
+    );
+    println!("vocab size:        {}", c.vocab_size);
+    println!("context length:    {}", c.max_position_embeddings);
+    println!(
+        "rope:              theta {} scaling {:?}",
+        c.rope_theta, c.rope_scaling
+    );
+    println!("tied embeddings:   {}", c.tie_word_embeddings);
+    let tensors = src.describe();
+    let params: usize = tensors.iter().map(|t| t.2.iter().product::<usize>()).sum();
+    println!(
+        "parameters:        {:.1} M in {} tensors",
+        params as f64 / 1e6,
+        tensors.len()
+    );
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &tensors {
+        *types.entry(t.1.clone()).or_default() += 1;
+    }
+    let types: Vec<String> = types.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    println!("tensor types:      {}", types.join(", "));
+    match mm_engine::tokenizer::load_for(&path, src.as_ref()) {
+        Ok(t) => {
+            println!(
+                "tokenizer:         {} tokens, bos {:?}, eos {:?}",
+                t.vocab_size(),
+                t.bos_id(),
+                t.eos_ids()
+            );
+            println!(
+                "chat template:     {}",
+                if t.chat_template().is_some() {
+                    "present"
+                } else {
+                    "absent"
+                }
+            );
+        }
+        Err(e) => println!("tokenizer:         unavailable ({e})"),
+    }
+    if a.tensors {
+        for (name, fmt, shape) in &tensors {
+            println!("  {name:50} {fmt:6} {shape:?}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Loading a model, its tokenizer and its device from command-line args.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use mm_backend_cpu::CpuBackend;
+use mm_core::Device;
+use mm_engine::tokenizer::Tokenizer;
+use mm_formats::{open_source, WeightSource};
+use mm_models::{load_model, DecoderModel, KvCache};
+
+use crate::args::{DeviceKind, ModelArgs};
+
+/// Everything a command needs to run a model.
+pub struct Loaded {
+    pub source: Box<dyn WeightSource>,
+    pub model: DecoderModel,
+    pub tokenizer: Tokenizer,
+    pub ctx: usize,
+}
+
+impl Loaded {
+    pub fn new_cache(&self) -> Result<KvCache> {
+        Ok(self.model.new_cache(self.ctx)?)
+    }
+}
+
+/// The device for `kind`; GPU backends exist only in builds with their feature.
+pub fn device(kind: DeviceKind) -> Result<Device> {
+    let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
+    match kind {
+        DeviceKind::Cpu => Ok(Device::new(cpu.clone(), cpu)),
+        DeviceKind::Cuda => {
+            bail!("this build has no CUDA backend (rebuild with `--features cuda`)")
+        }
+        DeviceKind::Wgpu => {
+            bail!("this build has no wgpu backend (rebuild with `--features wgpu`)")
+        }
+    }
+}
+
+/// Opens the checkpoint only (for `info`).
+pub fn open(args: &ModelArgs) -> Result<(std::path::PathBuf, Box<dyn WeightSource>)> {
+    let path = mm_engine::resolve::resolve_model(args.model.as_deref())?;
+    let src = open_source(&path).with_context(|| format!("opening model {}", path.display()))?;
+    Ok((path, src))
+}
+
+/// Opens the checkpoint, builds the tokenizer and the model (with a progress bar).
+pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    let (path, source) = open(args)?;
+    let tokenizer = mm_engine::tokenizer::load_for(&path, source.as_ref())
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let dev = device(args.device)?;
+    let bar = ProgressBar::new(source.config().num_layers as u64);
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers").unwrap());
+    bar.set_message("loading");
+    let model = load_model(source.as_ref(), &dev, &|done, _| {
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("loading model {}", path.display()))?;
+    bar.finish_and_clear();
+    let max = source.config().max_position_embeddings;
+    let ctx = match args.ctx {
+        Some(c) if c == 0 => bail!("--ctx must be at least 1"),
+        Some(c) if c > max => bail!("--ctx {c} exceeds the model's context length {max}"),
+        Some(c) => c,
+        None => max.min(4096),
+    };
+    Ok(Loaded {
+        source,
+        model,
+        tokenizer,
+        ctx,
+    })
+}

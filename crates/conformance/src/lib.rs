@@ -1,0 +1,258 @@
+//! The conformance suite: one set of checks, run against every backend.
+//!
+//! Each check draws fresh random inputs (seeded, so failures reproduce),
+//! runs the op through a [`Backend`], and compares with the op's scalar
+//! `_ref` twin from `mm-backend-cpu` by relative L2 error and max error.
+//! A backend's test file calls [`run_all`] with its backend.
+
+use mm_backend_cpu::ops::{activation, attention, embedding, matmul, rms_norm, rope, write_rows};
+use mm_core::backend::AttentionParams;
+use mm_core::{Backend, Result, Tensor, WeightData, WeightFormat};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How far a backend may be from the reference.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    /// ‖out − ref‖₂ / ‖ref‖₂.
+    pub rel_l2: f64,
+}
+
+impl Tolerance {
+    /// f32 arithmetic: far under 1e-3.
+    pub const F32: Tolerance = Tolerance { rel_l2: 1e-5 };
+}
+
+fn randv(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// Relative L2 error of `out` against `reference`; NaN never passes.
+pub fn rel_l2(out: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length mismatch");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (a, b) in out.iter().zip(reference) {
+        num += (*a as f64 - *b as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    if num.is_nan() {
+        return f64::INFINITY;
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn check(name: &str, out: &Tensor, reference: &[f32], tol: Tolerance) -> Result<()> {
+    let got = out.to_vec()?;
+    let e = rel_l2(&got, reference);
+    if e > tol.rel_l2 {
+        return Err(mm_core::Error::Other(format!(
+            "{name}: relative L2 error {e:.3e} > {:.1e}",
+            tol.rel_l2
+        )));
+    }
+    Ok(())
+}
+
+fn up(b: &dyn Backend, shape: Vec<usize>, v: Vec<f32>) -> Result<Tensor> {
+    b.upload(&Tensor::from_vec(shape, v)?)
+}
+
+/// Dense matmul over several shapes (decode rows and prefill rows), with bias.
+pub fn check_matmul(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for &(n, k, m) in &[(1, 64, 48), (3, 96, 33), (17, 128, 70), (64, 256, 128)] {
+        let x = randv(&mut rng, n * k);
+        let w = randv(&mut rng, m * k);
+        let bias = randv(&mut rng, m);
+        let wd = WeightData::from_f32(vec![m, k], &w)?;
+        let out = b.matmul(
+            &up(b, vec![n, k], x.clone())?,
+            &wd,
+            Some(&up(b, vec![m], bias.clone())?),
+        )?;
+        check(
+            &format!("matmul {n}x{k}x{m}"),
+            &out,
+            &matmul::matmul_ref(&x, &w, Some(&bias), n, k, m),
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+/// Matmul for every stored weight format the backend claims, against the
+/// reference over the dequantized weight.
+pub fn check_matmul_formats(
+    b: &dyn Backend,
+    formats: &[(WeightFormat, WeightData)],
+    seed: u64,
+    tol: Tolerance,
+) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (f, w) in formats {
+        let (m, k) = w.dims2()?;
+        let dense = mm_quant::dequantize_ref(w)?;
+        for n in [1usize, 5] {
+            let x = randv(&mut rng, n * k);
+            let out = b.matmul(&up(b, vec![n, k], x.clone())?, w, None)?;
+            check(
+                &format!("matmul {} n={n}", f.name()),
+                &out,
+                &matmul::matmul_ref(&x, &dense, None, n, k, m),
+                tol,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn check_rms_norm(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for &(n, k) in &[(1, 64), (9, 576), (33, 100)] {
+        let x = randv(&mut rng, n * k);
+        let w = randv(&mut rng, k);
+        let out = b.rms_norm(
+            &up(b, vec![n, k], x.clone())?,
+            &up(b, vec![k], w.clone())?,
+            1e-5,
+        )?;
+        check(
+            &format!("rms_norm {n}x{k}"),
+            &out,
+            &rms_norm::rms_norm_ref(&x, &w, 1e-5),
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+pub fn check_rope(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for &(n, heads, d, start) in &[
+        (1usize, 4usize, 64usize, 700u32),
+        (7, 3, 32, 0),
+        (5, 2, 128, 31),
+    ] {
+        let x = randv(&mut rng, n * heads * d);
+        let pos: Vec<u32> = (start..start + n as u32).collect();
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let out = b.rope(&up(b, vec![n, heads * d], x.clone())?, d, &pos, &inv, 1.0)?;
+        check(
+            &format!("rope n={n} d={d}"),
+            &out,
+            &rope::rope_ref(&x, heads * d, d, &pos, &inv, 1.0),
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+pub fn check_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    // (queries, heads, kv heads, head_dim, pos0, cache capacity)
+    for &(n, h, hkv, d, pos0, cap) in &[
+        (1usize, 4usize, 2usize, 32usize, 9usize, 16usize),
+        (6, 4, 4, 16, 0, 8),
+        (5, 9, 3, 64, 3, 12),
+        (3, 8, 1, 8, 2, 5),
+    ] {
+        let kv_len = pos0 + n;
+        let q = randv(&mut rng, n * h * d);
+        let k = randv(&mut rng, cap * hkv * d);
+        let v = randv(&mut rng, cap * hkv * d);
+        let p = AttentionParams {
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: d,
+            pos0,
+            kv_len,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let out = b.attention(
+            &up(b, vec![n, h * d], q.clone())?,
+            &up(b, vec![cap, hkv * d], k.clone())?,
+            &up(b, vec![cap, hkv * d], v.clone())?,
+            &p,
+        )?;
+        check(
+            &format!("attention n={n} h={h}/{hkv} d={d}"),
+            &out,
+            &attention::attention_ref(&q, &k, &v, n, &p),
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+pub fn check_elementwise(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for n in [7usize, 4096, 40_000] {
+        let (g, u) = (randv(&mut rng, n), randv(&mut rng, n));
+        let (tg, tu) = (up(b, vec![n], g.clone())?, up(b, vec![n], u.clone())?);
+        check(
+            "silu_mul",
+            &b.silu_mul(&tg, &tu)?,
+            &activation::silu_mul_ref(&g, &u),
+            tol,
+        )?;
+        check("add", &b.add(&tg, &tu)?, &activation::add_ref(&g, &u), tol)?;
+    }
+    Ok(())
+}
+
+pub fn check_embedding(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (vocab, k) = (50, 64);
+    let table = randv(&mut rng, vocab * k);
+    let ids = [3u32, 0, 49, 3, 17];
+    let out = b.embedding(&ids, &WeightData::from_f32(vec![vocab, k], &table)?)?;
+    check(
+        "embedding",
+        &out,
+        &embedding::embedding_ref(&ids, &table, k),
+        tol,
+    )?;
+    Ok(())
+}
+
+pub fn check_write_rows(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (cap, c) = (10, 24);
+    let base = randv(&mut rng, cap * c);
+    let src = randv(&mut rng, 3 * c);
+    let mut dst = up(b, vec![cap, c], base.clone())?;
+    b.write_rows(&mut dst, 6, &up(b, vec![3, c], src.clone())?)?;
+    let mut reference = base;
+    write_rows::write_rows_ref(&mut reference, c, 6, &src);
+    check("write_rows", &dst, &reference, tol)?;
+    if b.write_rows(&mut dst, 8, &up(b, vec![3, c], src)?).is_ok() {
+        return Err(mm_core::Error::Other(
+            "write_rows past the end must fail".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs every check; returns the failures (empty when the backend conforms).
+pub fn run_all(b: &dyn Backend, tol: Tolerance) -> Vec<String> {
+    let checks: [(&str, fn(&dyn Backend, u64, Tolerance) -> Result<()>); 7] = [
+        ("matmul", check_matmul),
+        ("rms_norm", check_rms_norm),
+        ("rope", check_rope),
+        ("attention", check_attention),
+        ("elementwise", check_elementwise),
+        ("embedding", check_embedding),
+        ("write_rows", check_write_rows),
+    ];
+    let mut fails = Vec::new();
+    for (name, f) in checks {
+        for seed in 0..3 {
+            if let Err(e) = f(b, seed, tol) {
+                fails.push(format!("{name} (seed {seed}): {e}"));
+            }
+        }
+    }
+    fails
+}

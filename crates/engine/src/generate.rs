@@ -1,0 +1,217 @@
+//! The generation loop: prefill the prompt, then decode token by token,
+//! streaming text that never splits a UTF-8 character or shows a stop string.
+
+use std::time::Instant;
+
+use mm_core::{Error, Result};
+use mm_models::{DecoderModel, KvCache};
+
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops before any of these strings would be emitted.
+    pub stop_strings: Vec<String>,
+    /// Stop on the tokenizer's end-of-sequence tokens.
+    pub stop_on_eos: bool,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Eos,
+    StopString,
+    /// `max_new_tokens` reached, or the context is full.
+    Length,
+}
+
+/// Token counts and timings of one generation.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl GenerateStats {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+    /// Decode rate over the tokens after the first (which prefill produced).
+    pub fn decode_tok_s(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+/// Result of a generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOutput {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub stop: StopReason,
+    pub stats: GenerateStats,
+}
+
+/// Holds back the tail of the text that could start a stop string.
+struct StopFilter<'a> {
+    stops: &'a [String],
+    pending: String,
+}
+
+impl<'a> StopFilter<'a> {
+    /// Adds text; returns what can be shown and whether a stop string hit.
+    fn push(&mut self, s: &str) -> (String, bool) {
+        self.pending.push_str(s);
+        if let Some(i) = self
+            .stops
+            .iter()
+            .filter_map(|st| self.pending.find(st.as_str()))
+            .min()
+        {
+            let out = self.pending[..i].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        let hold = self
+            .stops
+            .iter()
+            .flat_map(|st| {
+                (1..st.len())
+                    .rev()
+                    .filter(|&k| st.is_char_boundary(k))
+                    .map(move |k| &st[..k])
+            })
+            .filter(|pre| self.pending.ends_with(pre))
+            .map(|pre| pre.len())
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - hold;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, false)
+    }
+
+    fn flush(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Generates from `req`, calling `on_text` with each new piece of text.
+pub fn generate(
+    model: &DecoderModel,
+    tok: &Tokenizer,
+    cache: &mut KvCache,
+    req: &GenerateRequest,
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<GenerateOutput> {
+    let ctx = cache.capacity();
+    let n_prompt = req.prompt_ids.len();
+    if n_prompt == 0 {
+        return Err(Error::Invalid("the prompt is empty (no tokens)".into()));
+    }
+    if cache.len() + n_prompt >= ctx {
+        return Err(Error::ContextOverflow {
+            prompt: cache.len() + n_prompt,
+            requested: req.max_new_tokens,
+            context: ctx,
+        });
+    }
+    let mut sampler = Sampler::new(req.sampling.clone())?;
+    let mut stats = GenerateStats {
+        prompt_tokens: n_prompt,
+        ..Default::default()
+    };
+    let mut history = req.prompt_ids.clone();
+    let mut decoder = StreamDecoder::new(tok);
+    let mut filter = StopFilter {
+        stops: &req.stop_strings,
+        pending: String::new(),
+    };
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    let mut emit = |s: &str, text: &mut String| -> Result<()> {
+        if !s.is_empty() {
+            text.push_str(s);
+            on_text(s)?;
+        }
+        Ok(())
+    };
+
+    let t0 = Instant::now();
+    let logits = model.forward(&req.prompt_ids, cache, false)?.to_vec()?;
+    stats.prefill_secs = t0.elapsed().as_secs_f64();
+    let mut next = sampler.sample(&logits, &history);
+    let t1 = Instant::now();
+    let mut stop = StopReason::Length;
+    while ids.len() < req.max_new_tokens {
+        if req.stop_on_eos && tok.eos_ids().contains(&next) {
+            stop = StopReason::Eos;
+            break;
+        }
+        ids.push(next);
+        history.push(next);
+        if let Some(piece) = decoder.push(next)? {
+            let (shown, hit) = filter.push(&piece);
+            emit(&shown, &mut text)?;
+            if hit {
+                stop = StopReason::StopString;
+                break;
+            }
+        }
+        if ids.len() == req.max_new_tokens || cache.len() >= ctx {
+            break;
+        }
+        let logits = model.forward(&[next], cache, false)?.to_vec()?;
+        next = sampler.sample(&logits, &history);
+    }
+    if stop != StopReason::StopString {
+        if let Some(rest) = decoder.finish()? {
+            let (shown, hit) = filter.push(&rest);
+            emit(&shown, &mut text)?;
+            if hit {
+                stop = StopReason::StopString;
+            }
+        }
+        if stop != StopReason::StopString {
+            let rest = filter.flush();
+            emit(&rest, &mut text)?;
+        }
+    }
+    stats.decode_secs = t1.elapsed().as_secs_f64();
+    stats.generated_tokens = ids.len();
+    Ok(GenerateOutput {
+        ids,
+        text,
+        stop,
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopFilter;
+
+    #[test]
+    fn stop_filter_holds_back_prefixes_and_cuts_at_stop() {
+        let stops = vec!["</s>".to_string(), "User:".to_string()];
+        let mut f = StopFilter {
+            stops: &stops,
+            pending: String::new(),
+        };
+        assert_eq!(f.push("Hello <"), ("Hello ".to_string(), false));
+        assert_eq!(f.push("/"), (String::new(), false));
+        assert_eq!(f.push("b> ok Us"), ("</b> ok ".to_string(), false));
+        assert_eq!(f.push("er: hi"), (String::new(), true));
+        let mut f = StopFilter {
+            stops: &stops,
+            pending: String::new(),
+        };
+        assert_eq!(f.push("abc"), ("abc".to_string(), false));
+        assert_eq!(f.flush(), "");
+    }
+}

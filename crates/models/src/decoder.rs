@@ -1,0 +1,140 @@
+//! The pre-norm decoder stack shared by the Llama family:
+//! `h += attn(norm(h)); h += ffn(norm(h))`, final norm, LM head.
+//! Architecture files fill it; attention and feed-forward are fields of a
+//! layer so MoE feed-forwards and MLA attention slot in beside them.
+
+use mm_core::{Device, Error, Result, Tensor, WeightData};
+use mm_formats::{ModelConfig, WeightSource};
+
+use crate::layers::{Attention, AttentionOptions, Linear, Mlp, RmsNorm, Rope};
+use crate::KvCache;
+
+/// One decoder layer.
+pub struct DecoderLayer {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub ffn_norm: RmsNorm,
+    pub ffn: Mlp,
+}
+
+/// A causal language model: embeddings, decoder layers, final norm, head.
+pub struct DecoderModel {
+    pub config: ModelConfig,
+    device: Device,
+    embed: WeightData,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl DecoderModel {
+    /// Loads the standard HF tensor layout with the given attention options.
+    pub fn load(
+        src: &dyn WeightSource,
+        device: &Device,
+        opt: AttentionOptions,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Self> {
+        let cfg = src.config().clone();
+        let (e, v) = (cfg.hidden_size, cfg.vocab_size);
+        let embed = src.tensor("model.embed_tokens.weight")?;
+        if embed.shape != [v, e] {
+            return Err(Error::Shape {
+                name: "model.embed_tokens.weight".into(),
+                expected: vec![v, e],
+                found: embed.shape.clone(),
+            });
+        }
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            progress(i, cfg.num_layers);
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                attn_norm: RmsNorm::load(
+                    src,
+                    &format!("{p}.input_layernorm.weight"),
+                    e,
+                    cfg.rms_norm_eps,
+                    device,
+                )?,
+                attn: Attention::load(src, &format!("{p}.self_attn"), &cfg, opt, device)?,
+                ffn_norm: RmsNorm::load(
+                    src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    e,
+                    cfg.rms_norm_eps,
+                    device,
+                )?,
+                ffn: Mlp::load(src, &format!("{p}.mlp"), e, cfg.intermediate_size, device)?,
+            });
+        }
+        progress(cfg.num_layers, cfg.num_layers);
+        let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
+            Linear::from_weight("model.embed_tokens.weight", embed.clone(), v, e)?
+        } else {
+            Linear::load(src, "lm_head", v, e, false, device)?
+        };
+        Ok(Self {
+            norm: RmsNorm::load(src, "model.norm.weight", e, cfg.rms_norm_eps, device)?,
+            rope: Rope::new(&cfg)?,
+            device: device.clone(),
+            config: cfg,
+            embed,
+            layers,
+            lm_head,
+        })
+    }
+
+    /// A KV cache for up to `capacity` positions (at most the model's context).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        let c = &self.config;
+        KvCache::new(
+            &self.device,
+            c.num_layers,
+            capacity.min(c.max_position_embeddings).max(1),
+            c.num_kv_heads * c.head_dim,
+        )
+    }
+
+    /// Runs `ids` after what `cache` holds and returns logits `[rows, vocab]`:
+    /// every position when `all_logits`, else only the last.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let n = ids.len();
+        if n == 0 {
+            return Err(Error::Invalid("forward called with no tokens".into()));
+        }
+        cache.check_room(n)?;
+        let dev = &self.device;
+        let pos0 = cache.len();
+        let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+        let mut h = dev.embedding(ids, &self.embed)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let x = layer.attn_norm.forward(&h, dev)?;
+            let a = layer.attn.forward(
+                &x,
+                &positions,
+                &self.rope,
+                &mut cache.k[l],
+                &mut cache.v[l],
+                pos0,
+                dev,
+            )?;
+            h = dev.add(&h, &a)?;
+            let x = layer.ffn_norm.forward(&h, dev)?;
+            h = dev.add(&h, &layer.ffn.forward(&x, dev)?)?;
+        }
+        cache.advance(n);
+        if !all_logits && n > 1 {
+            let e = self.config.hidden_size;
+            let last = h.to_vec()?[(n - 1) * e..].to_vec();
+            h = dev.upload(&Tensor::from_vec(vec![1, e], last)?)?;
+        }
+        let x = self.norm.forward(&h, dev)?;
+        self.lm_head.forward(&x, dev)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}

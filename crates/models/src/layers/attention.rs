@@ -1,0 +1,112 @@
+//! Grouped-query self-attention with optional q/k/v biases (Qwen2) and
+//! per-head q/k RMSNorm (Qwen3), over a KV cache.
+
+use mm_core::backend::AttentionParams;
+use mm_core::{Device, Result, Tensor};
+use mm_formats::{ModelConfig, WeightSource};
+
+use super::{Linear, RmsNorm, Rope};
+
+/// Which optional parts an architecture's attention has.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionOptions {
+    pub qkv_bias: bool,
+    pub qk_norm: bool,
+}
+
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        cfg: &ModelConfig,
+        opt: AttentionOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, hkv, d, e) = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.hidden_size,
+        );
+        let lin = |name: &str, out, inp, bias| {
+            Linear::load(src, &format!("{prefix}.{name}"), out, inp, bias, device)
+        };
+        let norm = |name: &str| {
+            RmsNorm::load(
+                src,
+                &format!("{prefix}.{name}.weight"),
+                d,
+                cfg.rms_norm_eps,
+                device,
+            )
+        };
+        Ok(Self {
+            q: lin("q_proj", h * d, e, opt.qkv_bias)?,
+            k: lin("k_proj", hkv * d, e, opt.qkv_bias)?,
+            v: lin("v_proj", hkv * d, e, opt.qkv_bias)?,
+            o: lin("o_proj", e, h * d, false)?,
+            q_norm: opt.qk_norm.then(|| norm("q_norm")).transpose()?,
+            k_norm: opt.qk_norm.then(|| norm("k_norm")).transpose()?,
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: d,
+        })
+    }
+
+    /// Per-head RMSNorm: views `x[n, heads*d]` as `[n*heads, d]`.
+    fn head_norm(&self, norm: &Option<RmsNorm>, x: Tensor, device: &Device) -> Result<Tensor> {
+        match norm {
+            None => Ok(x),
+            Some(nm) => {
+                let shape = x.shape().to_vec();
+                let rows = x.numel() / self.head_dim;
+                nm.forward(&x.reshape(vec![rows, self.head_dim])?, device)?
+                    .reshape(shape)
+            }
+        }
+    }
+
+    /// Attends `x[n, hidden]` at `positions` (consecutive, starting at the
+    /// cache length), appending its keys and values to the layer's cache buffers at `pos0`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        positions: &[u32],
+        rope: &Rope,
+        k_cache: &mut Tensor,
+        v_cache: &mut Tensor,
+        pos0: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let n = positions.len();
+        let q = self.head_norm(&self.q_norm, self.q.forward(x, device)?, device)?;
+        let k = self.head_norm(&self.k_norm, self.k.forward(x, device)?, device)?;
+        let v = self.v.forward(x, device)?;
+        let q = rope.forward(&q, positions, device)?;
+        let k = rope.forward(&k, positions, device)?;
+        device.write_rows(k_cache, pos0, &k)?;
+        device.write_rows(v_cache, pos0, &v)?;
+        let p = AttentionParams {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            pos0,
+            kv_len: pos0 + n,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+        };
+        let a = device.attention(&q, k_cache, v_cache, &p)?;
+        self.o.forward(&a, device)
+    }
+}

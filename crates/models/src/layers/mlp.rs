@@ -1,0 +1,55 @@
+//! SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+
+use mm_core::{Device, Result, Tensor};
+use mm_formats::WeightSource;
+
+use super::Linear;
+
+pub struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    pub fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(
+                src,
+                &format!("{prefix}.gate_proj"),
+                inter,
+                hidden,
+                false,
+                device,
+            )?,
+            up: Linear::load(
+                src,
+                &format!("{prefix}.up_proj"),
+                inter,
+                hidden,
+                false,
+                device,
+            )?,
+            down: Linear::load(
+                src,
+                &format!("{prefix}.down_proj"),
+                hidden,
+                inter,
+                false,
+                device,
+            )?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
+        let g = self.gate.forward(x, device)?;
+        let u = self.up.forward(x, device)?;
+        self.down.forward(&device.silu_mul(&g, &u)?, device)
+    }
+}

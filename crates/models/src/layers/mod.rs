@@ -1,0 +1,34 @@
+//! Layers shared by every architecture.
+
+pub mod attention;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+pub use attention::{Attention, AttentionOptions};
+pub use linear::Linear;
+pub use mlp::Mlp;
+pub use norm::RmsNorm;
+pub use rope::Rope;
+
+use mm_core::Tensor;
+
+/// A weight that must be a small dense vector (norm weights, biases),
+/// converted to an f32 tensor on the device.
+pub(crate) fn vector(
+    src: &dyn mm_formats::WeightSource,
+    name: &str,
+    len: usize,
+    device: &mm_core::Device,
+) -> mm_core::Result<Tensor> {
+    let w = src.tensor(name)?;
+    if w.numel() != len {
+        return Err(mm_core::Error::Shape {
+            name: name.into(),
+            expected: vec![len],
+            found: w.shape.clone(),
+        });
+    }
+    device.upload(&Tensor::from_vec(vec![len], mm_quant::dequantize_ref(&w)?)?)
+}
