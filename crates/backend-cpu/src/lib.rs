@@ -31,6 +31,10 @@ impl Backend for CpuBackend {
         true
     }
 
+    fn prepare(&self, w: &WeightData) -> Result<()> {
+        dense_f32(w).map(|_| ())
+    }
+
     fn upload(&self, t: &Tensor) -> Result<Tensor> {
         t.to_host()
     }

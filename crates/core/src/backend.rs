@@ -46,6 +46,13 @@ pub trait Backend: Send + Sync {
     /// Whether `op` runs here, for weights of `format` where the op takes one.
     fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool;
 
+    /// Derives and caches this backend's form of a weight (dequantized,
+    /// repacked, uploaded) ahead of the first use, so load time is not
+    /// billed to the first forward pass. Default: nothing to do.
+    fn prepare(&self, _w: &WeightData) -> Result<()> {
+        Ok(())
+    }
+
     /// Moves a tensor onto this backend's storage (no-op when already there).
     fn upload(&self, t: &Tensor) -> Result<Tensor>;
 

@@ -58,6 +58,14 @@ impl Device {
         self.primary.upload(t)
     }
 
+    /// Prepares a weight on whichever backend will run its matmul.
+    pub fn prepare(&self, w: &WeightData) -> Result<()> {
+        match self.pick(Op::Matmul, Some(w.format)) {
+            None => self.primary.prepare(w),
+            Some(cpu) => cpu.prepare(w),
+        }
+    }
+
     pub fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
         match self.pick(Op::Matmul, Some(w.format)) {
             None => self.primary.matmul(x, w, bias),

@@ -71,7 +71,7 @@ impl DecoderModel {
         }
         progress(cfg.num_layers, cfg.num_layers);
         let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
-            Linear::from_weight("model.embed_tokens.weight", embed.clone(), v, e)?
+            Linear::from_weight("model.embed_tokens.weight", embed.clone(), v, e, device)?
         } else {
             Linear::load(src, "lm_head", v, e, false, device)?
         };

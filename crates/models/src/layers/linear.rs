@@ -24,6 +24,7 @@ impl Linear {
         let name = format!("{prefix}.weight");
         let weight = src.tensor(&name)?;
         Self::check(&name, &weight, out, inp)?;
+        device.prepare(&weight)?;
         let bias = if bias {
             Some(super::vector(src, &format!("{prefix}.bias"), out, device)?)
         } else {
@@ -33,8 +34,9 @@ impl Linear {
     }
 
     /// Wraps an already loaded weight (tied embeddings).
-    pub fn from_weight(name: &str, weight: WeightData, out: usize, inp: usize) -> Result<Self> {
+    pub fn from_weight(name: &str, weight: WeightData, out: usize, inp: usize, device: &Device) -> Result<Self> {
         Self::check(name, &weight, out, inp)?;
+        device.prepare(&weight)?;
         Ok(Self { weight, bias: None })
     }
 

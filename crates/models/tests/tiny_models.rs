@@ -1,0 +1,97 @@
+//! Every architecture against transformers: tiny random-weight models saved
+//! in bf16 by `scripts/make_fixtures.py`, with reference logits computed by
+//! transformers in f32. Tolerance: max |Δlogit| ≤ 1e-3 · max |logit|, and the
+//! 16-token greedy continuation identical.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mm_backend_cpu::CpuBackend;
+use mm_core::Device;
+use mm_formats::open_source;
+use mm_models::{load_model, npy::read_npy};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny")
+}
+
+fn cpu() -> Device {
+    let b: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
+    Device::new(b.clone(), b)
+}
+
+fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
+    v[key].as_array().unwrap_or_else(|| panic!("reference.json lacks {key}")).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Loads `dir` and checks logits and greedy continuation against its reference.
+fn check_model(dir: &Path, reference_dir: &Path) {
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(reference_dir.join("reference.json")).unwrap()).unwrap();
+    let src = open_source(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let model = load_model(src.as_ref(), &cpu(), &|_, _| {}).unwrap();
+    let input = ids(&reference, "input_ids");
+    let (shape, want) = read_npy(&reference_dir.join("logits.npy")).unwrap();
+    let mut cache = model.new_cache(256).unwrap();
+    let got = model.forward(&input, &mut cache, true).unwrap();
+    assert_eq!(got.shape(), shape.as_slice());
+    let got = got.to_vec().unwrap();
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(max_err <= 1e-3 * max_ref, "{}: max |Δlogit| {max_err:.3e} > 1e-3 × {max_ref:.3}", dir.display());
+
+    // Greedy continuation, one token at a time through the KV cache.
+    let prompt = ids(&reference, "greedy_prompt");
+    let expect = ids(&reference, "greedy_ids");
+    let mut cache = model.new_cache(256).unwrap();
+    let mut logits = model.forward(&prompt, &mut cache, false).unwrap().to_vec().unwrap();
+    let mut out = Vec::new();
+    for _ in 0..expect.len() {
+        let next = argmax(&logits);
+        out.push(next);
+        logits = model.forward(&[next], &mut cache, false).unwrap().to_vec().unwrap();
+    }
+    assert_eq!(out, expect, "{}: greedy continuation differs", dir.display());
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+macro_rules! arch_test {
+    ($name:ident, $dir:literal) => {
+        #[test]
+        fn $name() {
+            let d = fixtures().join($dir);
+            check_model(&d, &d);
+        }
+    };
+}
+
+arch_test!(llama_gqa_untied, "llama");
+arch_test!(llama_mqa_tied, "llama-mqa-tied");
+arch_test!(llama3_rope_scaling, "llama3-rope");
+arch_test!(llama_linear_rope_scaling, "llama-linear-rope");
+arch_test!(mistral, "mistral");
+arch_test!(qwen2_qkv_bias, "qwen2");
+arch_test!(qwen3_qk_norm_head_dim, "qwen3");
+
+/// The same weights with the pre-v5 `rope_theta`/`rope_scaling` config keys.
+#[test]
+fn legacy_rope_config_keys() {
+    for name in ["llama", "llama3-rope"] {
+        let src = fixtures().join(name);
+        assert!(src.join("config.legacy.json").exists(), "{name}: config.legacy.json missing");
+        let tmp = std::env::temp_dir().join(format!("mm-legacy-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::copy(src.join("config.legacy.json"), tmp.join("config.json")).unwrap();
+        std::fs::copy(src.join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
+        check_model(&tmp, &src);
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+}
