@@ -35,6 +35,8 @@ pub struct AttentionParams {
     pub kv_len: usize,
     /// Multiplier of q·k (usually `1/sqrt(d)`).
     pub scale: f32,
+    /// Sliding window: a query at position `p` sees only keys `p-w+1..=p`.
+    pub window: Option<usize>,
 }
 
 /// A compute backend. Implementations: `cpu` (always present, the fallback

@@ -1,5 +1,5 @@
-//! Mistral: the Llama layout. Sliding-window attention is not applied; the
-//! context is capped at the window so results stay exact.
+//! Mistral: the Llama layout, with sliding-window attention when the
+//! config sets `sliding_window` (v0.1; later versions have none).
 
 use mm_core::{Device, Result};
 use mm_formats::WeightSource;

@@ -2,7 +2,8 @@
 //!
 //! Layout: `q[n, h*d]`, caches `k`/`v[cap, hkv*d]` with the first `kv_len`
 //! rows valid; query row i sits at position `pos0 + i` and sees keys
-//! `0..=pos0+i`. Query head `h` reads kv head `h / (h_q / h_kv)`.
+//! `0..=pos0+i` (only the last `window` of them with a sliding window).
+//! Query head `h` reads kv head `h / (h_q / h_kv)`.
 //! Strategy: one task per (query row, head), scores in a scratch vector,
 //! a max-subtracted softmax, then a weighted sum of value rows.
 
@@ -49,9 +50,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
             let kvh = head / group;
             let qrow = &qs[i * h * d + head * d..][..d];
             let len = p.pos0 + i + 1;
+            let start = p.window.map_or(0, |w| len.saturating_sub(w));
             scores.clear();
             let mut mx = f32::NEG_INFINITY;
-            for t in 0..len {
+            for t in start..len {
                 let s = dot(qrow, &ks[t * kw + kvh * d..][..d]) * p.scale;
                 mx = mx.max(s);
                 scores.push(s);
@@ -63,7 +65,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
             }
             let inv = 1.0 / sum;
             o.fill(0.0);
-            for (t, &w) in scores.iter().enumerate() {
+            for (t, &w) in (start..len).zip(scores.iter()) {
                 let vrow = &vs[t * kw + kvh * d..][..d];
                 let w = w * inv;
                 o.iter_mut().zip(vrow).for_each(|(o, v)| *o += w * v);
@@ -83,7 +85,8 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], n: usize, p: &AttentionPar
         for head in 0..h {
             let kvh = head / group;
             let len = p.pos0 + i + 1;
-            let scores: Vec<f64> = (0..len)
+            let start = p.window.map_or(0, |w| len.saturating_sub(w));
+            let scores: Vec<f64> = (start..len)
                 .map(|t| {
                     (0..d)
                         .map(|e| {

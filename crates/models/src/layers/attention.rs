@@ -24,6 +24,7 @@ pub struct Attention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
 }
 
 impl Attention {
@@ -62,6 +63,7 @@ impl Attention {
             n_heads: h,
             n_kv_heads: hkv,
             head_dim: d,
+            window: cfg.sliding_window,
         })
     }
 
@@ -105,6 +107,7 @@ impl Attention {
             pos0,
             kv_len: pos0 + n,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
+            window: self.window,
         };
         let a = device.attention(&q, k_cache, v_cache, &p)?;
         self.o.forward(&a, device)
