@@ -1,7 +1,7 @@
 //! Quantized weight formats: block layouts and their scalar reference
 //! dequantizers (the `_ref` twins every fast kernel is tested against).
 
-pub mod ggml;
 pub mod dense;
+pub mod ggml;
 
-pub use dense::dequantize_ref;
+pub use dense::{dequantize_ref, dequantize_rows_ref};
