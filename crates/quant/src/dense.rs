@@ -13,7 +13,7 @@ pub fn dequantize_ref(w: &WeightData) -> Result<Vec<f32>> {
 /// is the row (`[.., cols]`), e.g. a few rows of an embedding table.
 pub fn dequantize_rows_ref(w: &WeightData, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
     let cols = w.shape.last().copied().unwrap_or(1);
-    let n_rows = if cols == 0 { 0 } else { w.numel() / cols };
+    let n_rows = w.numel().checked_div(cols).unwrap_or(0);
     if rows.start > rows.end || rows.end > n_rows {
         return Err(mm_core::Error::Invalid(format!(
             "rows {rows:?} out of range for a weight of shape {:?}",
