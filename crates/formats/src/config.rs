@@ -54,6 +54,8 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// Sliding-window attention span (Mistral v0.1); None = full attention.
+    pub sliding_window: Option<usize>,
 }
 
 /// HF class name, HF `model_type`, architecture.
@@ -340,6 +342,13 @@ impl ModelConfig {
             Some(_) => vec![o.u32_opt("eos_token_id")?.unwrap_or_default()],
         };
 
+        let sliding_window = match arch {
+            Arch::Mistral => o.usize_opt("sliding_window")?,
+            _ if o.bool_opt("use_sliding_window")? == Some(true) => {
+                return Err(cfg_err("use_sliding_window = true is not supported for this architecture"));
+            }
+            _ => None,
+        };
         let attention_bias = match arch {
             Arch::Qwen2 => true,
             _ => o.bool_opt("attention_bias")?.unwrap_or(false),
@@ -363,6 +372,7 @@ impl ModelConfig {
             qk_norm: arch == Arch::Qwen3,
             bos_token_id: o.u32_opt("bos_token_id")?,
             eos_token_ids,
+            sliding_window,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -543,6 +553,7 @@ impl ModelConfig {
             qk_norm: arch == Arch::Qwen3,
             bos_token_id,
             eos_token_ids,
+            sliding_window: None,
         };
         cfg.validate().map_err(|e| match e {
             Error::Config(m) => fail(format!("model config: {m}")),
