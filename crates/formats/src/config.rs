@@ -419,20 +419,21 @@ impl ModelConfig {
         }
         // head_count_kv may be per layer (an array); we need one value.
         let kv_key = key("attention.head_count_kv");
-        let num_kv_heads =
-            match file.get(&kv_key) {
-                None => num_heads,
-                Some(crate::GgufValue::Array(_)) => {
-                    let v = file.get_u32_array(&kv_key)?.unwrap_or_default();
-                    match v.first() {
-                        Some(&first) if v.iter().all(|&x| x == first) => first as usize,
-                        _ => return Err(fail(format!(
+        let num_kv_heads = match file.get(&kv_key) {
+            None => num_heads,
+            Some(crate::GgufValue::Array(_)) => {
+                let v = file.get_u32_array(&kv_key)?.unwrap_or_default();
+                match v.first() {
+                    Some(&first) if v.iter().all(|&x| x == first) => first as usize,
+                    _ => {
+                        return Err(fail(format!(
                             "metadata '{kv_key}' varies per layer ({v:?}), which is not supported"
-                        ))),
+                        )))
                     }
                 }
-                Some(_) => file.get_u32(&kv_key)?.unwrap_or_default() as usize,
-            };
+            }
+            Some(_) => file.get_u32(&kv_key)?.unwrap_or_default() as usize,
+        };
         let head_dim = match file.get_u32(&key("attention.key_length"))? {
             Some(d) => d as usize,
             None => {

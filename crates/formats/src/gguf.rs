@@ -376,7 +376,9 @@ impl<'a> Reader<'a> {
                 })?;
                 let n = self.u64(&|| format!("element count of {}", what()))?;
                 let n = self.count(n, min, what)?;
-                let mut v = Vec::with_capacity(n);
+                // Grow with the elements actually read rather than trusting
+                // the count for one big allocation.
+                let mut v = Vec::with_capacity(n.min(1 << 16));
                 for i in 0..n {
                     v.push(self.value(et, depth + 1, &|| format!("element {i} of {}", what()))?);
                 }
@@ -407,8 +409,17 @@ impl GgufFile {
     /// Maps and parses a GGUF v2/v3 file, checking every tensor lies inside it.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        if len == 0 {
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is a directory, not a GGUF file",
+                ),
+            ));
+        }
+        if meta.len() == 0 {
             return Err(Error::format(path, "GGUF", "file is empty"));
         }
         // SAFETY: the map is read-only; as with every memory-mapped model
@@ -507,8 +518,8 @@ impl GgufFile {
             rel: u64,
             size: usize,
         }
-        let mut raws = Vec::with_capacity(n_tensors);
-        let mut index = HashMap::with_capacity(n_tensors);
+        let mut raws = Vec::with_capacity(n_tensors.min(1 << 16));
+        let mut index = HashMap::with_capacity(n_tensors.min(1 << 16));
         for i in 0..n_tensors {
             let name = r.strict_string(&|| format!("name of tensor #{i}"))?;
             let what = || format!("tensor '{name}'");

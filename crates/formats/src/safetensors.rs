@@ -154,8 +154,17 @@ fn describe_error(buf: &[u8], e: SafeTensorError) -> String {
 
 fn open_shard(path: &Path) -> Result<(Shard, Vec<(String, Entry)>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len == 0 {
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "is a directory, not a safetensors file",
+            ),
+        ));
+    }
+    if meta.len() == 0 {
         return Err(st_err(path, "file is empty"));
     }
     // SAFETY: read-only map; the file must not be truncated while mapped.

@@ -35,7 +35,8 @@ pub trait WeightSource: Send + Sync {
     }
 
     /// (name, format, shape) of every tensor, sorted by name; HF names where
-    /// a GGUF name maps to one, the file's own name otherwise.
+    /// a GGUF name maps to one, the file's own name otherwise (and
+    /// [`WeightSource::tensor`] accepts every name listed).
     fn describe(&self) -> Vec<(String, String, Vec<usize>)> {
         Vec::new()
     }
@@ -281,7 +282,14 @@ impl WeightSource for GgufSource {
     }
 
     fn tensor(&self, hf_name: &str) -> Result<WeightData> {
-        let (g, perm) = map_hf(hf_name).ok_or_else(|| Error::MissingTensor(hf_name.to_string()))?;
+        let Some((g, perm)) = map_hf(hf_name) else {
+            // Tensors without an HF name (e.g. rope_freqs.weight) go by
+            // their GGUF name, as describe() lists them.
+            if self.file.contains(hf_name) && gguf_to_hf_name(hf_name).is_none() {
+                return self.file.tensor(hf_name);
+            }
+            return Err(Error::MissingTensor(hf_name.to_string()));
+        };
         if !self.file.contains(&g) {
             return Err(Error::MissingTensor(hf_name.to_string()));
         }
@@ -301,7 +309,10 @@ impl WeightSource for GgufSource {
     }
 
     fn contains(&self, hf_name: &str) -> bool {
-        map_hf(hf_name).is_some_and(|(g, _)| self.file.contains(&g))
+        match map_hf(hf_name) {
+            Some((g, _)) => self.file.contains(&g),
+            None => self.file.contains(hf_name) && gguf_to_hf_name(hf_name).is_none(),
+        }
     }
 
     fn gguf(&self) -> Option<&GgufFile> {

@@ -405,6 +405,18 @@ fn gguf_llama() {
     assert_eq!(c.eos_token_ids, vec![2, 7]);
     assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 4.0 }));
 
+    // Per-layer KV head counts: one value when all layers agree.
+    let mut b = llama_meta(GgufBuilder::new(), "llama");
+    b.kv.retain(|(k, _)| k != "llama.attention.head_count_kv");
+    let b2 = llama_meta(GgufBuilder::new(), "llama");
+    let b = b.kv("llama.attention.head_count_kv", V::Array(vec![V::U32(2), V::U32(2)]));
+    assert_eq!(gguf_config(&dir, "kv.gguf", b).unwrap().num_kv_heads, 2);
+    let mut b = b2;
+    b.kv.retain(|(k, _)| k != "llama.attention.head_count_kv");
+    let b = b.kv("llama.attention.head_count_kv", V::Array(vec![V::U32(2), V::U32(4)]));
+    let e = err_text(gguf_config(&dir, "kv2.gguf", b));
+    assert!(e.contains("varies per layer"), "{e}");
+
     // Llama 3.1 rope_freqs tensor.
     let freqs: Vec<f32> = (0..4).map(|i| 1.0 + i as f32).collect();
     let b = llama_meta(GgufBuilder::new(), "llama").f32_tensor("rope_freqs.weight", &[4], &freqs);
