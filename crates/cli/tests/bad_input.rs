@@ -16,16 +16,29 @@ fn tmpdir(name: &str) -> PathBuf {
 
 /// Runs the CLI, expects failure, returns stderr.
 fn fails(args: &[&str]) -> String {
-    let out = bin().args(args).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    let out = bin()
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "args {args:?}: expected exit 1, stderr: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "args {args:?}: expected exit 1, stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "args {args:?} panicked: {err}");
-    assert!(err.contains("error:"), "args {args:?}: no error line: {err}");
+    assert!(
+        err.contains("error:"),
+        "args {args:?}: no error line: {err}"
+    );
     err
 }
 
 fn tiny(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny")
+        .join(name)
 }
 
 #[test]
@@ -48,7 +61,11 @@ fn truncated_gguf() {
     let d = tmpdir("trunc");
     let f = d.join("t.gguf");
     // magic, version 3, then the header stops mid-way
-    std::fs::write(&f, [b"GGUF".as_slice(), &3u32.to_le_bytes(), &[1, 0]].concat()).unwrap();
+    std::fs::write(
+        &f,
+        [b"GGUF".as_slice(), &3u32.to_le_bytes(), &[1, 0]].concat(),
+    )
+    .unwrap();
     let e = fails(&["generate", "-m", f.to_str().unwrap(), "-p", "hi"]);
     assert!(e.to_lowercase().contains("gguf"), "{e}");
 }
@@ -63,9 +80,16 @@ fn directory_without_config() {
 #[test]
 fn unknown_architecture() {
     let d = tmpdir("unknownarch");
-    let cfg = std::fs::read_to_string(tiny("llama").join("config.json")).unwrap().replace("LlamaForCausalLM", "FancyNewForCausalLM").replace("\"llama\"", "\"fancy\"");
+    let cfg = std::fs::read_to_string(tiny("llama").join("config.json"))
+        .unwrap()
+        .replace("LlamaForCausalLM", "FancyNewForCausalLM")
+        .replace("\"llama\"", "\"fancy\"");
     std::fs::write(d.join("config.json"), cfg).unwrap();
-    std::fs::copy(tiny("llama").join("model.safetensors"), d.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        tiny("llama").join("model.safetensors"),
+        d.join("model.safetensors"),
+    )
+    .unwrap();
     let e = fails(&["info", "-m", d.to_str().unwrap()]);
     assert!(e.contains("Fancy") || e.contains("fancy"), "{e}");
 }
@@ -73,10 +97,16 @@ fn unknown_architecture() {
 #[test]
 fn config_missing_field() {
     let d = tmpdir("missingfield");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny("llama").join("config.json")).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny("llama").join("config.json")).unwrap())
+            .unwrap();
     v.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(d.join("config.json"), v.to_string()).unwrap();
-    std::fs::copy(tiny("llama").join("model.safetensors"), d.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        tiny("llama").join("model.safetensors"),
+        d.join("model.safetensors"),
+    )
+    .unwrap();
     let e = fails(&["info", "-m", d.to_str().unwrap()]);
     assert!(e.contains("hidden_size"), "{e}");
 }
@@ -87,14 +117,30 @@ fn corrupted_safetensors() {
     std::fs::copy(tiny("llama").join("config.json"), d.join("config.json")).unwrap();
     let bytes = std::fs::read(tiny("llama").join("model.safetensors")).unwrap();
     std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let e = fails(&["logits", "-m", d.to_str().unwrap(), "--ids", "1,2", "--out", d.join("o.npy").to_str().unwrap()]);
+    let e = fails(&[
+        "logits",
+        "-m",
+        d.to_str().unwrap(),
+        "--ids",
+        "1,2",
+        "--out",
+        d.join("o.npy").to_str().unwrap(),
+    ]);
     assert!(e.contains("safetensors"), "{e}");
 }
 
 #[test]
 fn logits_rejects_out_of_vocab_ids() {
     let d = tmpdir("oov");
-    let e = fails(&["logits", "-m", tiny("llama").to_str().unwrap(), "--ids", "1,99999", "--out", d.join("o.npy").to_str().unwrap()]);
+    let e = fails(&[
+        "logits",
+        "-m",
+        tiny("llama").to_str().unwrap(),
+        "--ids",
+        "1,99999",
+        "--out",
+        d.join("o.npy").to_str().unwrap(),
+    ]);
     assert!(e.contains("99999"), "{e}");
 }
 
@@ -102,8 +148,23 @@ fn logits_rejects_out_of_vocab_ids() {
 fn logits_writes_npy_of_the_right_shape() {
     let d = tmpdir("npy");
     let out = d.join("o.npy");
-    let st = bin().args(["logits", "-m", tiny("qwen2").to_str().unwrap(), "--ids", "1,2,3", "--out", out.to_str().unwrap()]).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = bin()
+        .args([
+            "logits",
+            "-m",
+            tiny("qwen2").to_str().unwrap(),
+            "--ids",
+            "1,2,3",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let (shape, v) = mm_models::npy::read_npy(&out).unwrap();
     assert_eq!(shape, vec![3, 320]);
     assert!(v.iter().all(|x| x.is_finite()));
@@ -112,6 +173,16 @@ fn logits_writes_npy_of_the_right_shape() {
 #[test]
 fn bad_ctx_and_sampling_values() {
     let m = tiny("llama");
-    let e = fails(&["logits", "-m", m.to_str().unwrap(), "--ids", "1", "--out", "/tmp/x.npy", "--ctx", "100000"]);
+    let e = fails(&[
+        "logits",
+        "-m",
+        m.to_str().unwrap(),
+        "--ids",
+        "1",
+        "--out",
+        "/tmp/x.npy",
+        "--ctx",
+        "100000",
+    ]);
     assert!(e.contains("--ctx"), "{e}");
 }

@@ -151,13 +151,16 @@ pub fn check_rope(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
 
 pub fn check_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    // (queries, heads, kv heads, head_dim, pos0, cache capacity)
-    for &(n, h, hkv, d, pos0, cap) in &[
-        (1usize, 4usize, 2usize, 32usize, 9usize, 16usize),
-        (6, 4, 4, 16, 0, 8),
-        (5, 9, 3, 64, 3, 12),
-        (3, 8, 1, 8, 2, 5),
-    ] {
+    // (queries, heads, kv heads, head_dim, pos0, cache capacity, sliding window)
+    let cases = [
+        (1usize, 4usize, 2usize, 32usize, 9usize, 16usize, None),
+        (6, 4, 4, 16, 0, 8, None),
+        (5, 9, 3, 64, 3, 12, None),
+        (3, 8, 1, 8, 2, 5, None),
+        (6, 4, 2, 16, 4, 12, Some(3usize)),
+        (1, 4, 2, 16, 9, 12, Some(4)),
+    ];
+    for &(n, h, hkv, d, pos0, cap, window) in &cases {
         let kv_len = pos0 + n;
         let q = randv(&mut rng, n * h * d);
         let k = randv(&mut rng, cap * hkv * d);
@@ -169,6 +172,7 @@ pub fn check_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()>
             pos0,
             kv_len,
             scale: 1.0 / (d as f32).sqrt(),
+            window,
         };
         let out = b.attention(
             &up(b, vec![n, h * d], q.clone())?,
@@ -177,7 +181,7 @@ pub fn check_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()>
             &p,
         )?;
         check(
-            &format!("attention n={n} h={h}/{hkv} d={d}"),
+            &format!("attention n={n} h={h}/{hkv} d={d} window={window:?}"),
             &out,
             &attention::attention_ref(&q, &k, &v, n, &p),
             tol,

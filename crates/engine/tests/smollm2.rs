@@ -19,12 +19,17 @@ use mm_models::npy::read_npy;
 use mm_models::{load_model, DecoderModel};
 
 fn gguf_path() -> Option<PathBuf> {
-    let p = std::env::var_os("MM_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| cache_dir().join(DEFAULT_MODEL_FILE));
+    let p = std::env::var_os("MM_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join(DEFAULT_MODEL_FILE));
     if p.is_file() {
         return Some(p);
     }
     if std::env::var_os("MM_REQUIRE_SMOLLM2").is_some() {
-        panic!("SmolLM2 GGUF not found at {} (run scripts/test.sh, which fetches it)", p.display());
+        panic!(
+            "SmolLM2 GGUF not found at {} (run scripts/test.sh, which fetches it)",
+            p.display()
+        );
     }
     eprintln!("skipping: SmolLM2 GGUF not found at {}", p.display());
     None
@@ -34,19 +39,32 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2")
 }
 
-fn load() -> Option<(Box<dyn WeightSource>, DecoderModel, Tokenizer, serde_json::Value)> {
+fn load() -> Option<(
+    Box<dyn WeightSource>,
+    DecoderModel,
+    Tokenizer,
+    serde_json::Value,
+)> {
     let path = gguf_path()?;
-    mm_engine::resolve::verify(&path).expect("the SmolLM2 file is not the one the fixtures were made from");
+    mm_engine::resolve::verify(&path)
+        .expect("the SmolLM2 file is not the one the fixtures were made from");
     let src = open_source(&path).unwrap();
     let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
     let model = load_model(src.as_ref(), &Device::new(cpu.clone(), cpu), &|_, _| {}).unwrap();
     let tok = load_for(&path, src.as_ref()).unwrap();
-    let reference = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap()).unwrap();
+    let reference = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap(),
+    )
+    .unwrap();
     Some((src, model, tok, reference))
 }
 
 fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn log_softmax(x: &[f32]) -> Vec<f64> {
@@ -57,28 +75,46 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 
 #[test]
 fn smollm2_logits_match_transformers() {
-    let Some((src, model, tok, reference)) = load() else { return };
+    let Some((src, model, tok, reference)) = load() else {
+        return;
+    };
     let vocab = src.config().vocab_size;
     for case in reference["logits"].as_array().unwrap() {
         let key = case["key"].as_str().unwrap();
         let ids = u32s(&case["input_ids"]);
         let prompt = case["rendered_prompt"].as_str().unwrap();
-        assert_eq!(tok.encode(prompt, true).unwrap(), ids, "{key}: tokenization differs from transformers");
+        assert_eq!(
+            tok.encode(prompt, true).unwrap(),
+            ids,
+            "{key}: tokenization differs from transformers"
+        );
         let first = case["first_position"].as_u64().unwrap() as usize;
-        let (shape, want) = read_npy(&fixture_dir().join(case["logits_file"].as_str().unwrap())).unwrap();
+        let (shape, want) =
+            read_npy(&fixture_dir().join(case["logits_file"].as_str().unwrap())).unwrap();
         let argmax = u32s(&case["argmax"]);
         let mut cache = model.new_cache(ids.len()).unwrap();
-        let got = model.forward(&ids, &mut cache, true).unwrap().to_vec().unwrap();
+        let got = model
+            .forward(&ids, &mut cache, true)
+            .unwrap()
+            .to_vec()
+            .unwrap();
         let (mut kl_sum, mut top1) = (0.0f64, 0usize);
         for r in 0..shape[0] {
             let g = &got[(first + r) * vocab..(first + r + 1) * vocab];
             let w = &want[r * vocab..(r + 1) * vocab];
             let (lg, lw) = (log_softmax(g), log_softmax(w));
-            kl_sum += lw.iter().zip(&lg).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+            kl_sum += lw
+                .iter()
+                .zip(&lg)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>();
             top1 += (mm_engine::sampler::argmax(g) == argmax[r]) as usize;
         }
         let kl = kl_sum / shape[0] as f64;
-        eprintln!("{key}: {} positions, top-1 {top1}/{}, mean KL {kl:.2e}", shape[0], shape[0]);
+        eprintln!(
+            "{key}: {} positions, top-1 {top1}/{}, mean KL {kl:.2e}",
+            shape[0], shape[0]
+        );
         assert_eq!(top1, shape[0], "{key}: top-1 disagreement");
         assert!(kl <= 1e-3, "{key}: mean KL {kl:.3e} > 1e-3");
     }
@@ -86,7 +122,9 @@ fn smollm2_logits_match_transformers() {
 
 #[test]
 fn smollm2_greedy_matches_transformers() {
-    let Some((_src, model, tok, reference)) = load() else { return };
+    let Some((_src, model, tok, reference)) = load() else {
+        return;
+    };
     for case in reference["greedy"].as_array().unwrap() {
         let key = case["key"].as_str().unwrap();
         let ids = u32s(&case["input_ids"]);
@@ -101,6 +139,10 @@ fn smollm2_greedy_matches_transformers() {
         let mut cache = model.new_cache(512).unwrap();
         let out = mm_engine::generate(&model, &tok, &mut cache, &req, &mut |_| Ok(())).unwrap();
         assert_eq!(out.ids, expect, "{key}: greedy ids differ");
-        assert_eq!(out.text, case["greedy_text"].as_str().unwrap(), "{key}: greedy text differs");
+        assert_eq!(
+            out.text,
+            case["greedy_text"].as_str().unwrap(),
+            "{key}: greedy text differs"
+        );
     }
 }

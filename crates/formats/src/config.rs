@@ -345,7 +345,9 @@ impl ModelConfig {
         let sliding_window = match arch {
             Arch::Mistral => o.usize_opt("sliding_window")?,
             _ if o.bool_opt("use_sliding_window")? == Some(true) => {
-                return Err(cfg_err("use_sliding_window = true is not supported for this architecture"));
+                return Err(cfg_err(
+                    "use_sliding_window = true is not supported for this architecture",
+                ));
             }
             _ => None,
         };

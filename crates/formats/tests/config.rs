@@ -409,11 +409,17 @@ fn gguf_llama() {
     let mut b = llama_meta(GgufBuilder::new(), "llama");
     b.kv.retain(|(k, _)| k != "llama.attention.head_count_kv");
     let b2 = llama_meta(GgufBuilder::new(), "llama");
-    let b = b.kv("llama.attention.head_count_kv", V::Array(vec![V::U32(2), V::U32(2)]));
+    let b = b.kv(
+        "llama.attention.head_count_kv",
+        V::Array(vec![V::U32(2), V::U32(2)]),
+    );
     assert_eq!(gguf_config(&dir, "kv.gguf", b).unwrap().num_kv_heads, 2);
     let mut b = b2;
     b.kv.retain(|(k, _)| k != "llama.attention.head_count_kv");
-    let b = b.kv("llama.attention.head_count_kv", V::Array(vec![V::U32(2), V::U32(4)]));
+    let b = b.kv(
+        "llama.attention.head_count_kv",
+        V::Array(vec![V::U32(2), V::U32(4)]),
+    );
     let e = err_text(gguf_config(&dir, "kv2.gguf", b));
     assert!(e.contains("varies per layer"), "{e}");
 

@@ -11,8 +11,8 @@ pub mod decoder;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
-pub mod npy;
 pub mod mistral;
+pub mod npy;
 pub mod qwen2;
 pub mod qwen3;
 

@@ -21,12 +21,20 @@ fn cpu() -> Device {
 }
 
 fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
-    v[key].as_array().unwrap_or_else(|| panic!("reference.json lacks {key}")).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("reference.json lacks {key}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Loads `dir` and checks logits and greedy continuation against its reference.
 fn check_model(dir: &Path, reference_dir: &Path) {
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(reference_dir.join("reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(reference_dir.join("reference.json")).unwrap(),
+    )
+    .unwrap();
     let src = open_source(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let model = load_model(src.as_ref(), &cpu(), &|_, _| {}).unwrap();
     let input = ids(&reference, "input_ids");
@@ -36,21 +44,41 @@ fn check_model(dir: &Path, reference_dir: &Path) {
     assert_eq!(got.shape(), shape.as_slice());
     let got = got.to_vec().unwrap();
     let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(max_err <= 1e-3 * max_ref, "{}: max |Δlogit| {max_err:.3e} > 1e-3 × {max_ref:.3}", dir.display());
+    let max_err = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        max_err <= 1e-3 * max_ref,
+        "{}: max |Δlogit| {max_err:.3e} > 1e-3 × {max_ref:.3}",
+        dir.display()
+    );
 
     // Greedy continuation, one token at a time through the KV cache.
     let prompt = ids(&reference, "greedy_prompt");
     let expect = ids(&reference, "greedy_ids");
     let mut cache = model.new_cache(256).unwrap();
-    let mut logits = model.forward(&prompt, &mut cache, false).unwrap().to_vec().unwrap();
+    let mut logits = model
+        .forward(&prompt, &mut cache, false)
+        .unwrap()
+        .to_vec()
+        .unwrap();
     let mut out = Vec::new();
     for _ in 0..expect.len() {
         let next = argmax(&logits);
         out.push(next);
-        logits = model.forward(&[next], &mut cache, false).unwrap().to_vec().unwrap();
+        logits = model
+            .forward(&[next], &mut cache, false)
+            .unwrap()
+            .to_vec()
+            .unwrap();
     }
-    assert_eq!(out, expect, "{}: greedy continuation differs", dir.display());
+    assert_eq!(
+        out,
+        expect,
+        "{}: greedy continuation differs",
+        dir.display()
+    );
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -86,7 +114,10 @@ arch_test!(qwen3_qk_norm_head_dim, "qwen3");
 fn legacy_rope_config_keys() {
     for name in ["llama", "llama3-rope"] {
         let src = fixtures().join(name);
-        assert!(src.join("config.legacy.json").exists(), "{name}: config.legacy.json missing");
+        assert!(
+            src.join("config.legacy.json").exists(),
+            "{name}: config.legacy.json missing"
+        );
         let tmp = std::env::temp_dir().join(format!("mm-legacy-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
         std::fs::copy(src.join("config.legacy.json"), tmp.join("config.json")).unwrap();

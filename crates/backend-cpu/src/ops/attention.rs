@@ -100,8 +100,8 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], n: usize, p: &AttentionPar
             let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
             let sum: f64 = w.iter().sum();
             for e in 0..d {
-                let acc: f64 = (0..len)
-                    .map(|t| w[t] / sum * v[t * kw + kvh * d + e] as f64)
+                let acc: f64 = (start..len)
+                    .map(|t| w[t - start] / sum * v[t * kw + kvh * d + e] as f64)
                     .sum();
                 out[i * h * d + head * d + e] = acc as f32;
             }

@@ -34,7 +34,13 @@ impl Linear {
     }
 
     /// Wraps an already loaded weight (tied embeddings).
-    pub fn from_weight(name: &str, weight: WeightData, out: usize, inp: usize, device: &Device) -> Result<Self> {
+    pub fn from_weight(
+        name: &str,
+        weight: WeightData,
+        out: usize,
+        inp: usize,
+        device: &Device,
+    ) -> Result<Self> {
         Self::check(name, &weight, out, inp)?;
         device.prepare(&weight)?;
         Ok(Self { weight, bias: None })
