@@ -12,6 +12,9 @@ use std::sync::{Arc, OnceLock};
 
 use crate::{Error, HostBytes, Result};
 
+pub mod mm;
+pub use mm::{rows_cols, MmFormat, MmKind, MmPartSizes, MmScale, MM_FORMAT_NAMES, MM_GROUP_SIZES};
+
 /// Storage format of a weight tensor. GGML block types use the numbering of
 /// the GGUF specification through [`WeightFormat::from_ggml_type`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +32,10 @@ pub enum WeightFormat {
     Q4K,
     Q5K,
     Q6K,
+    /// metal-marlin's own quantized formats (docs/FORMAT.md); the weight's
+    /// `bytes` are the packed codes, its scales and zero-points are separate
+    /// parts of the [`WeightData`].
+    Mm(MmFormat),
 }
 
 impl WeightFormat {
@@ -68,6 +75,7 @@ impl WeightFormat {
             Self::Q4K => "Q4_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
+            Self::Mm(f) => f.name(),
         }
     }
 
@@ -86,11 +94,13 @@ impl WeightFormat {
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
+            Self::Mm(f) => f.block(),
         }
     }
 
     /// Bytes needed for `n` elements, or an error when `n` is not a whole
-    /// number of blocks.
+    /// number of blocks. For [`WeightFormat::Mm`] formats this is the size of
+    /// the packed codes only; see [`WeightFormat::stored_bytes`].
     pub fn bytes_for(self, n: usize) -> Result<usize> {
         let (be, bb) = self.block();
         if n % be != 0 {
@@ -103,6 +113,24 @@ impl WeightFormat {
         (n / be)
             .checked_mul(bb)
             .ok_or_else(|| Error::Invalid(format!("{n} elements of {} overflow", self.name())))
+    }
+
+    /// Bytes of every part of a weight of logical `shape` (codes, scales and
+    /// zero-points for [`WeightFormat::Mm`] formats).
+    pub fn stored_bytes(self, shape: &[usize]) -> Result<usize> {
+        match self {
+            Self::Mm(f) => {
+                let (rows, cols) = rows_cols(shape)?;
+                Ok(f.part_sizes(rows, cols)?.total())
+            }
+            _ => {
+                let n = shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or_else(|| Error::Invalid(format!("shape {shape:?} overflows")))?;
+                self.bytes_for(n)
+            }
+        }
     }
 
     /// True for plain floating-point formats.
@@ -119,12 +147,24 @@ pub struct WeightData {
     /// Logical shape, row-major (last dimension contiguous).
     pub shape: Vec<usize>,
     pub bytes: HostBytes,
+    /// Per-group scales of a [`WeightFormat::Mm`] weight (F16 little-endian,
+    /// or E8M0 bytes for MXFP4), row-major `[rows, groups]`; `None` otherwise.
+    pub scales: Option<HostBytes>,
+    /// Per-group U8 zero-points of an asymmetric [`WeightFormat::Mm`] weight,
+    /// row-major `[rows, groups]`; `None` otherwise.
+    pub zeros: Option<HostBytes>,
     prepared: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl WeightData {
     /// Checks that `bytes` holds exactly `shape` elements of `format`.
+    /// [`WeightFormat::Mm`] weights have several parts: use [`WeightData::new_mm`].
     pub fn new(format: WeightFormat, shape: Vec<usize>, bytes: HostBytes) -> Result<Self> {
+        if let WeightFormat::Mm(f) = format {
+            return Err(Error::Invalid(format!(
+                "{f} weights carry scales: build them with WeightData::new_mm"
+            )));
+        }
         let n = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -150,8 +190,65 @@ impl WeightData {
             format,
             shape,
             bytes,
+            scales: None,
+            zeros: None,
             prepared: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// A weight in a metal-marlin quantized format from its parts: packed
+    /// `codes` (`rows × cols·bits/8` bytes), `scales` (`rows × groups`
+    /// entries) and, for asymmetric formats only, `zeros` (`rows × groups`
+    /// bytes). Rows are the last dimension of `shape`. Every size is checked.
+    pub fn new_mm(
+        format: MmFormat,
+        shape: Vec<usize>,
+        codes: HostBytes,
+        scales: HostBytes,
+        zeros: Option<HostBytes>,
+    ) -> Result<Self> {
+        let (rows, cols) = rows_cols(&shape)?;
+        let sizes = format.part_sizes(rows, cols)?;
+        let check = |part: &str, need: usize, found: usize| {
+            if need == found {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{format} weight of shape {shape:?}: {part} need {need} bytes, found {found}"
+                )))
+            }
+        };
+        check("codes", sizes.codes, codes.len())?;
+        check("scales", sizes.scales, scales.len())?;
+        match (&zeros, format.kind.has_zeros()) {
+            (Some(z), true) => check("zero-points", sizes.zeros, z.len())?,
+            (None, false) => {}
+            (None, true) => {
+                return Err(Error::Invalid(format!(
+                    "{format} weight of shape {shape:?}: zero-points are missing"
+                )))
+            }
+            (Some(_), false) => {
+                return Err(Error::Invalid(format!(
+                    "{format} weight of shape {shape:?}: symmetric formats have no zero-points"
+                )))
+            }
+        }
+        Ok(Self {
+            format: WeightFormat::Mm(format),
+            shape,
+            bytes: codes,
+            scales: Some(scales),
+            zeros,
+            prepared: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Bytes of all parts of the stored weight.
+    pub fn stored_bytes(&self) -> usize {
+        self.bytes.len()
+            + self.scales.as_ref().map_or(0, |s| s.len())
+            + self.zeros.as_ref().map_or(0, |z| z.len())
     }
 
     /// A dense f32 weight from values.

@@ -174,9 +174,10 @@ pub fn ggml_type_name(t: u32) -> Option<&'static str> {
     })
 }
 
-/// The GGML type id of a format (inverse of [`WeightFormat::from_ggml_type`]).
-pub fn ggml_type_id(f: WeightFormat) -> u32 {
-    match f {
+/// The GGML type id of a format (inverse of [`WeightFormat::from_ggml_type`]);
+/// None for metal-marlin's own formats, which GGUF cannot hold.
+pub fn ggml_type_id(f: WeightFormat) -> Option<u32> {
+    Some(match f {
         WeightFormat::F32 => 0,
         WeightFormat::F16 => 1,
         WeightFormat::Q4_0 => 2,
@@ -190,7 +191,8 @@ pub fn ggml_type_id(f: WeightFormat) -> u32 {
         WeightFormat::Q5K => 13,
         WeightFormat::Q6K => 14,
         WeightFormat::BF16 => 30,
-    }
+        WeightFormat::Mm(_) => return None,
+    })
 }
 
 /// One tensor's header entry.

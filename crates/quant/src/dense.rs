@@ -6,6 +6,9 @@ use mm_core::{Result, WeightData};
 /// [`mm_core::WeightFormat`]; rows of block formats are whole blocks, so the
 /// weight's bytes are one run of blocks.
 pub fn dequantize_ref(w: &WeightData) -> Result<Vec<f32>> {
+    if let mm_core::WeightFormat::Mm(_) = w.format {
+        return crate::mm::dequantize_mm_weight(w);
+    }
     crate::ggml::dequantize(w.format, &w.bytes, w.numel())
 }
 
@@ -19,6 +22,22 @@ pub fn dequantize_rows_ref(w: &WeightData, rows: std::ops::Range<usize>) -> Resu
             "rows {rows:?} out of range for a weight of shape {:?}",
             w.shape
         )));
+    }
+    if let mm_core::WeightFormat::Mm(fmt) = w.format {
+        let (scales, groups) = (w.scales.as_deref().unwrap_or(&[]), fmt.groups_per_row(cols));
+        let (cb, sb) = (fmt.code_bytes(cols), groups * fmt.scale_bytes());
+        let mut out = vec![0f32; (rows.end - rows.start) * cols];
+        for (i, r) in rows.enumerate() {
+            let zeros = w.zeros.as_deref().map(|z| &z[r * groups..(r + 1) * groups]);
+            crate::mm::dequantize_mm_row(
+                fmt,
+                &w.bytes[r * cb..(r + 1) * cb],
+                &scales[r * sb..(r + 1) * sb],
+                zeros,
+                &mut out[i * cols..(i + 1) * cols],
+            )?;
+        }
+        return Ok(out);
     }
     let row_bytes = w.format.bytes_for(cols)?;
     let bytes = &w.bytes[rows.start * row_bytes..rows.end * row_bytes];

@@ -133,6 +133,12 @@ pub fn dequantize_row(format: WeightFormat, bytes: &[u8], out: &mut [f32]) -> Re
         WeightFormat::Q4K => for_blocks(bytes, out, dequantize_block_q4_k),
         WeightFormat::Q5K => for_blocks(bytes, out, dequantize_block_q5_k),
         WeightFormat::Q6K => for_blocks(bytes, out, dequantize_block_q6_k),
+        WeightFormat::Mm(f) => {
+            return Err(mm_core::Error::Invalid(format!(
+                "{} weights keep their scales apart from the codes: dequantize them with dequantize_mm_row",
+                f.name()
+            )))
+        }
     }
     Ok(())
 }

@@ -3,6 +3,10 @@
 
 pub mod dense;
 pub mod ggml;
+pub mod mm;
 
 pub use dense::{dequantize_ref, dequantize_rows_ref};
 pub use ggml::dequantize_row;
+pub use mm::{
+    dequantize_mm_ref, dequantize_mm_row, quantize_rtn, MmFormat, MmKind, QuantizedTensor,
+};

@@ -16,11 +16,12 @@ fn check(ids: &[u32], table: &WeightData) -> Result<(usize, usize)> {
 /// Fast CPU embedding: dequantizes just the rows it needs.
 pub fn embedding(ids: &[u32], table: &WeightData) -> Result<Tensor> {
     let (_, k) = check(ids, table)?;
-    let row_bytes = table.format.bytes_for(k)?;
     let mut out = vec![0.0f32; ids.len() * k];
     for (o, &id) in out.chunks_mut(k).zip(ids) {
-        let off = id as usize * row_bytes;
-        mm_quant::dequantize_row(table.format, &table.bytes[off..off + row_bytes], o)?;
+        o.copy_from_slice(&mm_quant::dequantize_rows_ref(
+            table,
+            id as usize..id as usize + 1,
+        )?);
     }
     Tensor::from_vec(vec![ids.len(), k], out)
 }

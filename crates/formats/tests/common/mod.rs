@@ -158,7 +158,7 @@ impl GgufBuilder {
         self.tensors.push(TensorSpec {
             name: name.to_string(),
             ne: shape.iter().rev().map(|&d| d as u64).collect(),
-            ggml_type: ggml_type_id(format),
+            ggml_type: ggml_type_id(format).expect("a GGML format"),
             data,
             offset: None,
         });
