@@ -7,7 +7,7 @@ use mm_core::{Error, Result};
 use mm_models::{DecoderModel, KvCache};
 
 use crate::sampler::{Sampler, SamplingParams};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -128,7 +128,7 @@ pub fn generate(
         ..Default::default()
     };
     let mut history = req.prompt_ids.clone();
-    let mut decoder = StreamDecoder::new(tok);
+    let mut decoder = tok.stream_decoder(false);
     let mut filter = StopFilter {
         stops: &req.stop_strings,
         pending: String::new(),

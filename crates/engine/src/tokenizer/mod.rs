@@ -21,6 +21,7 @@ mod merges;
 mod pre_split;
 mod pyfmt;
 mod stream;
+mod from_source;
 mod strftime;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use std::sync::{Arc, OnceLock};
 
 use mm_core::{Error, Result};
 
+pub use from_source::{gguf_vocab, load_for};
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateOptions, TemplateTokens};
 pub use gguf_vocab::{token_type, GgufVocab};
 pub use stream::StreamDecoder;
