@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: fetch the default model (SmolLM2,
 # needed by the end-to-end tests) into the user cache, then every test of
-# the workspace in release mode.
+# the workspace, optimized (profile `ci`: release without LTO, quick to build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin metal-marlin
 # `info` with no -m resolves (and on first use fetches and verifies) the default model.
-./target/release/metal-marlin info >/dev/null
-MM_REQUIRE_SMOLLM2=1 cargo test --release --workspace "$@"
+cargo run --profile ci -q --bin metal-marlin -- info >/dev/null
+MM_REQUIRE_SMOLLM2=1 cargo test --profile ci --workspace "$@"
