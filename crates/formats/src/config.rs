@@ -1,6 +1,7 @@
 //! The architecture description every model file is reduced to.
 
-use mm_core::Result;
+use mm_core::{Error, Result};
+use serde_json::{Map, Value};
 
 /// Architectures metal-marlin implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,15 +56,556 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// HF class name, HF `model_type`, architecture.
+const HF_ARCHS: &[(&str, &str, Arch)] = &[
+    ("LlamaForCausalLM", "llama", Arch::Llama),
+    ("MistralForCausalLM", "mistral", Arch::Mistral),
+    ("Qwen2ForCausalLM", "qwen2", Arch::Qwen2),
+    ("Qwen3ForCausalLM", "qwen3", Arch::Qwen3),
+];
+
+/// GGUF `general.architecture` values we load.
+const GGUF_ARCHS: &[(&str, Arch)] = &[
+    ("llama", Arch::Llama),
+    ("qwen2", Arch::Qwen2),
+    ("qwen3", Arch::Qwen3),
+];
+
+const DEFAULT_ROPE_THETA: f32 = 10000.0;
+/// transformers' default `rms_norm_eps` for every architecture above.
+const DEFAULT_RMS_NORM_EPS: f32 = 1e-6;
+
+fn cfg_err(msg: impl Into<String>) -> Error {
+    Error::Config(msg.into())
+}
+
+/// Typed access to a JSON object with messages naming the field.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    /// Prefix for field names in messages ("" or "rope_scaling.").
+    ctx: &'a str,
+}
+
+impl<'a> Obj<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        cfg_err(format!("missing field '{}{key}'", self.ctx))
+    }
+
+    fn bad(&self, key: &str, want: &str, v: &Value) -> Error {
+        cfg_err(format!(
+            "field '{}{key}' must be {want}, found {v}",
+            self.ctx
+        ))
+    }
+
+    fn u64_opt(&self, key: &str) -> Result<Option<u64>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        if let Some(u) = v.as_u64() {
+            return Ok(Some(u));
+        }
+        // Some exporters write integral values as floats (e.g. 4096.0).
+        match v.as_f64() {
+            Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(Some(f as u64)),
+            _ => Err(self.bad(key, "a non-negative integer", v)),
+        }
+    }
+
+    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        match self.u64_opt(key)? {
+            None => Ok(None),
+            Some(u) => usize::try_from(u)
+                .map(Some)
+                .map_err(|_| self.bad(key, "a smaller integer", &Value::from(u))),
+        }
+    }
+
+    fn usize_req(&self, key: &str) -> Result<usize> {
+        self.usize_opt(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn u32_opt(&self, key: &str) -> Result<Option<u32>> {
+        match self.u64_opt(key)? {
+            None => Ok(None),
+            Some(u) => u32::try_from(u)
+                .map(Some)
+                .map_err(|_| self.bad(key, "a 32-bit token id", &Value::from(u))),
+        }
+    }
+
+    fn f32_opt(&self, key: &str) -> Result<Option<f32>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.as_f64() {
+            Some(f) if f.is_finite() => Ok(Some(f as f32)),
+            _ => Err(self.bad(key, "a finite number", v)),
+        }
+    }
+
+    fn f32_req(&self, key: &str) -> Result<f32> {
+        self.f32_opt(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_bool()
+            .map(Some)
+            .ok_or_else(|| self.bad(key, "true or false", v))
+    }
+
+    fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_str()
+            .map(Some)
+            .ok_or_else(|| self.bad(key, "a string", v))
+    }
+}
+
+/// A HF rope scaling object (`rope_scaling` or `rope_parameters`) to our
+/// enum; `None` for the default (unscaled) RoPE.
+fn hf_rope_scaling(o: &Obj) -> Result<Option<RopeScaling>> {
+    let ty = match o.str_opt("rope_type")? {
+        Some(t) => Some(t),
+        None => o.str_opt("type")?,
+    };
+    match ty.unwrap_or("default") {
+        "default" => Ok(None),
+        "linear" => {
+            let factor = o.f32_req("factor")?;
+            if factor <= 0.0 {
+                return Err(cfg_err(format!(
+                    "field '{}factor' must be positive, found {factor}",
+                    o.ctx
+                )));
+            }
+            Ok(Some(RopeScaling::Linear { factor }))
+        }
+        "llama3" => {
+            let s = RopeScaling::Llama3 {
+                factor: o.f32_req("factor")?,
+                low_freq_factor: o.f32_req("low_freq_factor")?,
+                high_freq_factor: o.f32_req("high_freq_factor")?,
+                original_max_position_embeddings: o
+                    .usize_req("original_max_position_embeddings")?,
+            };
+            if let RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } = s
+            {
+                if factor <= 0.0
+                    || low_freq_factor <= 0.0
+                    || high_freq_factor <= low_freq_factor
+                    || original_max_position_embeddings == 0
+                {
+                    return Err(cfg_err(format!(
+                        "invalid llama3 RoPE scaling in '{}': factor {factor}, low_freq_factor {low_freq_factor}, high_freq_factor {high_freq_factor}, original_max_position_embeddings {original_max_position_embeddings}",
+                        o.ctx.trim_end_matches('.')
+                    )));
+                }
+            }
+            Ok(Some(s))
+        }
+        other => Err(cfg_err(format!(
+            "unsupported RoPE scaling type '{other}' in '{}' (supported: default, linear, llama3)",
+            o.ctx.trim_end_matches('.')
+        ))),
+    }
+}
+
 impl ModelConfig {
     /// Parses an HF `config.json` (older `rope_theta`/`rope_scaling` keys and
     /// newer `rope_parameters`).
     pub fn from_hf_json(text: &str) -> Result<Self> {
-        todo!("helper")
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| cfg_err(format!("config.json is not valid JSON: {e}")))?;
+        let map = v
+            .as_object()
+            .ok_or_else(|| cfg_err("config.json must be a JSON object"))?;
+        let o = Obj { map, ctx: "" };
+
+        let supported = || HF_ARCHS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ");
+        let arch = match o.get("architectures") {
+            Some(Value::Array(a)) if !a.is_empty() => {
+                let name = a[0].as_str().ok_or_else(|| {
+                    o.bad(
+                        "architectures",
+                        "a list of class names",
+                        &v["architectures"],
+                    )
+                })?;
+                HF_ARCHS
+                    .iter()
+                    .find(|(class, _, _)| *class == name)
+                    .map(|a| a.2)
+                    .ok_or_else(|| Error::UnsupportedArch(name.to_string(), supported()))?
+            }
+            Some(Value::Array(_)) | None => {
+                let mt = o.str_opt("model_type")?.ok_or_else(|| {
+                    cfg_err("missing field 'architectures' (and no 'model_type')")
+                })?;
+                HF_ARCHS
+                    .iter()
+                    .find(|(_, t, _)| *t == mt)
+                    .map(|a| a.2)
+                    .ok_or_else(|| Error::UnsupportedArch(mt.to_string(), supported()))?
+            }
+            Some(other) => return Err(o.bad("architectures", "a list of class names", other)),
+        };
+
+        if let Some(act) = o.str_opt("hidden_act")? {
+            if act != "silu" && act != "swish" {
+                return Err(cfg_err(format!(
+                    "unsupported hidden_act '{act}' (only silu)"
+                )));
+            }
+        }
+        if o.bool_opt("mlp_bias")? == Some(true) {
+            return Err(cfg_err("mlp_bias = true is not supported"));
+        }
+
+        let hidden_size = o.usize_req("hidden_size")?;
+        let num_heads = o.usize_req("num_attention_heads")?;
+        if num_heads == 0 {
+            return Err(cfg_err("field 'num_attention_heads' must be positive"));
+        }
+        let num_kv_heads = o.usize_opt("num_key_value_heads")?.unwrap_or(num_heads);
+        let head_dim = match o.usize_opt("head_dim")? {
+            Some(d) => d,
+            None => {
+                if hidden_size % num_heads != 0 {
+                    return Err(cfg_err(format!(
+                        "hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads} (and no head_dim is given)"
+                    )));
+                }
+                hidden_size / num_heads
+            }
+        };
+
+        let (rope_theta, rope_scaling) = match o.get("rope_parameters") {
+            Some(Value::Object(p)) => {
+                let p = Obj {
+                    map: p,
+                    ctx: "rope_parameters.",
+                };
+                let theta = match p.f32_opt("rope_theta")? {
+                    Some(t) => t,
+                    None => o.f32_opt("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA),
+                };
+                (theta, hf_rope_scaling(&p)?)
+            }
+            Some(other) => return Err(o.bad("rope_parameters", "an object", other)),
+            None => {
+                let theta = o.f32_opt("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA);
+                let scaling = match o.get("rope_scaling") {
+                    None => None,
+                    Some(Value::Object(s)) => hf_rope_scaling(&Obj {
+                        map: s,
+                        ctx: "rope_scaling.",
+                    })?,
+                    Some(other) => return Err(o.bad("rope_scaling", "an object or null", other)),
+                };
+                (theta, scaling)
+            }
+        };
+
+        let eos_token_ids = match o.get("eos_token_id") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|u| u32::try_from(u).ok())
+                        .ok_or_else(|| {
+                            o.bad(
+                                "eos_token_id",
+                                "a token id or a list of token ids",
+                                &v["eos_token_id"],
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(_) => vec![o.u32_opt("eos_token_id")?.unwrap_or_default()],
+        };
+
+        let attention_bias = match arch {
+            Arch::Qwen2 => true,
+            _ => o.bool_opt("attention_bias")?.unwrap_or(false),
+        };
+
+        let cfg = ModelConfig {
+            arch,
+            hidden_size,
+            intermediate_size: o.usize_req("intermediate_size")?,
+            num_layers: o.usize_req("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: o.usize_req("vocab_size")?,
+            rms_norm_eps: o.f32_opt("rms_norm_eps")?.unwrap_or(DEFAULT_RMS_NORM_EPS),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: o.usize_req("max_position_embeddings")?,
+            tie_word_embeddings: o.bool_opt("tie_word_embeddings")?.unwrap_or(false),
+            attention_bias,
+            qk_norm: arch == Arch::Qwen3,
+            bos_token_id: o.u32_opt("bos_token_id")?,
+            eos_token_ids,
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Reads the hyper-parameters from GGUF metadata.
     pub fn from_gguf(file: &crate::GgufFile) -> Result<Self> {
-        todo!("helper")
+        let fail = |reason: String| Error::format(&file.path, "GGUF", reason);
+        let arch_name = file.architecture()?;
+        let arch = GGUF_ARCHS
+            .iter()
+            .find(|(n, _)| *n == arch_name)
+            .map(|a| a.1)
+            .ok_or_else(|| {
+                Error::UnsupportedArch(
+                    arch_name.to_string(),
+                    GGUF_ARCHS
+                        .iter()
+                        .map(|a| a.0)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })?;
+        let key = |s: &str| format!("{arch_name}.{s}");
+        let missing = |k: &str| {
+            fail(format!(
+                "metadata '{k}' is missing (needed for the model config)"
+            ))
+        };
+        let req_usize = |s: &str| -> Result<usize> {
+            let k = key(s);
+            file.get_u32(&k)?
+                .map(|v| v as usize)
+                .ok_or_else(|| missing(&k))
+        };
+
+        let hidden_size = req_usize("embedding_length")?;
+        let num_heads = req_usize("attention.head_count")?;
+        if num_heads == 0 {
+            return Err(fail(format!(
+                "metadata '{}' is 0",
+                key("attention.head_count")
+            )));
+        }
+        // head_count_kv may be per layer (an array); we need one value.
+        let kv_key = key("attention.head_count_kv");
+        let num_kv_heads = match file.get(&kv_key) {
+            None => num_heads,
+            Some(crate::GgufValue::Array(_)) => {
+                let v = file.get_u32_array(&kv_key)?.unwrap_or_default();
+                match v.first() {
+                    Some(&first) if v.iter().all(|&x| x == first) => first as usize,
+                    _ => {
+                        return Err(fail(format!(
+                            "metadata '{kv_key}' varies per layer ({v:?}), which is not supported"
+                        )))
+                    }
+                }
+            }
+            Some(_) => file.get_u32(&kv_key)?.unwrap_or_default() as usize,
+        };
+        let head_dim = match file.get_u32(&key("attention.key_length"))? {
+            Some(d) => d as usize,
+            None => {
+                if hidden_size % num_heads != 0 {
+                    return Err(fail(format!(
+                        "embedding_length {hidden_size} is not divisible by head_count {num_heads} (and no attention.key_length)"
+                    )));
+                }
+                hidden_size / num_heads
+            }
+        };
+        if let Some(v) = file.get_u32(&key("attention.value_length"))? {
+            if v as usize != head_dim {
+                return Err(fail(format!("attention.value_length {v} differs from key_length {head_dim}, which is not supported")));
+            }
+        }
+        if let Some(r) = file.get_u32(&key("rope.dimension_count"))? {
+            if r as usize != head_dim {
+                return Err(fail(format!(
+                    "partial rotary embeddings (rope.dimension_count {r} of head_dim {head_dim}) are not supported"
+                )));
+            }
+        }
+
+        let vocab_size = match file.get_u32(&key("vocab_size"))? {
+            Some(v) => v as usize,
+            None => match file.get("tokenizer.ggml.tokens") {
+                Some(crate::GgufValue::Array(a)) => a.len(),
+                _ => match file.tensor_info("token_embd.weight") {
+                    Some(t) if t.shape.len() == 2 => t.shape[0],
+                    _ => return Err(missing(&key("vocab_size"))),
+                },
+            },
+        };
+
+        let eps_key = key("attention.layer_norm_rms_epsilon");
+        let rms_norm_eps = file.get_f32(&eps_key)?.ok_or_else(|| missing(&eps_key))?;
+        let rope_theta = file
+            .get_f32(&key("rope.freq_base"))?
+            .unwrap_or(DEFAULT_ROPE_THETA);
+
+        let mut rope_scaling = match file.get_str(&key("rope.scaling.type"))? {
+            None | Some("none") => None,
+            Some("linear") => {
+                let fk = key("rope.scaling.factor");
+                let factor = file.get_f32(&fk)?.ok_or_else(|| missing(&fk))?;
+                if factor.is_nan() || factor <= 0.0 {
+                    return Err(fail(format!(
+                        "metadata '{fk}' must be positive, found {factor}"
+                    )));
+                }
+                Some(RopeScaling::Linear { factor })
+            }
+            Some(other) => {
+                return Err(fail(format!(
+                    "unsupported RoPE scaling type '{other}' in '{}' (supported: none, linear)",
+                    key("rope.scaling.type")
+                )))
+            }
+        };
+        // Older converters wrote only a linear scale.
+        if rope_scaling.is_none() {
+            if let Some(f) = file.get_f32(&key("rope.scale_linear"))? {
+                if f != 1.0 {
+                    if f.is_nan() || f <= 0.0 {
+                        return Err(fail(format!(
+                            "metadata '{}' must be positive, found {f}",
+                            key("rope.scale_linear")
+                        )));
+                    }
+                    rope_scaling = Some(RopeScaling::Linear { factor: f });
+                }
+            }
+        }
+        if file.contains("rope_freqs.weight") {
+            if rope_scaling.is_some() {
+                return Err(fail("both rope_freqs.weight and a linear RoPE scaling are present, which is not supported".into()));
+            }
+            let w = file.tensor("rope_freqs.weight")?;
+            let factors = mm_quant::dequantize_ref(&w)
+                .map_err(|e| fail(format!("tensor 'rope_freqs.weight': {e}")))?;
+            rope_scaling = Some(RopeScaling::FreqFactors(factors));
+        }
+
+        let ctx_key = key("context_length");
+        let max_position_embeddings =
+            file.get_u32(&ctx_key)?.ok_or_else(|| missing(&ctx_key))? as usize;
+
+        let bos_token_id = file.get_u32("tokenizer.ggml.bos_token_id")?;
+        let mut eos_token_ids = Vec::new();
+        for k in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Some(id) = file.get_u32(k)? {
+                if !eos_token_ids.contains(&id) {
+                    eos_token_ids.push(id);
+                }
+            }
+        }
+
+        let cfg = ModelConfig {
+            arch,
+            hidden_size,
+            intermediate_size: req_usize("feed_forward_length")?,
+            num_layers: req_usize("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings,
+            tie_word_embeddings: !file.contains("output.weight"),
+            attention_bias: arch == Arch::Qwen2 || file.contains("blk.0.attn_q.bias"),
+            qk_norm: arch == Arch::Qwen3,
+            bos_token_id,
+            eos_token_ids,
+        };
+        cfg.validate().map_err(|e| match e {
+            Error::Config(m) => fail(format!("model config: {m}")),
+            e => e,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks the values are usable together.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(cfg_err(format!("{name} must be positive")));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(cfg_err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_heads, self.num_kv_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(cfg_err(format!(
+                "head_dim {} must be even for RoPE",
+                self.head_dim
+            )));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err(cfg_err(format!(
+                "rms_norm_eps must be positive, found {}",
+                self.rms_norm_eps
+            )));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(cfg_err(format!(
+                "rope_theta must be positive, found {}",
+                self.rope_theta
+            )));
+        }
+        if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
+            if f.len() != self.head_dim / 2 {
+                return Err(cfg_err(format!(
+                    "rope_freqs has {} factors, expected head_dim / 2 = {}",
+                    f.len(),
+                    self.head_dim / 2
+                )));
+            }
+            if let Some(bad) = f.iter().find(|v| !(**v > 0.0 && v.is_finite())) {
+                return Err(cfg_err(format!(
+                    "rope_freqs holds the non-positive factor {bad}"
+                )));
+            }
+        }
+        Ok(())
     }
 }

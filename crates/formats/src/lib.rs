@@ -10,4 +10,7 @@ pub mod source;
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
 pub use safetensors::SafetensorsSet;
-pub use source::{open_source, WeightSource};
+pub use source::{
+    gguf_to_hf_name, hf_to_gguf_name, open_source, unpermute_rows, GgufSource, HfSource,
+    WeightSource,
+};

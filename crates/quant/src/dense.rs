@@ -2,35 +2,25 @@
 
 use mm_core::{Result, WeightData};
 
-/// Dequantizes a whole weight to f32 values, row-major.
+/// Dequantizes a whole weight to f32 values, row-major. Handles every
+/// [`mm_core::WeightFormat`]; rows of block formats are whole blocks, so the
+/// weight's bytes are one run of blocks.
 pub fn dequantize_ref(w: &WeightData) -> Result<Vec<f32>> {
-    let mut out = vec![0.0f32; w.numel()];
-    dequantize_row(w.format, &w.bytes, &mut out)?;
-    Ok(out)
+    crate::ggml::dequantize(w.format, &w.bytes, w.numel())
 }
 
-/// Dequantizes `out.len()` values stored in `format` from `bytes`.
-pub fn dequantize_row(format: mm_core::WeightFormat, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    use mm_core::WeightFormat as F;
-    match format {
-        F::F32 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(4))
-            .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        F::F16 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(2))
-            .for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        F::BF16 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(2))
-            .for_each(|(o, b)| *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        f => {
-            return Err(mm_core::Error::Other(format!(
-                "{} dequantization pending",
-                f.name()
-            )))
-        }
+/// Dequantizes rows `rows.start..rows.end` of a weight whose last dimension
+/// is the row (`[.., cols]`), e.g. a few rows of an embedding table.
+pub fn dequantize_rows_ref(w: &WeightData, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
+    let cols = w.shape.last().copied().unwrap_or(1);
+    let n_rows = w.numel().checked_div(cols).unwrap_or(0);
+    if rows.start > rows.end || rows.end > n_rows {
+        return Err(mm_core::Error::Invalid(format!(
+            "rows {rows:?} out of range for a weight of shape {:?}",
+            w.shape
+        )));
     }
-    Ok(())
+    let row_bytes = w.format.bytes_for(cols)?;
+    let bytes = &w.bytes[rows.start * row_bytes..rows.end * row_bytes];
+    crate::ggml::dequantize(w.format, bytes, (rows.end - rows.start) * cols)
 }

@@ -4,4 +4,5 @@
 pub mod dense;
 pub mod ggml;
 
-pub use dense::{dequantize_ref, dequantize_row};
+pub use dense::{dequantize_ref, dequantize_rows_ref};
+pub use ggml::dequantize_row;

