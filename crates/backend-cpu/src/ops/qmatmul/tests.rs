@@ -164,3 +164,37 @@ proptest! {
         check_format(f, n, kb, m, seed);
     }
 }
+
+#[test]
+fn block_layouts_match_mm_quant() {
+    // The layouts the kernels assume (scalar::dequantize_row_ref) are
+    // bit-exact with the llama.cpp-compatible reference dequantizers.
+    for (i, &f) in FORMATS.iter().enumerate() {
+        let k = 4 * f.block().0;
+        let w = random_blocks(f, 3, k, 900 + i as u64);
+        let (mut a, mut b) = (vec![0.0f32; 3 * k], vec![0.0f32; 3 * k]);
+        scalar::dequantize_row_ref(f, &w, &mut a).unwrap();
+        mm_quant::dequantize_row(f, &w, &mut b).unwrap();
+        let (ab, bb): (Vec<u32>, Vec<u32>) =
+            (a.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_bits()).collect());
+        assert_eq!(ab, bb, "{}", f.name());
+    }
+}
+
+#[test]
+fn reference_quantized_weights() {
+    // Weights from the reference quantizers: the kernel output is within
+    // 8-bit activation error of f32 activations times the quantized weights.
+    for f in [F::Q4_0, F::Q4_1, F::Q5_0, F::Q5_1, F::Q8_0] {
+        let (n, k, m) = (3, 256, 40);
+        let wf = random_f32(m * k, 11);
+        let w = mm_quant::ggml::quantize(f, &wf).unwrap();
+        let x = random_f32(n * k, 12);
+        let r = reference_f32(f, &w, &x, n, k, m);
+        for &isa in Isa::available() {
+            let y = matmul_q_with(isa, f, &w, &x, n, k, m).unwrap();
+            let e = rel_l2(&y, &r);
+            assert!(e < 1e-2, "{} {}: {e:.2e}", f.name(), isa.name());
+        }
+    }
+}
