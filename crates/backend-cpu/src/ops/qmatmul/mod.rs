@@ -132,7 +132,7 @@ fn quantizer(isa: Isa) -> fn(ActKind, &[f32], q8::RowOut) {
 
 /// Quantizes `x[n, k]` for `format` into `act`.
 pub fn quantize_activations(isa: Isa, format: WeightFormat, x: &[f32], n: usize, k: usize, act: &mut QAct) {
-    act.quantize(act_kind(format), x, n, k, quantizer(isa));
+    act.quantize(act_kind(format), x, n, k, quantizer(isa), isa == Isa::Avx512Vnni);
 }
 
 /// Computes `out[r·rows + j] = w[j] · xs[r]` for the `rows = w.len() /
@@ -152,7 +152,12 @@ pub fn panel(isa: Isa, format: WeightFormat, w: &[u8], row_bytes: usize, xs: &[A
         assert_eq!(x.qs.len(), nb * qk, "activation row length");
         assert_eq!(x.d.len(), nb * qk / kind.block());
         match kind {
-            ActKind::Q8_0 => assert!(x.isum.len() == nb && x.s.len() == nb),
+            ActKind::Q8_0 => {
+                assert!(x.isum.len() == nb && x.s.len() == nb);
+                if isa == Isa::Avx512Vnni {
+                    assert!(x.qu.len() == nb * qk && x.dx8.len() == 8 * nb, "wide activations");
+                }
+            }
             ActKind::Q8K => assert_eq!(x.bsums.len(), nb * qk / 16),
         }
     }

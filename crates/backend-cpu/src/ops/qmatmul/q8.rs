@@ -8,6 +8,11 @@
 //! * [`ActKind::Q8K`] (for K-quants): 256 × i8 per super-block, an f32
 //!   scale, and the 16 integer sums of each 16 values (`bsums`).
 //!
+//! For the 512-bit VNNI kernels a Q8_0 quantization can also be *wide*:
+//! the values again as unsigned bytes `q + 128` (`qu`, for `vpdpbusd` with
+//! signed weights) and each block scale repeated 8 times (`dx8`, one f32
+//! per i32 lane of the block's dot product).
+//!
 //! `q = round_half_even(x · (127/amax))`, the same in every ISA (the SIMD
 //! quantizer in `x86.rs` is bit-identical to [`quantize_row`]), so every
 //! kernel sees the same integers.
@@ -41,6 +46,10 @@ pub struct ActRow<'a> {
     pub s: &'a [f32],
     /// Q8_K: integer sum of each 16 values.
     pub bsums: &'a [i16],
+    /// Wide Q8_0: `q + 128` as unsigned bytes (empty otherwise).
+    pub qu: &'a [u8],
+    /// Wide Q8_0: each block's `d` repeated 8 times (empty otherwise).
+    pub dx8: &'a [f32],
 }
 
 /// Quantized activations of `n` rows of `k` values. Buffers are reused
@@ -57,6 +66,10 @@ pub struct QAct {
     isum: Vec<i32>,
     s: Vec<f32>,
     bsums: Vec<i16>,
+    wide: bool,
+    qu: Vec<u8>,
+    qu_off: usize,
+    dx8: Vec<f32>,
 }
 
 impl QAct {
@@ -80,6 +93,8 @@ impl QAct {
                 isum: &[],
                 s: &[],
                 bsums: &self.bsums[i * k / 16..(i + 1) * k / 16],
+                qu: &[],
+                dx8: &[],
             },
             _ => ActRow {
                 qs: &q[i * k..(i + 1) * k],
@@ -87,13 +102,16 @@ impl QAct {
                 isum: &self.isum[i * nb..(i + 1) * nb],
                 s: &self.s[i * nb..(i + 1) * nb],
                 bsums: &[],
+                qu: if self.wide { &self.qu[self.qu_off + i * k..self.qu_off + (i + 1) * k] } else { &[] },
+                dx8: if self.wide { &self.dx8[i * nb * 8..(i + 1) * nb * 8] } else { &[] },
             },
         }
     }
 
     /// Quantizes `x[n, k]` (`k` a multiple of the block) with `quant_row`
     /// (the scalar [`quantize_row`] or a bit-identical SIMD version), rows
-    /// in parallel when there are many.
+    /// in parallel when there are many. `wide` adds the wide Q8_0 form
+    /// (ignored for Q8_K).
     pub fn quantize(
         &mut self,
         kind: ActKind,
@@ -101,6 +119,7 @@ impl QAct {
         n: usize,
         k: usize,
         quant_row: fn(ActKind, &[f32], RowOut),
+        wide: bool,
     ) {
         let qk = kind.block();
         assert!(k % qk == 0 && x.len() == n * k, "bad activation shape");
@@ -182,6 +201,23 @@ impl QAct {
                     s_chunks.next().unwrap(),
                     b_chunks.next().unwrap(),
                 );
+            }
+        }
+        self.wide = wide && kind == ActKind::Q8_0;
+        if self.wide {
+            if self.qu.len() < need {
+                self.qu = vec![0; need];
+            }
+            self.qu_off = self.qu.as_ptr().align_offset(64).min(63);
+            let qs = &self.qs[self.qs_off..self.qs_off + n * k];
+            for (u, &q) in self.qu[self.qu_off..self.qu_off + n * k].iter_mut().zip(qs) {
+                *u = (q as u8) ^ 0x80;
+            }
+            if self.dx8.len() < n * nb * 8 {
+                self.dx8.resize(n * nb * 8, 0.0);
+            }
+            for (e, &d) in self.dx8.chunks_exact_mut(8).zip(&self.d[..n * nb]) {
+                e.fill(d);
             }
         }
     }

@@ -26,6 +26,8 @@ struct X {
     isum: *const i32,
     s: *const f32,
     bs: *const i16,
+    qu: *const u8,
+    dx8: *const f32,
 }
 
 impl X {
@@ -36,6 +38,8 @@ impl X {
             isum: r.isum.as_ptr(),
             s: r.s.as_ptr(),
             bs: r.bsums.as_ptr(),
+            qu: r.qu.as_ptr(),
+            dx8: r.dx8.as_ptr(),
         }
     }
 }
@@ -216,6 +220,38 @@ impl Fmt32 for Q8_0 {
     }
 }
 
+/// Accumulates block `b` of `C` weight rows × `R` activation rows.
+#[inline(always)]
+unsafe fn blk32<I: Isa, F: Fmt32, const C: usize, const R: usize>(
+    w: &[*const u8; C],
+    b: usize,
+    x: &[X; R],
+    acc: &mut [[__m256; R]; C],
+    accm: &mut [[f32; R]; C],
+) {
+    let mut xq = [_mm256_setzero_si256(); R];
+    let mut dx = [0.0f32; R];
+    for r in 0..R {
+        xq[r] = loadu(x[r].qs.add(32 * b) as *const u8);
+        dx[r] = *x[r].d.add(b);
+    }
+    for c in 0..C {
+        let wb = F::decode(w[c].add(b * F::BYTES));
+        for r in 0..R {
+            let init = if F::OFF != 0 {
+                _mm256_zextsi128_si256(_mm_cvtsi32_si128(-F::OFF * *x[r].isum.add(b)))
+            } else {
+                _mm256_setzero_si256()
+            };
+            let p = F::dot::<I>(init, &wb, xq[r]);
+            acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wb.d * dx[r]), acc[c][r]);
+            if F::MIN {
+                accm[c][r] = wb.m.mul_add(*x[r].s.add(b), accm[c][r]);
+            }
+        }
+    }
+}
+
 /// `C` weight rows × `R` activation rows of a 32-element format.
 #[inline(always)]
 unsafe fn mk32<I: Isa, F: Fmt32, const C: usize, const R: usize>(
@@ -226,33 +262,183 @@ unsafe fn mk32<I: Isa, F: Fmt32, const C: usize, const R: usize>(
     let mut acc = [[_mm256_setzero_ps(); R]; C];
     let mut accm = [[0.0f32; R]; C];
     for b in 0..nb {
-        let mut xq = [_mm256_setzero_si256(); R];
-        let mut dx = [0.0f32; R];
-        for r in 0..R {
-            xq[r] = loadu(x[r].qs.add(32 * b) as *const u8);
-            dx[r] = *x[r].d.add(b);
-        }
-        for c in 0..C {
-            let wb = F::decode(w[c].add(b * F::BYTES));
-            for r in 0..R {
-                let init = if F::OFF != 0 {
-                    _mm256_zextsi128_si256(_mm_cvtsi32_si128(-F::OFF * *x[r].isum.add(b)))
-                } else {
-                    _mm256_setzero_si256()
-                };
-                let p = F::dot::<I>(init, &wb, xq[r]);
-                acc[c][r] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wb.d * dx[r]), acc[c][r]);
-                if F::MIN {
-                    accm[c][r] = wb.m.mul_add(*x[r].s.add(b), accm[c][r]);
-                }
-            }
-        }
+        blk32::<I, F, C, R>(&w, b, x, &mut acc, &mut accm);
     }
     let mut out = [[0.0f32; R]; C];
     for c in 0..C {
         for r in 0..R {
             out[c][r] = hsum_ps(acc[c][r]) + accm[c][r];
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// 512-bit VNNI kernels for the 32-element formats: two blocks per register.
+//
+// Symmetric formats (Q4_0, Q5_0, Q8_0) decode to signed weights `w` and
+// take the wide activations `q + 128` as the unsigned operand of
+// `vpdpbusd`; the excess `128·Σw` is computed once per weight block (shared
+// by every activation row) and preloaded, negated, into the accumulator, so
+// each i32 lane holds the exact `Σ w·q`. Formats with a min (Q4_1, Q5_1)
+// keep unsigned weights and signed activations.
+
+/// Two decoded blocks.
+struct W64 {
+    w: __m512i,
+    /// Signed formats: `−128·Σw` per i32 lane; otherwise zero.
+    corr: __m512i,
+    /// Weight scales, each repeated over its block's 8 lanes.
+    d: __m512,
+    m: [f32; 2],
+}
+
+trait Fmt32Z: Fmt32 {
+    /// Signed weights (activations as `q + 128`).
+    const SIGNED: bool;
+    unsafe fn decode2(b: *const u8) -> W64;
+}
+
+/// Nibbles of the 16-byte runs at `p0` and `p1` → [lo0, hi0, lo1, hi1].
+#[inline(always)]
+unsafe fn nib2(p0: *const u8, p1: *const u8) -> __m512i {
+    let t = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(p0 as *const __m128i)),
+        _mm_loadu_si128(p1 as *const __m128i),
+        1,
+    );
+    let z = _mm512_inserti64x4(_mm512_castsi256_si512(t), _mm256_srli_epi16(t, 4), 1);
+    let z = _mm512_and_si512(z, _mm512_set1_epi8(0xF));
+    _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+}
+
+/// Fifth bits of two blocks (u32 at `p0`, `p1`) → 0x10 per byte.
+#[inline(always)]
+unsafe fn fifth2(p0: *const u8, p1: *const u8) -> __m512i {
+    let lo = (p0 as *const u32).read_unaligned() as u64;
+    let hi = (p1 as *const u32).read_unaligned() as u64;
+    _mm512_maskz_mov_epi8(_cvtu64_mask64(lo | (hi << 32)), _mm512_set1_epi8(0x10))
+}
+
+/// f16 scales at `p0`, `p1` → 8 lanes each.
+#[inline(always)]
+unsafe fn scales2(p0: *const u8, p1: *const u8) -> __m512 {
+    let h0 = (p0 as *const u16).read_unaligned() as i32;
+    let h1 = (p1 as *const u16).read_unaligned() as i32;
+    let f = _mm_cvtph_ps(_mm_cvtsi32_si128(h0 | (h1 << 16)));
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f))
+}
+
+/// `−128·Σw` per i32 lane.
+#[inline(always)]
+unsafe fn corr128(w: __m512i) -> __m512i {
+    let z = _mm512_setzero_si512();
+    _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, _mm512_set1_epi8(-128), w))
+}
+
+impl Fmt32Z for Q4_0 {
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn decode2(b: *const u8) -> W64 {
+        let b1 = b.add(Self::BYTES);
+        let w = _mm512_sub_epi8(nib2(b.add(2), b1.add(2)), _mm512_set1_epi8(8));
+        W64 { w, corr: corr128(w), d: scales2(b, b1), m: [0.0; 2] }
+    }
+}
+
+impl Fmt32Z for Q5_0 {
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn decode2(b: *const u8) -> W64 {
+        let b1 = b.add(Self::BYTES);
+        let u = _mm512_or_si512(nib2(b.add(6), b1.add(6)), fifth2(b.add(2), b1.add(2)));
+        let w = _mm512_sub_epi8(u, _mm512_set1_epi8(16));
+        W64 { w, corr: corr128(w), d: scales2(b, b1), m: [0.0; 2] }
+    }
+}
+
+impl Fmt32Z for Q8_0 {
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn decode2(b: *const u8) -> W64 {
+        let b1 = b.add(Self::BYTES);
+        let w = _mm512_inserti64x4(_mm512_castsi256_si512(loadu(b.add(2))), loadu(b1.add(2)), 1);
+        W64 { w, corr: corr128(w), d: scales2(b, b1), m: [0.0; 2] }
+    }
+}
+
+impl Fmt32Z for Q4_1 {
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn decode2(b: *const u8) -> W64 {
+        let b1 = b.add(Self::BYTES);
+        W64 {
+            w: nib2(b.add(4), b1.add(4)),
+            corr: _mm512_setzero_si512(),
+            d: scales2(b, b1),
+            m: [f16(b.add(2)), f16(b1.add(2))],
+        }
+    }
+}
+
+impl Fmt32Z for Q5_1 {
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn decode2(b: *const u8) -> W64 {
+        let b1 = b.add(Self::BYTES);
+        W64 {
+            w: _mm512_or_si512(nib2(b.add(8), b1.add(8)), fifth2(b.add(4), b1.add(4))),
+            corr: _mm512_setzero_si512(),
+            d: scales2(b, b1),
+            m: [f16(b.add(2)), f16(b1.add(2))],
+        }
+    }
+}
+
+/// 512-bit `C` × `R` kernel (an odd last block goes through [`blk32`]).
+#[inline(always)]
+unsafe fn mk32z<F: Fmt32Z, const C: usize, const R: usize>(
+    w: [*const u8; C],
+    nb: usize,
+    x: &[X; R],
+) -> [[f32; R]; C] {
+    let mut acc = [[_mm512_setzero_ps(); R]; C];
+    let mut accm = [[0.0f32; R]; C];
+    let mut b = 0;
+    while b + 2 <= nb {
+        let mut xq = [_mm512_setzero_si512(); R];
+        let mut dx = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            let src = if F::SIGNED { x[r].qu } else { x[r].qs as *const u8 };
+            xq[r] = _mm512_loadu_si512(src.add(32 * b) as *const _);
+            dx[r] = _mm512_loadu_ps(x[r].dx8.add(8 * b));
+        }
+        for c in 0..C {
+            let wb = F::decode2(w[c].add(b * F::BYTES));
+            for r in 0..R {
+                let p = if F::SIGNED {
+                    _mm512_dpbusd_epi32(wb.corr, xq[r], wb.w)
+                } else {
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), wb.w, xq[r])
+                };
+                acc[c][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wb.d, dx[r]), acc[c][r]);
+                if F::MIN {
+                    accm[c][r] = wb.m[0].mul_add(*x[r].s.add(b), accm[c][r]);
+                    accm[c][r] = wb.m[1].mul_add(*x[r].s.add(b + 1), accm[c][r]);
+                }
+            }
+        }
+        b += 2;
+    }
+    let mut tail = [[_mm256_setzero_ps(); R]; C];
+    if b < nb {
+        blk32::<Vnni, F, C, R>(&w, b, x, &mut tail, &mut accm);
+    }
+    let mut out = [[0.0f32; R]; C];
+    for c in 0..C {
+        for r in 0..R {
+            out[c][r] = _mm512_reduce_add_ps(acc[c][r]) + hsum_ps(tail[c][r]) + accm[c][r];
         }
     }
     out
@@ -547,6 +733,7 @@ trait Micro {
 }
 
 struct M32<I, F>(std::marker::PhantomData<(I, F)>);
+struct M32Z<F>(std::marker::PhantomData<F>);
 struct MK<I, F>(std::marker::PhantomData<(I, F)>);
 
 impl<I: Isa, F: Fmt32> Micro for M32<I, F> {
@@ -557,6 +744,17 @@ impl<I: Isa, F: Fmt32> Micro for M32<I, F> {
         x: &[X; R],
     ) -> [[f32; R]; C] {
         mk32::<I, F, C, R>(w, nb, x)
+    }
+}
+
+impl<F: Fmt32Z> Micro for M32Z<F> {
+    #[inline(always)]
+    unsafe fn run<const C: usize, const R: usize>(
+        w: [*const u8; C],
+        nb: usize,
+        x: &[X; R],
+    ) -> [[f32; R]; C] {
+        mk32z::<F, C, R>(w, nb, x)
     }
 }
 
@@ -670,6 +868,8 @@ pub unsafe fn panel_avx2(
 ///
 /// # Safety
 /// As [`panel_avx2`], plus AVX512F/BW/VL and AVX512-VNNI.
+/// The 32-element formats use 512-bit registers (two blocks each) and
+/// need the wide Q8_0 activations; K-quants use 256-bit VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn panel_vnni(
     format: WeightFormat,
@@ -679,7 +879,15 @@ pub unsafe fn panel_vnni(
     y: *mut f32,
     ldy: usize,
 ) {
-    panel_isa::<Vnni>(format, w, row_bytes, xs, y, ldy)
+    let nb = row_bytes / format.block().1;
+    match format {
+        WeightFormat::Q4_0 => panel_m::<M32Z<Q4_0>>(w, row_bytes, nb, xs, y, ldy),
+        WeightFormat::Q4_1 => panel_m::<M32Z<Q4_1>>(w, row_bytes, nb, xs, y, ldy),
+        WeightFormat::Q5_0 => panel_m::<M32Z<Q5_0>>(w, row_bytes, nb, xs, y, ldy),
+        WeightFormat::Q5_1 => panel_m::<M32Z<Q5_1>>(w, row_bytes, nb, xs, y, ldy),
+        WeightFormat::Q8_0 => panel_m::<M32Z<Q8_0>>(w, row_bytes, nb, xs, y, ldy),
+        _ => panel_isa::<Vnni>(format, w, row_bytes, xs, y, ldy),
+    }
 }
 
 // ---------------------------------------------------------------------------
