@@ -290,7 +290,8 @@ struct W64 {
     corr: __m512i,
     /// Weight scales, each repeated over its block's 8 lanes.
     d: __m512,
-    m: [f32; 2],
+    /// Mins of the two blocks in lanes 0 and 1 (formats with a min).
+    m: __m128,
 }
 
 trait Fmt32Z: Fmt32 {
@@ -320,12 +321,18 @@ unsafe fn fifth2(p0: *const u8, p1: *const u8) -> __m512i {
     _mm512_maskz_mov_epi8(_cvtu64_mask64(lo | (hi << 32)), _mm512_set1_epi8(0x10))
 }
 
+/// f16 values at `p0`, `p1` → lanes 0 and 1.
+#[inline(always)]
+unsafe fn pair_f16(p0: *const u8, p1: *const u8) -> __m128 {
+    let h0 = (p0 as *const u16).read_unaligned() as i32;
+    let h1 = (p1 as *const u16).read_unaligned() as i32;
+    _mm_cvtph_ps(_mm_cvtsi32_si128(h0 | (h1 << 16)))
+}
+
 /// f16 scales at `p0`, `p1` → 8 lanes each.
 #[inline(always)]
 unsafe fn scales2(p0: *const u8, p1: *const u8) -> __m512 {
-    let h0 = (p0 as *const u16).read_unaligned() as i32;
-    let h1 = (p1 as *const u16).read_unaligned() as i32;
-    let f = _mm_cvtph_ps(_mm_cvtsi32_si128(h0 | (h1 << 16)));
+    let f = pair_f16(p0, p1);
     let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f))
 }
@@ -343,7 +350,7 @@ impl Fmt32Z for Q4_0 {
     unsafe fn decode2(b: *const u8) -> W64 {
         let b1 = b.add(Self::BYTES);
         let w = _mm512_sub_epi8(nib2(b.add(2), b1.add(2)), _mm512_set1_epi8(8));
-        W64 { w, corr: corr128(w), d: scales2(b, b1), m: [0.0; 2] }
+        W64 { w, corr: corr128(w), d: scales2(b, b1), m: _mm_setzero_ps() }
     }
 }
 
@@ -354,7 +361,7 @@ impl Fmt32Z for Q5_0 {
         let b1 = b.add(Self::BYTES);
         let u = _mm512_or_si512(nib2(b.add(6), b1.add(6)), fifth2(b.add(2), b1.add(2)));
         let w = _mm512_sub_epi8(u, _mm512_set1_epi8(16));
-        W64 { w, corr: corr128(w), d: scales2(b, b1), m: [0.0; 2] }
+        W64 { w, corr: corr128(w), d: scales2(b, b1), m: _mm_setzero_ps() }
     }
 }
 
@@ -364,7 +371,7 @@ impl Fmt32Z for Q8_0 {
     unsafe fn decode2(b: *const u8) -> W64 {
         let b1 = b.add(Self::BYTES);
         let w = _mm512_inserti64x4(_mm512_castsi256_si512(loadu(b.add(2))), loadu(b1.add(2)), 1);
-        W64 { w, corr: corr128(w), d: scales2(b, b1), m: [0.0; 2] }
+        W64 { w, corr: corr128(w), d: scales2(b, b1), m: _mm_setzero_ps() }
     }
 }
 
@@ -377,7 +384,7 @@ impl Fmt32Z for Q4_1 {
             w: nib2(b.add(4), b1.add(4)),
             corr: _mm512_setzero_si512(),
             d: scales2(b, b1),
-            m: [f16(b.add(2)), f16(b1.add(2))],
+            m: pair_f16(b.add(2), b1.add(2)),
         }
     }
 }
@@ -391,7 +398,7 @@ impl Fmt32Z for Q5_1 {
             w: _mm512_or_si512(nib2(b.add(8), b1.add(8)), fifth2(b.add(4), b1.add(4))),
             corr: _mm512_setzero_si512(),
             d: scales2(b, b1),
-            m: [f16(b.add(2)), f16(b1.add(2))],
+            m: pair_f16(b.add(2), b1.add(2)),
         }
     }
 }
@@ -404,6 +411,8 @@ unsafe fn mk32z<F: Fmt32Z, const C: usize, const R: usize>(
     x: &[X; R],
 ) -> [[f32; R]; C] {
     let mut acc = [[_mm512_setzero_ps(); R]; C];
+    // Min terms Σ m·s, two blocks per step (lanes 0, 1).
+    let mut accm2 = [[_mm_setzero_ps(); R]; C];
     let mut accm = [[0.0f32; R]; C];
     let mut b = 0;
     while b + 2 <= nb {
@@ -424,8 +433,8 @@ unsafe fn mk32z<F: Fmt32Z, const C: usize, const R: usize>(
                 };
                 acc[c][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wb.d, dx[r]), acc[c][r]);
                 if F::MIN {
-                    accm[c][r] = wb.m[0].mul_add(*x[r].s.add(b), accm[c][r]);
-                    accm[c][r] = wb.m[1].mul_add(*x[r].s.add(b + 1), accm[c][r]);
+                    let s2 = _mm_castpd_ps(_mm_load_sd(x[r].s.add(b) as *const f64));
+                    accm2[c][r] = _mm_fmadd_ps(wb.m, s2, accm2[c][r]);
                 }
             }
         }
@@ -438,7 +447,9 @@ unsafe fn mk32z<F: Fmt32Z, const C: usize, const R: usize>(
     let mut out = [[0.0f32; R]; C];
     for c in 0..C {
         for r in 0..R {
-            out[c][r] = _mm512_reduce_add_ps(acc[c][r]) + hsum_ps(tail[c][r]) + accm[c][r];
+            let m2 = accm2[c][r];
+            let m2 = _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
+            out[c][r] = _mm512_reduce_add_ps(acc[c][r]) + hsum_ps(tail[c][r]) + accm[c][r] + m2;
         }
     }
     out
