@@ -31,7 +31,12 @@ impl Backend for CpuBackend {
         true
     }
 
+    /// Widens dense F16/BF16 (and F32) weights to f32 once; GGML block
+    /// formats need nothing: their matmuls read the stored bytes.
     fn prepare(&self, w: &WeightData) -> Result<()> {
+        if ops::qmatmul::supports(w.format) {
+            return Ok(());
+        }
         dense_f32(w).map(|_| ())
     }
 

@@ -21,6 +21,11 @@ pub struct Tolerance {
 impl Tolerance {
     /// f32 arithmetic: far under 1e-3.
     pub const F32: Tolerance = Tolerance { rel_l2: 1e-5 };
+    /// Matmuls with GGML block weights whose kernels quantize the
+    /// activations to 8 bits per 32 (Q8_0) or 256 (Q8_K) values, as
+    /// llama.cpp's: compared with f32 activations times the dequantized
+    /// weights, the expected error is ≈4e-3 on uniform inputs.
+    pub const Q8_ACTIVATIONS: Tolerance = Tolerance { rel_l2: 1e-2 };
 }
 
 fn randv(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -92,7 +97,7 @@ pub fn check_matmul_formats(
     for (f, w) in formats {
         let (m, k) = w.dims2()?;
         let dense = mm_quant::dequantize_ref(w)?;
-        for n in [1usize, 5] {
+        for n in [1usize, 5, 19] {
             let x = randv(&mut rng, n * k);
             let out = b.matmul(&up(b, vec![n, k], x.clone())?, w, None)?;
             check(
@@ -104,6 +109,51 @@ pub fn check_matmul_formats(
         }
     }
     Ok(())
+}
+
+/// Weights of every GGML block format, `[m, k]` with `k` a multiple of 256:
+/// Q4_0 … Q8_0 from the reference quantizers (`mm_quant::ggml::quantize`)
+/// over uniform values, K-quants as random blocks (every quant bit random,
+/// realistic f16 scales), since reference K-quantizers are not available.
+pub fn ggml_weights(seed: u64) -> Result<Vec<(WeightFormat, WeightData)>> {
+    use mm_backend_cpu::ops::qmatmul::testing::random_blocks;
+    use WeightFormat as F;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for (i, f) in [F::Q4_0, F::Q4_1, F::Q5_0, F::Q5_1, F::Q8_0, F::Q2K, F::Q3K, F::Q4K, F::Q5K, F::Q6K]
+        .into_iter()
+        .enumerate()
+    {
+        let (m, k) = (37 + 11 * i, 512);
+        let bytes = match f {
+            F::Q2K | F::Q3K | F::Q4K | F::Q5K | F::Q6K => random_blocks(f, m, k, seed * 31 + i as u64),
+            _ => mm_quant::ggml::quantize(f, &randv(&mut rng, m * k))?,
+        };
+        out.push((f, WeightData::new(f, vec![m, k], mm_core::HostBytes::owned(bytes))?));
+    }
+    Ok(out)
+}
+
+/// [`check_matmul_formats`] over [`ggml_weights`] for every format the
+/// backend supports.
+pub fn check_matmul_ggml(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let ws: Vec<_> = ggml_weights(seed)?
+        .into_iter()
+        .filter(|(f, _)| b.supports(mm_core::backend::Op::Matmul, Some(*f)))
+        .collect();
+    check_matmul_formats(b, &ws, seed, tol)
+}
+
+/// The quantized-weight checks, under `tol` (usually
+/// [`Tolerance::Q8_ACTIVATIONS`]); returns the failures.
+pub fn run_quantized(b: &dyn Backend, tol: Tolerance) -> Vec<String> {
+    (0..3)
+        .filter_map(|seed| {
+            check_matmul_ggml(b, seed, tol)
+                .err()
+                .map(|e| format!("matmul_ggml (seed {seed}): {e}"))
+        })
+        .collect()
 }
 
 pub fn check_rms_norm(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {

@@ -1,7 +1,9 @@
 //! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)`.
 //!
-//! Weights are used in their CPU-prepared dense f32 form (see `prepared.rs`).
-//! Few rows (decode): rayon over blocks of output rows, each a dot product
+//! GGML block formats (Q4_0 … Q6_K) run natively on their stored bytes in
+//! [`super::qmatmul`] (fused dequantize-and-dot, no f32 copy). Dense
+//! weights (F32, and F16/BF16 widened once to f32, see `prepared.rs`):
+//! few rows (decode): rayon over blocks of output rows, each a dot product
 //! with eight independent accumulators so the compiler vectorizes it. Many
 //! rows (prefill): the `gemm` crate's blocked, multi-threaded SGEMM.
 
@@ -54,6 +56,11 @@ fn check(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<(usize, us
 /// Fast CPU matmul.
 pub fn matmul(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k, m) = check(x, w, bias)?;
+    if super::qmatmul::supports(w.format) {
+        let mut y = super::qmatmul::matmul_q(w.format, &w.bytes, x.as_slice()?, n, k, m)?;
+        add_bias(&mut y, bias, m)?;
+        return Tensor::from_vec(vec![n, m], y);
+    }
     let wd = dense_f32(w)?;
     let (xs, ws) = (x.as_slice()?, wd.0.as_slice());
     let mut y = vec![0.0f32; n * m];
@@ -86,12 +93,17 @@ pub fn matmul(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tenso
             );
         }
     }
+    add_bias(&mut y, bias, m)?;
+    Tensor::from_vec(vec![n, m], y)
+}
+
+fn add_bias(y: &mut [f32], bias: Option<&Tensor>, m: usize) -> Result<()> {
     if let Some(b) = bias {
         let b = b.as_slice()?;
         y.chunks_mut(m)
             .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
     }
-    Tensor::from_vec(vec![n, m], y)
+    Ok(())
 }
 
 fn gemv(xs: &[f32], ws: &[f32], y: &mut [f32], n: usize, k: usize, m: usize) {

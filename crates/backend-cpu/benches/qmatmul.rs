@@ -1,0 +1,151 @@
+//! Quantized matmul benchmarks on SmolLM2-135M's shapes, with a roofline.
+//!
+//! `cargo bench -p mm-backend-cpu --bench qmatmul` runs:
+//! * `roofline/copy`: a 256 MiB memcpy (read + write bytes) — the memory
+//!   bandwidth a weight-streaming GEMV can reach;
+//! * `roofline/int8_peak`: independent u8·i8→i32 dot instructions on
+//!   registers, all threads — the integer MAC peak (Throughput = MACs);
+//! * `gemv` (n = 1) and `gemm` (n = 64, 512) per format and shape
+//!   `k→m`, Throughput = weight bytes (so GB/s of weights; GFLOP/s is
+//!   2·n·k·m / time).
+//!
+//! `MM_BENCH_FORMATS=Q4_1,Q8_0` narrows the formats (default: all),
+//! `MM_BENCH_N=1,64` the row counts, and `MM_QMATMUL_ISA` picks the ISA.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_f32};
+use mm_backend_cpu::ops::qmatmul::{matmul_q, Isa};
+use mm_core::WeightFormat as F;
+use rayon::prelude::*;
+
+const FORMATS: [F; 10] = [
+    F::Q4_0,
+    F::Q4_1,
+    F::Q5_0,
+    F::Q5_1,
+    F::Q8_0,
+    F::Q2K,
+    F::Q3K,
+    F::Q4K,
+    F::Q5K,
+    F::Q6K,
+];
+
+/// (k, m): q/o, k/v, gate/up, down projections and the LM head.
+const SHAPES: [(usize, usize); 5] = [(576, 1536), (1536, 576), (576, 576), (576, 192), (576, 49152)];
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+}
+
+fn roofline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("roofline");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    let len = 256 << 20;
+    let src = vec![1u8; len];
+    let mut dst = vec![0u8; len];
+    g.throughput(Throughput::Bytes(2 * len as u64));
+    g.bench_function("copy", |b| {
+        b.iter(|| {
+            // One contiguous chunk per thread, so all cores pull bandwidth.
+            let per = len / rayon::current_num_threads();
+            dst.par_chunks_mut(per).zip(src.par_chunks(per)).for_each(|(d, s)| d.copy_from_slice(s));
+            black_box(&dst);
+        })
+    });
+    #[cfg(target_arch = "x86_64")]
+    {
+        let iters = 1u64 << 22;
+        let threads = rayon::current_num_threads() as u64;
+        // 8 accumulators × 32 MACs per instruction.
+        g.throughput(Throughput::Elements(iters * 8 * 32 * threads));
+        let vnni = Isa::available().contains(&Isa::Avx512Vnni);
+        g.bench_function(if vnni { "int8_peak_vpdpbusd" } else { "int8_peak_vpmaddubsw" }, |b| {
+            b.iter(|| {
+                (0..threads).into_par_iter().for_each(|_| {
+                    // SAFETY: features checked through Isa::available.
+                    black_box(unsafe { if vnni { peak_vnni(iters) } else { peak_avx2(iters) } });
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+unsafe fn peak_vnni(iters: u64) -> i32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_epi8(3);
+    let b = _mm256_set1_epi8(-2);
+    let mut acc = [_mm256_setzero_si256(); 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_dpbusd_epi32(*v, a, b);
+        }
+    }
+    let mut s = _mm256_setzero_si256();
+    for v in acc {
+        s = _mm256_add_epi32(s, v);
+    }
+    _mm256_extract_epi32(s, 0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn peak_avx2(iters: u64) -> i32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_epi8(3);
+    let b = _mm256_set1_epi8(-2);
+    let one = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_add_epi32(*v, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), one));
+        }
+    }
+    let mut s = _mm256_setzero_si256();
+    for v in acc {
+        s = _mm256_add_epi32(s, v);
+    }
+    _mm256_extract_epi32(s, 0)
+}
+
+fn qmatmul(c: &mut Criterion) {
+    let formats: Vec<F> = match env_list("MM_BENCH_FORMATS") {
+        Some(names) => FORMATS.into_iter().filter(|f| names.iter().any(|n| n == f.name())).collect(),
+        None => FORMATS.to_vec(),
+    };
+    let ns: Vec<usize> = env_list("MM_BENCH_N")
+        .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 64, 512]);
+    eprintln!("qmatmul ISA: {}", Isa::detect().name());
+    for &n in &ns {
+        let mut g = c.benchmark_group(if n == 1 { "gemv".to_string() } else { format!("gemm_n{n}") });
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+        for &f in &formats {
+            for &(k, m) in &SHAPES {
+                // The LM head only ever sees the last position; K-quants
+                // need rows of whole 256-value super-blocks (576 is not).
+                if (m == 49152 && n > 64) || k % f.block().0 != 0 {
+                    continue;
+                }
+                let w = random_blocks(f, m, k, 1);
+                let x = random_f32(n * k, 2);
+                g.throughput(Throughput::Bytes(w.len() as u64));
+                g.bench_with_input(BenchmarkId::new(f.name(), format!("{k}x{m}")), &(), |b, _| {
+                    b.iter(|| black_box(matmul_q(f, &w, &x, n, k, m).unwrap()))
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, roofline, qmatmul);
+criterion_main!(benches);
