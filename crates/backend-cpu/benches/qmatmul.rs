@@ -35,17 +35,28 @@ const FORMATS: [F; 10] = [
 ];
 
 /// (k, m): q/o, k/v, gate/up, down projections and the LM head.
-const SHAPES: [(usize, usize); 5] = [(576, 1536), (1536, 576), (576, 576), (576, 192), (576, 49152)];
+const SHAPES: [(usize, usize); 5] = [
+    (576, 1536),
+    (1536, 576),
+    (576, 576),
+    (576, 192),
+    (576, 49152),
+];
 
 fn env_list(name: &str) -> Option<Vec<String>> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    std::env::var(name).ok().map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
 }
 
 fn roofline(c: &mut Criterion) {
     let mut g = c.benchmark_group("roofline");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     let len = 256 << 20;
     let src = vec![1u8; len];
     let mut dst = vec![0u8; len];
@@ -54,7 +65,9 @@ fn roofline(c: &mut Criterion) {
         b.iter(|| {
             // One contiguous chunk per thread, so all cores pull bandwidth.
             let per = len / rayon::current_num_threads();
-            dst.par_chunks_mut(per).zip(src.par_chunks(per)).for_each(|(d, s)| d.copy_from_slice(s));
+            dst.par_chunks_mut(per)
+                .zip(src.par_chunks(per))
+                .for_each(|(d, s)| d.copy_from_slice(s));
             black_box(&dst);
         })
     });
@@ -65,14 +78,27 @@ fn roofline(c: &mut Criterion) {
         // 8 accumulators × 32 MACs per instruction.
         g.throughput(Throughput::Elements(iters * 8 * 32 * threads));
         let vnni = Isa::available().contains(&Isa::Avx512Vnni);
-        g.bench_function(if vnni { "int8_peak_vpdpbusd" } else { "int8_peak_vpmaddubsw" }, |b| {
-            b.iter(|| {
-                (0..threads).into_par_iter().for_each(|_| {
-                    // SAFETY: features checked through Isa::available.
-                    black_box(unsafe { if vnni { peak_vnni(iters) } else { peak_avx2(iters) } });
+        g.bench_function(
+            if vnni {
+                "int8_peak_vpdpbusd"
+            } else {
+                "int8_peak_vpmaddubsw"
+            },
+            |b| {
+                b.iter(|| {
+                    (0..threads).into_par_iter().for_each(|_| {
+                        // SAFETY: features checked through Isa::available.
+                        black_box(unsafe {
+                            if vnni {
+                                peak_vnni(iters)
+                            } else {
+                                peak_avx2(iters)
+                            }
+                        });
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }
@@ -118,7 +144,10 @@ unsafe fn peak_avx2(iters: u64) -> i32 {
 
 fn qmatmul(c: &mut Criterion) {
     let formats: Vec<F> = match env_list("MM_BENCH_FORMATS") {
-        Some(names) => FORMATS.into_iter().filter(|f| names.iter().any(|n| n == f.name())).collect(),
+        Some(names) => FORMATS
+            .into_iter()
+            .filter(|f| names.iter().any(|n| n == f.name()))
+            .collect(),
         None => FORMATS.to_vec(),
     };
     let ns: Vec<usize> = env_list("MM_BENCH_N")
@@ -126,8 +155,14 @@ fn qmatmul(c: &mut Criterion) {
         .unwrap_or_else(|| vec![1, 64, 512]);
     eprintln!("qmatmul ISA: {}", Isa::detect().name());
     for &n in &ns {
-        let mut g = c.benchmark_group(if n == 1 { "gemv".to_string() } else { format!("gemm_n{n}") });
-        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+        let mut g = c.benchmark_group(if n == 1 {
+            "gemv".to_string()
+        } else {
+            format!("gemm_n{n}")
+        });
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
         for &f in &formats {
             for &(k, m) in &SHAPES {
                 // The LM head only ever sees the last position; K-quants
@@ -138,9 +173,11 @@ fn qmatmul(c: &mut Criterion) {
                 let w = random_blocks(f, m, k, 1);
                 let x = random_f32(n * k, 2);
                 g.throughput(Throughput::Bytes(w.len() as u64));
-                g.bench_with_input(BenchmarkId::new(f.name(), format!("{k}x{m}")), &(), |b, _| {
-                    b.iter(|| black_box(matmul_q(f, &w, &x, n, k, m).unwrap()))
-                });
+                g.bench_with_input(
+                    BenchmarkId::new(f.name(), format!("{k}x{m}")),
+                    &(),
+                    |b, _| b.iter(|| black_box(matmul_q(f, &w, &x, n, k, m).unwrap())),
+                );
             }
         }
         g.finish();

@@ -8,7 +8,12 @@ use std::time::Instant;
 
 fn cpu_secs() -> f64 {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (t(11) + t(12)) / 100.0
 }
@@ -16,9 +21,26 @@ fn cpu_secs() -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1);
-    let names = args.get(2).cloned().unwrap_or("Q4_1,Q8_0,Q4_0,Q4_K,Q6_K".into());
-    let all = [F::Q4_0, F::Q4_1, F::Q5_0, F::Q5_1, F::Q8_0, F::Q2K, F::Q3K, F::Q4K, F::Q5K, F::Q6K];
-    for f in all.into_iter().filter(|f| names.split(',').any(|s| s == f.name())) {
+    let names = args
+        .get(2)
+        .cloned()
+        .unwrap_or("Q4_1,Q8_0,Q4_0,Q4_K,Q6_K".into());
+    let all = [
+        F::Q4_0,
+        F::Q4_1,
+        F::Q5_0,
+        F::Q5_1,
+        F::Q8_0,
+        F::Q2K,
+        F::Q3K,
+        F::Q4K,
+        F::Q5K,
+        F::Q6K,
+    ];
+    for f in all
+        .into_iter()
+        .filter(|f| names.split(',').any(|s| s == f.name()))
+    {
         for &(k, m) in &[(576usize, 1536usize), (576, 192), (1536, 576)] {
             if k % f.block().0 != 0 {
                 continue;

@@ -13,12 +13,28 @@ use mm_core::{Result, Tensor, WeightData, WeightFormat};
 pub use prepared::dense_f32;
 
 /// Multi-threaded CPU backend (rayon's global pool).
+///
+/// By default GGML block weights run through the native quantized kernels,
+/// which quantize activations to 8 bits as llama.cpp does. `exact()` instead
+/// dequantizes every weight once to f32 and keeps activations in f32: slower,
+/// but numerically the reference (what transformers computes).
 #[derive(Default, Debug, Clone, Copy)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    exact: bool,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend { exact: false }
+    }
+
+    /// The f32-activation reference mode.
+    pub fn exact() -> Self {
+        CpuBackend { exact: true }
+    }
+
+    fn native(&self, f: WeightFormat) -> bool {
+        !self.exact && ops::qmatmul::supports(f)
     }
 }
 
@@ -34,7 +50,7 @@ impl Backend for CpuBackend {
     /// Widens dense F16/BF16 (and F32) weights to f32 once; GGML block
     /// formats need nothing: their matmuls read the stored bytes.
     fn prepare(&self, w: &WeightData) -> Result<()> {
-        if ops::qmatmul::supports(w.format) {
+        if self.native(w.format) {
             return Ok(());
         }
         dense_f32(w).map(|_| ())
@@ -45,7 +61,11 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
-        ops::matmul::matmul(x, w, bias)
+        if self.native(w.format) {
+            ops::matmul::matmul(x, w, bias)
+        } else {
+            ops::matmul::matmul_dense(x, w, bias)
+        }
     }
 
     fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor> {

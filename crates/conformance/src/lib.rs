@@ -120,16 +120,32 @@ pub fn ggml_weights(seed: u64) -> Result<Vec<(WeightFormat, WeightData)>> {
     use WeightFormat as F;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
-    for (i, f) in [F::Q4_0, F::Q4_1, F::Q5_0, F::Q5_1, F::Q8_0, F::Q2K, F::Q3K, F::Q4K, F::Q5K, F::Q6K]
-        .into_iter()
-        .enumerate()
+    for (i, f) in [
+        F::Q4_0,
+        F::Q4_1,
+        F::Q5_0,
+        F::Q5_1,
+        F::Q8_0,
+        F::Q2K,
+        F::Q3K,
+        F::Q4K,
+        F::Q5K,
+        F::Q6K,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (m, k) = (37 + 11 * i, 512);
         let bytes = match f {
-            F::Q2K | F::Q3K | F::Q4K | F::Q5K | F::Q6K => random_blocks(f, m, k, seed * 31 + i as u64),
+            F::Q2K | F::Q3K | F::Q4K | F::Q5K | F::Q6K => {
+                random_blocks(f, m, k, seed * 31 + i as u64)
+            }
             _ => mm_quant::ggml::quantize(f, &randv(&mut rng, m * k))?,
         };
-        out.push((f, WeightData::new(f, vec![m, k], mm_core::HostBytes::owned(bytes))?));
+        out.push((
+            f,
+            WeightData::new(f, vec![m, k], mm_core::HostBytes::owned(bytes))?,
+        ));
     }
     Ok(out)
 }

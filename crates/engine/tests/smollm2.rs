@@ -18,6 +18,9 @@ use mm_formats::{open_source, WeightSource};
 use mm_models::npy::read_npy;
 use mm_models::{load_model, DecoderModel};
 
+/// Mean-KL bound for the 8-bit-activation kernels.
+const FAST_MAX_KL: f64 = 1e-2;
+
 fn gguf_path() -> Option<PathBuf> {
     let p = std::env::var_os("MM_SMOLLM2_GGUF")
         .map(PathBuf::from)
@@ -49,7 +52,7 @@ fn load() -> Option<(
     mm_engine::resolve::verify(&path)
         .expect("the SmolLM2 file is not the one the fixtures were made from");
     let src = open_source(&path).unwrap();
-    let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
+    let cpu: Arc<dyn mm_core::Backend> = Arc::new(backend);
     let model = load_model(src.as_ref(), &Device::new(cpu.clone(), cpu), &|_, _| {}).unwrap();
     let tok = load_for(&path, src.as_ref()).unwrap();
     let reference = serde_json::from_str(
@@ -73,12 +76,11 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
     x.iter().map(|v| *v as f64 - lse).collect()
 }
 
-#[test]
-fn smollm2_logits_match_transformers() {
-    let Some((src, model, tok, reference)) = load() else {
-        return;
-    };
+/// Per logits case: (key, positions, top-1 agreements, mean KL(ref‖ours)).
+fn logits_stats(backend: CpuBackend) -> Option<Vec<(String, usize, usize, f64)>> {
+    let (src, model, tok, reference) = load_with(backend)?;
     let vocab = src.config().vocab_size;
+    let mut stats = Vec::new();
     for case in reference["logits"].as_array().unwrap() {
         let key = case["key"].as_str().unwrap();
         let ids = u32s(&case["input_ids"]);
@@ -115,8 +117,40 @@ fn smollm2_logits_match_transformers() {
             "{key}: {} positions, top-1 {top1}/{}, mean KL {kl:.2e}",
             shape[0], shape[0]
         );
-        assert_eq!(top1, shape[0], "{key}: top-1 disagreement");
+        stats.push((key.to_string(), shape[0], top1, kl));
+    }
+    Some(stats)
+}
+
+/// The reference-precision path (f32 activations over dequantized weights).
+#[test]
+fn smollm2_logits_match_transformers() {
+    let Some(stats) = logits_stats(CpuBackend::exact()) else {
+        return;
+    };
+    for (key, n, top1, kl) in stats {
+        assert_eq!(top1, n, "{key}: top-1 disagreement");
         assert!(kl <= 1e-3, "{key}: mean KL {kl:.3e} > 1e-3");
+    }
+}
+
+/// The fast path: native Q4_1/Q8_0 kernels with 8-bit activations (as
+/// llama.cpp computes). Activation quantization moves the distribution a
+/// little; bounds are set from measurement (see the note in the assert).
+#[test]
+fn smollm2_native_kernels_stay_close_to_transformers() {
+    let Some(stats) = logits_stats(CpuBackend::new()) else {
+        return;
+    };
+    for (key, n, top1, kl) in stats {
+        assert!(
+            top1 * 10 >= n * 9,
+            "{key}: top-1 agreement {top1}/{n} < 90%"
+        );
+        assert!(
+            kl <= FAST_MAX_KL,
+            "{key}: mean KL {kl:.3e} > {FAST_MAX_KL:.0e}"
+        );
     }
 }
 

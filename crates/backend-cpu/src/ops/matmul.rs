@@ -61,6 +61,13 @@ pub fn matmul(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tenso
         add_bias(&mut y, bias, m)?;
         return Tensor::from_vec(vec![n, m], y);
     }
+    matmul_dense(x, w, bias)
+}
+
+/// Matmul over the weight's dequantized f32 form with f32 activations
+/// (any format; the reference-precision path).
+pub fn matmul_dense(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, k, m) = check(x, w, bias)?;
     let wd = dense_f32(w)?;
     let (xs, ws) = (x.as_slice()?, wd.0.as_slice());
     let mut y = vec![0.0f32; n * m];

@@ -19,7 +19,10 @@ pub fn load_for(path: &Path, src: &dyn WeightSource) -> Result<Tokenizer> {
 /// Reads the `tokenizer.*` metadata of a GGUF file.
 pub fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
     let k = |s: &str| format!("tokenizer.ggml.{s}");
-    let strings = |key: &str| -> Result<Option<Vec<String>>> { Ok(g.get_str_array(key)?.map(|v| v.into_iter().map(String::from).collect())) };
+    let strings = |key: &str| -> Result<Option<Vec<String>>> {
+        Ok(g.get_str_array(key)?
+            .map(|v| v.into_iter().map(String::from).collect()))
+    };
     let mut extra_eos_ids = Vec::new();
     for key in ["eot_token_id", "eom_token_id"] {
         if let Some(id) = g.get_u32(&k(key))? {

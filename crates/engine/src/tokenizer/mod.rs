@@ -15,13 +15,13 @@
 //!   splitting a UTF-8 character.
 
 mod chat_template;
+mod from_source;
 mod gguf_vocab;
 mod hf_dir;
 mod merges;
 mod pre_split;
 mod pyfmt;
 mod stream;
-mod from_source;
 mod strftime;
 
 use std::collections::HashMap;
@@ -30,8 +30,8 @@ use std::sync::{Arc, OnceLock};
 
 use mm_core::{Error, Result};
 
-pub use from_source::{gguf_vocab, load_for};
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateOptions, TemplateTokens};
+pub use from_source::{gguf_vocab, load_for};
 pub use gguf_vocab::{token_type, GgufVocab};
 pub use stream::StreamDecoder;
 

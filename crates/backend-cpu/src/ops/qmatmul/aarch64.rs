@@ -36,7 +36,10 @@ unsafe fn decode(format: WeightFormat, b: *const u8) -> (int8x16_t, int8x16_t) {
         WeightFormat::Q4_0 => {
             let (l, h) = nib(b.add(2));
             let off = vdupq_n_s8(8);
-            (vsubq_s8(vreinterpretq_s8_u8(l), off), vsubq_s8(vreinterpretq_s8_u8(h), off))
+            (
+                vsubq_s8(vreinterpretq_s8_u8(l), off),
+                vsubq_s8(vreinterpretq_s8_u8(h), off),
+            )
         }
         WeightFormat::Q4_1 => {
             let (l, h) = nib(b.add(4));
@@ -54,9 +57,15 @@ unsafe fn decode(format: WeightFormat, b: *const u8) -> (int8x16_t, int8x16_t) {
         WeightFormat::Q5_1 => {
             let (l, h) = nib(b.add(8));
             let (fl, fh) = fifth(b.add(4));
-            (vreinterpretq_s8_u8(vorrq_u8(l, fl)), vreinterpretq_s8_u8(vorrq_u8(h, fh)))
+            (
+                vreinterpretq_s8_u8(vorrq_u8(l, fl)),
+                vreinterpretq_s8_u8(vorrq_u8(h, fh)),
+            )
         }
-        WeightFormat::Q8_0 => (vld1q_s8(b.add(2) as *const i8), vld1q_s8(b.add(18) as *const i8)),
+        WeightFormat::Q8_0 => (
+            vld1q_s8(b.add(2) as *const i8),
+            vld1q_s8(b.add(18) as *const i8),
+        ),
         f => unreachable!("{} is not a 32-element block format", f.name()),
     }
 }
@@ -97,7 +106,11 @@ pub fn panel(format: WeightFormat, w: &[u8], row_bytes: usize, xs: &[ActRow], ou
     let rows = w.len() / row_bytes;
     let neon = matches!(
         format,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q8_0
+        WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q5_0
+            | WeightFormat::Q5_1
+            | WeightFormat::Q8_0
     );
     for (r, x) in xs.iter().enumerate() {
         for (j, wr) in w.chunks_exact(row_bytes).enumerate() {

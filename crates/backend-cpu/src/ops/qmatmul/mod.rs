@@ -131,19 +131,43 @@ fn quantizer(isa: Isa) -> fn(ActKind, &[f32], q8::RowOut) {
 }
 
 /// Quantizes `x[n, k]` for `format` into `act`.
-pub fn quantize_activations(isa: Isa, format: WeightFormat, x: &[f32], n: usize, k: usize, act: &mut QAct) {
-    act.quantize(act_kind(format), x, n, k, quantizer(isa), isa == Isa::Avx512Vnni);
+pub fn quantize_activations(
+    isa: Isa,
+    format: WeightFormat,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    act: &mut QAct,
+) {
+    act.quantize(
+        act_kind(format),
+        x,
+        n,
+        k,
+        quantizer(isa),
+        isa == Isa::Avx512Vnni,
+    );
 }
 
 /// Computes `out[r·rows + j] = w[j] · xs[r]` for the `rows = w.len() /
 /// row_bytes` weight rows of `w` and up to 4 activation rows `xs`.
 ///
 /// Panics when `isa` is not available on this CPU or the shapes disagree.
-pub fn panel(isa: Isa, format: WeightFormat, w: &[u8], row_bytes: usize, xs: &[ActRow], out: &mut [f32]) {
+pub fn panel(
+    isa: Isa,
+    format: WeightFormat,
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[ActRow],
+    out: &mut [f32],
+) {
     let (qk, bb) = format.block();
     assert!(supports(format), "{} is not a block format", format.name());
     assert!(row_bytes > 0 && row_bytes % bb == 0 && w.len() % row_bytes == 0);
-    assert!((1..=4).contains(&xs.len()), "1 to 4 activation rows per panel");
+    assert!(
+        (1..=4).contains(&xs.len()),
+        "1 to 4 activation rows per panel"
+    );
     let rows = w.len() / row_bytes;
     let nb = row_bytes / bb;
     assert_eq!(out.len(), rows * xs.len(), "panel output size");
@@ -155,7 +179,10 @@ pub fn panel(isa: Isa, format: WeightFormat, w: &[u8], row_bytes: usize, xs: &[A
             ActKind::Q8_0 => {
                 assert!(x.isum.len() == nb && x.s.len() == nb);
                 if isa == Isa::Avx512Vnni {
-                    assert!(x.qu.len() == nb * qk && x.dx8.len() == 8 * nb, "wide activations");
+                    assert!(
+                        x.qu.len() == nb * qk && x.dx8.len() == 8 * nb,
+                        "wide activations"
+                    );
                 }
             }
             ActKind::Q8K => assert_eq!(x.bsums.len(), nb * qk / 16),
@@ -177,7 +204,10 @@ pub fn panel(isa: Isa, format: WeightFormat, w: &[u8], row_bytes: usize, xs: &[A
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
-            assert!(Isa::available().contains(&isa), "AVX-512 VNNI is not available");
+            assert!(
+                Isa::available().contains(&isa),
+                "AVX-512 VNNI is not available"
+            );
             // SAFETY: features checked above; lengths checked above.
             unsafe { x86::panel_vnni(format, w, row_bytes, xs, out.as_mut_ptr(), rows) }
         }
@@ -214,7 +244,14 @@ const DECODE_ROWS: usize = 4;
 
 /// `y[n, m] = x[n, k] · wᵀ` for `w` holding `m` rows of `k` values in
 /// `format` (GGML blocks), with the detected ISA.
-pub fn matmul_q(format: WeightFormat, w: &[u8], x: &[f32], n: usize, k: usize, m: usize) -> Result<Vec<f32>> {
+pub fn matmul_q(
+    format: WeightFormat,
+    w: &[u8],
+    x: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) -> Result<Vec<f32>> {
     matmul_q_with(Isa::detect(), format, w, x, n, k, m)
 }
 
@@ -229,10 +266,16 @@ pub fn matmul_q_with(
     m: usize,
 ) -> Result<Vec<f32>> {
     if !supports(format) {
-        return Err(Error::Invalid(format!("{} is not a GGML block format", format.name())));
+        return Err(Error::Invalid(format!(
+            "{} is not a GGML block format",
+            format.name()
+        )));
     }
     if !Isa::available().contains(&isa) {
-        return Err(Error::Invalid(format!("ISA {} is not available here", isa.name())));
+        return Err(Error::Invalid(format!(
+            "ISA {} is not available here",
+            isa.name()
+        )));
     }
     let row_bytes = format.bytes_for(k)?;
     if w.len() != m * row_bytes || x.len() != n * k {
@@ -275,7 +318,13 @@ fn compute(
         // a few tasks per thread so a thread slowed by a neighbour process
         // does not hold up the call.
         let big = w.len() >= 4 << 20;
-        let tasks = if m * row_bytes < 64 << 10 { 1 } else if big { 4 * threads } else { threads };
+        let tasks = if m * row_bytes < 64 << 10 {
+            1
+        } else if big {
+            4 * threads
+        } else {
+            threads
+        };
         let per = m.div_ceil(tasks).next_multiple_of(8).min(m);
         let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
         let yp = OutPtr(y.as_mut_ptr());
@@ -291,7 +340,14 @@ fn compute(
                 let c1 = (c0 + 64).min(rows);
                 let cr = c1 - c0;
                 let out = &mut local[..cr * n];
-                panel(isa, format, &w[(j0 + c0) * row_bytes..(j0 + c1) * row_bytes], row_bytes, &xs, out);
+                panel(
+                    isa,
+                    format,
+                    &w[(j0 + c0) * row_bytes..(j0 + c1) * row_bytes],
+                    row_bytes,
+                    &xs,
+                    out,
+                );
                 for r in 0..n {
                     // SAFETY: rows j0+c0..j0+c1 of column block belong to
                     // this task only; y has n·m elements.
@@ -324,33 +380,35 @@ fn compute(
     let per_chunk = groups.div_ceil(group_chunks);
     let group_chunks = groups.div_ceil(per_chunk);
     let yp = OutPtr(y.as_mut_ptr());
-    (0..row_blocks * group_chunks).into_par_iter().for_each(|t| {
-        let (rb, gc) = (t % row_blocks, t / row_blocks);
-        let j0 = rb * jb;
-        let j1 = (j0 + jb).min(m);
-        let rows = j1 - j0;
-        let wb = &w[j0 * row_bytes..j1 * row_bytes];
-        let mut local = vec![0.0f32; GROUP * rows];
-        let g1 = ((gc + 1) * per_chunk).min(groups);
-        for g in gc * per_chunk..g1 {
-            let i0 = g * GROUP;
-            let i1 = (i0 + GROUP).min(n);
-            let xs: [ActRow; GROUP] = std::array::from_fn(|r| act.row((i0 + r).min(i1 - 1)));
-            let nr = i1 - i0;
-            let out = &mut local[..nr * rows];
-            panel(isa, format, wb, row_bytes, &xs[..nr], out);
-            for r in 0..nr {
-                // SAFETY: elements (i0+r, j0..j1) belong to this task only.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        out.as_ptr().add(r * rows),
-                        yp.get().add((i0 + r) * m + j0),
-                        rows,
-                    )
-                };
+    (0..row_blocks * group_chunks)
+        .into_par_iter()
+        .for_each(|t| {
+            let (rb, gc) = (t % row_blocks, t / row_blocks);
+            let j0 = rb * jb;
+            let j1 = (j0 + jb).min(m);
+            let rows = j1 - j0;
+            let wb = &w[j0 * row_bytes..j1 * row_bytes];
+            let mut local = vec![0.0f32; GROUP * rows];
+            let g1 = ((gc + 1) * per_chunk).min(groups);
+            for g in gc * per_chunk..g1 {
+                let i0 = g * GROUP;
+                let i1 = (i0 + GROUP).min(n);
+                let xs: [ActRow; GROUP] = std::array::from_fn(|r| act.row((i0 + r).min(i1 - 1)));
+                let nr = i1 - i0;
+                let out = &mut local[..nr * rows];
+                panel(isa, format, wb, row_bytes, &xs[..nr], out);
+                for r in 0..nr {
+                    // SAFETY: elements (i0+r, j0..j1) belong to this task only.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            out.as_ptr().add(r * rows),
+                            yp.get().add((i0 + r) * m + j0),
+                            rows,
+                        )
+                    };
+                }
             }
-        }
-    });
+        });
 }
 
 #[cfg(test)]

@@ -102,8 +102,16 @@ impl QAct {
                 isum: &self.isum[i * nb..(i + 1) * nb],
                 s: &self.s[i * nb..(i + 1) * nb],
                 bsums: &[],
-                qu: if self.wide { &self.qu[self.qu_off + i * k..self.qu_off + (i + 1) * k] } else { &[] },
-                dx8: if self.wide { &self.dx8[i * nb * 8..(i + 1) * nb * 8] } else { &[] },
+                qu: if self.wide {
+                    &self.qu[self.qu_off + i * k..self.qu_off + (i + 1) * k]
+                } else {
+                    &[]
+                },
+                dx8: if self.wide {
+                    &self.dx8[i * nb * 8..(i + 1) * nb * 8]
+                } else {
+                    &[]
+                },
             },
         }
     }
@@ -158,7 +166,12 @@ impl QAct {
             ActKind::Q8_0 => (&mut self.isum[..n * nb], &mut self.s[..n * nb], &mut []),
             ActKind::Q8K => (&mut [], &mut [], &mut self.bsums[..n * k / 16]),
         };
-        let job = |i: usize, qs: &mut [i8], d: &mut [f32], isum: &mut [i32], s: &mut [f32], bs: &mut [i16]| {
+        let job = |i: usize,
+                   qs: &mut [i8],
+                   d: &mut [f32],
+                   isum: &mut [i32],
+                   s: &mut [f32],
+                   bs: &mut [i16]| {
             quant_row(
                 kind,
                 &x[i * k..(i + 1) * k],
@@ -252,7 +265,11 @@ pub fn scales(amax: f32) -> (f32, f32) {
 /// Scalar activation quantization of one row (the reference).
 pub fn quantize_row(kind: ActKind, x: &[f32], out: RowOut) {
     let qk = kind.block();
-    for (b, (xb, qb)) in x.chunks_exact(qk).zip(out.qs.chunks_exact_mut(qk)).enumerate() {
+    for (b, (xb, qb)) in x
+        .chunks_exact(qk)
+        .zip(out.qs.chunks_exact_mut(qk))
+        .enumerate()
+    {
         let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let (d, id) = scales(amax);
         out.d[b] = d;

@@ -226,7 +226,11 @@ pub fn unpack_32(format: WeightFormat, b: &[u8]) -> Unpacked32 {
 pub fn is_kquant(format: WeightFormat) -> bool {
     matches!(
         format,
-        WeightFormat::Q2K | WeightFormat::Q3K | WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K
+        WeightFormat::Q2K
+            | WeightFormat::Q3K
+            | WeightFormat::Q4K
+            | WeightFormat::Q5K
+            | WeightFormat::Q6K
     )
 }
 
@@ -408,7 +412,9 @@ pub fn dequantize_row_ref(format: WeightFormat, bytes: &[u8], out: &mut [f32]) -
                     }
                 }
             }
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => unreachable!(),
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::Mm(_) => {
+                unreachable!()
+            }
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ pub fn f16_fields(format: WeightFormat) -> &'static [usize] {
         WeightFormat::Q2K => &[80, 82],
         WeightFormat::Q3K => &[108],
         WeightFormat::Q6K => &[208],
-        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => &[],
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::Mm(_) => &[],
     }
 }
 
@@ -42,7 +42,9 @@ pub fn random_blocks(format: WeightFormat, rows: usize, k: usize, seed: u64) -> 
     let (qk, bb) = format.block();
     assert!(!format.is_dense() && k % qk == 0);
     let mut rng = Rng::new(seed);
-    let mut v: Vec<u8> = (0..rows * k / qk * bb).map(|_| rng.next_u64() as u8).collect();
+    let mut v: Vec<u8> = (0..rows * k / qk * bb)
+        .map(|_| rng.next_u64() as u8)
+        .collect();
     // Scales ~ what a quantizer writes for unit-range weights.
     let mag = match format {
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => 0.12,

@@ -59,7 +59,9 @@ fn reference_f32(format: F, w: &[u8], x: &[f32], n: usize, k: usize, m: usize) -
     let mut y = vec![0.0f64; n * m];
     for i in 0..n {
         for j in 0..m {
-            y[i * m + j] = (0..k).map(|t| wd[j * k + t] as f64 * x[i * k + t] as f64).sum();
+            y[i * m + j] = (0..k)
+                .map(|t| wd[j * k + t] as f64 * x[i * k + t] as f64)
+                .sum();
         }
     }
     y
@@ -75,12 +77,20 @@ fn check_format(format: F, n: usize, kb: usize, m: usize, seed: u64) {
     let scalar = matmul_q_with(Isa::Scalar, format, &w, &x, n, k, m).unwrap();
     // The integer path is exact up to f32 rounding of the block sums.
     let e = rel_l2(&scalar, &exact);
-    assert!(e < 1e-5, "{} scalar vs f64 over quantized values: {e:.2e} (n={n} k={k} m={m})", format.name());
+    assert!(
+        e < 1e-5,
+        "{} scalar vs f64 over quantized values: {e:.2e} (n={n} k={k} m={m})",
+        format.name()
+    );
     // 8-bit activations: within 1e-2 of the f32-activation product (the
     // expected error is ~4e-3; a handful of outputs may land further).
     let tol = if n * m >= 32 { 1e-2 } else { 3e-2 };
     let e = rel_l2(&scalar, &reference_f32(format, &w, &x, n, k, m));
-    assert!(e < tol, "{} scalar vs f32 activations: {e:.2e} (n={n} k={k} m={m})", format.name());
+    assert!(
+        e < tol,
+        "{} scalar vs f32 activations: {e:.2e} (n={n} k={k} m={m})",
+        format.name()
+    );
     let scalar64: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
     for &isa in Isa::available() {
         let y = matmul_q_with(isa, format, &w, &x, n, k, m).unwrap();
@@ -97,7 +107,16 @@ fn check_format(format: F, n: usize, kb: usize, m: usize, seed: u64) {
 #[test]
 fn every_format_every_isa() {
     for (i, &f) in FORMATS.iter().enumerate() {
-        for &(n, kb, m) in &[(1, 1, 1), (1, 3, 37), (2, 2, 9), (3, 1, 17), (4, 2, 8), (5, 2, 33), (9, 1, 70), (13, 3, 130)] {
+        for &(n, kb, m) in &[
+            (1, 1, 1),
+            (1, 3, 37),
+            (2, 2, 9),
+            (3, 1, 17),
+            (4, 2, 8),
+            (5, 2, 33),
+            (9, 1, 70),
+            (13, 3, 130),
+        ] {
             check_format(f, n, kb, m, 100 * i as u64 + n as u64);
         }
     }
@@ -113,7 +132,11 @@ fn simd_quantizer_matches_scalar() {
                 x[..64].iter_mut().for_each(|v| *v = 0.0); // all-zero blocks
                 x[100] = 1e-30;
                 x[300] = -7.5;
-                let fmt = if kind == ActKind::Q8K { F::Q4K } else { F::Q4_0 };
+                let fmt = if kind == ActKind::Q8K {
+                    F::Q4K
+                } else {
+                    F::Q4_0
+                };
                 let (mut a, mut b) = (QAct::new(), QAct::new());
                 quantize_activations(Isa::Scalar, fmt, &x, n, k, &mut a);
                 quantize_activations(isa, fmt, &x, n, k, &mut b);
@@ -175,8 +198,10 @@ fn block_layouts_match_mm_quant() {
         let (mut a, mut b) = (vec![0.0f32; 3 * k], vec![0.0f32; 3 * k]);
         scalar::dequantize_row_ref(f, &w, &mut a).unwrap();
         mm_quant::dequantize_row(f, &w, &mut b).unwrap();
-        let (ab, bb): (Vec<u32>, Vec<u32>) =
-            (a.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_bits()).collect());
+        let (ab, bb): (Vec<u32>, Vec<u32>) = (
+            a.iter().map(|v| v.to_bits()).collect(),
+            b.iter().map(|v| v.to_bits()).collect(),
+        );
         assert_eq!(ab, bb, "{}", f.name());
     }
 }

@@ -168,7 +168,12 @@ impl Fmt32 for Q4_0 {
     #[inline(always)]
     unsafe fn decode(b: *const u8) -> W32 {
         let u = nibbles(b.add(2));
-        W32 { u, w: u, d: f16(b), m: 0.0 }
+        W32 {
+            u,
+            w: u,
+            d: f16(b),
+            m: 0.0,
+        }
     }
 }
 
@@ -179,7 +184,12 @@ impl Fmt32 for Q4_1 {
     #[inline(always)]
     unsafe fn decode(b: *const u8) -> W32 {
         let u = nibbles(b.add(4));
-        W32 { u, w: u, d: f16(b), m: f16(b.add(2)) }
+        W32 {
+            u,
+            w: u,
+            d: f16(b),
+            m: f16(b.add(2)),
+        }
     }
 }
 
@@ -190,7 +200,12 @@ impl Fmt32 for Q5_0 {
     #[inline(always)]
     unsafe fn decode(b: *const u8) -> W32 {
         let u = _mm256_or_si256(nibbles(b.add(6)), fifth_bits(b.add(2)));
-        W32 { u, w: u, d: f16(b), m: 0.0 }
+        W32 {
+            u,
+            w: u,
+            d: f16(b),
+            m: 0.0,
+        }
     }
 }
 
@@ -201,7 +216,12 @@ impl Fmt32 for Q5_1 {
     #[inline(always)]
     unsafe fn decode(b: *const u8) -> W32 {
         let u = _mm256_or_si256(nibbles(b.add(8)), fifth_bits(b.add(4)));
-        W32 { u, w: u, d: f16(b), m: f16(b.add(2)) }
+        W32 {
+            u,
+            w: u,
+            d: f16(b),
+            m: f16(b.add(2)),
+        }
     }
 }
 
@@ -212,7 +232,12 @@ impl Fmt32 for Q8_0 {
     #[inline(always)]
     unsafe fn decode(b: *const u8) -> W32 {
         let w = loadu(b.add(2));
-        W32 { u: _mm256_abs_epi8(w), w, d: f16(b), m: 0.0 }
+        W32 {
+            u: _mm256_abs_epi8(w),
+            w,
+            d: f16(b),
+            m: 0.0,
+        }
     }
     #[inline(always)]
     unsafe fn dot<I: Isa>(acc: __m256i, w: &W32, x: __m256i) -> __m256i {
@@ -244,7 +269,11 @@ unsafe fn blk32<I: Isa, F: Fmt32, const C: usize, const R: usize>(
                 _mm256_setzero_si256()
             };
             let p = F::dot::<I>(init, &wb, xq[r]);
-            acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wb.d * dx[r]), acc[c][r]);
+            acc[c][r] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_set1_ps(wb.d * dx[r]),
+                acc[c][r],
+            );
             if F::MIN {
                 accm[c][r] = wb.m.mul_add(*x[r].s.add(b), accm[c][r]);
             }
@@ -350,7 +379,12 @@ impl Fmt32Z for Q4_0 {
     unsafe fn decode2(b: *const u8) -> W64 {
         let b1 = b.add(Self::BYTES);
         let w = _mm512_sub_epi8(nib2(b.add(2), b1.add(2)), _mm512_set1_epi8(8));
-        W64 { w, corr: corr128(w), d: scales2(b, b1), m: _mm_setzero_ps() }
+        W64 {
+            w,
+            corr: corr128(w),
+            d: scales2(b, b1),
+            m: _mm_setzero_ps(),
+        }
     }
 }
 
@@ -361,7 +395,12 @@ impl Fmt32Z for Q5_0 {
         let b1 = b.add(Self::BYTES);
         let u = _mm512_or_si512(nib2(b.add(6), b1.add(6)), fifth2(b.add(2), b1.add(2)));
         let w = _mm512_sub_epi8(u, _mm512_set1_epi8(16));
-        W64 { w, corr: corr128(w), d: scales2(b, b1), m: _mm_setzero_ps() }
+        W64 {
+            w,
+            corr: corr128(w),
+            d: scales2(b, b1),
+            m: _mm_setzero_ps(),
+        }
     }
 }
 
@@ -371,7 +410,12 @@ impl Fmt32Z for Q8_0 {
     unsafe fn decode2(b: *const u8) -> W64 {
         let b1 = b.add(Self::BYTES);
         let w = _mm512_inserti64x4(_mm512_castsi256_si512(loadu(b.add(2))), loadu(b1.add(2)), 1);
-        W64 { w, corr: corr128(w), d: scales2(b, b1), m: _mm_setzero_ps() }
+        W64 {
+            w,
+            corr: corr128(w),
+            d: scales2(b, b1),
+            m: _mm_setzero_ps(),
+        }
     }
 }
 
@@ -419,7 +463,11 @@ unsafe fn mk32z<F: Fmt32Z, const C: usize, const R: usize>(
         let mut xq = [_mm512_setzero_si512(); R];
         let mut dx = [_mm512_setzero_ps(); R];
         for r in 0..R {
-            let src = if F::SIGNED { x[r].qu } else { x[r].qs as *const u8 };
+            let src = if F::SIGNED {
+                x[r].qu
+            } else {
+                x[r].qs as *const u8
+            };
             xq[r] = _mm512_loadu_si512(src.add(32 * b) as *const _);
             dx[r] = _mm512_loadu_ps(x[r].dx8.add(8 * b));
         }
@@ -431,7 +479,8 @@ unsafe fn mk32z<F: Fmt32Z, const C: usize, const R: usize>(
                 } else {
                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), wb.w, xq[r])
                 };
-                acc[c][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wb.d, dx[r]), acc[c][r]);
+                acc[c][r] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wb.d, dx[r]), acc[c][r]);
                 if F::MIN {
                     let s2 = _mm_castpd_ps(_mm_load_sd(x[r].s.add(b) as *const f64));
                     accm2[c][r] = _mm_fmadd_ps(wb.m, s2, accm2[c][r]);
@@ -652,8 +701,14 @@ impl FmtK for Q6K {
         let l1 = loadu(b.add(64 * h + 32));
         let qh = loadu(b.add(128 + 32 * h));
         [
-            _mm256_or_si256(_mm256_and_si256(l0, m), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
-            _mm256_or_si256(_mm256_and_si256(l1, m), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+            _mm256_or_si256(
+                _mm256_and_si256(l0, m),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(l1, m),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+            ),
             _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi16(l0, 4), m),
                 _mm256_and_si256(qh, m30),
@@ -739,8 +794,11 @@ unsafe fn mkk<I: Isa, F: FmtK, const C: usize, const R: usize>(
 
 /// A kernel over `C` weight rows × `R` activation rows.
 trait Micro {
-    unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], nb: usize, x: &[X; R])
-        -> [[f32; R]; C];
+    unsafe fn run<const C: usize, const R: usize>(
+        w: [*const u8; C],
+        nb: usize,
+        x: &[X; R],
+    ) -> [[f32; R]; C];
 }
 
 struct M32<I, F>(std::marker::PhantomData<(I, F)>);
