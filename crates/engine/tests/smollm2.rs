@@ -42,12 +42,18 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2")
 }
 
-fn load() -> Option<(
+type Loaded = (
     Box<dyn WeightSource>,
     DecoderModel,
     Tokenizer,
     serde_json::Value,
-)> {
+);
+
+fn load() -> Option<Loaded> {
+    load_with(CpuBackend::exact())
+}
+
+fn load_with(backend: CpuBackend) -> Option<Loaded> {
     let path = gguf_path()?;
     mm_engine::resolve::verify(&path)
         .expect("the SmolLM2 file is not the one the fixtures were made from");
