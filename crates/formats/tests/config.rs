@@ -146,6 +146,7 @@ fn smollm2() {
             qk_norm: false,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
+            sliding_window: None,
         }
     );
 }
@@ -388,6 +389,7 @@ fn gguf_llama() {
             qk_norm: false,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
+            sliding_window: None,
         }
     );
 
