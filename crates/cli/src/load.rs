@@ -16,11 +16,18 @@ use crate::args::{DeviceKind, ModelArgs};
 pub struct Loaded {
     pub source: Box<dyn WeightSource>,
     pub model: DecoderModel,
-    pub tokenizer: Tokenizer,
+    tokenizer: Option<Tokenizer>,
     pub ctx: usize,
 }
 
 impl Loaded {
+    /// The tokenizer; commands that need text fail clearly without one.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this model has no tokenizer"))
+    }
+
     pub fn new_cache(&self) -> Result<KvCache> {
         Ok(self.model.new_cache(self.ctx)?)
     }
@@ -49,9 +56,20 @@ pub fn open(args: &ModelArgs) -> Result<(std::path::PathBuf, Box<dyn WeightSourc
 
 /// Opens the checkpoint, builds the tokenizer and the model (with a progress bar).
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    load_with(args, true)
+}
+
+/// Like [`load`]; without `tokenizer` none is built (e.g. for `logits`).
+pub fn load_with(args: &ModelArgs, tokenizer: bool) -> Result<Loaded> {
     let (path, source) = open(args)?;
-    let tokenizer = mm_engine::tokenizer::load_for(&path, source.as_ref())
-        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let tokenizer = if tokenizer {
+        Some(
+            mm_engine::tokenizer::load_for(&path, source.as_ref())
+                .with_context(|| format!("loading the tokenizer of {}", path.display()))?,
+        )
+    } else {
+        None
+    };
     let dev = device(args.device)?;
     let bar = ProgressBar::new(source.config().num_layers as u64);
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers").unwrap());

@@ -3,10 +3,10 @@
 use anyhow::Result;
 
 use crate::args::LogitsArgs;
-use crate::load::load;
+use crate::load::load_with;
 
 pub fn run(a: LogitsArgs) -> Result<()> {
-    let m = load(&a.model)?;
+    let m = load_with(&a.model, false)?;
     let vocab = m.source.config().vocab_size;
     if let Some(bad) = a.ids.iter().find(|&&i| i as usize >= vocab) {
         anyhow::bail!("token id {bad} is outside the vocabulary of {vocab}");
