@@ -118,7 +118,8 @@ pub fn window_count(tokens: usize, ctx: usize, max_chunks: Option<usize>) -> Res
     let available = tokens / ctx;
     if available == 0 {
         return Err(Error::Other(format!(
-            "the text is too short: it has {tokens} tokens, and one window needs {ctx}"
+            "the text is too short: it has {tokens} token{}, and one window needs {ctx}",
+            if tokens == 1 { "" } else { "s" }
         )));
     }
     match max_chunks {
