@@ -223,6 +223,8 @@ fn eval_text_too_short_says_how_many_tokens() {
     assert!(e.contains("10 tokens") && e.contains("32"), "{e}");
     let e = fails(&["eval", "-m", s(&m), "--text", s(&text), "--ctx", "2"]);
     assert!(e.contains("--ctx"), "{e}");
+    let e = fails(&["eval", "-m", s(&m), "--text", s(&text), "--ctx", "100000"]);
+    assert!(e.contains("context length 512"), "{e}");
     let e = fails(&["eval", "-m", s(&m), "--text", s(&d.join("missing.txt"))]);
     assert!(e.contains("missing.txt"), "{e}");
     let bin_file = d.join("bin.txt");

@@ -29,6 +29,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ctx: Some(a.ctx),
     };
     let (path, source) = open(&margs)?;
+    let max = source.config().max_position_embeddings;
+    if a.ctx > max {
+        bail!("--ctx {} exceeds the model's context length {max}", a.ctx);
+    }
     let tok = tokenizer(&path, source.as_ref())?;
     let ids =
         eval_tokens(&tok, &text).with_context(|| format!("tokenizing {}", a.text.display()))?;
