@@ -31,6 +31,30 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Describe a model: architecture, sizes, tensor types, tokenizer.
     Info(InfoArgs),
+    /// Perplexity over a text file, and KL divergence against a reference model.
+    ///
+    /// The text is tokenized once (BOS first only if the tokenizer adds one)
+    /// and cut into non-overlapping windows of --ctx tokens (a shorter tail is
+    /// dropped); each window starts from an empty KV cache. As llama.cpp's
+    /// `llama-perplexity` does by default, only the second half of each window
+    /// is scored: the logits at positions ctx/2..ctx-1 predict the next token,
+    /// so every scored token sees at least ctx/2 tokens of context (ctx-1-ctx/2
+    /// tokens per window), and when the tokenizer adds BOS each window's first
+    /// token is replaced by BOS.
+    ///
+    /// With --ref, the reference model runs on the same windows and, at the same
+    /// positions, the mean KL(ref ‖ model) over the full vocabulary, the top-1
+    /// agreement and the reference's perplexity are reported. Both models must
+    /// share the tokenizer.
+    Eval(EvalArgs),
+    /// Prefill and decode throughput, like llama-bench's pp/tg tests.
+    ///
+    /// Prefill (ppN): one forward of N random ordinary tokens into an empty KV
+    /// cache. Decode (tgN): N single-token forwards after a 1-token prefix. Each
+    /// test runs once untimed as warm-up, then --repetitions timed times; the
+    /// table shows the median ± standard deviation and the extremes in tokens per
+    /// second. Use the global --threads to set the worker threads.
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,4 +147,53 @@ pub struct InfoArgs {
     /// List every tensor.
     #[arg(long)]
     pub tensors: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// HF model directory, .gguf file, or hub id (default: SmolLM2-135M-Instruct).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// UTF-8 text file to evaluate on.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Window length in tokens; the last half of each window is scored
+    /// (positions ctx/2..ctx-1, as llama-perplexity).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Reference model (same tokenizer) for KL divergence and top-1 agreement.
+    #[arg(long = "ref", value_name = "REF_MODEL")]
+    pub reference: Option<String>,
+    /// Evaluate at most N windows.
+    #[arg(long, value_name = "N")]
+    pub max_chunks: Option<usize>,
+    /// Print one JSON object (ppl, kld, top1, tokens, ref_ppl, chunks, ctx).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// HF model directory, .gguf file, or hub id (default: SmolLM2-135M-Instruct).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Tokens of the prefill test (0 skips it).
+    #[arg(short = 'p', long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens of the decode test (0 skips it).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Timed runs of each test, after one untimed warm-up run.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Seed of the random token ids.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -1,5 +1,6 @@
 //! Loading a model, its tokenizer and its device from command-line args.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -14,20 +15,15 @@ use crate::args::{DeviceKind, ModelArgs};
 
 /// Everything a command needs to run a model.
 pub struct Loaded {
+    /// The checkpoint (config, metadata); not every command reads it.
+    #[allow(dead_code)]
     pub source: Box<dyn WeightSource>,
     pub model: DecoderModel,
-    tokenizer: Option<Tokenizer>,
+    pub tokenizer: Tokenizer,
     pub ctx: usize,
 }
 
 impl Loaded {
-    /// The tokenizer; commands that need text fail clearly without one.
-    pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("this model has no tokenizer"))
-    }
-
     pub fn new_cache(&self) -> Result<KvCache> {
         Ok(self.model.new_cache(self.ctx)?)
     }
@@ -54,38 +50,44 @@ pub fn open(args: &ModelArgs) -> Result<(std::path::PathBuf, Box<dyn WeightSourc
     Ok((path, src))
 }
 
-/// Opens the checkpoint, builds the tokenizer and the model (with a progress bar).
-pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    load_with(args, true)
+/// Builds the tokenizer of an opened checkpoint.
+pub fn tokenizer(path: &Path, source: &dyn WeightSource) -> Result<Tokenizer> {
+    mm_engine::tokenizer::load_for(path, source)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))
 }
 
-/// Like [`load`]; without `tokenizer` none is built (e.g. for `logits`).
-pub fn load_with(args: &ModelArgs, tokenizer: bool) -> Result<Loaded> {
-    let (path, source) = open(args)?;
-    let tokenizer = if tokenizer {
-        Some(
-            mm_engine::tokenizer::load_for(&path, source.as_ref())
-                .with_context(|| format!("loading the tokenizer of {}", path.display()))?,
-        )
-    } else {
-        None
-    };
-    let dev = device(args.device)?;
-    let bar = ProgressBar::new(source.config().num_layers as u64);
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers").unwrap());
-    bar.set_message("loading");
-    let model = load_model(source.as_ref(), &dev, &|done, _| {
-        bar.set_position(done as u64)
-    })
-    .with_context(|| format!("loading model {}", path.display()))?;
-    bar.finish_and_clear();
+/// Builds the model of an opened checkpoint (with a progress bar) and
+/// settles the KV-cache length from `args.ctx`.
+pub fn build(
+    path: &Path,
+    source: &dyn WeightSource,
+    args: &ModelArgs,
+) -> Result<(DecoderModel, usize)> {
     let max = source.config().max_position_embeddings;
     let ctx = match args.ctx {
-        Some(c) if c == 0 => bail!("--ctx must be at least 1"),
+        Some(0) => bail!("--ctx must be at least 1"),
         Some(c) if c > max => bail!("--ctx {c} exceeds the model's context length {max}"),
         Some(c) => c,
         None => max.min(4096),
     };
+    let dev = device(args.device)?;
+    let bar = ProgressBar::new(source.config().num_layers as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("loading");
+    let model = load_model(source, &dev, &|done, _| bar.set_position(done as u64))
+        .with_context(|| format!("loading model {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok((model, ctx))
+}
+
+/// Opens the checkpoint, builds the tokenizer and the model (with a progress bar).
+pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    let (path, source) = open(args)?;
+    let tokenizer = tokenizer(&path, source.as_ref())?;
+    let (model, ctx) = build(&path, source.as_ref(), args)?;
     Ok(Loaded {
         source,
         model,

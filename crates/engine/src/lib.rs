@@ -1,6 +1,8 @@
-//! The engine: tokenizers, chat templates, sampling, model resolution and
-//! the generation loop.
+//! The engine: tokenizers, chat templates, sampling, model resolution, the
+//! generation loop, perplexity/KL evaluation and throughput benchmarks.
 
+pub mod bench;
+pub mod eval;
 pub mod generate;
 pub mod resolve;
 pub mod sampler;

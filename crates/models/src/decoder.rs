@@ -17,6 +17,19 @@ pub struct DecoderLayer {
     pub ffn: Mlp,
 }
 
+/// Sizes of a model's weights, as stored (quantized bytes, not the form a
+/// backend may expand them to).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightSummary {
+    /// Stored bytes of every weight, a tied embedding counted once.
+    pub bytes: usize,
+    /// Parameters, a tied embedding counted once.
+    pub params: usize,
+    /// Stored bytes one decoded token reads: every layer, the final norm,
+    /// the LM head and one embedding row.
+    pub bytes_per_token: usize,
+}
+
 /// A causal language model: embeddings, decoder layers, final norm, head.
 pub struct DecoderModel {
     pub config: ModelConfig,
@@ -25,6 +38,8 @@ pub struct DecoderModel {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
+    /// The LM head is the embedding table.
+    tied: bool,
     rope: Rope,
 }
 
@@ -70,7 +85,8 @@ impl DecoderModel {
             });
         }
         progress(cfg.num_layers, cfg.num_layers);
-        let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
+        let tied = cfg.tie_word_embeddings || !src.contains("lm_head.weight");
+        let lm_head = if tied {
             Linear::from_weight("model.embed_tokens.weight", embed.clone(), v, e, device)?
         } else {
             Linear::load(src, "lm_head", v, e, false, device)?
@@ -83,6 +99,7 @@ impl DecoderModel {
             embed,
             layers,
             lm_head,
+            tied,
         })
     }
 
@@ -132,6 +149,31 @@ impl DecoderModel {
         }
         let x = self.norm.forward(&h, dev)?;
         self.lm_head.forward(&x, dev)
+    }
+
+    /// Stored sizes of the weights (for reports and bandwidth estimates).
+    pub fn weight_summary(&self) -> WeightSummary {
+        let add = |a: (usize, usize), b: (usize, usize)| (a.0 + b.0, a.1 + b.1);
+        let mut body = self.norm.size();
+        for l in &self.layers {
+            body = add(body, l.attn_norm.size());
+            body = add(body, l.attn.size());
+            body = add(body, l.ffn_norm.size());
+            body = add(body, l.ffn.size());
+        }
+        let head = self.lm_head.size();
+        let embed = (self.embed.stored_bytes(), self.embed.numel());
+        let rows = self.embed.shape.first().copied().unwrap_or(1).max(1);
+        let (bytes, params) = if self.tied {
+            add(body, embed)
+        } else {
+            add(add(body, embed), head)
+        };
+        WeightSummary {
+            bytes,
+            params,
+            bytes_per_token: body.0 + head.0 + embed.0 / rows,
+        }
     }
 
     pub fn device(&self) -> &Device {

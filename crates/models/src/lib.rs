@@ -19,7 +19,7 @@ pub mod qwen3;
 use mm_core::{Device, Result};
 use mm_formats::{Arch, WeightSource};
 
-pub use decoder::DecoderModel;
+pub use decoder::{DecoderModel, WeightSummary};
 pub use kv_cache::KvCache;
 
 /// Builds the model described by `src.config()` on `device`;

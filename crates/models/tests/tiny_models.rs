@@ -126,3 +126,34 @@ fn legacy_rope_config_keys() {
         std::fs::remove_dir_all(&tmp).ok();
     }
 }
+
+/// The weight summary counts every stored tensor once (a tied embedding
+/// once) and a decoded token reads all but the embedding table's other rows.
+#[test]
+fn weight_summary_matches_the_checkpoint() {
+    for name in ["llama", "llama-mqa-tied", "qwen2", "qwen3"] {
+        let dir = fixtures().join(name);
+        let src = open_source(&dir).unwrap();
+        let model = load_model(src.as_ref(), &cpu(), &|_, _| {}).unwrap();
+        let s = model.weight_summary();
+        let mut bytes = 0;
+        let mut params = 0;
+        for (n, _, _) in src.describe() {
+            let w = src.tensor(&n).unwrap();
+            bytes += w.stored_bytes();
+            params += w.numel();
+        }
+        assert_eq!((s.bytes, s.params), (bytes, params), "{name}");
+        let c = src.config();
+        let embed = src
+            .tensor("model.embed_tokens.weight")
+            .unwrap()
+            .stored_bytes();
+        let expect = if c.tie_word_embeddings {
+            bytes + embed / c.vocab_size
+        } else {
+            bytes - embed + embed / c.vocab_size
+        };
+        assert_eq!(s.bytes_per_token, expect, "{name}");
+    }
+}

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+mod bench;
 mod chat;
+mod eval;
 mod generate;
 mod info;
 mod logits;
@@ -15,6 +17,8 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Info(a) => info::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -67,6 +67,15 @@ impl Attention {
         })
     }
 
+    /// (stored bytes, parameters) of the projections and q/k norms.
+    pub fn size(&self) -> (usize, usize) {
+        let lin = [&self.q, &self.k, &self.v, &self.o].map(|l| l.size());
+        let norms = [&self.q_norm, &self.k_norm].map(|n| n.as_ref().map_or((0, 0), |n| n.size()));
+        lin.iter()
+            .chain(norms.iter())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
     /// Per-head RMSNorm: views `x[n, heads*d]` as `[n*heads, d]`.
     fn head_norm(&self, norm: &Option<RmsNorm>, x: Tensor, device: &Device) -> Result<Tensor> {
         match norm {

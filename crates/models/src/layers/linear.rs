@@ -8,6 +8,8 @@ use mm_formats::WeightSource;
 pub struct Linear {
     pub weight: WeightData,
     pub bias: Option<Tensor>,
+    /// Bytes of the bias as stored in the checkpoint (0 without one).
+    bias_bytes: usize,
 }
 
 impl Linear {
@@ -25,12 +27,17 @@ impl Linear {
         let weight = src.tensor(&name)?;
         Self::check(&name, &weight, out, inp)?;
         device.prepare(&weight)?;
-        let bias = if bias {
-            Some(super::vector(src, &format!("{prefix}.bias"), out, device)?)
+        let (bias, bias_bytes) = if bias {
+            let (b, n) = super::vector(src, &format!("{prefix}.bias"), out, device)?;
+            (Some(b), n)
         } else {
-            None
+            (None, 0)
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            bias_bytes,
+        })
     }
 
     /// Wraps an already loaded weight (tied embeddings).
@@ -43,7 +50,11 @@ impl Linear {
     ) -> Result<Self> {
         Self::check(name, &weight, out, inp)?;
         device.prepare(&weight)?;
-        Ok(Self { weight, bias: None })
+        Ok(Self {
+            weight,
+            bias: None,
+            bias_bytes: 0,
+        })
     }
 
     fn check(name: &str, w: &WeightData, out: usize, inp: usize) -> Result<()> {
@@ -59,5 +70,14 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
         device.matmul(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// (stored bytes, parameters) of the weight and bias.
+    pub fn size(&self) -> (usize, usize) {
+        let b = self.bias.as_ref().map_or(0, |b| b.numel());
+        (
+            self.weight.stored_bytes() + self.bias_bytes,
+            self.weight.numel() + b,
+        )
     }
 }

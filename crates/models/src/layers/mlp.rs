@@ -47,6 +47,14 @@ impl Mlp {
         })
     }
 
+    /// (stored bytes, parameters) of the three projections.
+    pub fn size(&self) -> (usize, usize) {
+        [&self.gate, &self.up, &self.down]
+            .iter()
+            .map(|l| l.size())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
         let g = self.gate.forward(x, device)?;
         let u = self.up.forward(x, device)?;

@@ -15,13 +15,13 @@ pub use rope::Rope;
 use mm_core::Tensor;
 
 /// A weight that must be a small dense vector (norm weights, biases),
-/// converted to an f32 tensor on the device.
+/// converted to an f32 tensor on the device, with its stored size in bytes.
 pub(crate) fn vector(
     src: &dyn mm_formats::WeightSource,
     name: &str,
     len: usize,
     device: &mm_core::Device,
-) -> mm_core::Result<Tensor> {
+) -> mm_core::Result<(Tensor, usize)> {
     let w = src.tensor(name)?;
     if w.numel() != len {
         return Err(mm_core::Error::Shape {
@@ -30,5 +30,6 @@ pub(crate) fn vector(
             found: w.shape.clone(),
         });
     }
-    device.upload(&Tensor::from_vec(vec![len], mm_quant::dequantize_ref(&w)?)?)
+    let t = device.upload(&Tensor::from_vec(vec![len], mm_quant::dequantize_ref(&w)?)?)?;
+    Ok((t, w.stored_bytes()))
 }

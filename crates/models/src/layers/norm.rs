@@ -6,6 +6,8 @@ use mm_formats::WeightSource;
 pub struct RmsNorm {
     weight: Tensor,
     eps: f32,
+    /// Bytes of the weight as stored in the checkpoint.
+    stored: usize,
 }
 
 impl RmsNorm {
@@ -16,14 +18,21 @@ impl RmsNorm {
         eps: f32,
         device: &Device,
     ) -> Result<Self> {
+        let (weight, stored) = super::vector(src, name, dim, device)?;
         Ok(Self {
-            weight: super::vector(src, name, dim, device)?,
+            weight,
             eps,
+            stored,
         })
     }
 
     /// Normalizes the last dimension of `x` (which must equal the weight's length).
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
         device.rms_norm(x, &self.weight, self.eps)
+    }
+
+    /// (stored bytes, parameters) of the weight.
+    pub fn size(&self) -> (usize, usize) {
+        (self.stored, self.weight.numel())
     }
 }

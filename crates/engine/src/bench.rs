@@ -1,0 +1,310 @@
+//! Throughput benchmark in the manner of llama.cpp's `llama-bench`:
+//!
+//! * prefill (`ppN`): one forward of `N` tokens into an empty KV cache;
+//! * decode (`tgN`): after a 1-token prefix, `N` forwards of one token each.
+//!
+//! Token ids are drawn from a seeded generator, avoiding special tokens, so
+//! runs are reproducible; no sampling happens (its cost is not the model's).
+//! Each test runs once untimed as warm-up (weights paged in and prepared,
+//! buffers allocated), then `repetitions` timed times. The logits of every
+//! forward are read back to the host inside the timed region, so an
+//! asynchronous backend is measured to completion.
+
+use std::time::Instant;
+
+use mm_core::{Error, Result};
+use mm_models::DecoderModel;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Settings of a benchmark run. A token count of 0 skips that test.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    /// Timed runs of each test (after one untimed warm-up run).
+    pub repetitions: usize,
+    /// Seed of the token ids.
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            prompt_tokens: 512,
+            gen_tokens: 128,
+            repetitions: 5,
+            seed: 42,
+        }
+    }
+}
+
+/// Which test a progress report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchTest {
+    Prefill,
+    Decode,
+}
+
+/// Tokens per second of every timed run, per test (`None`: skipped).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BenchRuns {
+    pub prefill_tok_s: Option<Vec<f64>>,
+    pub decode_tok_s: Option<Vec<f64>>,
+}
+
+/// Summary statistics of a set of runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunStats {
+    pub median: f64,
+    pub mean: f64,
+    /// Sample standard deviation (0 for a single run).
+    pub stddev: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl RunStats {
+    /// Statistics of `v`; `None` when it is empty.
+    pub fn of(v: &[f64]) -> Option<Self> {
+        if v.is_empty() {
+            return None;
+        }
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let n = s.len();
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        let mean = s.iter().sum::<f64>() / n as f64;
+        let stddev = if n > 1 {
+            (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Some(Self {
+            median,
+            mean,
+            stddev,
+            min: s[0],
+            max: s[n - 1],
+        })
+    }
+}
+
+/// `n` token ids below `vocab` drawn from a generator seeded with `seed`,
+/// none of them one for which `excluded` holds.
+pub fn random_ids(
+    n: usize,
+    vocab: usize,
+    excluded: &dyn Fn(u32) -> bool,
+    seed: u64,
+) -> Result<Vec<u32>> {
+    let vocab = u32::try_from(vocab)
+        .map_err(|_| Error::Invalid(format!("vocabulary of {vocab} is too large")))?;
+    let allowed: Vec<u32> = (0..vocab).filter(|&i| !excluded(i)).collect();
+    if allowed.is_empty() {
+        return Err(Error::Invalid(
+            "the vocabulary has no ordinary (non-special) token to benchmark with".into(),
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    Ok((0..n)
+        .map(|_| allowed[rng.gen_range(0..allowed.len())])
+        .collect())
+}
+
+/// Runs the tests of `cfg` on `model` with ids from [`random_ids`];
+/// `progress(test, done, total)` is called after every run (warm-up included
+/// as run 0).
+pub fn run_bench(
+    model: &DecoderModel,
+    cfg: &BenchConfig,
+    excluded: &dyn Fn(u32) -> bool,
+    progress: &mut dyn FnMut(BenchTest, usize, usize),
+) -> Result<BenchRuns> {
+    if cfg.repetitions == 0 {
+        return Err(Error::Invalid("repetitions must be at least 1".into()));
+    }
+    if cfg.prompt_tokens == 0 && cfg.gen_tokens == 0 {
+        return Err(Error::Invalid(
+            "nothing to run: both the prompt and the generation length are 0".into(),
+        ));
+    }
+    let max = model.config.max_position_embeddings;
+    if cfg.prompt_tokens > max {
+        return Err(Error::Invalid(format!(
+            "{} prompt tokens exceed the model's context length {max}",
+            cfg.prompt_tokens
+        )));
+    }
+    if cfg.gen_tokens > 0 && cfg.gen_tokens + 1 > max {
+        return Err(Error::Invalid(format!(
+            "1 prefix token and {} generated tokens exceed the model's context length {max}",
+            cfg.gen_tokens
+        )));
+    }
+    let need = cfg.prompt_tokens.max(if cfg.gen_tokens > 0 {
+        cfg.gen_tokens + 1
+    } else {
+        0
+    });
+    let ids = random_ids(need, model.config.vocab_size, excluded, cfg.seed)?;
+    let mut cache = model.new_cache(need)?;
+    let total = cfg.repetitions + 1;
+    let mut runs = BenchRuns::default();
+
+    if cfg.prompt_tokens > 0 {
+        let prompt = &ids[..cfg.prompt_tokens];
+        let mut rates = Vec::with_capacity(cfg.repetitions);
+        for r in 0..total {
+            cache.clear();
+            let t = Instant::now();
+            model.forward(prompt, &mut cache, false)?.to_vec()?;
+            let secs = t.elapsed().as_secs_f64();
+            if r > 0 {
+                rates.push(cfg.prompt_tokens as f64 / secs.max(1e-9));
+            }
+            progress(BenchTest::Prefill, r, total);
+        }
+        runs.prefill_tok_s = Some(rates);
+    }
+
+    if cfg.gen_tokens > 0 {
+        let mut rates = Vec::with_capacity(cfg.repetitions);
+        for r in 0..total {
+            cache.clear();
+            model.forward(&ids[..1], &mut cache, false)?.to_vec()?;
+            let t = Instant::now();
+            for &id in &ids[1..=cfg.gen_tokens] {
+                model.forward(&[id], &mut cache, false)?.to_vec()?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            if r > 0 {
+                rates.push(cfg.gen_tokens as f64 / secs.max(1e-9));
+            }
+            progress(BenchTest::Decode, r, total);
+        }
+        runs.decode_tok_s = Some(rates);
+    }
+    Ok(runs)
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM` of
+/// `/proc/self/status`); `None` where that file does not exist.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut parts = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    let unit = match parts.next() {
+        Some("kB") | None => 1024,
+        Some("B") => 1,
+        Some("mB") | Some("MB") => 1024 * 1024,
+        Some(_) => return None,
+    };
+    value.checked_mul(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_of_runs() {
+        let s = RunStats::of(&[3.0, 1.0, 2.0, 10.0]).unwrap();
+        assert_eq!((s.median, s.mean, s.min, s.max), (2.5, 4.0, 1.0, 10.0));
+        assert!((s.stddev - (50.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        let one = RunStats::of(&[5.0]).unwrap();
+        assert_eq!((one.median, one.stddev), (5.0, 0.0));
+        assert!(RunStats::of(&[]).is_none());
+    }
+
+    #[test]
+    fn random_ids_are_seeded_and_skip_excluded() {
+        let ex = |i: u32| i < 3 || i == 7;
+        let a = random_ids(500, 10, &ex, 1).unwrap();
+        assert_eq!(a, random_ids(500, 10, &ex, 1).unwrap());
+        assert_ne!(a, random_ids(500, 10, &ex, 2).unwrap());
+        assert!(a.iter().all(|&i| i < 10 && !ex(i)));
+        assert!(random_ids(5, 3, &ex, 1).is_err());
+        assert!(random_ids(5, 0, &ex, 1).is_err());
+    }
+
+    #[test]
+    fn vm_hwm_parses() {
+        let s = "Name:\tx\nVmPeak:\t 100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(s), Some(2048 * 1024));
+        assert_eq!(parse_vm_hwm("VmRSS: 1 kB"), None);
+        assert_eq!(parse_vm_hwm("VmHWM: lots kB"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn bench_runs_on_a_tiny_model() {
+        use std::sync::Arc;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny/llama");
+        let src = mm_formats::open_source(&dir).unwrap();
+        let cpu: Arc<dyn mm_core::Backend> = Arc::new(mm_backend_cpu::CpuBackend::new());
+        let dev = mm_core::Device::new(cpu.clone(), cpu);
+        let m = mm_models::load_model(src.as_ref(), &dev, &|_, _| {}).unwrap();
+        let cfg = BenchConfig {
+            prompt_tokens: 16,
+            gen_tokens: 8,
+            repetitions: 3,
+            seed: 0,
+        };
+        let mut calls = Vec::new();
+        let runs = run_bench(&m, &cfg, &|i| i < 3, &mut |t, r, n| calls.push((t, r, n))).unwrap();
+        for v in [&runs.prefill_tok_s, &runs.decode_tok_s] {
+            let v = v.as_ref().unwrap();
+            assert_eq!(v.len(), 3);
+            assert!(v.iter().all(|x| x.is_finite() && *x > 0.0));
+        }
+        assert_eq!(calls.len(), 8);
+        assert_eq!(calls[7], (BenchTest::Decode, 3, 4));
+        let skip = BenchConfig {
+            gen_tokens: 0,
+            ..cfg.clone()
+        };
+        assert!(run_bench(&m, &skip, &|_| false, &mut |_, _, _| {})
+            .unwrap()
+            .decode_tok_s
+            .is_none());
+        let bad = |c: BenchConfig| {
+            run_bench(&m, &c, &|_| false, &mut |_, _, _| {})
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(BenchConfig {
+            repetitions: 0,
+            ..cfg.clone()
+        })
+        .contains("repetitions"));
+        assert!(bad(BenchConfig {
+            prompt_tokens: 0,
+            gen_tokens: 0,
+            ..cfg.clone()
+        })
+        .contains("nothing"));
+        assert!(bad(BenchConfig {
+            prompt_tokens: 513,
+            ..cfg.clone()
+        })
+        .contains("512"));
+        assert!(bad(BenchConfig {
+            gen_tokens: 512,
+            ..cfg.clone()
+        })
+        .contains("512"));
+    }
+}
