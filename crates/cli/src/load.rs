@@ -52,14 +52,35 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let (path, source) = open(args)?;
     let tokenizer = mm_engine::tokenizer::load_for(&path, source.as_ref())
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let (model, ctx) = build(args, &path, source.as_ref())?;
+    Ok(Loaded {
+        source,
+        model,
+        tokenizer,
+        ctx,
+    })
+}
+
+/// Opens the checkpoint and builds the model only, for commands that take
+/// token ids and need no tokenizer (`logits`).
+pub fn load_model_only(args: &ModelArgs) -> Result<(Box<dyn WeightSource>, DecoderModel, usize)> {
+    let (path, source) = open(args)?;
+    let (model, ctx) = build(args, &path, source.as_ref())?;
+    Ok((source, model, ctx))
+}
+
+/// The model on its device and the KV-cache length.
+fn build(
+    args: &ModelArgs,
+    path: &std::path::Path,
+    source: &dyn WeightSource,
+) -> Result<(DecoderModel, usize)> {
     let dev = device(args.device)?;
     let bar = ProgressBar::new(source.config().num_layers as u64);
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers").unwrap());
     bar.set_message("loading");
-    let model = load_model(source.as_ref(), &dev, &|done, _| {
-        bar.set_position(done as u64)
-    })
-    .with_context(|| format!("loading model {}", path.display()))?;
+    let model = load_model(source, &dev, &|done, _| bar.set_position(done as u64))
+        .with_context(|| format!("loading model {}", path.display()))?;
     bar.finish_and_clear();
     let max = source.config().max_position_embeddings;
     let ctx = match args.ctx {
@@ -68,10 +89,5 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         Some(c) => c,
         None => max.min(4096),
     };
-    Ok(Loaded {
-        source,
-        model,
-        tokenizer,
-        ctx,
-    })
+    Ok((model, ctx))
 }
