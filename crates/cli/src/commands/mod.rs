@@ -4,6 +4,7 @@ mod chat;
 mod generate;
 mod info;
 mod logits;
+mod quantize;
 
 use anyhow::Result;
 
@@ -15,6 +16,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Info(a) => info::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }
 
