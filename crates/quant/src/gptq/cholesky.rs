@@ -186,7 +186,12 @@ mod tests {
         let inv = cholesky_inverse(&l, 3);
         assert_close(&inv, &want, 1e-12, "inverse");
         let eye = matmul(&A, &inv, 3);
-        assert_close(&eye, &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], 1e-12, "A·A⁻¹");
+        assert_close(
+            &eye,
+            &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            1e-12,
+            "A·A⁻¹",
+        );
         let u = inverse_cholesky_upper(&A, 3).unwrap();
         for i in 0..3 {
             assert!(u[i * 3 + i] > 0.0);
@@ -207,7 +212,9 @@ mod tests {
         let mut s = 12345u64;
         let x: Vec<f64> = (0..m * n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
             })
             .collect();

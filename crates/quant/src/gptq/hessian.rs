@@ -268,7 +268,9 @@ mod tests {
         let mut s = seed;
         (0..rows * cols)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
@@ -327,13 +329,18 @@ mod tests {
         for t in 0..n {
             for r in 0..rows {
                 let y: f64 = (0..cols)
-                    .map(|c| (w[r * cols + c] - w_hat[r * cols + c]) as f64 * x[t * cols + c] as f64)
+                    .map(|c| {
+                        (w[r * cols + c] - w_hat[r * cols + c]) as f64 * x[t * cols + c] as f64
+                    })
                     .sum();
                 direct += y * y;
             }
         }
         let e = h.output_error(&w, &w_hat, rows).unwrap();
-        assert!((e - 2.0 * direct / n as f64).abs() < 1e-6 * direct, "{e} vs {direct}");
+        assert!(
+            (e - 2.0 * direct / n as f64).abs() < 1e-6 * direct,
+            "{e} vs {direct}"
+        );
     }
 
     #[test]

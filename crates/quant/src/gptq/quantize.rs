@@ -313,9 +313,8 @@ fn fit_groups(w: &[f32], cols: usize, fmt: MmFormat) -> Result<Vec<GroupQuantize
         .enumerate()
         .flat_map_iter(|(r, row)| {
             row.chunks_exact(gl).enumerate().map(move |(g, x)| {
-                GroupQuantizer::fit(fmt.kind, x).map_err(|e| {
-                    Error::Invalid(format!("GPTQ {fmt}: row {r}, group {g}: {e}"))
-                })
+                GroupQuantizer::fit(fmt.kind, x)
+                    .map_err(|e| Error::Invalid(format!("GPTQ {fmt}: row {r}, group {g}: {e}")))
             })
         })
         .collect()

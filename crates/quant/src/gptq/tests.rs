@@ -102,7 +102,10 @@ fn identity_hessian_reproduces_rtn_exactly() {
                 let (q, st) =
                     gptq_quantize_with_stats(&w, rows, cols, &scaled_identity(cols, c), fmt, &opts)
                         .unwrap();
-                assert_eq!(q, rtn, "{fmt} c={c} static={static_groups} block={block_size}");
+                assert_eq!(
+                    q, rtn,
+                    "{fmt} c={c} static={static_groups} block={block_size}"
+                );
                 assert_eq!((st.dead_columns, st.damp_percent), (0, 0.01));
             }
         }
@@ -216,12 +219,23 @@ fn gptq_beats_rtn_on_correlated_inputs() {
     // Held-out activations from the same distribution.
     let h_test = hessian_of(&activations(n, cols, 8), n, cols);
     for name in [
-        "int4", "int3", "int2", "int4-asym", "int3-asym", "nf4", "fp4", "mxfp4", "fp8-e4m3",
+        "int4",
+        "int3",
+        "int2",
+        "int4-asym",
+        "int3-asym",
+        "nf4",
+        "fp4",
+        "mxfp4",
+        "fp8-e4m3",
         "int8",
     ] {
         let group = if name == "mxfp4" { 32 } else { 128 };
         let fmt = MmFormat::parse(name, group).unwrap();
-        let rtn = quantize_rtn(&w, rows, cols, fmt).unwrap().dequantize().unwrap();
+        let rtn = quantize_rtn(&w, rows, cols, fmt)
+            .unwrap()
+            .dequantize()
+            .unwrap();
         let e_rtn = h_test.output_error(&w, &rtn, rows).unwrap();
         for (act_order, static_groups) in [(false, false), (false, true), (true, true)] {
             let opts = GptqOptions {
@@ -294,7 +308,10 @@ fn dampening_retries_then_errors() {
     let e = gptq_quantize(&w, 2, 2, &h, fmt, &Default::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("not positive definite") && e.contains("dampening 10"), "{e}");
+    assert!(
+        e.contains("not positive definite") && e.contains("dampening 10"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -315,7 +332,15 @@ fn invalid_inputs() {
     let e = err(&w, &h, g32, act);
     assert!(e.contains("static_groups") && e.contains("g_idx"), "{e}");
     // Per-channel: one group per row, act order alone is fine.
-    gptq_quantize(&w, rows, cols, &h, MmFormat::parse("int4", 0).unwrap(), &act).unwrap();
+    gptq_quantize(
+        &w,
+        rows,
+        cols,
+        &h,
+        MmFormat::parse("int4", 0).unwrap(),
+        &act,
+    )
+    .unwrap();
     assert!(err(&w[1..], &h, g32, Default::default()).contains("needs 256 values"));
     assert!(err(&w, &scaled_identity(32, 1.0), g32, Default::default()).contains("32x32"));
     let mut bad = w.clone();
@@ -337,5 +362,13 @@ fn invalid_inputs() {
     let neg = Hessian::from_matrix(cols, m, 1).unwrap();
     assert!(err(&w, &neg, g32, Default::default()).contains("H[5][5]"));
     // A row length the format cannot hold.
-    assert!(gptq_quantize(&w[..2 * 48], 2, 48, &scaled_identity(48, 1.0), g32, &Default::default()).is_err());
+    assert!(gptq_quantize(
+        &w[..2 * 48],
+        2,
+        48,
+        &scaled_identity(48, 1.0),
+        g32,
+        &Default::default()
+    )
+    .is_err());
 }

@@ -30,6 +30,7 @@ pub use config::{QuantMethod, QuantizationConfig, TensorQuant, FORMAT_VERSION, Q
 pub use dequantize::{
     code_at, decode, dequantize_mm, dequantize_mm_ref, dequantize_mm_row, dequantize_mm_weight,
 };
+pub use group::GroupQuantizer;
 pub use layout::{
     mm_base_name, mm_part_names, mm_part_shapes, mm_weight_from_parts, scale_dtype, MmPartShapes,
     PartView,
@@ -37,6 +38,5 @@ pub use layout::{
 pub use mm_core::weight::{
     MmFormat, MmKind, MmPartSizes, MmScale, MM_FORMAT_NAMES, MM_GROUP_SIZES,
 };
-pub use group::GroupQuantizer;
 pub use pack::{pack_codes, unpack_codes};
 pub use quantize::{quantize_mm_row, quantize_rtn, MmPart, QuantizedTensor};
