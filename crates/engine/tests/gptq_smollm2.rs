@@ -167,11 +167,8 @@ fn gptq_beats_rtn_on_real_smollm2_layers() {
         for (fname, asked) in formats {
             // SmolLM2's hidden size 576 is not a multiple of 128: q_proj
             // (576 inputs) uses groups of 64 where 128 is asked for.
-            let group = if asked == 0 || cols % asked as usize == 0 {
-                asked
-            } else {
-                64
-            };
+            let fits = |g| MmFormat::parse(fname, g).and_then(|f| f.part_sizes(rows, cols));
+            let group = if fits(asked).is_ok() { asked } else { 64 };
             let fmt = MmFormat::parse(fname, group).unwrap();
             let err = |q: Vec<f32>| {
                 let d: Vec<f32> = w.iter().zip(&q).map(|(a, b)| a - b).collect();

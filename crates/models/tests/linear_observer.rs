@@ -10,6 +10,8 @@ use mm_core::{Device, Error, Tensor};
 use mm_formats::open_source;
 use mm_models::{load_model, LinearObserver};
 
+type Seen = (String, Vec<usize>, Vec<f32>);
+
 #[test]
 fn observer_sees_every_linear_and_changes_nothing() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/llama");
@@ -23,7 +25,8 @@ fn observer_sees_every_linear_and_changes_nothing() {
     };
     let plain = run(&model);
 
-    let seen: Arc<Mutex<Vec<(String, Vec<usize>, Vec<f32>)>>> = Arc::default();
+    // (name, input shape, input values) per call.
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let s = seen.clone();
     let observer: LinearObserver = Arc::new(move |name: &str, x: &Tensor| {
         s.lock()

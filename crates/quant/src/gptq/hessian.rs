@@ -145,7 +145,8 @@ impl Hessian {
         for i in 0..cols {
             for j in 0..i {
                 let (a, b) = (h[i * cols + j], h[j * cols + i]);
-                if !((a - b).abs() <= 1e-6 * (a.abs() + b.abs())) {
+                let diff = (a - b).abs();
+                if diff.is_nan() || diff > 1e-6 * (a.abs() + b.abs()) {
                     return Err(Error::Invalid(format!(
                         "Hessian is not symmetric: H[{i}][{j}] = {a}, H[{j}][{i}] = {b}"
                     )));
