@@ -1,6 +1,7 @@
-//! The engine: tokenizers, chat templates, sampling, model resolution and
-//! the generation loop.
+//! The engine: tokenizers, chat templates, sampling, model resolution, the
+//! generation loop and GPTQ calibration.
 
+pub mod calib;
 pub mod generate;
 pub mod resolve;
 pub mod sampler;

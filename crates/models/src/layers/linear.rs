@@ -1,13 +1,23 @@
 //! A linear layer over a weight of any stored format: the model never sees
 //! the format; the device picks a kernel for it (or falls back to CPU).
 
+use std::sync::Arc;
+
 use mm_core::{Device, Error, Result, Tensor, WeightData};
 use mm_formats::WeightSource;
+
+/// Sees the input of linear layers before their matmul: called with the
+/// layer's weight name (`model.layers.3.mlp.down_proj.weight`) and its input
+/// `x[rows, in]` (calibration for GPTQ). An error aborts the forward pass.
+pub type LinearObserver = Arc<dyn Fn(&str, &Tensor) -> Result<()> + Send + Sync>;
 
 /// `y = x · Wᵀ (+ b)` with `W[out, in]` in any format.
 pub struct Linear {
     pub weight: WeightData,
     pub bias: Option<Tensor>,
+    /// Name of the weight tensor.
+    name: String,
+    observer: Option<LinearObserver>,
 }
 
 impl Linear {
@@ -30,7 +40,12 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            name,
+            observer: None,
+        })
     }
 
     /// Wraps an already loaded weight (tied embeddings).
@@ -43,7 +58,22 @@ impl Linear {
     ) -> Result<Self> {
         Self::check(name, &weight, out, inp)?;
         device.prepare(&weight)?;
-        Ok(Self { weight, bias: None })
+        Ok(Self {
+            weight,
+            bias: None,
+            name: name.to_string(),
+            observer: None,
+        })
+    }
+
+    /// Name of the weight tensor (`{prefix}.weight`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Installs (or, with `None`, removes) the observer of this layer's inputs.
+    pub fn set_observer(&mut self, observer: Option<LinearObserver>) {
+        self.observer = observer;
     }
 
     fn check(name: &str, w: &WeightData, out: usize, inp: usize) -> Result<()> {
@@ -58,6 +88,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
+        if let Some(observe) = &self.observer {
+            observe(&self.name, x)?;
+        }
         device.matmul(x, &self.weight, self.bias.as_ref())
     }
 }
