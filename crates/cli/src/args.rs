@@ -166,9 +166,14 @@ pub struct QuantizeArgs {
     pub group_fallback: bool,
     #[arg(long, value_enum, default_value = "rtn")]
     pub method: MethodArg,
-    /// Calibration text file (required by --method gptq).
+    /// Calibration text file (required by --method gptq; at least 2048
+    /// tokens, up to 16 windows of 512 are used).
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
+    /// GPTQ: quantize columns in order of decreasing activation energy
+    /// (with groups fixed up front, as the layout has no g_idx).
+    #[arg(long)]
+    pub act_order: bool,
     /// A preset mix of formats (instead of --format/--group-size).
     #[arg(long, value_enum)]
     pub recipe: Option<crate::quantize::rules::Recipe>,

@@ -30,6 +30,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         shard_bytes: a.shard_size,
         force: a.force,
         group_fallback: a.group_fallback,
+        act_order: a.act_order,
         progress: std::io::stderr().is_terminal(),
     };
     let s = quantize(&opts).with_context(|| {

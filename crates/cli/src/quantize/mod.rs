@@ -65,6 +65,9 @@ pub struct Options {
     pub force: bool,
     /// Use a smaller group where the requested one does not divide a row.
     pub group_fallback: bool,
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal, with
+    /// static groups.
+    pub act_order: bool,
     pub progress: bool,
 }
 
@@ -105,9 +108,9 @@ pub fn run(o: &Options) -> Result<Summary> {
             "--method gptq needs calibration text: pass --calib FILE".into(),
         ));
     }
-    if o.method == QuantMethod::Rtn && o.calib.is_some() {
+    if o.method == QuantMethod::Rtn && (o.calib.is_some() || o.act_order) {
         return Err(Error::Invalid(
-            "--calib is only used by --method gptq".into(),
+            "--calib and --act-order are only used by --method gptq".into(),
         ));
     }
     if o.recipe.is_some() && (o.format.is_some() || o.group_size.is_some()) {
@@ -168,7 +171,17 @@ pub fn run(o: &Options) -> Result<Summary> {
         QuantMethod::Rtn => Quantizer::Rtn,
         QuantMethod::Gptq => {
             let calib = o.calib.as_deref().unwrap_or(Path::new(""));
-            Quantizer::gptq(&o.src, src.as_ref(), calib)?
+            let weights = items
+                .iter()
+                .filter(|i| matches!(i.out, Out::Quant(_)))
+                .map(|i| (i.name.clone(), *i.shape.last().unwrap_or(&0)))
+                .collect();
+            let opts = mm_quant::gptq::GptqOptions {
+                act_order: o.act_order,
+                static_groups: o.act_order,
+                ..Default::default()
+            };
+            Quantizer::gptq(&o.src, src.as_ref(), calib, weights, opts)?
         }
     };
 
@@ -186,6 +199,7 @@ pub fn run(o: &Options) -> Result<Summary> {
     let total: u64 = items.iter().map(|i| numel(&i.shape) as u64).sum();
     let bar = progress_bar(o.progress, total);
     for it in &items {
+        quantizer.prepare(&it.name, &|m| bar.set_message(m))?;
         bar.set_message(it.name.clone());
         write_item(src.as_ref(), it, &quantizer, &mut writer, &bar)?;
     }
@@ -547,7 +561,11 @@ fn write_item(
     }
     let cols = (*it.shape.last().unwrap_or(&1)).max(1);
     let rows = numel(&it.shape) / cols;
-    let block = (BLOCK_ELEMS / cols).max(1);
+    let block = if q.whole_tensor(&it.name) {
+        rows.max(1)
+    } else {
+        (BLOCK_ELEMS / cols).max(1)
+    };
     let in_tensor = |e: Error| match e {
         Error::Invalid(m) | Error::Other(m) if !m.contains(&it.name) => {
             Error::Invalid(format!("tensor '{}': {m}", it.name))
