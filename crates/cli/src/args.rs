@@ -55,6 +55,9 @@ pub enum Command {
     /// table shows the median ± standard deviation and the extremes in tokens per
     /// second. Use the global --threads to set the worker threads.
     Bench(BenchArgs),
+    /// Quantize an HF directory or GGUF file into a metal-marlin quantized
+    /// model directory (docs/FORMAT.md; recipes in docs/QUANTIZE.md).
+    Quantize(QuantizeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -196,4 +199,115 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Round-to-nearest.
+    Rtn,
+    /// GPTQ with Hessians from calibration text (needs --calib).
+    Gptq,
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// Source model: HF directory or .gguf file (or give it with -m).
+    #[arg(
+        value_name = "SRC",
+        conflicts_with = "model",
+        required_unless_present = "model"
+    )]
+    pub src: Option<String>,
+    /// Source model (same as SRC).
+    #[arg(short, long, value_name = "SRC")]
+    pub model: Option<String>,
+    /// Output directory; must not exist unless --force.
+    #[arg(short, long, value_name = "OUT")]
+    pub out: PathBuf,
+    /// Format of the linear layers: int8 int4 int3 int2 (-asym variants),
+    /// nf4, fp8-e4m3 (fp8), fp8-e5m2, fp4, mxfp4 [default: int4].
+    #[arg(long, conflicts_with = "recipe")]
+    pub format: Option<String>,
+    /// Elements per scale group: 0 (per-channel), 32, 64, 128 [default: 128,
+    /// or the format's fixed group]. Given explicitly, every quantized row
+    /// must be divisible by it (see --group-fallback).
+    #[arg(long, conflicts_with = "recipe")]
+    pub group_size: Option<u32>,
+    /// Where the group size does not divide a tensor's rows, use the largest
+    /// smaller one that does (64, 32, else per-channel) for that tensor.
+    #[arg(long)]
+    pub group_fallback: bool,
+    #[arg(long, value_enum, default_value = "rtn")]
+    pub method: MethodArg,
+    /// Calibration text file (required by --method gptq; at least 2048
+    /// tokens, up to 16 windows of 512 are used).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// GPTQ: quantize columns in order of decreasing activation energy
+    /// (with groups fixed up front, as the layout has no g_idx).
+    #[arg(long)]
+    pub act_order: bool,
+    /// A preset mix of formats (instead of --format/--group-size).
+    #[arg(long, value_enum)]
+    pub recipe: Option<crate::quantize::rules::Recipe>,
+    /// REGEX=FORMAT: tensors whose name the regex matches (anywhere; anchor
+    /// with ^$) get FORMAT: f16, bf16, f32 (unquantized) or a quantized
+    /// format, optionally with a group (int8/g64). Repeatable; later wins.
+    #[arg(long = "keep", value_name = "REGEX=FORMAT")]
+    pub keep: Vec<String>,
+    /// Largest shard: bytes, or with a unit (500MB, 2GB, 1GiB).
+    #[arg(long, default_value = "2GB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Replace OUT if it exists (only once the new model is complete).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `2GB`, `500MB`, `1.5GiB`, `123` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (write e.g. 2GB, 500MB or a byte count)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "'{s}': unknown unit '{u}' (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let v = n * mult;
+    if !(v >= 1.0 && v < 1e18) {
+        return Err(format!("'{s}': the size must be at least one byte"));
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("500mb").unwrap(), 500_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1.5k").unwrap(), 1500);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("2XB").unwrap_err().contains("unit"));
+        assert!(parse_size("GB").is_err());
+    }
 }

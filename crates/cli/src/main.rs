@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod load;
 mod npy;
+mod quantize;
 
 use clap::Parser;
 

@@ -1,7 +1,9 @@
 //! The engine: tokenizers, chat templates, sampling, model resolution, the
-//! generation loop, perplexity/KL evaluation and throughput benchmarks.
+//! generation loop, GPTQ calibration, perplexity/KL evaluation and
+//! throughput benchmarks.
 
 pub mod bench;
+pub mod calib;
 pub mod eval;
 pub mod generate;
 pub mod resolve;

@@ -36,6 +36,27 @@ pub fn cache_dir() -> PathBuf {
     base.join("metal-marlin")
 }
 
+/// For test suites: the SmolLM2 GGUF at `$MM_SMOLLM2_GGUF`, else in the
+/// cache, when it is there. When it is absent, panics if
+/// `MM_REQUIRE_SMOLLM2` is set (CI, after `scripts/test.sh` fetched it), else
+/// says the test is skipped and returns `None`. Never downloads.
+pub fn smollm2_for_tests() -> Option<PathBuf> {
+    let p = std::env::var_os("MM_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join(DEFAULT_MODEL_FILE));
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var_os("MM_REQUIRE_SMOLLM2").is_some() {
+        panic!(
+            "SmolLM2 GGUF not found at {} (run scripts/test.sh, which fetches it)",
+            p.display()
+        );
+    }
+    eprintln!("skipping: SmolLM2 GGUF not found at {}", p.display());
+    None
+}
+
 /// Resolves a `-m` value (or its absence) to a local path.
 pub fn resolve_model(spec: Option<&str>) -> Result<PathBuf> {
     match spec {

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use mm_backend_cpu::CpuBackend;
 use mm_core::Device;
-use mm_engine::resolve::{cache_dir, DEFAULT_MODEL_FILE};
 use mm_engine::tokenizer::{load_for, Tokenizer};
 use mm_formats::{open_source, WeightSource};
 use mm_models::npy::read_npy;
@@ -22,20 +21,7 @@ use mm_models::{load_model, DecoderModel};
 const FAST_MAX_KL: f64 = 1e-2;
 
 fn gguf_path() -> Option<PathBuf> {
-    let p = std::env::var_os("MM_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join(DEFAULT_MODEL_FILE));
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var_os("MM_REQUIRE_SMOLLM2").is_some() {
-        panic!(
-            "SmolLM2 GGUF not found at {} (run scripts/test.sh, which fetches it)",
-            p.display()
-        );
-    }
-    eprintln!("skipping: SmolLM2 GGUF not found at {}", p.display());
-    None
+    mm_engine::resolve::smollm2_for_tests()
 }
 
 fn fixture_dir() -> PathBuf {

@@ -1,7 +1,7 @@
 //! The architecture description every model file is reduced to.
 
 use mm_core::{Error, Result};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// Architectures metal-marlin implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,9 +73,25 @@ const GGUF_ARCHS: &[(&str, Arch)] = &[
     ("qwen3", Arch::Qwen3),
 ];
 
+/// `rope_type` of the metal-marlin extension that writes GGUF per-frequency
+/// RoPE divisors (`rope_freqs.weight`) into a `config.json`:
+/// `{"rope_type": "freq_factors", "factors": [..head_dim/2 numbers..]}`
+/// (docs/FORMAT.md §1). transformers has no equivalent.
+pub const FREQ_FACTORS_ROPE_TYPE: &str = "freq_factors";
+
 const DEFAULT_ROPE_THETA: f32 = 10000.0;
 /// transformers' default `rms_norm_eps` for every architecture above.
 const DEFAULT_RMS_NORM_EPS: f32 = 1e-6;
+
+/// An f32 as the shortest decimal that reads back to the same f32
+/// (`1e-5`, not `9.999999747378752e-6`).
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
 
 fn cfg_err(msg: impl Into<String>) -> Error {
     Error::Config(msg.into())
@@ -182,6 +198,18 @@ fn hf_rope_scaling(o: &Obj) -> Result<Option<RopeScaling>> {
     };
     match ty.unwrap_or("default") {
         "default" => Ok(None),
+        FREQ_FACTORS_ROPE_TYPE => {
+            let v = o.get("factors").ok_or_else(|| o.missing("factors"))?;
+            let factors = v
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|x| x.as_f64().filter(|f| f.is_finite()).map(|f| f as f32))
+                        .collect::<Option<Vec<f32>>>()
+                })
+                .ok_or_else(|| o.bad("factors", "a list of finite numbers", v))?;
+            Ok(Some(RopeScaling::FreqFactors(factors)))
+        }
         "linear" => {
             let factor = o.f32_req("factor")?;
             if factor <= 0.0 {
@@ -221,7 +249,7 @@ fn hf_rope_scaling(o: &Obj) -> Result<Option<RopeScaling>> {
             Ok(Some(s))
         }
         other => Err(cfg_err(format!(
-            "unsupported RoPE scaling type '{other}' in '{}' (supported: default, linear, llama3)",
+            "unsupported RoPE scaling type '{other}' in '{}' (supported: default, linear, llama3, {FREQ_FACTORS_ROPE_TYPE})",
             o.ctx.trim_end_matches('.')
         ))),
     }
@@ -378,6 +406,84 @@ impl ModelConfig {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The configuration as a Hugging Face `config.json` object that
+    /// [`ModelConfig::from_hf_json`] reads back to an equal config: the
+    /// architecture's class and `model_type`, every dimension, RoPE (GGUF
+    /// per-frequency factors use the `freq_factors` extension, see
+    /// [`FREQ_FACTORS_ROPE_TYPE`]), special token ids and the flags the
+    /// architecture needs (`attention_bias`, `sliding_window`).
+    pub fn to_hf_json(&self) -> Value {
+        let (class, model_type, _) = HF_ARCHS
+            .iter()
+            .find(|a| a.2 == self.arch)
+            .copied()
+            .unwrap_or(HF_ARCHS[0]);
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.to_string(), v);
+        };
+        put("architectures", json!([class]));
+        put("model_type", json!(model_type));
+        put("hidden_act", json!("silu"));
+        put("hidden_size", json!(self.hidden_size));
+        put("intermediate_size", json!(self.intermediate_size));
+        put("num_hidden_layers", json!(self.num_layers));
+        put("num_attention_heads", json!(self.num_heads));
+        put("num_key_value_heads", json!(self.num_kv_heads));
+        put("head_dim", json!(self.head_dim));
+        put("vocab_size", json!(self.vocab_size));
+        put(
+            "max_position_embeddings",
+            json!(self.max_position_embeddings),
+        );
+        put("rms_norm_eps", f32_json(self.rms_norm_eps));
+        put("rope_theta", f32_json(self.rope_theta));
+        put(
+            "rope_scaling",
+            match &self.rope_scaling {
+                None => Value::Null,
+                Some(RopeScaling::Linear { factor }) => {
+                    json!({"rope_type": "linear", "factor": f32_json(*factor)})
+                }
+                Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings,
+                }) => json!({
+                    "rope_type": "llama3",
+                    "factor": f32_json(*factor),
+                    "low_freq_factor": f32_json(*low_freq_factor),
+                    "high_freq_factor": f32_json(*high_freq_factor),
+                    "original_max_position_embeddings": original_max_position_embeddings,
+                }),
+                Some(RopeScaling::FreqFactors(f)) => {
+                    let f: Vec<Value> = f.iter().map(|x| f32_json(*x)).collect();
+                    json!({"rope_type": FREQ_FACTORS_ROPE_TYPE, "factors": f})
+                }
+            },
+        );
+        put("tie_word_embeddings", json!(self.tie_word_embeddings));
+        match self.arch {
+            // Qwen2 always has q/k/v biases and reads no flag for them.
+            Arch::Qwen2 => {}
+            _ => put("attention_bias", json!(self.attention_bias)),
+        }
+        if let Some(id) = self.bos_token_id {
+            put("bos_token_id", json!(id));
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => put("eos_token_id", json!(one)),
+            many => put("eos_token_id", json!(many)),
+        }
+        if self.arch == Arch::Mistral {
+            put("sliding_window", json!(self.sliding_window));
+        }
+        put("torch_dtype", json!("float16"));
+        Value::Object(m)
     }
 
     /// Reads the hyper-parameters from GGUF metadata.

@@ -6,11 +6,13 @@ pub mod config;
 pub mod gguf;
 pub mod safetensors;
 pub mod source;
+pub mod writer;
 
-pub use config::{Arch, ModelConfig, RopeScaling};
+pub use config::{Arch, ModelConfig, RopeScaling, FREQ_FACTORS_ROPE_TYPE};
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
 pub use safetensors::SafetensorsSet;
 pub use source::{
-    gguf_to_hf_name, hf_to_gguf_name, open_source, unpermute_rows, GgufSource, HfSource,
-    WeightSource,
+    gguf_to_hf_name, hf_to_gguf_name, mm_format_label, open_source, unpermute_rows, GgufSource,
+    HfSource, WeightSource,
 };
+pub use writer::{SafetensorsPlan, SafetensorsWriter, ShardPlan, TensorSpec};

@@ -496,3 +496,66 @@ fn gguf_config_errors() {
     let e = err_text(gguf_config(&dir, "rq.gguf", b));
     assert!(e.contains("rope_freqs has 32 factors"), "{e}");
 }
+
+// ------------------------------------------------------------------ to_hf_json
+
+/// `from_hf_json(to_hf_json(c)) == c`.
+fn round_trip(c: &ModelConfig) {
+    let v = c.to_hf_json();
+    let back = ModelConfig::from_hf_json(&v.to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{}", serde_json::to_string_pretty(&v).unwrap()));
+    assert_eq!(&back, c, "{}", serde_json::to_string_pretty(&v).unwrap());
+}
+
+#[test]
+fn to_hf_json_round_trips() {
+    for text in [SMOLLM2, QWEN25, QWEN3, LLAMA32] {
+        round_trip(&ModelConfig::from_hf_json(text).unwrap());
+    }
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    let mut n = 0;
+    for e in std::fs::read_dir(&fixtures).unwrap() {
+        let p = e.unwrap().path().join("config.json");
+        let c = ModelConfig::from_hf_json(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        round_trip(&c);
+        n += 1;
+    }
+    assert!(n >= 7, "{n} fixtures");
+    // Mistral's window, linear RoPE, several EOS ids, no BOS.
+    let mut c = ModelConfig::from_hf_json(
+        r#"{"architectures":["MistralForCausalLM"],"hidden_size":64,"intermediate_size":128,
+        "num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100,"max_position_embeddings":512,
+        "sliding_window":4096, "eos_token_id": [2, 7], "rms_norm_eps": 3e-7,
+        "rope_scaling": {"type": "linear", "factor": 2.5}}"#,
+    )
+    .unwrap();
+    round_trip(&c);
+    c.sliding_window = None;
+    round_trip(&c);
+    // GGUF configs, per-frequency RoPE factors included.
+    let dir = TempDir::new("tohf");
+    round_trip(&gguf_config(&dir, "a.gguf", llama_meta(GgufBuilder::new(), "llama")).unwrap());
+    round_trip(&gguf_config(&dir, "q.gguf", llama_meta(GgufBuilder::new(), "qwen2")).unwrap());
+    let freqs = vec![1.0f32, 1.3333334, 7.25, 32.0];
+    let b = llama_meta(GgufBuilder::new(), "llama").f32_tensor("rope_freqs.weight", &[4], &freqs);
+    let c = gguf_config(&dir, "f.gguf", b).unwrap();
+    assert_eq!(c.rope_scaling, Some(RopeScaling::FreqFactors(freqs)));
+    round_trip(&c);
+    let v = c.to_hf_json();
+    assert_eq!(
+        v["rope_scaling"]["rope_type"],
+        mm_formats::FREQ_FACTORS_ROPE_TYPE
+    );
+    assert_eq!(v["architectures"][0], "LlamaForCausalLM");
+    // Numbers are written as the shortest decimal of the f32.
+    assert_eq!(v["rms_norm_eps"].as_f64(), Some(1e-5));
+    // A malformed extension is a clear error.
+    let bad = with(SMOLLM2, |m| {
+        m.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "freq_factors", "factors": ["x"]}),
+        );
+    });
+    assert!(config_err(&bad).contains("factors"));
+}

@@ -6,7 +6,7 @@
 use mm_core::{Device, Error, Result, Tensor, WeightData};
 use mm_formats::{ModelConfig, WeightSource};
 
-use crate::layers::{Attention, AttentionOptions, Linear, Mlp, RmsNorm, Rope};
+use crate::layers::{Attention, AttentionOptions, Linear, LinearObserver, Mlp, RmsNorm, Rope};
 use crate::KvCache;
 
 /// One decoder layer.
@@ -174,6 +174,34 @@ impl DecoderModel {
             params,
             bytes_per_token: body.0 + head.0 + embed.0 / rows,
         }
+    }
+
+    /// Every linear layer in forward order: per decoder layer q, k, v, o,
+    /// gate, up, down; then the LM head (named `model.embed_tokens.weight`
+    /// when tied to the embeddings).
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v: Vec<&Linear> = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for l in &self.layers {
+            v.extend(l.attn.linears());
+            v.extend(l.ffn.linears());
+        }
+        v.push(&self.lm_head);
+        v
+    }
+
+    /// Installs `observer` on every linear layer (see [`LinearObserver`]),
+    /// or removes it with `None`. Without an observer, forward passes do
+    /// exactly what they did before; with one, their results are unchanged.
+    pub fn set_linear_observer(&mut self, observer: Option<LinearObserver>) {
+        for l in &mut self.layers {
+            for lin in l.attn.linears_mut() {
+                lin.set_observer(observer.clone());
+            }
+            for lin in l.ffn.linears_mut() {
+                lin.set_observer(observer.clone());
+            }
+        }
+        self.lm_head.set_observer(observer);
     }
 
     pub fn device(&self) -> &Device {

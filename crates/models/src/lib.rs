@@ -21,6 +21,7 @@ use mm_formats::{Arch, WeightSource};
 
 pub use decoder::{DecoderModel, WeightSummary};
 pub use kv_cache::KvCache;
+pub use layers::LinearObserver;
 
 /// Builds the model described by `src.config()` on `device`;
 /// `progress(done, total)` is called as layers load.

@@ -1,8 +1,11 @@
 //! Quantized weight formats: block layouts and their scalar reference
-//! dequantizers (the `_ref` twins every fast kernel is tested against).
+//! dequantizers (the `_ref` twins every fast kernel is tested against),
+//! and the quantizers that produce metal-marlin formats (RTN in `mm`,
+//! GPTQ in `gptq`).
 
 pub mod dense;
 pub mod ggml;
+pub mod gptq;
 pub mod mm;
 
 pub use dense::{dequantize_ref, dequantize_rows_ref};

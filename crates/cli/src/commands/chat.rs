@@ -38,9 +38,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
             break;
         }
         history.push(ChatMessage::new("user", &user));
-        let prompt = m.tokenizer()?.render_chat(&history, true)?;
+        let prompt = m.tokenizer.render_chat(&history, true)?;
         let req = GenerateRequest {
-            prompt_ids: m.tokenizer()?.encode(&prompt, false)?,
+            prompt_ids: m.tokenizer.encode(&prompt, false)?,
             max_new_tokens: a.sampling.max_tokens,
             sampling: super::sampling(&a.sampling),
             stop_strings: a.sampling.stop.clone(),
@@ -50,7 +50,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         // it exact even when the template rewrites earlier turns.
         let mut cache = m.new_cache()?;
         let mut out = std::io::stdout().lock();
-        let res = generate(&m.model, m.tokenizer()?, &mut cache, &req, &mut |s| {
+        let res = generate(&m.model, &m.tokenizer, &mut cache, &req, &mut |s| {
             out.write_all(s.as_bytes())
                 .and_then(|_| out.flush())
                 .map_err(|e| mm_core::Error::Other(format!("writing stdout: {e}")))

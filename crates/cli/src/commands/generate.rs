@@ -11,7 +11,7 @@ use crate::load::load;
 pub fn run(a: GenerateArgs) -> Result<()> {
     let m = load(&a.model)?;
     let req = GenerateRequest {
-        prompt_ids: m.tokenizer()?.encode(&a.prompt, true)?,
+        prompt_ids: m.tokenizer.encode(&a.prompt, true)?,
         max_new_tokens: a.sampling.max_tokens,
         sampling: super::sampling(&a.sampling),
         stop_strings: a.sampling.stop.clone(),
@@ -19,7 +19,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let mut cache = m.new_cache()?;
     let mut out = std::io::stdout().lock();
-    let res = generate(&m.model, m.tokenizer()?, &mut cache, &req, &mut |s| {
+    let res = generate(&m.model, &m.tokenizer, &mut cache, &req, &mut |s| {
         out.write_all(s.as_bytes())
             .and_then(|_| out.flush())
             .map_err(|e| mm_core::Error::Other(format!("writing stdout: {e}")))

@@ -26,6 +26,15 @@ pub fn run(a: InfoArgs) -> Result<()> {
         c.rope_theta, c.rope_scaling
     );
     println!("tied embeddings:   {}", c.tie_word_embeddings);
+    if let Some(q) = src.quantization() {
+        println!(
+            "quantization:      {} ({}), {} override(s), {} unquantized weight(s)",
+            mm_formats::mm_format_label(q.format),
+            q.method.name(),
+            q.overrides().count(),
+            q.unquantized().count()
+        );
+    }
     let tensors = src.describe();
     let params: usize = tensors.iter().map(|t| t.2.iter().product::<usize>()).sum();
     println!(
@@ -60,7 +69,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     }
     if a.tensors {
         for (name, fmt, shape) in &tensors {
-            println!("  {name:50} {fmt:6} {shape:?}");
+            println!("  {name:50} {fmt:16} {shape:?}");
         }
     }
     Ok(())

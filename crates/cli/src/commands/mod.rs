@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod info;
 mod logits;
+mod quantize;
 
 use anyhow::Result;
 
@@ -19,6 +20,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }
 

@@ -76,6 +76,16 @@ impl Attention {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
+    /// The q, k, v and o projections, in that order.
+    pub fn linears(&self) -> [&Linear; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
+    }
+
+    /// The q, k, v and o projections, mutably.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+    }
+
     /// Per-head RMSNorm: views `x[n, heads*d]` as `[n*heads, d]`.
     fn head_norm(&self, norm: &Option<RmsNorm>, x: Tensor, device: &Device) -> Result<Tensor> {
         match norm {

@@ -1,8 +1,15 @@
 //! A linear layer over a weight of any stored format: the model never sees
 //! the format; the device picks a kernel for it (or falls back to CPU).
 
+use std::sync::Arc;
+
 use mm_core::{Device, Error, Result, Tensor, WeightData};
 use mm_formats::WeightSource;
+
+/// Sees the input of linear layers before their matmul: called with the
+/// layer's weight name (`model.layers.3.mlp.down_proj.weight`) and its input
+/// `x[rows, in]` (calibration for GPTQ). An error aborts the forward pass.
+pub type LinearObserver = Arc<dyn Fn(&str, &Tensor) -> Result<()> + Send + Sync>;
 
 /// `y = x · Wᵀ (+ b)` with `W[out, in]` in any format.
 pub struct Linear {
@@ -10,6 +17,9 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// Bytes of the bias as stored in the checkpoint (0 without one).
     bias_bytes: usize,
+    /// Name of the weight tensor.
+    name: String,
+    observer: Option<LinearObserver>,
 }
 
 impl Linear {
@@ -37,6 +47,8 @@ impl Linear {
             weight,
             bias,
             bias_bytes,
+            name,
+            observer: None,
         })
     }
 
@@ -54,7 +66,19 @@ impl Linear {
             weight,
             bias: None,
             bias_bytes: 0,
+            name: name.to_string(),
+            observer: None,
         })
+    }
+
+    /// Name of the weight tensor (`{prefix}.weight`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Installs (or, with `None`, removes) the observer of this layer's inputs.
+    pub fn set_observer(&mut self, observer: Option<LinearObserver>) {
+        self.observer = observer;
     }
 
     fn check(name: &str, w: &WeightData, out: usize, inp: usize) -> Result<()> {
@@ -69,6 +93,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
+        if let Some(observe) = &self.observer {
+            observe(&self.name, x)?;
+        }
         device.matmul(x, &self.weight, self.bias.as_ref())
     }
 

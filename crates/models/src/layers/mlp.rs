@@ -55,6 +55,16 @@ impl Mlp {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
+    /// The gate, up and down projections, in that order.
+    pub fn linears(&self) -> [&Linear; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+
+    /// The gate, up and down projections, mutably.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 3] {
+        [&mut self.gate, &mut self.up, &mut self.down]
+    }
+
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
         let g = self.gate.forward(x, device)?;
         let u = self.up.forward(x, device)?;

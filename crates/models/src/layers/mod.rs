@@ -7,7 +7,7 @@ pub mod norm;
 pub mod rope;
 
 pub use attention::{Attention, AttentionOptions};
-pub use linear::Linear;
+pub use linear::{Linear, LinearObserver};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rope::Rope;

@@ -8,6 +8,8 @@
 //!   [`dequantize_mm_ref`]: the element-by-element scalar reference;
 //!   [`dequantize_mm`] / [`dequantize_mm_weight`]: whole weights in parallel.
 //! * [`codec`]: the element codecs (FP8, E2M1, E8M0, NF4 levels).
+//! * [`GroupQuantizer`]: one group's RTN parameters and codec, for
+//!   quantizers that encode values one at a time (GPTQ).
 //! * [`pack_codes`] / [`unpack_codes`]: little-endian bit packing.
 //! * [`mm_part_shapes`], [`mm_part_names`], [`mm_weight_from_parts`]: the
 //!   stored tensors of a quantized weight.
@@ -16,6 +18,7 @@
 pub mod codec;
 pub mod config;
 pub mod dequantize;
+pub mod group;
 pub mod layout;
 pub mod pack;
 pub mod quantize;
@@ -27,6 +30,7 @@ pub use config::{QuantMethod, QuantizationConfig, TensorQuant, FORMAT_VERSION, Q
 pub use dequantize::{
     code_at, decode, dequantize_mm, dequantize_mm_ref, dequantize_mm_row, dequantize_mm_weight,
 };
+pub use group::GroupQuantizer;
 pub use layout::{
     mm_base_name, mm_part_names, mm_part_shapes, mm_weight_from_parts, scale_dtype, MmPartShapes,
     PartView,

@@ -105,7 +105,7 @@ impl Isa {
 
 /// Whether `format` runs through the quantized kernels (GGML block formats).
 pub fn supports(format: WeightFormat) -> bool {
-    !format.is_dense()
+    !format.is_dense() && !matches!(format, WeightFormat::Mm(_))
 }
 
 /// The activation quantization a weight format's kernels consume.

@@ -1,0 +1,68 @@
+//! `quantize`: HF directory or GGUF in, metal-marlin quantized directory out.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use mm_quant::mm::QuantMethod;
+
+use crate::args::{MethodArg, QuantizeArgs};
+use crate::quantize::{run as quantize, Options};
+
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    let spec = a
+        .src
+        .or(a.model)
+        .context("give the source model as SRC or -m SRC")?;
+    let src: PathBuf = mm_engine::resolve::resolve_model(Some(&spec))?;
+    let opts = Options {
+        src,
+        out: a.out,
+        format: a.format,
+        group_size: a.group_size,
+        recipe: a.recipe,
+        keep: a.keep,
+        method: match a.method {
+            MethodArg::Rtn => QuantMethod::Rtn,
+            MethodArg::Gptq => QuantMethod::Gptq,
+        },
+        calib: a.calib,
+        shard_bytes: a.shard_size,
+        force: a.force,
+        group_fallback: a.group_fallback,
+        act_order: a.act_order,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let s = quantize(&opts).with_context(|| {
+        format!(
+            "quantizing {} into {}",
+            opts.src.display(),
+            opts.out.display()
+        )
+    })?;
+    let mb = |b: u64| b as f64 / 1e6;
+    let mix: Vec<String> = s
+        .by_target
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    eprintln!(
+        "wrote {} in {:.1} s: {} shard(s), {:.1} MB (source tensors {:.1} MB)",
+        s.out.display(),
+        s.seconds,
+        s.shards,
+        mb(s.out_bytes),
+        mb(s.src_bytes)
+    );
+    eprintln!("tensors: {}", mix.join(", "));
+    if !s.fallbacks.is_empty() {
+        eprintln!(
+            "{} tensor(s) use a smaller group than asked because their rows do not divide, e.g. {} {} -> {}",
+            s.fallbacks.len(),
+            s.fallbacks[0].0,
+            mm_formats::mm_format_label(s.fallbacks[0].1),
+            mm_formats::mm_format_label(s.fallbacks[0].2)
+        );
+    }
+    Ok(())
+}
