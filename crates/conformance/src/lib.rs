@@ -172,28 +172,9 @@ pub fn mm_weights(seed: u64) -> Result<Vec<(WeightFormat, WeightData)>> {
     use mm_quant::mm::{quantize_rtn, MmFormat, MmKind};
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
-    let kinds = [
-        MmKind::IntSym(8),
-        MmKind::IntSym(4),
-        MmKind::IntSym(3),
-        MmKind::IntSym(2),
-        MmKind::IntAsym(8),
-        MmKind::IntAsym(4),
-        MmKind::IntAsym(3),
-        MmKind::IntAsym(2),
-        MmKind::Nf4,
-        MmKind::Fp8E4M3,
-        MmKind::Fp8E5M2,
-        MmKind::Fp4E2M1,
-        MmKind::Mxfp4,
-    ];
     let mut formats = Vec::new();
-    for kind in kinds {
-        let groups = match kind.fixed_group() {
-            Some(g) => vec![g],
-            None => vec![32, 64, 128, 0],
-        };
-        for g in groups {
+    for kind in MmKind::ALL {
+        for &g in kind.group_sizes() {
             formats.push((MmFormat::new(kind, g)?, 384));
         }
     }

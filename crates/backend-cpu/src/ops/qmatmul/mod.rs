@@ -302,7 +302,17 @@ pub fn matmul_q_with(
     }
     let mut run = |act: &mut QAct| {
         quantize_activations(isa, format, x, n, k, act);
-        compute(isa, format, w, row_bytes, act, &mut y, n, m);
+        let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
+        compute_tiled(row_bytes, n, m, &mut y, |j0, j1, i0, out| {
+            panel(
+                isa,
+                format,
+                &w[j0 * row_bytes..j1 * row_bytes],
+                row_bytes,
+                &xs[i0..i0 + out.len() / (j1 - j0)],
+                out,
+            )
+        });
     };
     // A nested call on this thread (rayon work stealing) gets its own buffer.
     SCRATCH.with(|s| match s.try_borrow_mut() {
@@ -310,29 +320,6 @@ pub fn matmul_q_with(
         Err(_) => run(&mut QAct::new()),
     });
     Ok(y)
-}
-
-fn compute(
-    isa: Isa,
-    format: WeightFormat,
-    w: &[u8],
-    row_bytes: usize,
-    act: &QAct,
-    y: &mut [f32],
-    n: usize,
-    m: usize,
-) {
-    let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
-    compute_tiled(row_bytes, n, m, y, |j0, j1, i0, out| {
-        panel(
-            isa,
-            format,
-            &w[j0 * row_bytes..j1 * row_bytes],
-            row_bytes,
-            &xs[i0..i0 + out.len() / (j1 - j0)],
-            out,
-        )
-    });
 }
 
 /// The threading shared by every quantized matmul (GGML and metal-marlin

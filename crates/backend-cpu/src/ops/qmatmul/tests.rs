@@ -21,7 +21,8 @@ pub(crate) const FORMATS: [F; 10] = [
     F::Q6K,
 ];
 
-fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
+/// Relative L2 error of `a` against `b`; NaN never passes.
+pub(crate) fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {
         num += (*x as f64 - y).powi(2);

@@ -18,34 +18,10 @@ use mm_core::{HostBytes, WeightData};
 use proptest::prelude::*;
 
 use super::super::testing::{random_f32, Rng};
+use super::super::tests::rel_l2;
 use super::super::{ActKind, QAct};
 use super::*;
 use crate::ops::matmul::matmul_ref;
-
-/// Every format kind.
-pub(crate) const KINDS: [MmKind; 13] = [
-    MmKind::IntSym(8),
-    MmKind::IntSym(4),
-    MmKind::IntSym(3),
-    MmKind::IntSym(2),
-    MmKind::IntAsym(8),
-    MmKind::IntAsym(4),
-    MmKind::IntAsym(3),
-    MmKind::IntAsym(2),
-    MmKind::Nf4,
-    MmKind::Fp8E4M3,
-    MmKind::Fp8E5M2,
-    MmKind::Fp4E2M1,
-    MmKind::Mxfp4,
-];
-
-/// The group sizes of `kind` (MXFP4: 32 only).
-fn groups(kind: MmKind) -> Vec<u32> {
-    match kind.fixed_group() {
-        Some(g) => vec![g],
-        None => vec![32, 64, 128, 0],
-    }
-}
 
 /// A random `[m, k]` weight: every code random (fp8 NaN/∞ codes replaced
 /// by finite ones), realistic random f16 scales (E8M0 near 2^-4), random
@@ -82,7 +58,7 @@ pub(crate) fn random_weight(f: MmFormat, m: usize, k: usize, seed: u64) -> Weigh
             .flat_map(|_| half::f16::from_f32(rng.f32().abs() * mag).to_le_bytes())
             .collect(),
     };
-    let zmask = if seed % 2 == 1 {
+    let zmask = if !seed.is_multiple_of(2) {
         0xff
     } else {
         (1u16 << f.bits()) as u8 - 1
@@ -100,18 +76,6 @@ pub(crate) fn random_weight(f: MmFormat, m: usize, k: usize, seed: u64) -> Weigh
         zeros.map(HostBytes::owned),
     )
     .unwrap()
-}
-
-fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - y).powi(2);
-        den += y * y;
-    }
-    if num.is_nan() {
-        return f64::INFINITY;
-    }
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// Σ w·x in f64 over the dequantized weight and the given activations.
@@ -174,7 +138,7 @@ fn check(f: MmFormat, n: usize, k: usize, m: usize, seed: u64) {
         }
         // And statistically (as the GGML kernel tests): within 1e-2 relative
         // L2 over enough outputs (expected ~4e-3), for realistic zero-points.
-        if n * m >= 32 && seed % 2 == 0 {
+        if n * m >= 32 && seed.is_multiple_of(2) {
             let e = rel_l2(&scalar, &exact);
             assert!(e < 1e-2, "{what}: scalar vs f32 activations {e:.2e}");
         }
@@ -195,8 +159,8 @@ use super::super::q8;
 
 #[test]
 fn every_format_every_group_every_isa() {
-    for (i, &kind) in KINDS.iter().enumerate() {
-        for g in groups(kind) {
+    for (i, &kind) in MmKind::ALL.iter().enumerate() {
+        for &g in kind.group_sizes() {
             let f = MmFormat::new(kind, g).unwrap();
             // Per-channel rows of 96·kb values: not a multiple of 64 or 128.
             let unit = if g == 0 { 96 } else { g as usize };
@@ -285,13 +249,13 @@ fn float_decoders_match_the_codecs_on_every_code() {
         x[0] = 1.0;
         for &isa in Isa::available() {
             let y = matmul_mm_with(isa, &p, &x, 1).unwrap();
-            for c in 0..ncodes {
+            for (c, &yc) in y.iter().enumerate() {
                 let v = mm_quant::mm::decode(kind, c as u8, 0);
                 if v.is_finite() {
-                    assert_eq!(y[c], v, "{} code {c:#x} on {}", f.name(), isa.name());
+                    assert_eq!(yc, v, "{} code {c:#x} on {}", f.name(), isa.name());
                 } else {
                     assert!(
-                        !y[c].is_finite(),
+                        !yc.is_finite(),
                         "{} code {c:#x} on {}",
                         f.name(),
                         isa.name()
@@ -304,8 +268,8 @@ fn float_decoders_match_the_codecs_on_every_code() {
 
 #[test]
 fn prepared_form_is_not_an_f32_copy() {
-    for &kind in &KINDS {
-        for g in groups(kind) {
+    for &kind in &MmKind::ALL {
+        for &g in kind.group_sizes() {
             let f = MmFormat::new(kind, g).unwrap();
             let w = random_weight(f, 16, 512, 3);
             let p = prepare(&w).unwrap();
@@ -325,7 +289,7 @@ fn prepared_form_is_not_an_f32_copy() {
 fn rtn_quantized_weights() {
     // Weights from the reference quantizer: within 8-bit activation error
     // (integer path) or summation error (float path) of f32 activations.
-    for (i, &kind) in KINDS.iter().enumerate() {
+    for (i, &kind) in MmKind::ALL.iter().enumerate() {
         let f = MmFormat::new(kind, kind.fixed_group().unwrap_or(64)).unwrap();
         let (n, k, m) = (3, 256, 40);
         let wf = random_f32(m * k, 11 + i as u64);
@@ -362,11 +326,46 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn random_shapes(ki in 0usize..13, gi in 0usize..4, n in 1usize..12, kb in 1usize..5, m in 1usize..80, seed in any::<u64>()) {
-        let kind = KINDS[ki];
-        let gs = groups(kind);
+        let kind = MmKind::ALL[ki];
+        let gs = kind.group_sizes();
         let g = gs[gi % gs.len()];
         let f = MmFormat::new(kind, g).unwrap();
         let k = kb * if g == 0 { 32 } else { g as usize };
         check(f, n, k, m, seed);
+    }
+}
+
+#[test]
+fn fast_backend_uses_the_kernels_exact_backend_the_f32_path() {
+    use crate::CpuBackend;
+    use mm_core::{Backend, Tensor};
+    let f = MmFormat::new(MmKind::IntSym(4), 128).unwrap();
+    let (n, k, m) = (2, 256, 24);
+    let x = random_f32(n * k, 9);
+    let xt = Tensor::from_vec(vec![n, k], x.clone()).unwrap();
+    // Fast: the prepared form is the repacked one, and the result is the
+    // kernel's.
+    let w = random_weight(f, m, k, 4);
+    let fast = CpuBackend::new();
+    fast.prepare(&w).unwrap();
+    let p = crate::mm_prepared(&w).unwrap();
+    let y = fast.matmul(&xt, &w, None).unwrap();
+    assert_eq!(
+        y.as_slice().unwrap(),
+        matmul_mm(&p, &x, n).unwrap().as_slice()
+    );
+    // Exact: f32 weights and activations; on a weight the fast backend
+    // prepared too (dequantized per call then).
+    let wd = mm_quant::dequantize_ref(&w).unwrap();
+    let r = matmul_ref(&x, &wd, None, n, k, m);
+    for w in [random_weight(f, m, k, 4), w] {
+        let exact = CpuBackend::exact();
+        exact.prepare(&w).unwrap();
+        let y = exact.matmul(&xt, &w, None).unwrap();
+        let e = rel_l2(
+            y.as_slice().unwrap(),
+            &r.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
+        assert!(e < 1e-5, "exact: {e:.2e}");
     }
 }
