@@ -105,19 +105,23 @@ fn check_format(format: F, n: usize, kb: usize, m: usize, seed: u64) {
     }
 }
 
+/// (activation rows, blocks per row, weight rows): decode (n ≤ 4) and
+/// prefill (n > 4) shapes, odd and tiny `m`.
+pub(crate) const SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 1),
+    (1, 3, 37),
+    (2, 2, 9),
+    (3, 1, 17),
+    (4, 2, 8),
+    (5, 2, 33),
+    (9, 1, 70),
+    (13, 3, 130),
+];
+
 #[test]
 fn every_format_every_isa() {
     for (i, &f) in FORMATS.iter().enumerate() {
-        for &(n, kb, m) in &[
-            (1, 1, 1),
-            (1, 3, 37),
-            (2, 2, 9),
-            (3, 1, 17),
-            (4, 2, 8),
-            (5, 2, 33),
-            (9, 1, 70),
-            (13, 3, 130),
-        ] {
+        for &(n, kb, m) in &SHAPES {
             check_format(f, n, kb, m, 100 * i as u64 + n as u64);
         }
     }

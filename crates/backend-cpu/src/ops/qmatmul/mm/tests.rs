@@ -18,7 +18,7 @@ use mm_core::{HostBytes, WeightData};
 use proptest::prelude::*;
 
 use super::super::testing::{random_f32, Rng};
-use super::super::tests::rel_l2;
+use super::super::tests::{rel_l2, SHAPES};
 use super::super::{ActKind, QAct};
 use super::*;
 use crate::ops::matmul::matmul_ref;
@@ -164,15 +164,7 @@ fn every_format_every_group_every_isa() {
             let f = MmFormat::new(kind, g).unwrap();
             // Per-channel rows of 96·kb values: not a multiple of 64 or 128.
             let unit = if g == 0 { 96 } else { g as usize };
-            for &(n, kb, m) in &[
-                (1, 1, 1),
-                (1, 3, 37),
-                (2, 2, 9),
-                (3, 1, 17),
-                (4, 2, 8),
-                (5, 2, 33),
-                (9, 1, 70),
-            ] {
+            for &(n, kb, m) in &SHAPES {
                 let k = kb * unit;
                 check(f, n, k, m, 1000 * i as u64 + 10 * g as u64 + n as u64);
             }
