@@ -20,7 +20,11 @@
 //! accumulators per row, scaled by `d_g` per group.
 //!
 //! Rows are processed 1 to 4 activation rows at a time (const generic
-//! `NR`), so a decoded block feeds every activation row of the panel.
+//! `NR`), so a decoded block feeds every activation row of the panel; the
+//! integer kernels also take 4 (one activation row), 2 (two) or 1 weight
+//! rows per tile, so the
+//! FMA chains are independent and each activation block is loaded once per
+//! tile (as the GGML kernels' `mk32`).
 
 use std::arch::x86_64::*;
 
@@ -89,6 +93,73 @@ unsafe fn decode_i8<const B: u32>(b: *const u8, lut: __m256i) -> __m256i {
     }
 }
 
+/// `C` weight rows from `j` × `NR` activation rows: independent
+/// accumulators for instruction-level parallelism, and every activation
+/// block loaded once for `C` weight rows.
+#[inline(always)]
+unsafe fn int_tile<const B: u32, const NR: usize, const C: usize, const ASYM: bool>(
+    p: &MmPrepared,
+    j: usize,
+    x: &[ActRow],
+    lut: __m256i,
+) -> [[f32; NR]; C] {
+    let bb = block_bytes(B);
+    let ones = _mm256_set1_epi16(1);
+    let xq: [*const i8; NR] = std::array::from_fn(|r| x[r].qs.as_ptr());
+    let xd: [*const f32; NR] = std::array::from_fn(|r| x[r].d.as_ptr());
+    let xi: [*const i32; NR] = std::array::from_fn(|r| x[r].isum.as_ptr());
+    let w: [*const u8; C] = std::array::from_fn(|c| p.row(j + c).as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); NR]; C];
+    for g in 0..p.groups {
+        let d: [f32; C] = std::array::from_fn(|c| p.scales[(j + c) * p.groups + g]);
+        let off: [i32; C] = std::array::from_fn(|c| p.offset(j + c, g));
+        for b in g * p.group_blocks..(g + 1) * p.group_blocks {
+            let mut q = [_mm256_setzero_si256(); NR];
+            let mut dx = [0.0f32; NR];
+            let mut isum = [0i32; NR];
+            for r in 0..NR {
+                q[r] = loadu(xq[r].add(b * BLOCK) as *const u8);
+                dx[r] = *xd[r].add(b);
+                if ASYM {
+                    isum[r] = *xi[r].add(b);
+                }
+            }
+            for c in 0..C {
+                let cw = decode_i8::<B>(w[c].add(b * bb), lut);
+                let ac = _mm256_abs_epi8(cw);
+                for r in 0..NR {
+                    let init = if ASYM {
+                        _mm256_zextsi128_si256(_mm_cvtsi32_si128(off[c] * isum[r]))
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    let prod = _mm256_maddubs_epi16(ac, _mm256_sign_epi8(q[r], cw));
+                    let s = _mm256_add_epi32(init, _mm256_madd_epi16(prod, ones));
+                    let sc = _mm256_set1_ps(d[c] * dx[r]);
+                    acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc[c][r]);
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; NR]; C];
+    for c in 0..C {
+        for r in 0..NR {
+            out[c][r] = hsum_ps(acc[c][r]);
+        }
+    }
+    out
+}
+
+/// Weight rows per tile: 4 for one activation row (decode), 2 for two,
+/// else 1 (the accumulators must stay in the 16 ymm registers).
+const fn tile(nr: usize) -> usize {
+    match nr {
+        1 => 4,
+        2 => 2,
+        _ => 1,
+    }
+}
+
 #[inline(always)]
 unsafe fn int_kernel<const B: u32, const NR: usize>(
     p: &MmPrepared,
@@ -97,37 +168,44 @@ unsafe fn int_kernel<const B: u32, const NR: usize>(
     x: &[ActRow],
     out: &mut [f32],
 ) {
+    if p.zeros.is_empty() {
+        int_tiles::<B, NR, false>(p, j0, j1, x, out)
+    } else {
+        int_tiles::<B, NR, true>(p, j0, j1, x, out)
+    }
+}
+
+#[inline(always)]
+unsafe fn int_tiles<const B: u32, const NR: usize, const ASYM: bool>(
+    p: &MmPrepared,
+    j0: usize,
+    j1: usize,
+    x: &[ActRow],
+    out: &mut [f32],
+) {
     let rows = j1 - j0;
-    let bb = block_bytes(B);
     let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.lut.as_ptr() as *const __m128i));
-    let ones = _mm256_set1_epi16(1);
-    let asym = !p.zeros.is_empty();
-    for j in j0..j1 {
-        let w = p.row(j).as_ptr();
-        let mut acc = [_mm256_setzero_ps(); NR];
-        for g in 0..p.groups {
-            let d = p.scales[j * p.groups + g];
-            let off = p.offset(j, g);
-            for b in g * p.group_blocks..(g + 1) * p.group_blocks {
-                let c = decode_i8::<B>(w.add(b * bb), lut);
-                let ac = _mm256_abs_epi8(c);
-                for r in 0..NR {
-                    let xr = &x[r];
-                    let q = loadu(xr.qs.as_ptr().add(b * BLOCK) as *const u8);
-                    let mut s =
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(ac, _mm256_sign_epi8(q, c)), ones);
-                    if asym {
-                        let o = off * *xr.isum.get_unchecked(b);
-                        s = _mm256_add_epi32(s, _mm256_castsi128_si256(_mm_cvtsi32_si128(o)));
-                    }
-                    let sc = _mm256_set1_ps(d * *xr.d.get_unchecked(b));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc[r]);
-                }
+    let mut j = j0;
+    let mut put = |j: usize, v: &[[f32; NR]]| {
+        for (c, vc) in v.iter().enumerate() {
+            for r in 0..NR {
+                out[r * rows + j + c - j0] = vc[r];
             }
         }
-        for r in 0..NR {
-            out[r * rows + j - j0] = hsum_ps(acc[r]);
+    };
+    if tile(NR) == 4 {
+        while j + 4 <= j1 {
+            put(j, &int_tile::<B, NR, 4, ASYM>(p, j, x, lut));
+            j += 4;
         }
+    }
+    while tile(NR) >= 2 && j + 2 <= j1 {
+        put(j, &int_tile::<B, NR, 2, ASYM>(p, j, x, lut));
+        j += 2;
+    }
+    while j < j1 {
+        put(j, &int_tile::<B, NR, 1, ASYM>(p, j, x, lut));
+        j += 1;
     }
 }
 

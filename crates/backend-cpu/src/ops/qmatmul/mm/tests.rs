@@ -137,8 +137,11 @@ fn check(f: MmFormat, n: usize, k: usize, m: usize, seed: u64) {
             }
         }
         // And statistically (as the GGML kernel tests): within 1e-2 relative
-        // L2 over enough outputs (expected ~4e-3), for realistic zero-points.
-        if n * m >= 32 && seed.is_multiple_of(2) {
+        // L2 over enough outputs (expected ~4e-3) for zero-mean weights.
+        // Random asymmetric weights are biased (Σ_t (u − z)·x cancels), which
+        // amplifies the relative error at small k: the hard bound above is
+        // the check for them.
+        if n * m >= 32 && !f.kind.has_zeros() {
             let e = rel_l2(&scalar, &exact);
             assert!(e < 1e-2, "{what}: scalar vs f32 activations {e:.2e}");
         }
