@@ -9,16 +9,25 @@
 //!   `k→m`, Throughput = weight bytes (so GB/s of weights; GFLOP/s is
 //!   2·n·k·m / time).
 //!
-//! `MM_BENCH_FORMATS=Q4_1,Q8_0` narrows the formats (default: all),
+//! * `mm_gemv` / `mm_gemm_n{n}`: the same for metal-marlin formats
+//!   (`int4-g128`, …, named `<format>-g<group>`; Throughput = stored bytes
+//!   of codes + scales + zeros), through the prepared (repacked) weight, and
+//!   `f32-dense`: the f32 path (`matmul_dense`, Throughput = f32 bytes) that
+//!   metal-marlin weights used before their kernels existed.
+//!
+//! `MM_BENCH_FORMATS=Q4_1,Q8_0,int4-g128` narrows the formats (default: all),
 //! `MM_BENCH_N=1,64` the row counts, and `MM_QMATMUL_ISA` picks the ISA.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mm_backend_cpu::ops::matmul::matmul_dense;
+use mm_backend_cpu::ops::qmatmul::mm::{matmul_mm, prepare};
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_f32};
 use mm_backend_cpu::ops::qmatmul::{matmul_q, Isa};
-use mm_core::WeightFormat as F;
+use mm_core::weight::{MmFormat, MmKind};
+use mm_core::{Tensor, WeightData, WeightFormat as F};
 use rayon::prelude::*;
 
 const FORMATS: [F; 10] = [
@@ -184,5 +193,74 @@ fn qmatmul(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, roofline, qmatmul);
+/// metal-marlin formats benchmarked (kind, group).
+const MM_FORMATS: [(MmKind, u32); 12] = [
+    (MmKind::IntSym(4), 128),
+    (MmKind::IntSym(4), 64),
+    (MmKind::IntSym(4), 32),
+    (MmKind::IntAsym(4), 128),
+    (MmKind::IntSym(8), 128),
+    (MmKind::IntSym(3), 128),
+    (MmKind::IntSym(2), 128),
+    (MmKind::Nf4, 128),
+    (MmKind::Fp8E4M3, 128),
+    (MmKind::Fp8E5M2, 0),
+    (MmKind::Fp4E2M1, 128),
+    (MmKind::Mxfp4, 32),
+];
+
+/// Decode and prefill shapes of SmolLM2-135M's MLP (gate/up, down).
+const MM_SHAPES: [(usize, usize); 2] = [(576, 1536), (1536, 576)];
+
+fn mm_qmatmul(c: &mut Criterion) {
+    let wanted = env_list("MM_BENCH_FORMATS");
+    let keep = |name: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|n| n == name));
+    let ns: Vec<usize> = env_list("MM_BENCH_N")
+        .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 64]);
+    for &n in &ns {
+        let mut g = c.benchmark_group(if n == 1 {
+            "mm_gemv".to_string()
+        } else {
+            format!("mm_gemm_n{n}")
+        });
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        for &(k, m) in &MM_SHAPES {
+            let x = random_f32(n * k, 2);
+            for &(kind, group) in &MM_FORMATS {
+                let f = MmFormat::new(kind, group).unwrap();
+                let name = format!("{}-g{group}", kind.name());
+                // Groups must divide the row (576 is not a multiple of 128).
+                if !keep(&name) || (group != 0 && k % group as usize != 0) {
+                    continue;
+                }
+                let wf = random_f32(m * k, 3);
+                let w = mm_quant::mm::quantize_rtn(&wf, m, k, f)
+                    .unwrap()
+                    .into_weight_data()
+                    .unwrap();
+                let p = prepare(&w).unwrap();
+                g.throughput(Throughput::Bytes(w.stored_bytes() as u64));
+                g.bench_with_input(BenchmarkId::new(name, format!("{k}x{m}")), &(), |b, _| {
+                    b.iter(|| black_box(matmul_mm(&p, &x, n).unwrap()))
+                });
+            }
+            if keep("f32-dense") {
+                let w = WeightData::from_f32(vec![m, k], &random_f32(m * k, 3)).unwrap();
+                let xt = Tensor::from_vec(vec![n, k], x.clone()).unwrap();
+                g.throughput(Throughput::Bytes(4 * (m * k) as u64));
+                g.bench_with_input(
+                    BenchmarkId::new("f32-dense", format!("{k}x{m}")),
+                    &(),
+                    |b, _| b.iter(|| black_box(matmul_dense(&xt, &w, None).unwrap())),
+                );
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, roofline, qmatmul, mm_qmatmul);
 criterion_main!(benches);

@@ -10,12 +10,14 @@ mod prepared;
 use mm_core::backend::{AttentionParams, Backend, Op};
 use mm_core::{Result, Tensor, WeightData, WeightFormat};
 
-pub use prepared::dense_f32;
+pub use prepared::{dense_f32, mm_prepared};
 
 /// Multi-threaded CPU backend (rayon's global pool).
 ///
 /// By default GGML block weights run through the native quantized kernels,
-/// which quantize activations to 8 bits as llama.cpp does. `exact()` instead
+/// which quantize activations to 8 bits as llama.cpp does, and
+/// metal-marlin weights through theirs (repacked once at load, no f32
+/// copy; 8-bit activations for the integer formats, f32 for nf4/fp8). `exact()` instead
 /// dequantizes every weight once to f32 and keeps activations in f32: slower,
 /// but numerically the reference (what transformers computes).
 #[derive(Default, Debug, Clone, Copy)]
@@ -33,8 +35,8 @@ impl CpuBackend {
         CpuBackend { exact: true }
     }
 
-    fn native(&self, f: WeightFormat) -> bool {
-        !self.exact && ops::qmatmul::supports(f)
+    fn native(&self, w: &WeightData) -> bool {
+        !self.exact && (ops::qmatmul::supports(w.format) || ops::qmatmul::mm::supports(w))
     }
 }
 
@@ -48,9 +50,14 @@ impl Backend for CpuBackend {
     }
 
     /// Widens dense F16/BF16 (and F32) weights to f32 once; GGML block
-    /// formats need nothing: their matmuls read the stored bytes.
+    /// formats need nothing (their matmuls read the stored bytes);
+    /// metal-marlin formats are repacked once (`ops::qmatmul::mm`), except
+    /// in exact mode, which widens them to f32.
     fn prepare(&self, w: &WeightData) -> Result<()> {
-        if self.native(w.format) {
+        if self.native(w) {
+            if let WeightFormat::Mm(_) = w.format {
+                mm_prepared(w)?;
+            }
             return Ok(());
         }
         dense_f32(w).map(|_| ())
@@ -61,7 +68,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
-        if self.native(w.format) {
+        if self.native(w) {
             ops::matmul::matmul(x, w, bias)
         } else {
             ops::matmul::matmul_dense(x, w, bias)

@@ -100,8 +100,12 @@ pub fn check_matmul_formats(
         for n in [1usize, 5, 19] {
             let x = randv(&mut rng, n * k);
             let out = b.matmul(&up(b, vec![n, k], x.clone())?, w, None)?;
+            let label = match f {
+                WeightFormat::Mm(mf) => format!("{} g{}", f.name(), mf.group),
+                _ => f.name().to_string(),
+            };
             check(
-                &format!("matmul {} n={n}", f.name()),
+                &format!("matmul {label} n={n}"),
                 &out,
                 &matmul::matmul_ref(&x, &dense, None, n, k, m),
                 tol,
@@ -160,16 +164,52 @@ pub fn check_matmul_ggml(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<(
     check_matmul_formats(b, &ws, seed, tol)
 }
 
-/// The quantized-weight checks, under `tol` (usually
-/// [`Tolerance::Q8_ACTIVATIONS`]); returns the failures.
+/// Weights of every metal-marlin format (docs/FORMAT.md) and group size
+/// (32, 64, 128, per-channel; MXFP4: 32) from the reference quantizer
+/// `mm_quant::mm::quantize_rtn` over uniform values, `[m, 384]`, plus a
+/// per-channel int4 weight with rows of 40 values (not whole 32-blocks).
+pub fn mm_weights(seed: u64) -> Result<Vec<(WeightFormat, WeightData)>> {
+    use mm_quant::mm::{quantize_rtn, MmFormat, MmKind};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut formats = Vec::new();
+    for kind in MmKind::ALL {
+        for &g in kind.group_sizes() {
+            formats.push((MmFormat::new(kind, g)?, 384));
+        }
+    }
+    formats.push((MmFormat::new(MmKind::IntSym(4), 0)?, 40));
+    for (i, (f, k)) in formats.into_iter().enumerate() {
+        let m = 17 + 3 * (i % 11);
+        let w = quantize_rtn(&randv(&mut rng, m * k), m, k, f)?.into_weight_data()?;
+        out.push((w.format, w));
+    }
+    Ok(out)
+}
+
+/// [`check_matmul_formats`] over [`mm_weights`] for every format the
+/// backend supports.
+pub fn check_matmul_mm(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    let ws: Vec<_> = mm_weights(seed)?
+        .into_iter()
+        .filter(|(f, _)| b.supports(mm_core::backend::Op::Matmul, Some(*f)))
+        .collect();
+    check_matmul_formats(b, &ws, seed, tol)
+}
+
+/// The quantized-weight checks (GGML and metal-marlin formats), under `tol`
+/// (usually [`Tolerance::Q8_ACTIVATIONS`]); returns the failures.
 pub fn run_quantized(b: &dyn Backend, tol: Tolerance) -> Vec<String> {
-    (0..3)
-        .filter_map(|seed| {
-            check_matmul_ggml(b, seed, tol)
-                .err()
-                .map(|e| format!("matmul_ggml (seed {seed}): {e}"))
-        })
-        .collect()
+    let mut fails = Vec::new();
+    for seed in 0..3 {
+        if let Err(e) = check_matmul_ggml(b, seed, tol) {
+            fails.push(format!("matmul_ggml (seed {seed}): {e}"));
+        }
+        if let Err(e) = check_matmul_mm(b, seed, tol) {
+            fails.push(format!("matmul_mm (seed {seed}): {e}"));
+        }
+    }
+    fails
 }
 
 pub fn check_rms_norm(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {

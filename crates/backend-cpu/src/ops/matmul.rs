@@ -1,7 +1,9 @@
 //! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)`.
 //!
 //! GGML block formats (Q4_0 … Q6_K) run natively on their stored bytes in
-//! [`super::qmatmul`] (fused dequantize-and-dot, no f32 copy). Dense
+//! [`super::qmatmul`] (fused dequantize-and-dot, no f32 copy);
+//! metal-marlin formats on their codes repacked once at load
+//! ([`super::qmatmul::mm`]). Dense
 //! weights (F32, and F16/BF16 widened once to f32, see `prepared.rs`):
 //! few rows (decode): rayon over blocks of output rows, each a dot product
 //! with eight independent accumulators so the compiler vectorizes it. Many
@@ -10,7 +12,7 @@
 use mm_core::{Error, Result, Tensor, WeightData};
 use rayon::prelude::*;
 
-use crate::dense_f32;
+use crate::{dense_f32, mm_prepared};
 
 /// Rows of `x` up to which the dot-product path is used.
 const GEMV_MAX_ROWS: usize = 4;
@@ -58,6 +60,12 @@ pub fn matmul(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tenso
     let (n, k, m) = check(x, w, bias)?;
     if super::qmatmul::supports(w.format) {
         let mut y = super::qmatmul::matmul_q(w.format, &w.bytes, x.as_slice()?, n, k, m)?;
+        add_bias(&mut y, bias, m)?;
+        return Tensor::from_vec(vec![n, m], y);
+    }
+    if super::qmatmul::mm::supports(w) {
+        let p = mm_prepared(w)?;
+        let mut y = super::qmatmul::mm::matmul_mm(&p, x.as_slice()?, n)?;
         add_bias(&mut y, bias, m)?;
         return Tensor::from_vec(vec![n, m], y);
     }

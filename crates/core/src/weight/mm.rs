@@ -66,6 +66,32 @@ pub enum MmScale {
 }
 
 impl MmKind {
+    /// Every format, in the order of [`MM_FORMAT_NAMES`].
+    pub const ALL: [MmKind; 13] = [
+        Self::IntSym(8),
+        Self::IntSym(4),
+        Self::IntSym(3),
+        Self::IntSym(2),
+        Self::IntAsym(8),
+        Self::IntAsym(4),
+        Self::IntAsym(3),
+        Self::IntAsym(2),
+        Self::Nf4,
+        Self::Fp8E4M3,
+        Self::Fp8E5M2,
+        Self::Fp4E2M1,
+        Self::Mxfp4,
+    ];
+
+    /// The group sizes the format allows (0 = per-channel): its fixed group
+    /// (MXFP4: 32) or every one of [`MM_GROUP_SIZES`].
+    pub fn group_sizes(self) -> &'static [u32] {
+        match self {
+            Self::Mxfp4 => &[32],
+            _ => &MM_GROUP_SIZES,
+        }
+    }
+
     /// Parses a format name (see [`MM_FORMAT_NAMES`]); case-insensitive.
     pub fn parse(name: &str) -> Result<Self> {
         let n = name.trim().to_ascii_lowercase();

@@ -12,7 +12,11 @@
 //! * [`aarch64`]: NEON for the 32-element formats;
 //! * [`scalar`]: the portable reference, exact integer arithmetic.
 //!
-//! Threading (rayon): few activation rows (decode) split the output rows in
+//! metal-marlin's own formats (int2…int8, nf4, fp8, fp4, mxfp4) run through
+//! [`mm`]: repacked once at load, then the same activation quantization
+//! (integer formats) or f32 activations (nf4, fp8) and the same threading.
+//!
+//! Threading (rayon, [`compute_tiled`]): few activation rows (decode) split the output rows in
 //! a handful of equal tasks; many rows (prefill) are tiled into (weight-row
 //! block × activation-row group) tasks where a block of weight rows small
 //! enough for L1 is swept against groups of 4 activation rows, so every
@@ -20,11 +24,16 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+#[cfg(target_arch = "aarch64")]
+mod aarch64_mm;
+pub mod mm;
 pub mod q8;
 pub mod scalar;
 pub mod testing;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_mm;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -103,7 +112,8 @@ impl Isa {
     }
 }
 
-/// Whether `format` runs through the quantized kernels (GGML block formats).
+/// Whether `format` runs through the GGML block kernels of this module
+/// (metal-marlin formats have their own, see [`mm`]).
 pub fn supports(format: WeightFormat) -> bool {
     !format.is_dense() && !matches!(format, WeightFormat::Mm(_))
 }
@@ -292,7 +302,17 @@ pub fn matmul_q_with(
     }
     let mut run = |act: &mut QAct| {
         quantize_activations(isa, format, x, n, k, act);
-        compute(isa, format, w, row_bytes, act, &mut y, n, m);
+        let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
+        compute_tiled(row_bytes, n, m, &mut y, |j0, j1, i0, out| {
+            panel(
+                isa,
+                format,
+                &w[j0 * row_bytes..j1 * row_bytes],
+                row_bytes,
+                &xs[i0..i0 + out.len() / (j1 - j0)],
+                out,
+            )
+        });
     };
     // A nested call on this thread (rayon work stealing) gets its own buffer.
     SCRATCH.with(|s| match s.try_borrow_mut() {
@@ -302,22 +322,25 @@ pub fn matmul_q_with(
     Ok(y)
 }
 
-fn compute(
-    isa: Isa,
-    format: WeightFormat,
-    w: &[u8],
-    row_bytes: usize,
-    act: &QAct,
-    y: &mut [f32],
-    n: usize,
-    m: usize,
-) {
+/// The threading shared by every quantized matmul (GGML and metal-marlin
+/// formats): fills `y[n, m]` by calling `kern(j0, j1, i0, out)`, which must
+/// write `out[r·(j1−j0) + (j − j0)] = w[j] · x[i0 + r]` for the weight rows
+/// `j0..j1` and the `out.len() / (j1 − j0)` (1 to 4) activation rows from
+/// `i0`. `row_bytes` (bytes streamed per weight row) sizes the tiles.
+///
+/// Decode (`n ≤ 4`): equal contiguous ranges of weight rows, each swept in
+/// chunks of 64 rows against all `n` activation rows. Prefill: tiles of
+/// (weight-row block that fits L1) × (groups of 4 activation rows).
+pub(crate) fn compute_tiled<K>(row_bytes: usize, n: usize, m: usize, y: &mut [f32], kern: K)
+where
+    K: Fn(usize, usize, usize, &mut [f32]) + Sync,
+{
     let threads = rayon::current_num_threads().max(1);
     if n <= DECODE_ROWS {
         // Decode: equal contiguous row ranges, few tasks. Large matrices get
         // a few tasks per thread so a thread slowed by a neighbour process
         // does not hold up the call.
-        let big = w.len() >= 4 << 20;
+        let big = m * row_bytes >= 4 << 20;
         let tasks = if m * row_bytes < 64 << 10 {
             1
         } else if big {
@@ -326,7 +349,6 @@ fn compute(
             threads
         };
         let per = m.div_ceil(tasks).next_multiple_of(8).min(m);
-        let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
         let yp = OutPtr(y.as_mut_ptr());
         let task = |t: usize| {
             let j0 = t * per;
@@ -340,14 +362,7 @@ fn compute(
                 let c1 = (c0 + 64).min(rows);
                 let cr = c1 - c0;
                 let out = &mut local[..cr * n];
-                panel(
-                    isa,
-                    format,
-                    &w[(j0 + c0) * row_bytes..(j0 + c1) * row_bytes],
-                    row_bytes,
-                    &xs,
-                    out,
-                );
+                kern(j0 + c0, j0 + c1, 0, out);
                 for r in 0..n {
                     // SAFETY: rows j0+c0..j0+c1 of column block belong to
                     // this task only; y has n·m elements.
@@ -371,7 +386,7 @@ fn compute(
     }
     // Prefill: tiles of (weight-row block that fits L1) × (activation-row
     // groups); within a tile, each group of 4 rows sweeps the weight block.
-    let jb = (16 << 10) / row_bytes;
+    let jb = (16 << 10) / row_bytes.max(1);
     let jb = jb.clamp(8, 256) / 8 * 8;
     let row_blocks = m.div_ceil(jb);
     let groups = n.div_ceil(GROUP);
@@ -387,16 +402,14 @@ fn compute(
             let j0 = rb * jb;
             let j1 = (j0 + jb).min(m);
             let rows = j1 - j0;
-            let wb = &w[j0 * row_bytes..j1 * row_bytes];
             let mut local = vec![0.0f32; GROUP * rows];
             let g1 = ((gc + 1) * per_chunk).min(groups);
             for g in gc * per_chunk..g1 {
                 let i0 = g * GROUP;
                 let i1 = (i0 + GROUP).min(n);
-                let xs: [ActRow; GROUP] = std::array::from_fn(|r| act.row((i0 + r).min(i1 - 1)));
                 let nr = i1 - i0;
                 let out = &mut local[..nr * rows];
-                panel(isa, format, wb, row_bytes, &xs[..nr], out);
+                kern(j0, j1, i0, out);
                 for r in 0..nr {
                     // SAFETY: elements (i0+r, j0..j1) belong to this task only.
                     unsafe {

@@ -21,7 +21,8 @@ pub(crate) const FORMATS: [F; 10] = [
     F::Q6K,
 ];
 
-fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
+/// Relative L2 error of `a` against `b`; NaN never passes.
+pub(crate) fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {
         num += (*x as f64 - y).powi(2);
@@ -104,19 +105,23 @@ fn check_format(format: F, n: usize, kb: usize, m: usize, seed: u64) {
     }
 }
 
+/// (activation rows, blocks per row, weight rows): decode (n ≤ 4) and
+/// prefill (n > 4) shapes, odd and tiny `m`.
+pub(crate) const SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 1),
+    (1, 3, 37),
+    (2, 2, 9),
+    (3, 1, 17),
+    (4, 2, 8),
+    (5, 2, 33),
+    (9, 1, 70),
+    (13, 3, 130),
+];
+
 #[test]
 fn every_format_every_isa() {
     for (i, &f) in FORMATS.iter().enumerate() {
-        for &(n, kb, m) in &[
-            (1, 1, 1),
-            (1, 3, 37),
-            (2, 2, 9),
-            (3, 1, 17),
-            (4, 2, 8),
-            (5, 2, 33),
-            (9, 1, 70),
-            (13, 3, 130),
-        ] {
+        for &(n, kb, m) in &SHAPES {
             check_format(f, n, kb, m, 100 * i as u64 + n as u64);
         }
     }

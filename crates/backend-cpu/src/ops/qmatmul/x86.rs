@@ -80,13 +80,13 @@ impl Isa for Vnni {
 }
 
 #[inline(always)]
-unsafe fn f16(p: *const u8) -> f32 {
+pub(super) unsafe fn f16(p: *const u8) -> f32 {
     let h = (p as *const u16).read_unaligned();
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
 #[inline(always)]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -102,13 +102,13 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
 }
 
 #[inline(always)]
-unsafe fn loadu(p: *const u8) -> __m256i {
+pub(super) unsafe fn loadu(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
 /// 16 nibbles → 32 bytes: low nibbles in bytes 0..16, high in 16..32.
 #[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     let q = _mm_loadu_si128(p as *const __m128i);
     let m = _mm_set1_epi8(0xF);
     let lo = _mm_and_si128(q, m);
@@ -119,7 +119,12 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 /// Bit j of the little-endian u32 at `p` → 0x10 in byte j.
 #[inline(always)]
 unsafe fn fifth_bits(p: *const u8) -> __m256i {
-    let bits = (p as *const u32).read_unaligned() as i32;
+    bit_bytes((p as *const u32).read_unaligned() as i32, 0x10)
+}
+
+/// Bit j of `bits` → `val` in byte j (0 where the bit is clear).
+#[inline(always)]
+pub(super) unsafe fn bit_bytes(bits: i32, val: i8) -> __m256i {
     let shuf = _mm256_set_epi64x(
         0x0303030303030303,
         0x0202020202020202,
@@ -129,7 +134,7 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits), shuf);
     let sel = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, sel), sel);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    _mm256_and_si256(set, _mm256_set1_epi8(val))
 }
 
 // ---------------------------------------------------------------------------
