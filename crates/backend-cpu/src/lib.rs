@@ -5,6 +5,7 @@
 //! backends) with its fast version and its scalar `*_ref` reference.
 
 pub mod ops;
+pub mod pool;
 mod prepared;
 
 use mm_core::backend::{AttentionParams, Backend, Op};

@@ -2,7 +2,6 @@
 //! Rows are split across threads for large tensors.
 
 use mm_core::{Result, Tensor};
-use rayon::prelude::*;
 
 use super::same_shape;
 
@@ -16,19 +15,16 @@ fn silu(x: f32) -> f32 {
 fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
     let (a_s, b_s) = (a.as_slice()?, b.as_slice()?);
     let mut out = vec![0.0f32; a_s.len()];
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut(4096)
-            .zip(a_s.par_chunks(4096).zip(b_s.par_chunks(4096)))
-            .for_each(|(o, (x, y))| {
-                o.iter_mut()
-                    .zip(x.iter().zip(y))
-                    .for_each(|(o, (x, y))| *o = f(*x, *y))
-            });
+    let chunk = if out.len() >= PAR_MIN {
+        4096
     } else {
-        out.iter_mut()
-            .zip(a_s.iter().zip(b_s))
-            .for_each(|(o, (x, y))| *o = f(*x, *y));
-    }
+        out.len()
+    };
+    crate::pool::for_each_chunk_mut(&mut out, chunk, |c, o| {
+        o.iter_mut()
+            .zip(a_s[c * chunk..].iter().zip(&b_s[c * chunk..]))
+            .for_each(|(o, (x, y))| *o = f(*x, *y))
+    });
     Tensor::from_vec(a.shape().to_vec(), out)
 }
 

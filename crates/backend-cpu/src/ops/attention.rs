@@ -9,7 +9,6 @@
 
 use mm_core::backend::AttentionParams;
 use mm_core::{Error, Result, Tensor};
-use rayon::prelude::*;
 
 use super::matmul::dot;
 
@@ -43,35 +42,32 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
     let (h, d, group) = (p.n_heads, p.head_dim, p.n_heads / p.n_kv_heads);
     let kw = p.n_kv_heads * d;
     let mut out = vec![0.0f32; n * h * d];
-    out.par_chunks_mut(d).enumerate().for_each_init(
-        || Vec::with_capacity(p.kv_len),
-        |scores, (idx, o)| {
-            let (i, head) = (idx / h, idx % h);
-            let kvh = head / group;
-            let qrow = &qs[i * h * d + head * d..][..d];
-            let len = p.pos0 + i + 1;
-            let start = p.window.map_or(0, |w| len.saturating_sub(w));
-            scores.clear();
-            let mut mx = f32::NEG_INFINITY;
-            for t in start..len {
-                let s = dot(qrow, &ks[t * kw + kvh * d..][..d]) * p.scale;
-                mx = mx.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - mx).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (t, &w) in (start..len).zip(scores.iter()) {
-                let vrow = &vs[t * kw + kvh * d..][..d];
-                let w = w * inv;
-                o.iter_mut().zip(vrow).for_each(|(o, v)| *o += w * v);
-            }
-        },
-    );
+    crate::pool::for_each_chunk_mut(&mut out, d, |idx, o| {
+        let (i, head) = (idx / h, idx % h);
+        let kvh = head / group;
+        let qrow = &qs[i * h * d + head * d..][..d];
+        let len = p.pos0 + i + 1;
+        let start = p.window.map_or(0, |w| len.saturating_sub(w));
+        let mut scores = Vec::with_capacity(len - start);
+        let mut mx = f32::NEG_INFINITY;
+        for t in start..len {
+            let s = dot(qrow, &ks[t * kw + kvh * d..][..d]) * p.scale;
+            mx = mx.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - mx).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (t, &w) in (start..len).zip(scores.iter()) {
+            let vrow = &vs[t * kw + kvh * d..][..d];
+            let w = w * inv;
+            o.iter_mut().zip(vrow).for_each(|(o, v)| *o += w * v);
+        }
+    });
     Tensor::from_vec(vec![n, h * d], out)
 }
 

@@ -10,7 +10,6 @@
 //! rows (prefill): the `gemm` crate's blocked, multi-threaded SGEMM.
 
 use mm_core::{Error, Result, Tensor, WeightData};
-use rayon::prelude::*;
 
 use crate::{dense_f32, mm_prepared};
 
@@ -126,17 +125,15 @@ fn gemv(xs: &[f32], ws: &[f32], y: &mut [f32], n: usize, k: usize, m: usize) {
     // y is [n, m]; split output features into blocks, each block computes
     // all n rows so every weight row is read once.
     let mut yt = vec![0.0f32; m * n];
-    yt.par_chunks_mut(BLOCK * n)
-        .enumerate()
-        .for_each(|(bi, out)| {
-            for (r, o) in out.chunks_mut(n).enumerate() {
-                let j = bi * BLOCK + r;
-                let wrow = &ws[j * k..(j + 1) * k];
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = dot(&xs[i * k..(i + 1) * k], wrow);
-                }
+    crate::pool::for_each_chunk_mut(&mut yt, BLOCK * n, |bi, out| {
+        for (r, o) in out.chunks_mut(n).enumerate() {
+            let j = bi * BLOCK + r;
+            let wrow = &ws[j * k..(j + 1) * k];
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = dot(&xs[i * k..(i + 1) * k], wrow);
             }
-        });
+        }
+    });
     for j in 0..m {
         for i in 0..n {
             y[i * m + j] = yt[j * n + i];

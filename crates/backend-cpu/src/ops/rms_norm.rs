@@ -2,7 +2,6 @@
 //! computed in f32 as HF transformers does.
 
 use mm_core::{Error, Result, Tensor};
-use rayon::prelude::*;
 
 /// Fast CPU RMSNorm; rows in parallel when there are many.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
@@ -22,11 +21,10 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
             .zip(r.iter().zip(ws))
             .for_each(|(o, (v, w))| *o = v * inv * w);
     };
-    if xs.len() / k >= 8 {
-        out.par_chunks_mut(k).zip(xs.par_chunks(k)).for_each(row);
-    } else {
-        out.chunks_mut(k).zip(xs.chunks(k)).for_each(row);
-    }
+    let chunk = if xs.len() / k >= 8 { k } else { xs.len() };
+    crate::pool::for_each_chunk_mut(&mut out, chunk, |c, o| {
+        o.chunks_mut(k).zip(xs[c * chunk..].chunks(k)).for_each(row)
+    });
     Tensor::from_vec(x.shape().to_vec(), out)
 }
 

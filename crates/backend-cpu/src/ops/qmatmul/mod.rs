@@ -16,7 +16,7 @@
 //! [`mm`]: repacked once at load, then the same activation quantization
 //! (integer formats) or f32 activations (nf4, fp8) and the same threading.
 //!
-//! Threading (rayon, [`compute_tiled`]): few activation rows (decode) split the output rows in
+//! Threading ([`crate::pool`], [`compute_tiled`]): few activation rows (decode) split the output rows in
 //! a handful of equal tasks; many rows (prefill) are tiled into (weight-row
 //! block × activation-row group) tasks where a block of weight rows small
 //! enough for L1 is swept against groups of 4 activation rows, so every
@@ -39,7 +39,6 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use mm_core::{Error, Result, WeightFormat};
-use rayon::prelude::*;
 
 pub use q8::{ActKind, ActRow, QAct};
 
@@ -335,7 +334,7 @@ pub(crate) fn compute_tiled<K>(row_bytes: usize, n: usize, m: usize, y: &mut [f3
 where
     K: Fn(usize, usize, usize, &mut [f32]) + Sync,
 {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::pool::threads();
     if n <= DECODE_ROWS {
         // Decode: equal contiguous row ranges, few tasks. Large matrices get
         // a few tasks per thread so a thread slowed by a neighbour process
@@ -377,11 +376,7 @@ where
             }
         };
         let ntasks = m.div_ceil(per);
-        if ntasks == 1 {
-            task(0);
-        } else {
-            (0..ntasks).into_par_iter().for_each(task);
-        }
+        crate::pool::for_each(ntasks, task);
         return;
     }
     // Prefill: tiles of (weight-row block that fits L1) × (activation-row
@@ -395,33 +390,31 @@ where
     let per_chunk = groups.div_ceil(group_chunks);
     let group_chunks = groups.div_ceil(per_chunk);
     let yp = OutPtr(y.as_mut_ptr());
-    (0..row_blocks * group_chunks)
-        .into_par_iter()
-        .for_each(|t| {
-            let (rb, gc) = (t % row_blocks, t / row_blocks);
-            let j0 = rb * jb;
-            let j1 = (j0 + jb).min(m);
-            let rows = j1 - j0;
-            let mut local = vec![0.0f32; GROUP * rows];
-            let g1 = ((gc + 1) * per_chunk).min(groups);
-            for g in gc * per_chunk..g1 {
-                let i0 = g * GROUP;
-                let i1 = (i0 + GROUP).min(n);
-                let nr = i1 - i0;
-                let out = &mut local[..nr * rows];
-                kern(j0, j1, i0, out);
-                for r in 0..nr {
-                    // SAFETY: elements (i0+r, j0..j1) belong to this task only.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            out.as_ptr().add(r * rows),
-                            yp.get().add((i0 + r) * m + j0),
-                            rows,
-                        )
-                    };
-                }
+    crate::pool::for_each(row_blocks * group_chunks, |t| {
+        let (rb, gc) = (t % row_blocks, t / row_blocks);
+        let j0 = rb * jb;
+        let j1 = (j0 + jb).min(m);
+        let rows = j1 - j0;
+        let mut local = vec![0.0f32; GROUP * rows];
+        let g1 = ((gc + 1) * per_chunk).min(groups);
+        for g in gc * per_chunk..g1 {
+            let i0 = g * GROUP;
+            let i1 = (i0 + GROUP).min(n);
+            let nr = i1 - i0;
+            let out = &mut local[..nr * rows];
+            kern(j0, j1, i0, out);
+            for r in 0..nr {
+                // SAFETY: elements (i0+r, j0..j1) belong to this task only.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        out.as_ptr().add(r * rows),
+                        yp.get().add((i0 + r) * m + j0),
+                        rows,
+                    )
+                };
             }
-        });
+        }
+    });
 }
 
 #[cfg(test)]

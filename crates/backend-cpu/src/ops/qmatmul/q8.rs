@@ -189,33 +189,19 @@ impl QAct {
             ActKind::Q8K => (0, k / 16),
         };
         // Parallel only when the work is worth a fork (a few µs).
-        if n * k >= 1 << 16 {
-            use rayon::prelude::*;
-            let isum_chunks: Vec<&mut [i32]> = chunk_or_empty(isum, ib, n);
-            let s_chunks: Vec<&mut [f32]> = chunk_or_empty(s, ib, n);
-            let b_chunks: Vec<&mut [i16]> = chunk_or_empty(bsums, bb, n);
-            qs.par_chunks_mut(k)
-                .zip(d.par_chunks_mut(nb))
-                .zip(isum_chunks.into_par_iter())
-                .zip(s_chunks.into_par_iter())
-                .zip(b_chunks.into_par_iter())
-                .enumerate()
-                .for_each(|(i, ((((q, d), is), s), bs))| job(i, q, d, is, s, bs));
-        } else {
-            let mut isum_chunks = chunk_or_empty(isum, ib, n).into_iter();
-            let mut s_chunks = chunk_or_empty(s, ib, n).into_iter();
-            let mut b_chunks = chunk_or_empty(bsums, bb, n).into_iter();
-            for (i, (q, d)) in qs.chunks_mut(k).zip(d.chunks_mut(nb)).enumerate() {
-                job(
-                    i,
-                    q,
-                    d,
-                    isum_chunks.next().unwrap(),
-                    s_chunks.next().unwrap(),
-                    b_chunks.next().unwrap(),
-                );
+        let chunk = if n * k >= 1 << 16 { 1 } else { n };
+        let mut rows: Vec<_> = qs
+            .chunks_mut(k)
+            .zip(d.chunks_mut(nb))
+            .zip(chunk_or_empty(isum, ib, n))
+            .zip(chunk_or_empty(s, ib, n))
+            .zip(chunk_or_empty(bsums, bb, n))
+            .collect();
+        crate::pool::for_each_chunk_mut(&mut rows, chunk, |c, piece| {
+            for (r, ((((q, d), is), s), bs)) in piece.iter_mut().enumerate() {
+                job(c * chunk + r, q, d, is, s, bs);
             }
-        }
+        });
         self.wide = wide && kind == ActKind::Q8_0;
         if self.wide {
             if self.qu.len() < need {
