@@ -166,7 +166,7 @@ impl Pool {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            (0..n).into_par_iter().for_each(|i| f(i));
+            (0..n).into_par_iter().for_each(&f);
             return;
         }
         let f: &Task<'_> = &f;
@@ -225,7 +225,7 @@ fn worker(s: &Shared, i: usize) {
                 break;
             }
             k = k.wrapping_add(1);
-            if k % 64 != 0 || Instant::now() < deadline {
+            if k & 63 != 0 || Instant::now() < deadline {
                 std::hint::spin_loop();
                 continue;
             }
@@ -274,7 +274,7 @@ pub fn threads() -> usize {
 /// one thread.
 pub fn for_each<F: Fn(usize) + Sync>(n: usize, f: F) {
     if rayon::current_thread_index().is_some() {
-        (0..n).into_par_iter().for_each(|i| f(i));
+        (0..n).into_par_iter().for_each(&f);
     } else if n <= 1 || threads() == 1 {
         (0..n).for_each(f);
     } else {
