@@ -22,19 +22,24 @@ use mm_formats::{open_source, Arch, GgufFile, ModelConfig};
 /// or `~/.cache/metal-marlin`, as the engine's `resolve::cache_dir`).
 fn model_path() -> Option<PathBuf> {
     let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
-    let p = env("MM_REAL_GGUF").or_else(|| env("MM_SMOLLM2_GGUF")).or_else(|| {
-        let cache = env("METAL_MARLIN_CACHE").or_else(|| {
-            env("XDG_CACHE_HOME")
-                .or_else(|| env("HOME").map(|h| h.join(".cache")))
-                .map(|c| c.join("metal-marlin"))
+    let p = env("MM_REAL_GGUF")
+        .or_else(|| env("MM_SMOLLM2_GGUF"))
+        .or_else(|| {
+            let cache = env("METAL_MARLIN_CACHE").or_else(|| {
+                env("XDG_CACHE_HOME")
+                    .or_else(|| env("HOME").map(|h| h.join(".cache")))
+                    .map(|c| c.join("metal-marlin"))
+            })?;
+            Some(cache.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
         })?;
-        Some(cache.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
-    })?;
     if p.is_file() {
         return Some(p);
     }
     if std::env::var_os("MM_REQUIRE_SMOLLM2").is_some() {
-        panic!("{} not found (run scripts/test.sh, which fetches it)", p.display());
+        panic!(
+            "{} not found (run scripts/test.sh, which fetches it)",
+            p.display()
+        );
     }
     eprintln!("skipping: {} not found", p.display());
     None
