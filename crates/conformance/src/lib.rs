@@ -265,6 +265,11 @@ pub fn check_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()>
         (3, 8, 1, 8, 2, 5, None),
         (6, 4, 2, 16, 4, 12, Some(3usize)),
         (1, 4, 2, 16, 9, 12, Some(4)),
+        // The blocked (prefill) path: several query blocks, GQA, windows
+        // shorter and longer than a block, a cache with rows past kv_len.
+        (70, 4, 2, 16, 5, 80, None),
+        (40, 6, 3, 32, 0, 40, Some(7)),
+        (33, 2, 1, 64, 11, 50, Some(45)),
     ];
     for &(n, h, hkv, d, pos0, cap, window) in &cases {
         let kv_len = pos0 + n;

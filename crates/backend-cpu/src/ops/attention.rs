@@ -4,8 +4,17 @@
 //! rows valid; query row i sits at position `pos0 + i` and sees keys
 //! `0..=pos0+i` (only the last `window` of them with a sliding window).
 //! Query head `h` reads kv head `h / (h_q / h_kv)`.
-//! Strategy: one task per (query row, head), scores in a scratch vector,
-//! a max-subtracted softmax, then a weighted sum of value rows.
+//!
+//! Strategy, by the number of query rows `n`:
+//! * few rows (decode): one task per (query row, head), scores in a scratch
+//!   vector, a max-subtracted softmax, then a weighted sum of value rows;
+//! * many rows (prefill): one task per (head, block of [`QBLOCK`] query
+//!   rows). The block's scores against every key any of its rows sees are
+//!   one GEMM (`S = scale · Q·Kᵀ`, the `gemm` crate's blocked SIMD kernels,
+//!   chosen at run time), then each row's causal/window range gets a
+//!   max-subtracted softmax and the rest is zeroed, then `O = P·V` is a
+//!   second GEMM. Only the diagonal block computes masked scores it does
+//!   not need; memory is `QBLOCK × keys` floats per task.
 
 use mm_core::backend::AttentionParams;
 use mm_core::{Error, Result, Tensor};
@@ -35,10 +44,18 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<usiz
     Ok(n)
 }
 
+/// Query rows per task of the blocked (prefill) path.
+pub const QBLOCK: usize = 32;
+/// Query rows from which the blocked path is used.
+pub const BLOCKED_MIN_ROWS: usize = 8;
+
 /// Fast CPU attention.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
     let n = check(q, k, v, p)?;
     let (qs, ks, vs) = (q.as_slice()?, k.as_slice()?, v.as_slice()?);
+    if n >= BLOCKED_MIN_ROWS {
+        return Tensor::from_vec(vec![n, p.n_heads * p.head_dim], blocked(qs, ks, vs, n, p));
+    }
     let (h, d, group) = (p.n_heads, p.head_dim, p.n_heads / p.n_kv_heads);
     let kw = p.n_kv_heads * d;
     let mut out = vec![0.0f32; n * h * d];
@@ -69,6 +86,107 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
         }
     });
     Tensor::from_vec(vec![n, h * d], out)
+}
+
+/// The first key row query row `i` sees, and one past its last.
+fn key_range(i: usize, p: &AttentionParams) -> (usize, usize) {
+    let len = p.pos0 + i + 1;
+    (p.window.map_or(0, |w| len.saturating_sub(w)), len)
+}
+
+/// The prefill path (module docs): tasks over (head, query block), each two
+/// GEMMs around a masked softmax; results scattered into `[n, h·d]`.
+fn blocked(qs: &[f32], ks: &[f32], vs: &[f32], n: usize, p: &AttentionParams) -> Vec<f32> {
+    let (h, d, group) = (p.n_heads, p.head_dim, p.n_heads / p.n_kv_heads);
+    let kw = p.n_kv_heads * d;
+    let blocks = n.div_ceil(QBLOCK);
+    let tiles: Vec<(usize, usize, Vec<f32>)> = (0..h * blocks)
+        .into_par_iter()
+        .map(|t| {
+            let (head, b) = (t / blocks, t % blocks);
+            let kvh = head / group;
+            let (i0, i1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(n));
+            let rows = i1 - i0;
+            let lo = key_range(i0, p).0;
+            let hi = key_range(i1 - 1, p).1;
+            let keys = hi - lo;
+            let mut s = vec![0.0f32; rows * keys];
+            let mut o = vec![0.0f32; rows * d];
+            // SAFETY (both calls): every pointer, dimension and stride
+            // describes memory inside the live slices: Q rows i0..i1 of head
+            // `head` (row stride h·d), K/V rows lo..hi of kv head `kvh` (row
+            // stride kw; hi ≤ kv_len ≤ cache rows, checked), `s` [rows, keys]
+            // and `o` [rows, d], both row-major and exclusively owned.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    keys,
+                    d,
+                    s.as_mut_ptr(),
+                    1,
+                    keys as isize,
+                    false,
+                    qs.as_ptr().add(i0 * h * d + head * d),
+                    1,
+                    (h * d) as isize,
+                    ks.as_ptr().add(lo * kw + kvh * d),
+                    kw as isize,
+                    1,
+                    0.0,
+                    p.scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (r, row) in s.chunks_mut(keys).enumerate() {
+                let (a, z) = key_range(i0 + r, p);
+                let (a, z) = (a - lo, z - lo);
+                let mx = row[a..z].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0f32;
+                for x in &mut row[a..z] {
+                    *x = (*x - mx).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                row[a..z].iter_mut().for_each(|x| *x *= inv);
+                row[..a].fill(0.0);
+                row[z..].fill(0.0);
+            }
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d,
+                    keys,
+                    o.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    false,
+                    s.as_ptr(),
+                    1,
+                    keys as isize,
+                    vs.as_ptr().add(lo * kw + kvh * d),
+                    1,
+                    kw as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            (head, i0, o)
+        })
+        .collect();
+    let mut out = vec![0.0f32; n * h * d];
+    for (head, i0, o) in tiles {
+        for (r, orow) in o.chunks_exact(d).enumerate() {
+            out[(i0 + r) * h * d + head * d..][..d].copy_from_slice(orow);
+        }
+    }
+    out
 }
 
 /// Scalar reference in f64.
