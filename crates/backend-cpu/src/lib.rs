@@ -13,7 +13,8 @@ use mm_core::{Result, Tensor, WeightData, WeightFormat};
 
 pub use prepared::{dense_f32, mm_prepared};
 
-/// Multi-threaded CPU backend (rayon's global pool).
+/// Multi-threaded CPU backend: parallel loops on [`pool`] (sized by rayon's
+/// global pool, i.e. `--threads`), the f32 SGEMM on rayon.
 ///
 /// By default GGML block weights run through the native quantized kernels,
 /// which quantize activations to 8 bits as llama.cpp does, and

@@ -100,86 +100,85 @@ fn blocked(qs: &[f32], ks: &[f32], vs: &[f32], n: usize, p: &AttentionParams) ->
     let (h, d, group) = (p.n_heads, p.head_dim, p.n_heads / p.n_kv_heads);
     let kw = p.n_kv_heads * d;
     let blocks = n.div_ceil(QBLOCK);
-    let tiles: Vec<(usize, usize, Vec<f32>)> = (0..h * blocks)
-        .into_par_iter()
-        .map(|t| {
-            let (head, b) = (t / blocks, t % blocks);
-            let kvh = head / group;
-            let (i0, i1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(n));
-            let rows = i1 - i0;
-            let lo = key_range(i0, p).0;
-            let hi = key_range(i1 - 1, p).1;
-            let keys = hi - lo;
-            let mut s = vec![0.0f32; rows * keys];
-            let mut o = vec![0.0f32; rows * d];
-            // SAFETY (both calls): every pointer, dimension and stride
-            // describes memory inside the live slices: Q rows i0..i1 of head
-            // `head` (row stride h·d), K/V rows lo..hi of kv head `kvh` (row
-            // stride kw; hi ≤ kv_len ≤ cache rows, checked), `s` [rows, keys]
-            // and `o` [rows, d], both row-major and exclusively owned.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    keys,
-                    d,
-                    s.as_mut_ptr(),
-                    1,
-                    keys as isize,
-                    false,
-                    qs.as_ptr().add(i0 * h * d + head * d),
-                    1,
-                    (h * d) as isize,
-                    ks.as_ptr().add(lo * kw + kvh * d),
-                    kw as isize,
-                    1,
-                    0.0,
-                    p.scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+    // One slot per task, filled by that task.
+    let mut tiles: Vec<(usize, usize, Vec<f32>)> = vec![(0, 0, Vec::new()); h * blocks];
+    crate::pool::for_each_chunk_mut(&mut tiles, 1, |t, slot| {
+        let (head, b) = (t / blocks, t % blocks);
+        let kvh = head / group;
+        let (i0, i1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(n));
+        let rows = i1 - i0;
+        let lo = key_range(i0, p).0;
+        let hi = key_range(i1 - 1, p).1;
+        let keys = hi - lo;
+        let mut s = vec![0.0f32; rows * keys];
+        let mut o = vec![0.0f32; rows * d];
+        // SAFETY (both calls): every pointer, dimension and stride
+        // describes memory inside the live slices: Q rows i0..i1 of head
+        // `head` (row stride h·d), K/V rows lo..hi of kv head `kvh` (row
+        // stride kw; hi ≤ kv_len ≤ cache rows, checked), `s` [rows, keys]
+        // and `o` [rows, d], both row-major and exclusively owned.
+        unsafe {
+            gemm::gemm(
+                rows,
+                keys,
+                d,
+                s.as_mut_ptr(),
+                1,
+                keys as isize,
+                false,
+                qs.as_ptr().add(i0 * h * d + head * d),
+                1,
+                (h * d) as isize,
+                ks.as_ptr().add(lo * kw + kvh * d),
+                kw as isize,
+                1,
+                0.0,
+                p.scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (r, row) in s.chunks_mut(keys).enumerate() {
+            let (a, z) = key_range(i0 + r, p);
+            let (a, z) = (a - lo, z - lo);
+            let mx = row[a..z].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0f32;
+            for x in &mut row[a..z] {
+                *x = (*x - mx).exp();
+                sum += *x;
             }
-            for (r, row) in s.chunks_mut(keys).enumerate() {
-                let (a, z) = key_range(i0 + r, p);
-                let (a, z) = (a - lo, z - lo);
-                let mx = row[a..z].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0f32;
-                for x in &mut row[a..z] {
-                    *x = (*x - mx).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row[a..z].iter_mut().for_each(|x| *x *= inv);
-                row[..a].fill(0.0);
-                row[z..].fill(0.0);
-            }
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    d,
-                    keys,
-                    o.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    s.as_ptr(),
-                    1,
-                    keys as isize,
-                    vs.as_ptr().add(lo * kw + kvh * d),
-                    1,
-                    kw as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            (head, i0, o)
-        })
-        .collect();
+            let inv = 1.0 / sum;
+            row[a..z].iter_mut().for_each(|x| *x *= inv);
+            row[..a].fill(0.0);
+            row[z..].fill(0.0);
+        }
+        unsafe {
+            gemm::gemm(
+                rows,
+                d,
+                keys,
+                o.as_mut_ptr(),
+                1,
+                d as isize,
+                false,
+                s.as_ptr(),
+                1,
+                keys as isize,
+                vs.as_ptr().add(lo * kw + kvh * d),
+                1,
+                kw as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        slot[0] = (head, i0, o);
+    });
     let mut out = vec![0.0f32; n * h * d];
     for (head, i0, o) in tiles {
         for (r, orow) in o.chunks_exact(d).enumerate() {

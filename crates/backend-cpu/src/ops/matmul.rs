@@ -5,7 +5,7 @@
 //! metal-marlin formats on their codes repacked once at load
 //! ([`super::qmatmul::mm`]). Dense
 //! weights (F32, and F16/BF16 widened once to f32, see `prepared.rs`):
-//! few rows (decode): rayon over blocks of output rows, each a dot product
+//! few rows (decode): [`crate::pool`] over blocks of output rows, each a dot product
 //! with eight independent accumulators so the compiler vectorizes it. Many
 //! rows (prefill): the `gemm` crate's blocked, multi-threaded SGEMM.
 
