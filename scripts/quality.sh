@@ -65,7 +65,7 @@ job() {
     fi
     local bytes
     bytes=$(du -cb "$out"/*.safetensors | tail -1 | cut -f1)
-    echo "{\"format\":\"$fmt\",\"method\":\"$method\",\"quantize_s\":$(echo "$t1 - $t0" | bc),\"bytes\":$bytes,\"eval\":$r}" >"$out.json"
+    echo "{\"format\":\"$fmt\",\"method\":\"$method\",\"quantize_s\":$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b - a}'),\"bytes\":$bytes,\"eval\":$r}" >"$out.json"
     echo "done $fmt $method: $r" >&2
 }
 export -f job

@@ -30,18 +30,7 @@ use mm_core::weight::{MmFormat, MmKind};
 use mm_core::{Tensor, WeightData, WeightFormat as F};
 use rayon::prelude::*;
 
-const FORMATS: [F; 10] = [
-    F::Q4_0,
-    F::Q4_1,
-    F::Q5_0,
-    F::Q5_1,
-    F::Q8_0,
-    F::Q2K,
-    F::Q3K,
-    F::Q4K,
-    F::Q5K,
-    F::Q6K,
-];
+const FORMATS: [F; 10] = F::GGML_BLOCK;
 
 /// (k, m): q/o, k/v, gate/up, down projections and the LM head.
 const SHAPES: [(usize, usize); 5] = [

@@ -25,18 +25,7 @@ fn main() {
         .get(2)
         .cloned()
         .unwrap_or("Q4_1,Q8_0,Q4_0,Q4_K,Q6_K".into());
-    let all = [
-        F::Q4_0,
-        F::Q4_1,
-        F::Q5_0,
-        F::Q5_1,
-        F::Q8_0,
-        F::Q2K,
-        F::Q3K,
-        F::Q4K,
-        F::Q5K,
-        F::Q6K,
-    ];
+    let all = F::GGML_BLOCK;
     for f in all
         .into_iter()
         .filter(|f| names.split(',').any(|s| s == f.name()))

@@ -124,21 +124,7 @@ pub fn ggml_weights(seed: u64) -> Result<Vec<(WeightFormat, WeightData)>> {
     use WeightFormat as F;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
-    for (i, f) in [
-        F::Q4_0,
-        F::Q4_1,
-        F::Q5_0,
-        F::Q5_1,
-        F::Q8_0,
-        F::Q2K,
-        F::Q3K,
-        F::Q4K,
-        F::Q5K,
-        F::Q6K,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, f) in F::GGML_BLOCK.into_iter().enumerate() {
         let (m, k) = (37 + 11 * i, 512);
         let bytes = match f {
             F::Q2K | F::Q3K | F::Q4K | F::Q5K | F::Q6K => {

@@ -39,6 +39,20 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// Every GGML block-quantized format (those the GGUF reader loads).
+    pub const GGML_BLOCK: [WeightFormat; 10] = [
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q2K,
+        Self::Q3K,
+        Self::Q4K,
+        Self::Q5K,
+        Self::Q6K,
+    ];
+
     /// Maps a GGML type id (as written in GGUF tensor infos) to a format.
     pub fn from_ggml_type(t: u32) -> Option<Self> {
         Some(match t {

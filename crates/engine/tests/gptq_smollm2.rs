@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use mm_backend_cpu::CpuBackend;
 use mm_core::{Device, Tensor, WeightData};
 use mm_engine::calib::{calibration_windows, collect_hessians, CalibOptions};
-use mm_engine::resolve::{cache_dir, DEFAULT_MODEL_FILE};
 use mm_engine::tokenizer::load_for;
 use mm_formats::open_source;
 use mm_models::{load_model, LinearObserver};
@@ -26,20 +25,7 @@ use mm_quant::gptq::{gptq_quantize, GptqOptions};
 use mm_quant::{dequantize_ref, quantize_rtn, MmFormat};
 
 fn gguf_path() -> Option<PathBuf> {
-    let p = std::env::var_os("MM_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join(DEFAULT_MODEL_FILE));
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var_os("MM_REQUIRE_SMOLLM2").is_some() {
-        panic!(
-            "SmolLM2 GGUF not found at {} (run scripts/test.sh, which fetches it)",
-            p.display()
-        );
-    }
-    eprintln!("skipping: SmolLM2 GGUF not found at {}", p.display());
-    None
+    mm_engine::resolve::smollm2_for_tests()
 }
 
 /// Real English text: the GPL when the system has it, else this repository's

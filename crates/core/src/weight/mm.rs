@@ -226,6 +226,20 @@ impl MmFormat {
         Ok(f)
     }
 
+    /// Every valid (format, group size) combination: each of [`MmKind::ALL`]
+    /// with each of its [`MmKind::group_sizes`].
+    pub fn all() -> Vec<Self> {
+        MmKind::ALL
+            .iter()
+            .flat_map(|&k| {
+                k.group_sizes()
+                    .iter()
+                    .map(move |&g| Self { kind: k, group: g })
+            })
+            .filter(|f| f.validate().is_ok())
+            .collect()
+    }
+
     /// Parses a format name (`int4`, `int4-asym`, `nf4`, `fp8-e4m3`/`fp8`,
     /// `fp8-e5m2`, `fp4`, `mxfp4`, …) with a group size (0 = per-channel).
     pub fn parse(name: &str, group: u32) -> Result<Self> {

@@ -2,34 +2,10 @@
 
 use super::cholesky::inverse_cholesky_upper;
 use super::*;
-use crate::mm::{quantize_rtn, GroupQuantizer, MmFormat, MM_GROUP_SIZES};
-
-const NAMES: [&str; 13] = [
-    "int8",
-    "int4",
-    "int3",
-    "int2",
-    "int8-asym",
-    "int4-asym",
-    "int3-asym",
-    "int2-asym",
-    "nf4",
-    "fp8-e4m3",
-    "fp8-e5m2",
-    "fp4",
-    "mxfp4",
-];
+use crate::mm::{quantize_rtn, GroupQuantizer, MmFormat};
 
 fn all_formats() -> Vec<MmFormat> {
-    let mut v = Vec::new();
-    for n in NAMES {
-        for g in MM_GROUP_SIZES {
-            if let Ok(f) = MmFormat::parse(n, g) {
-                v.push(f);
-            }
-        }
-    }
-    v
+    MmFormat::all()
 }
 
 struct Rng(u64);

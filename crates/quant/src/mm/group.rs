@@ -202,23 +202,7 @@ impl GroupQuantizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm::{dequantize_mm_row, pack_codes, quantize_mm_row, MmFormat, MM_GROUP_SIZES};
-
-    const NAMES: [&str; 13] = [
-        "int8",
-        "int4",
-        "int3",
-        "int2",
-        "int8-asym",
-        "int4-asym",
-        "int3-asym",
-        "int2-asym",
-        "nf4",
-        "fp8-e4m3",
-        "fp8-e5m2",
-        "fp4",
-        "mxfp4",
-    ];
+    use crate::mm::{dequantize_mm_row, pack_codes, quantize_mm_row, MmFormat};
 
     /// A deterministic xorshift generator (no test-only dependency needed).
     struct Rng(u64);
@@ -264,48 +248,42 @@ mod tests {
     #[test]
     fn fit_and_encode_match_rtn_bit_for_bit() {
         let cols = 256;
-        for name in NAMES {
-            for g in MM_GROUP_SIZES {
-                let Ok(fmt) = MmFormat::parse(name, g) else {
-                    continue;
-                };
-                let gl = fmt.group_len(cols);
-                let groups = fmt.groups_per_row(cols);
-                for row in rows(cols) {
-                    let mut codes = vec![0u8; fmt.code_bytes(cols)];
-                    let mut scales = vec![0u8; groups * fmt.scale_bytes()];
-                    let mut zeros = fmt.kind.has_zeros().then(|| vec![0u8; groups]);
-                    quantize_mm_row(fmt, &row, &mut codes, &mut scales, zeros.as_deref_mut())
-                        .unwrap();
-                    let mut want = vec![0f32; cols];
-                    dequantize_mm_row(fmt, &codes, &scales, zeros.as_deref(), &mut want).unwrap();
+        for fmt in MmFormat::all() {
+            let gl = fmt.group_len(cols);
+            let groups = fmt.groups_per_row(cols);
+            for row in rows(cols) {
+                let mut codes = vec![0u8; fmt.code_bytes(cols)];
+                let mut scales = vec![0u8; groups * fmt.scale_bytes()];
+                let mut zeros = fmt.kind.has_zeros().then(|| vec![0u8; groups]);
+                quantize_mm_row(fmt, &row, &mut codes, &mut scales, zeros.as_deref_mut()).unwrap();
+                let mut want = vec![0f32; cols];
+                dequantize_mm_row(fmt, &codes, &scales, zeros.as_deref(), &mut want).unwrap();
 
-                    let mut my_codes = vec![0u8; cols];
-                    let mut my_scales = vec![0u8; groups * fmt.scale_bytes()];
-                    let mut my_zeros = vec![0u8; groups];
-                    let mut got = vec![0f32; cols];
-                    for g in 0..groups {
-                        let x = &row[g * gl..(g + 1) * gl];
-                        let q = GroupQuantizer::fit(fmt.kind, x).unwrap();
-                        let sb = fmt.scale_bytes();
-                        q.write_scale(&mut my_scales[g * sb..(g + 1) * sb]);
-                        my_zeros[g] = q.zero();
-                        for (i, &v) in x.iter().enumerate() {
-                            let (c, d) = q.quantize(v);
-                            my_codes[g * gl + i] = c;
-                            got[g * gl + i] = d;
-                        }
+                let mut my_codes = vec![0u8; cols];
+                let mut my_scales = vec![0u8; groups * fmt.scale_bytes()];
+                let mut my_zeros = vec![0u8; groups];
+                let mut got = vec![0f32; cols];
+                for g in 0..groups {
+                    let x = &row[g * gl..(g + 1) * gl];
+                    let q = GroupQuantizer::fit(fmt.kind, x).unwrap();
+                    let sb = fmt.scale_bytes();
+                    q.write_scale(&mut my_scales[g * sb..(g + 1) * sb]);
+                    my_zeros[g] = q.zero();
+                    for (i, &v) in x.iter().enumerate() {
+                        let (c, d) = q.quantize(v);
+                        my_codes[g * gl + i] = c;
+                        got[g * gl + i] = d;
                     }
-                    let mut packed = vec![0u8; fmt.code_bytes(cols)];
-                    pack_codes(fmt.bits(), &my_codes, &mut packed).unwrap();
-                    assert_eq!(packed, codes, "{fmt}: codes");
-                    assert_eq!(my_scales, scales, "{fmt}: scales");
-                    if let Some(z) = &zeros {
-                        assert_eq!(&my_zeros, z, "{fmt}: zeros");
-                    }
-                    for (a, b) in got.iter().zip(&want) {
-                        assert_eq!(a.to_bits(), b.to_bits(), "{fmt}: decoded values");
-                    }
+                }
+                let mut packed = vec![0u8; fmt.code_bytes(cols)];
+                pack_codes(fmt.bits(), &my_codes, &mut packed).unwrap();
+                assert_eq!(packed, codes, "{fmt}: codes");
+                assert_eq!(my_scales, scales, "{fmt}: scales");
+                if let Some(z) = &zeros {
+                    assert_eq!(&my_zeros, z, "{fmt}: zeros");
+                }
+                for (a, b) in got.iter().zip(&want) {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{fmt}: decoded values");
                 }
             }
         }
@@ -314,15 +292,14 @@ mod tests {
     #[test]
     fn out_of_range_values_clip_or_saturate() {
         let x = [0.5f32, -0.25, 1.0, 0.0];
-        for name in NAMES {
-            let kind = MmKind::parse(name).unwrap();
+        for kind in MmKind::ALL {
             let q = GroupQuantizer::fit(kind, &x).unwrap();
             // Far beyond the fitted range: the largest representable magnitude.
             let hi = q.decode(q.encode(1e6));
             let lo = q.decode(q.encode(-1e6));
-            assert!(hi > 0.0 && hi.is_finite(), "{name}: {hi}");
-            assert!(lo < 0.0 || kind.has_zeros(), "{name}: {lo}");
-            assert!(hi >= q.decode(q.encode(1.0)), "{name}");
+            assert!(hi > 0.0 && hi.is_finite(), "{kind:?}: {hi}");
+            assert!(lo < 0.0 || kind.has_zeros(), "{kind:?}: {lo}");
+            assert!(hi >= q.decode(q.encode(1.0)), "{kind:?}");
         }
         let q = GroupQuantizer::fit(MmKind::IntSym(4), &[0.0; 8]).unwrap();
         assert_eq!((q.scale(), q.quantize(3.0)), (0.0, (8, 0.0)));

@@ -8,32 +8,8 @@ use proptest::prelude::*;
 use super::codec::*;
 use super::*;
 
-const ALL: [&str; 13] = [
-    "int8",
-    "int4",
-    "int3",
-    "int2",
-    "int8-asym",
-    "int4-asym",
-    "int3-asym",
-    "int2-asym",
-    "nf4",
-    "fp8-e4m3",
-    "fp8-e5m2",
-    "fp4",
-    "mxfp4",
-];
-
 fn formats() -> Vec<MmFormat> {
-    let mut v = Vec::new();
-    for n in ALL {
-        for g in MM_GROUP_SIZES {
-            if let Ok(f) = MmFormat::parse(n, g) {
-                v.push(f);
-            }
-        }
-    }
-    v
+    MmFormat::all()
 }
 
 /// Largest error `|x - deq|` the format allows for `x` in a group whose
@@ -384,8 +360,8 @@ fn per_channel_long_rows() {
     let x: Vec<f32> = (0..2 * cols)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();
-    for n in ALL {
-        if let Ok(f) = MmFormat::parse(n, 0) {
+    for &kind in &MmKind::ALL {
+        if let Ok(f) = MmFormat::new(kind, 0) {
             check_round_trip(f, 2, cols, &x);
             let q = quantize_rtn(&x, 2, cols, f).unwrap();
             assert_eq!(q.scales.len(), 2 * 2);

@@ -8,18 +8,7 @@ use proptest::prelude::*;
 use super::testing::{random_blocks, random_f32};
 use super::*;
 
-pub(crate) const FORMATS: [F; 10] = [
-    F::Q4_0,
-    F::Q4_1,
-    F::Q5_0,
-    F::Q5_1,
-    F::Q8_0,
-    F::Q2K,
-    F::Q3K,
-    F::Q4K,
-    F::Q5K,
-    F::Q6K,
-];
+pub(crate) const FORMATS: [F; 10] = F::GGML_BLOCK;
 
 /// Relative L2 error of `a` against `b`; NaN never passes.
 pub(crate) fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
