@@ -15,6 +15,11 @@
 //!   `f32-dense`: the f32 path (`matmul_dense`, Throughput = f32 bytes) that
 //!   metal-marlin weights used before their kernels existed.
 //!
+//! On 512-bit VNNI CPUs, formats with a row-interleaved form (Q4_0, Q4_1,
+//! Q8_0, int4, int8, fp4, mxfp4) are also run through it (`<format>-il`,
+//! `ops::qmatmul::il`, what the backend uses there); the plain rows are
+//! the kernels used elsewhere.
+//!
 //! `MM_BENCH_FORMATS=Q4_1,Q8_0,int4-g128` narrows the formats (default: all),
 //! `MM_BENCH_N=1,64` the row counts, and `MM_QMATMUL_ISA` picks the ISA.
 
@@ -23,11 +28,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mm_backend_cpu::ops::matmul::matmul_dense;
+use mm_backend_cpu::ops::qmatmul::il;
 use mm_backend_cpu::ops::qmatmul::mm::{matmul_mm, prepare};
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_f32};
 use mm_backend_cpu::ops::qmatmul::{matmul_q, Isa};
 use mm_core::weight::{MmFormat, MmKind};
-use mm_core::{Tensor, WeightData, WeightFormat as F};
+use mm_core::{HostBytes, Tensor, WeightData, WeightFormat as F};
 use rayon::prelude::*;
 
 const FORMATS: [F; 10] = F::GGML_BLOCK;
@@ -176,6 +182,15 @@ fn qmatmul(c: &mut Criterion) {
                     &(),
                     |b, _| b.iter(|| black_box(matmul_q(f, &w, &x, n, k, m).unwrap())),
                 );
+                let wd = WeightData::new(f, vec![m, k], HostBytes::owned(w)).unwrap();
+                if il::active(Isa::detect(), &wd) {
+                    let p = il::prepare(&wd).unwrap();
+                    g.bench_with_input(
+                        BenchmarkId::new(format!("{}-il", f.name()), format!("{k}x{m}")),
+                        &(),
+                        |b, _| b.iter(|| black_box(il::matmul_il(&p, &x, n).unwrap())),
+                    );
+                }
             }
         }
         g.finish();
@@ -232,9 +247,17 @@ fn mm_qmatmul(c: &mut Criterion) {
                     .unwrap();
                 let p = prepare(&w).unwrap();
                 g.throughput(Throughput::Bytes(w.stored_bytes() as u64));
-                g.bench_with_input(BenchmarkId::new(name, format!("{k}x{m}")), &(), |b, _| {
+                g.bench_with_input(BenchmarkId::new(&name, format!("{k}x{m}")), &(), |b, _| {
                     b.iter(|| black_box(matmul_mm(&p, &x, n).unwrap()))
                 });
+                if il::active(Isa::detect(), &w) {
+                    let p = il::prepare(&w).unwrap();
+                    g.bench_with_input(
+                        BenchmarkId::new(format!("{name}-il"), format!("{k}x{m}")),
+                        &(),
+                        |b, _| b.iter(|| black_box(il::matmul_il(&p, &x, n).unwrap())),
+                    );
+                }
             }
             if keep("f32-dense") {
                 let w = WeightData::from_f32(vec![m, k], &random_f32(m * k, 3)).unwrap();

@@ -11,7 +11,7 @@ mod prepared;
 use mm_core::backend::{AttentionParams, Backend, Op};
 use mm_core::{Result, Tensor, WeightData, WeightFormat};
 
-pub use prepared::{dense_f32, mm_prepared};
+pub use prepared::{dense_f32, il_prepared, mm_prepared};
 
 /// Multi-threaded CPU backend: parallel loops on [`pool`] (sized by rayon's
 /// global pool, i.e. `--threads`), the f32 SGEMM on rayon.
@@ -54,10 +54,14 @@ impl Backend for CpuBackend {
     /// Widens dense F16/BF16 (and F32) weights to f32 once; GGML block
     /// formats need nothing (their matmuls read the stored bytes);
     /// metal-marlin formats are repacked once (`ops::qmatmul::mm`), except
-    /// in exact mode, which widens them to f32.
+    /// in exact mode, which widens them to f32. On 512-bit VNNI CPUs,
+    /// Q4_0/Q4_1/Q8_0 and metal-marlin int4/int8/fp4/mxfp4 are repacked
+    /// row-interleaved instead (`ops::qmatmul::il`).
     fn prepare(&self, w: &WeightData) -> Result<()> {
         if self.native(w) {
-            if let WeightFormat::Mm(_) = w.format {
+            if ops::qmatmul::il::active(ops::qmatmul::Isa::detect(), w) {
+                il_prepared(w)?;
+            } else if let WeightFormat::Mm(_) = w.format {
                 mm_prepared(w)?;
             }
             return Ok(());

@@ -4,12 +4,15 @@
 //! * [`dense_f32`]: its values as f32 — dense formats always, GGML and
 //!   metal-marlin formats only in the exact (reference-precision) mode;
 //! * [`mm_prepared`]: a metal-marlin weight repacked for the fused kernels
-//!   (`ops::qmatmul::mm`), about the size of the stored codes.
+//!   (`ops::qmatmul::mm`), about the size of the stored codes;
+//! * [`il_prepared`]: a Q4_0/Q4_1/Q8_0 weight repacked row-interleaved for
+//!   the 512-bit VNNI kernels (`ops::qmatmul::il`), the stored bytes.
 
 use std::sync::Arc;
 
 use mm_core::{Result, WeightData};
 
+use crate::ops::qmatmul::il::{self, IlPrepared};
 use crate::ops::qmatmul::mm::{self, MmPrepared};
 
 /// Dense row-major f32 values of a weight.
@@ -27,4 +30,10 @@ pub fn dense_f32(w: &WeightData) -> Result<Arc<DenseF32>> {
 /// and cached in the weight.
 pub fn mm_prepared(w: &WeightData) -> Result<Arc<MmPrepared>> {
     w.prepared(mm::prepare)
+}
+
+/// A Q4_0/Q4_1/Q8_0 weight repacked row-interleaved, built once and cached
+/// in the weight.
+pub fn il_prepared(w: &WeightData) -> Result<Arc<IlPrepared>> {
+    w.prepared(il::prepare)
 }

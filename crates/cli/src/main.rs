@@ -1,6 +1,7 @@
 //! `metal-marlin`: run low-bit LLMs from the command line.
 //! stdout carries only results; logs, progress and timings go to stderr.
 
+mod alloc;
 mod args;
 mod commands;
 mod load;
@@ -10,6 +11,7 @@ mod quantize;
 use clap::Parser;
 
 fn main() {
+    alloc::tune();
     let cli = args::Cli::parse();
     let filter = if cli.verbose { "debug" } else { "warn" };
     tracing_subscriber::fmt()

@@ -7,11 +7,6 @@ use super::same_shape;
 
 const PAR_MIN: usize = 1 << 15;
 
-#[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
     let (a_s, b_s) = (a.as_slice()?, b.as_slice()?);
     let mut out = vec![0.0f32; a_s.len()];
@@ -28,10 +23,21 @@ fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result
     Tensor::from_vec(a.shape().to_vec(), out)
 }
 
-/// `silu(gate) * up`.
+/// `silu(gate) * up` (vectorized exp, `vmath.rs`).
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     same_shape("silu_mul", gate, up)?;
-    zip_map(gate, up, |g, u| silu(g) * u)
+    let (g, u) = (gate.as_slice()?, up.as_slice()?);
+    let mut out = vec![0.0f32; g.len()];
+    let chunk = if out.len() >= PAR_MIN {
+        4096
+    } else {
+        out.len().max(1)
+    };
+    crate::pool::for_each_chunk_mut(&mut out, chunk, |c, o| {
+        let at = c * chunk;
+        super::vmath::silu_mul(&g[at..at + o.len()], &u[at..at + o.len()], o)
+    });
+    Tensor::from_vec(gate.shape().to_vec(), out)
 }
 
 /// Scalar reference of [`silu_mul`].

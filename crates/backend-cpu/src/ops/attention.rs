@@ -72,12 +72,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
             mx = mx.max(s);
             scores.push(s);
         }
-        let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - mx).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / super::vmath::exp_sub_sum(&mut scores, mx);
         o.fill(0.0);
         for (t, &w) in (start..len).zip(scores.iter()) {
             let vrow = &vs[t * kw + kvh * d..][..d];
@@ -144,12 +139,7 @@ fn blocked(qs: &[f32], ks: &[f32], vs: &[f32], n: usize, p: &AttentionParams) ->
             let (a, z) = key_range(i0 + r, p);
             let (a, z) = (a - lo, z - lo);
             let mx = row[a..z].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f32;
-            for x in &mut row[a..z] {
-                *x = (*x - mx).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / super::vmath::exp_sub_sum(&mut row[a..z], mx);
             row[a..z].iter_mut().for_each(|x| *x *= inv);
             row[..a].fill(0.0);
             row[z..].fill(0.0);

@@ -1,7 +1,9 @@
 //! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)`.
 //!
 //! GGML block formats (Q4_0 … Q6_K) run natively on their stored bytes in
-//! [`super::qmatmul`] (fused dequantize-and-dot, no f32 copy);
+//! [`super::qmatmul`] (fused dequantize-and-dot, no f32 copy), Q4_0/Q4_1/
+//! Q8_0 on 512-bit VNNI CPUs on their row-interleaved repack
+//! ([`super::qmatmul::il`]);
 //! metal-marlin formats on their codes repacked once at load
 //! ([`super::qmatmul::mm`]). Dense
 //! weights (F32, and F16/BF16 widened once to f32, see `prepared.rs`):
@@ -11,7 +13,7 @@
 
 use mm_core::{Error, Result, Tensor, WeightData};
 
-use crate::{dense_f32, mm_prepared};
+use crate::{dense_f32, il_prepared, mm_prepared};
 
 /// Rows of `x` up to which the dot-product path is used.
 const GEMV_MAX_ROWS: usize = 4;
@@ -57,6 +59,12 @@ fn check(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<(usize, us
 /// Fast CPU matmul.
 pub fn matmul(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k, m) = check(x, w, bias)?;
+    if super::qmatmul::il::active(super::qmatmul::Isa::detect(), w) {
+        let p = il_prepared(w)?;
+        let mut y = super::qmatmul::il::matmul_il(&p, x.as_slice()?, n)?;
+        add_bias(&mut y, bias, m)?;
+        return Tensor::from_vec(vec![n, m], y);
+    }
     if super::qmatmul::supports(w.format) {
         let mut y = super::qmatmul::matmul_q(w.format, &w.bytes, x.as_slice()?, n, k, m)?;
         add_bias(&mut y, bias, m)?;

@@ -7,6 +7,7 @@ pub mod matmul;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod vmath;
 pub mod write_rows;
 
 use mm_core::{Error, Result, Tensor};

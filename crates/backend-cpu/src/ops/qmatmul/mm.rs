@@ -432,7 +432,7 @@ pub fn matmul_mm_with(isa: Isa, p: &MmPrepared, x: &[f32], n: usize) -> Result<V
         let mut run = |act: &mut QAct| {
             act.quantize(ActKind::Q8_0, x, n, k, quantizer(isa), false);
             let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
-            compute_tiled(rb, n, m, &mut y, |j0, j1, i0, out| {
+            compute_tiled(rb, super::GROUP, n, m, &mut y, |j0, j1, i0, out| {
                 let nr = out.len() / (j1 - j0);
                 panel(isa, p, j0, j1, MmRows::Q8(&xs[i0..i0 + nr]), out)
             });
@@ -444,7 +444,7 @@ pub fn matmul_mm_with(isa: Isa, p: &MmPrepared, x: &[f32], n: usize) -> Result<V
         });
     } else {
         let xs: Vec<&[f32]> = x.chunks_exact(k).collect();
-        compute_tiled(rb, n, m, &mut y, |j0, j1, i0, out| {
+        compute_tiled(rb, super::GROUP, n, m, &mut y, |j0, j1, i0, out| {
             let nr = out.len() / (j1 - j0);
             panel(isa, p, j0, j1, MmRows::F32(&xs[i0..i0 + nr]), out)
         });
@@ -453,4 +453,4 @@ pub fn matmul_mm_with(isa: Isa, p: &MmPrepared, x: &[f32], n: usize) -> Result<V
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

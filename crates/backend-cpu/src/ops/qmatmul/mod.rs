@@ -16,6 +16,11 @@
 //! [`mm`]: repacked once at load, then the same activation quantization
 //! (integer formats) or f32 activations (nf4, fp8) and the same threading.
 //!
+//! On 512-bit VNNI CPUs, Q4_0, Q4_1, Q8_0 and metal-marlin int4/int8 (sym
+//! and asym), fp4 and mxfp4 are instead repacked row-interleaved ([`il`]:
+//! 16 weight rows per register, no horizontal sums), 1.5–3× faster than
+//! the plain kernels on SmolLM2's shapes.
+//!
 //! Threading ([`crate::pool`], [`compute_tiled`]): few activation rows (decode) split the output rows in
 //! a handful of equal tasks; many rows (prefill) are tiled into (weight-row
 //! block × activation-row group) tasks where a block of weight rows small
@@ -26,12 +31,15 @@
 pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 mod aarch64_mm;
+pub mod il;
 pub mod mm;
 pub mod q8;
 pub mod scalar;
 pub mod testing;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_il;
 #[cfg(target_arch = "x86_64")]
 mod x86_mm;
 
@@ -246,7 +254,8 @@ impl OutPtr {
     }
 }
 
-/// Activation rows per microkernel in the tiled (prefill) path.
+/// Activation rows per microkernel in the tiled (prefill) path of the
+/// plain kernels (the interleaved ones: [`il::GROUP`]).
 const GROUP: usize = 4;
 /// Activation rows up to which the row-split (decode) path is used.
 const DECODE_ROWS: usize = 4;
@@ -302,7 +311,7 @@ pub fn matmul_q_with(
     let mut run = |act: &mut QAct| {
         quantize_activations(isa, format, x, n, k, act);
         let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
-        compute_tiled(row_bytes, n, m, &mut y, |j0, j1, i0, out| {
+        compute_tiled(row_bytes, GROUP, n, m, &mut y, |j0, j1, i0, out| {
             panel(
                 isa,
                 format,
@@ -324,14 +333,23 @@ pub fn matmul_q_with(
 /// The threading shared by every quantized matmul (GGML and metal-marlin
 /// formats): fills `y[n, m]` by calling `kern(j0, j1, i0, out)`, which must
 /// write `out[r·(j1−j0) + (j − j0)] = w[j] · x[i0 + r]` for the weight rows
-/// `j0..j1` and the `out.len() / (j1 − j0)` (1 to 4) activation rows from
+/// `j0..j1` and the `out.len() / (j1 − j0)` (1 to `group`) activation rows from
 /// `i0`. `row_bytes` (bytes streamed per weight row) sizes the tiles.
+///
+/// Every range starts at a multiple of 16 weight rows (the interleaved
+/// kernels' groups, `il.rs`).
 ///
 /// Decode (`n ≤ 4`): equal contiguous ranges of weight rows, each swept in
 /// chunks of 64 rows against all `n` activation rows. Prefill: tiles of
-/// (weight-row block that fits L1) × (groups of 4 activation rows).
-pub(crate) fn compute_tiled<K>(row_bytes: usize, n: usize, m: usize, y: &mut [f32], kern: K)
-where
+/// (weight-row block that fits L1) × (groups of `group` activation rows).
+pub(crate) fn compute_tiled<K>(
+    row_bytes: usize,
+    group: usize,
+    n: usize,
+    m: usize,
+    y: &mut [f32],
+    kern: K,
+) where
     K: Fn(usize, usize, usize, &mut [f32]) + Sync,
 {
     let threads = crate::pool::threads();
@@ -347,7 +365,7 @@ where
         } else {
             threads
         };
-        let per = m.div_ceil(tasks).next_multiple_of(8).min(m);
+        let per = m.div_ceil(tasks).next_multiple_of(16).min(m);
         let yp = OutPtr(y.as_mut_ptr());
         let task = |t: usize| {
             let j0 = t * per;
@@ -382,9 +400,9 @@ where
     // Prefill: tiles of (weight-row block that fits L1) × (activation-row
     // groups); within a tile, each group of 4 rows sweeps the weight block.
     let jb = (16 << 10) / row_bytes.max(1);
-    let jb = jb.clamp(8, 256) / 8 * 8;
+    let jb = jb.clamp(16, 256) / 16 * 16;
     let row_blocks = m.div_ceil(jb);
-    let groups = n.div_ceil(GROUP);
+    let groups = n.div_ceil(group);
     let want = 4 * threads;
     let group_chunks = want.div_ceil(row_blocks).clamp(1, groups);
     let per_chunk = groups.div_ceil(group_chunks);
@@ -395,11 +413,11 @@ where
         let j0 = rb * jb;
         let j1 = (j0 + jb).min(m);
         let rows = j1 - j0;
-        let mut local = vec![0.0f32; GROUP * rows];
+        let mut local = vec![0.0f32; group * rows];
         let g1 = ((gc + 1) * per_chunk).min(groups);
         for g in gc * per_chunk..g1 {
-            let i0 = g * GROUP;
-            let i1 = (i0 + GROUP).min(n);
+            let i0 = g * group;
+            let i1 = (i0 + group).min(n);
             let nr = i1 - i0;
             let out = &mut local[..nr * rows];
             kern(j0, j1, i0, out);

@@ -1,0 +1,183 @@
+//! 512-bit VNNI kernels over the row-interleaved form (layout and
+//! arithmetic in `il.rs`; scalar twin `il::panel_ref`).
+//!
+//! Per 16-row group and scale group the 16 scales are loaded once (f16
+//! widened, or f32) with the zero-points; per 32-block the codes are
+//! loaded once (4-bit: 4 vectors split into low and high nibbles, looked
+//! up in a 16-byte table for fp4; 8-bit: 8 vectors); then for each of up to 4 activation rows, 8
+//! `vpdpbusd` with the activation's 4-byte groups broadcast give the 16
+//! rows' exact block dot products, which one FMA scales into the f32
+//! accumulators. Results are stored as 16 contiguous outputs per row (a
+//! masked store for a last partial group).
+
+use std::arch::x86_64::*;
+
+use super::il::{IlPrepared, IlScales, LANES};
+use super::q8::ActRow;
+
+/// `out[r·(j1−j0) + j − j0] = w[j] · xs[r]` (see `il::panel`).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL, VNNI, AVX2, FMA and F16C; `j0` is a
+/// multiple of 16, `j0 < j1 ≤ rows`, 1 to 4 activation rows of `p.cols`
+/// values, and `out` holds `(j1 − j0)·xs.len()` floats.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn panel(p: &IlPrepared, j0: usize, j1: usize, xs: &[ActRow], out: *mut f32) {
+    let f16 = matches!(p.scales, IlScales::F16(_));
+    let zp = !p.zeros.is_empty();
+    // (8-bit, f16 scales, min, zero-points, table)
+    macro_rules! go {
+        ($r:literal) => {
+            match (p.bits == 8, f16, p.min, zp, p.lut.is_some()) {
+                (false, true, false, _, _) => {
+                    run::<$r, false, true, false, false, false>(p, j0, j1, xs, out)
+                }
+                (false, true, true, _, _) => {
+                    run::<$r, false, true, true, false, false>(p, j0, j1, xs, out)
+                }
+                (true, true, _, _, _) => {
+                    run::<$r, true, true, false, false, false>(p, j0, j1, xs, out)
+                }
+                (false, false, _, false, false) => {
+                    run::<$r, false, false, false, false, false>(p, j0, j1, xs, out)
+                }
+                (false, false, _, true, _) => {
+                    run::<$r, false, false, false, true, false>(p, j0, j1, xs, out)
+                }
+                (false, false, _, false, true) => {
+                    run::<$r, false, false, false, false, true>(p, j0, j1, xs, out)
+                }
+                (true, false, _, false, _) => {
+                    run::<$r, true, false, false, false, false>(p, j0, j1, xs, out)
+                }
+                (true, false, _, true, _) => {
+                    run::<$r, true, false, false, true, false>(p, j0, j1, xs, out)
+                }
+            }
+        };
+    }
+    match xs.len() {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        _ => go!(4),
+    }
+}
+
+#[inline(always)]
+unsafe fn run<
+    const R: usize,
+    const B8: bool,
+    const F16: bool,
+    const MIN: bool,
+    const ZP: bool,
+    const LUT: bool,
+>(
+    p: &IlPrepared,
+    j0: usize,
+    j1: usize,
+    xs: &[ActRow],
+    out: *mut f32,
+) {
+    let ld = j1 - j0;
+    let (nb, ns, gb, sl, cb) = (p.nb, p.ns, p.gb, p.scale_len(), p.code_bytes());
+    let noff = -p.off;
+    let mask4 = _mm512_set1_epi8(15);
+    let lut = match p.lut {
+        Some(l) if LUT => _mm512_broadcast_i32x4(_mm_loadu_si128(l.as_ptr() as *const _)),
+        _ => _mm512_setzero_si512(),
+    };
+    let (s16, s32) = match &p.scales {
+        IlScales::F16(v) => (v.as_ptr(), std::ptr::null()),
+        IlScales::F32(v) => (std::ptr::null(), v.as_ptr()),
+    };
+    let zeros = p.zeros.as_ptr();
+    let q: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
+    let dx: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+    let isum: [*const i32; R] = std::array::from_fn(|r| xs[r].isum.as_ptr());
+    let sx: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
+    debug_assert!(nb == ns * gb);
+    for g in j0 / LANES..j1.div_ceil(LANES) {
+        let gc = p.group_codes(g).as_ptr();
+        let mut acc = [_mm512_setzero_ps(); R];
+        for s in 0..ns {
+            let at = (g * ns + s) * sl;
+            let dw = if F16 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(s16.add(at) as *const _))
+            } else {
+                _mm512_loadu_ps(s32.add(at))
+            };
+            let mw = if MIN {
+                _mm512_cvtph_ps(_mm256_loadu_si256(s16.add(at + LANES) as *const _))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let zv = if ZP {
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(zeros.add((g * ns + s) * LANES) as *const _))
+            } else {
+                _mm512_setzero_si512()
+            };
+            for b in s * gb..(s + 1) * gb {
+                let wp = gc.add(b * cb);
+                let mut w = [_mm512_setzero_si512(); 8];
+                if B8 {
+                    for (c, wc) in w.iter_mut().enumerate() {
+                        *wc = _mm512_loadu_si512(wp.add(64 * c) as *const _);
+                    }
+                } else {
+                    for pv in 0..4 {
+                        let v = _mm512_loadu_si512(wp.add(64 * pv) as *const _);
+                        w[pv] = _mm512_and_si512(v, mask4);
+                        w[pv + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask4);
+                    }
+                    if LUT {
+                        for wc in w.iter_mut() {
+                            *wc = _mm512_shuffle_epi8(lut, *wc);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let xq = q[r].add(32 * b) as *const i32;
+                    let is = *isum[r].add(b);
+                    // Two independent chains of 4, joined once.
+                    let mut a0 = if ZP {
+                        _mm512_mullo_epi32(zv, _mm512_set1_epi32(-is))
+                    } else if noff != 0 {
+                        _mm512_set1_epi32(noff * is)
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    let mut a1 = _mm512_setzero_si512();
+                    for c in 0..4 {
+                        a0 = _mm512_dpbusd_epi32(
+                            a0,
+                            w[c],
+                            _mm512_set1_epi32(xq.add(c).read_unaligned()),
+                        );
+                        a1 = _mm512_dpbusd_epi32(
+                            a1,
+                            w[c + 4],
+                            _mm512_set1_epi32(xq.add(c + 4).read_unaligned()),
+                        );
+                    }
+                    let dot = _mm512_add_epi32(a0, a1);
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*dx[r].add(b)));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+                    if MIN {
+                        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*sx[r].add(b)), acc[r]);
+                    }
+                }
+            }
+        }
+        let jg = g * LANES;
+        let valid = (j1 - jg).min(LANES);
+        let mask: __mmask16 = if valid == LANES {
+            0xFFFF
+        } else {
+            (1u16 << valid) - 1
+        };
+        for (r, a) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add(r * ld + jg - j0), mask, *a);
+        }
+    }
+}
