@@ -1,6 +1,8 @@
-//! 512-bit VNNI kernels over the row-interleaved form (layout and
-//! arithmetic in `il.rs`; scalar twin `il::panel_ref`).
+//! x86 kernels over the row-interleaved form (layout and arithmetic in
+//! `il.rs`; scalar twin `il::panel_ref`, matched bit for bit): 512-bit VNNI
+//! for every format of the form, and AVX2 for its 4-bit formats.
 //!
+//! **VNNI** ([`panel`]):
 //! Per 16-row group and scale group the 16 scales are loaded once (f16
 //! widened, or f32) with the zero-points; per 32-block the codes are
 //! loaded once (4-bit: 4 vectors split into low and high nibbles, looked
@@ -9,6 +11,15 @@
 //! rows' exact block dot products, which one FMA scales into the f32
 //! accumulators. Results are stored as 16 contiguous outputs per row (a
 //! masked store for a last partial group).
+//!
+//! **AVX2** ([`panel_avx2`], 4-bit codes only): each 64-byte code vector is
+//! two 256-bit halves, rows 0–7 and 8–15, handled one after the other.
+//! `vpmaddubsw` multiplies the unsigned codes with the broadcast signed
+//! activations into i16 pairs; four of them are summed in i16 (at most
+//! 4·2·24·127 = 24 384 for fp4's largest code, so nothing saturates) and
+//! widened with `vpmaddwd` by ones — the same exact integer block sums as
+//! `vpdpbusd`. 8-bit codes could saturate `vpmaddubsw` and keep the plain
+//! kernels on AVX2.
 
 use std::arch::x86_64::*;
 
@@ -178,6 +189,165 @@ unsafe fn run<
         };
         for (r, a) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(out.add(r * ld + jg - j0), mask, *a);
+        }
+    }
+}
+
+/// `out[r·(j1−j0) + j − j0] = w[j] · xs[r]` for a 4-bit form (see
+/// `il::panel`).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `p.bits == 4`; the shapes as for
+/// [`panel`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn panel_avx2(
+    p: &IlPrepared,
+    j0: usize,
+    j1: usize,
+    xs: &[ActRow],
+    out: *mut f32,
+) {
+    debug_assert_eq!(p.bits, 4);
+    let f16 = matches!(p.scales, IlScales::F16(_));
+    let zp = !p.zeros.is_empty();
+    // (f16 scales, min, zero-points, table)
+    macro_rules! go {
+        ($r:literal) => {
+            match (f16, p.min, zp, p.lut.is_some()) {
+                (true, false, _, _) => run2::<$r, true, false, false, false>(p, j0, j1, xs, out),
+                (true, true, _, _) => run2::<$r, true, true, false, false>(p, j0, j1, xs, out),
+                (false, _, false, false) => {
+                    run2::<$r, false, false, false, false>(p, j0, j1, xs, out)
+                }
+                (false, _, true, _) => run2::<$r, false, false, true, false>(p, j0, j1, xs, out),
+                (false, _, false, true) => {
+                    run2::<$r, false, false, false, true>(p, j0, j1, xs, out)
+                }
+            }
+        };
+    }
+    match xs.len() {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        _ => go!(4),
+    }
+}
+
+#[inline(always)]
+unsafe fn run2<
+    const R: usize,
+    const F16: bool,
+    const MIN: bool,
+    const ZP: bool,
+    const LUT: bool,
+>(
+    p: &IlPrepared,
+    j0: usize,
+    j1: usize,
+    xs: &[ActRow],
+    out: *mut f32,
+) {
+    let ld = j1 - j0;
+    let (ns, gb, sl, cb) = (p.ns, p.gb, p.scale_len(), p.code_bytes());
+    let noff = -p.off;
+    let mask4 = _mm256_set1_epi8(15);
+    let ones = _mm256_set1_epi16(1);
+    let lut = match p.lut {
+        Some(l) if LUT => _mm256_broadcastsi128_si256(_mm_loadu_si128(l.as_ptr() as *const _)),
+        _ => _mm256_setzero_si256(),
+    };
+    let (s16, s32) = match &p.scales {
+        IlScales::F16(v) => (v.as_ptr(), std::ptr::null()),
+        IlScales::F32(v) => (std::ptr::null(), v.as_ptr()),
+    };
+    let zeros = p.zeros.as_ptr();
+    let q: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
+    let dx: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+    let isum: [*const i32; R] = std::array::from_fn(|r| xs[r].isum.as_ptr());
+    let sx: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
+    for g in j0 / LANES..j1.div_ceil(LANES) {
+        let gc = p.group_codes(g).as_ptr();
+        let jg = g * LANES;
+        for h in 0..2 {
+            // Rows jg + 8h .. jg + 8h + 8.
+            let j8 = jg + 8 * h;
+            if j8 >= j1 {
+                break;
+            }
+            let mut acc = [_mm256_setzero_ps(); R];
+            for s in 0..ns {
+                let at = (g * ns + s) * sl + 8 * h;
+                let dw = if F16 {
+                    _mm256_cvtph_ps(_mm_loadu_si128(s16.add(at) as *const _))
+                } else {
+                    _mm256_loadu_ps(s32.add(at))
+                };
+                let mw = if MIN {
+                    _mm256_cvtph_ps(_mm_loadu_si128(s16.add(at + LANES) as *const _))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                let zv = if ZP {
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        zeros.add((g * ns + s) * LANES + 8 * h) as *const _
+                    ))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for b in s * gb..(s + 1) * gb {
+                    let wp = gc.add(b * cb + 32 * h);
+                    let mut lo16 = [_mm256_setzero_si256(); R];
+                    let mut hi16 = [_mm256_setzero_si256(); R];
+                    for pv in 0..4 {
+                        let v = _mm256_loadu_si256(wp.add(64 * pv) as *const _);
+                        let mut lo = _mm256_and_si256(v, mask4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask4);
+                        if LUT {
+                            lo = _mm256_shuffle_epi8(lut, lo);
+                            hi = _mm256_shuffle_epi8(lut, hi);
+                        }
+                        for r in 0..R {
+                            let xq = q[r].add(32 * b) as *const i32;
+                            let xl = _mm256_set1_epi32(xq.add(pv).read_unaligned());
+                            let xh = _mm256_set1_epi32(xq.add(pv + 4).read_unaligned());
+                            lo16[r] = _mm256_add_epi16(lo16[r], _mm256_maddubs_epi16(lo, xl));
+                            hi16[r] = _mm256_add_epi16(hi16[r], _mm256_maddubs_epi16(hi, xh));
+                        }
+                    }
+                    for r in 0..R {
+                        let is = *isum[r].add(b);
+                        let corr = if ZP {
+                            _mm256_mullo_epi32(zv, _mm256_set1_epi32(-is))
+                        } else {
+                            _mm256_set1_epi32(noff * is)
+                        };
+                        let dot = _mm256_add_epi32(
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(lo16[r], ones),
+                                _mm256_madd_epi16(hi16[r], ones),
+                            ),
+                            corr,
+                        );
+                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*dx[r].add(b)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                        if MIN {
+                            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*sx[r].add(b)), acc[r]);
+                        }
+                    }
+                }
+            }
+            let valid = (j1 - j8).min(8);
+            for (r, a) in acc.iter().enumerate() {
+                let o = out.add(r * ld + j8 - j0);
+                if valid == 8 {
+                    _mm256_storeu_ps(o, *a);
+                } else {
+                    let mut t = [0.0f32; 8];
+                    _mm256_storeu_ps(t.as_mut_ptr(), *a);
+                    std::ptr::copy_nonoverlapping(t.as_ptr(), o, valid);
+                }
+            }
         }
     }
 }

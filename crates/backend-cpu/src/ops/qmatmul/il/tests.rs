@@ -1,7 +1,8 @@
 //! The interleaved form against the plain scalar kernels (GGML formats:
 //! `scalar.rs`; metal-marlin formats: `mm.rs`'s twin) — the same exact
 //! integer block sums in another f32 order, so within 1e-5 — and the VNNI
-//! kernel against its scalar twin bit for bit, for every format the form
+//! and (4-bit) AVX2 kernels against their scalar twin bit for bit, for
+//! every format the form
 //! takes (all group sizes), decode and prefill row counts and a partial
 //! last row group.
 
@@ -77,6 +78,15 @@ fn compare(w: &WeightData, p: &IlPrepared, plain: &[f32], x: &[f32], n: usize) {
             simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             twin.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             "{} VNNI vs its scalar twin (n={n} k={k} m={m})",
+            format.name()
+        );
+    }
+    if p.bits == 4 && Isa::available().contains(&Isa::Avx2) {
+        let simd = matmul_il_with(Isa::Avx2, p, x, n).unwrap();
+        assert_eq!(
+            simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            twin.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{} AVX2 vs its scalar twin (n={n} k={k} m={m})",
             format.name()
         );
     }
