@@ -2,8 +2,8 @@
 //! x86 SIMD kernels (`x86_il.rs`), built once at load: GGML Q4_0, Q4_1
 //! and Q8_0, and metal-marlin int4/int8 (sym and asym), fp4 and mxfp4.
 //!
-//! Kernels (`x86_il.rs`): 512-bit VNNI for every format here, AVX2 for the
-//! 4-bit ones; other CPUs keep the plain kernels.
+//! Kernels (`x86_il.rs`): 512-bit VNNI and AVX2; other CPUs keep the plain
+//! kernels.
 //!
 //! The plain kernels (`x86.rs`, `x86_mm.rs`) compute one output per weight
 //! row as a dot product along `k` and reduce it horizontally at the end.
@@ -156,25 +156,10 @@ pub fn supports(w: &WeightData) -> bool {
     fmt_ok && w.shape.last().is_some_and(|&c| c > 0 && c % 32 == 0)
 }
 
-/// Whether matmuls of `w` take the interleaved path with `isa`: every
-/// format of the form with 512-bit VNNI, its 4-bit formats with AVX2
-/// (elsewhere the plain kernels run).
+/// Whether matmuls of `w` take the interleaved path with `isa`: x86 with
+/// AVX2 or 512-bit VNNI (elsewhere the plain kernels run).
 pub fn active(isa: Isa, w: &WeightData) -> bool {
-    supports(w)
-        && match isa {
-            Isa::Avx512Vnni => true,
-            Isa::Avx2 => bits_of(w.format) == 4,
-            _ => false,
-        }
-}
-
-/// Code bits of a format with an interleaved form.
-fn bits_of(format: WeightFormat) -> u32 {
-    match format {
-        WeightFormat::Q8_0 => 8,
-        WeightFormat::Mm(f) => f.bits(),
-        _ => 4,
-    }
+    matches!(isa, Isa::Avx512Vnni | Isa::Avx2) && supports(w)
 }
 
 fn f16_at(b: &[u8], o: usize) -> u16 {
@@ -481,7 +466,7 @@ pub fn panel(isa: Isa, p: &IlPrepared, j0: usize, j1: usize, xs: &[ActRow], out:
             unsafe { super::x86_il::panel(p, j0, j1, xs, out.as_mut_ptr()) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if p.bits == 4 => {
+        Isa::Avx2 => {
             assert!(Isa::available().contains(&isa), "AVX2 is not available");
             // SAFETY: features checked above; shapes checked above.
             unsafe { super::x86_il::panel_avx2(p, j0, j1, xs, out.as_mut_ptr()) }

@@ -12,14 +12,17 @@
 //! accumulators. Results are stored as 16 contiguous outputs per row (a
 //! masked store for a last partial group).
 //!
-//! **AVX2** ([`panel_avx2`], 4-bit codes only): each 64-byte code vector is
-//! two 256-bit halves, rows 0–7 and 8–15, handled one after the other.
+//! **AVX2** ([`panel_avx2`]): each 64-byte code vector is two 256-bit
+//! halves, rows 0–7 and 8–15, handled one after the other. 4-bit codes:
 //! `vpmaddubsw` multiplies the unsigned codes with the broadcast signed
 //! activations into i16 pairs; four of them are summed in i16 (at most
 //! 4·2·24·127 = 24 384 for fp4's largest code, so nothing saturates) and
-//! widened with `vpmaddwd` by ones — the same exact integer block sums as
-//! `vpdpbusd`. 8-bit codes could saturate `vpmaddubsw` and keep the plain
-//! kernels on AVX2.
+//! widened with `vpmaddwd` by ones. 8-bit codes `u` would saturate
+//! `vpmaddubsw` (255·127·2 > 2¹⁵), so they are taken as the signed weight
+//! `w = u − 128` and multiplied as `|w| · sign(x, w)` (at most 2·128·127 =
+//! 32 512 per pair), which folds the offset 128 into the product: the
+//! correction becomes `(128 − z)·isum`. Either way the i32 block sums are
+//! the exact integers `vpdpbusd` gives.
 
 use std::arch::x86_64::*;
 
@@ -193,12 +196,10 @@ unsafe fn run<
     }
 }
 
-/// `out[r·(j1−j0) + j − j0] = w[j] · xs[r]` for a 4-bit form (see
-/// `il::panel`).
+/// `out[r·(j1−j0) + j − j0] = w[j] · xs[r]` (see `il::panel`).
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; `p.bits == 4`; the shapes as for
-/// [`panel`].
+/// The CPU must have AVX2, FMA and F16C; the shapes as for [`panel`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn panel_avx2(
     p: &IlPrepared,
@@ -207,21 +208,35 @@ pub(super) unsafe fn panel_avx2(
     xs: &[ActRow],
     out: *mut f32,
 ) {
-    debug_assert_eq!(p.bits, 4);
     let f16 = matches!(p.scales, IlScales::F16(_));
     let zp = !p.zeros.is_empty();
-    // (f16 scales, min, zero-points, table)
+    // (8-bit, f16 scales, min, zero-points, table)
     macro_rules! go {
         ($r:literal) => {
-            match (f16, p.min, zp, p.lut.is_some()) {
-                (true, false, _, _) => run2::<$r, true, false, false, false>(p, j0, j1, xs, out),
-                (true, true, _, _) => run2::<$r, true, true, false, false>(p, j0, j1, xs, out),
-                (false, _, false, false) => {
-                    run2::<$r, false, false, false, false>(p, j0, j1, xs, out)
+            match (p.bits == 8, f16, p.min, zp, p.lut.is_some()) {
+                (false, true, false, _, _) => {
+                    run2::<$r, false, true, false, false, false>(p, j0, j1, xs, out)
                 }
-                (false, _, true, _) => run2::<$r, false, false, true, false>(p, j0, j1, xs, out),
-                (false, _, false, true) => {
-                    run2::<$r, false, false, false, true>(p, j0, j1, xs, out)
+                (false, true, true, _, _) => {
+                    run2::<$r, false, true, true, false, false>(p, j0, j1, xs, out)
+                }
+                (true, true, _, _, _) => {
+                    run2::<$r, true, true, false, false, false>(p, j0, j1, xs, out)
+                }
+                (false, false, _, false, false) => {
+                    run2::<$r, false, false, false, false, false>(p, j0, j1, xs, out)
+                }
+                (false, false, _, true, _) => {
+                    run2::<$r, false, false, false, true, false>(p, j0, j1, xs, out)
+                }
+                (false, false, _, false, true) => {
+                    run2::<$r, false, false, false, false, true>(p, j0, j1, xs, out)
+                }
+                (true, false, _, false, _) => {
+                    run2::<$r, true, false, false, false, false>(p, j0, j1, xs, out)
+                }
+                (true, false, _, true, _) => {
+                    run2::<$r, true, false, false, true, false>(p, j0, j1, xs, out)
                 }
             }
         };
@@ -237,6 +252,7 @@ pub(super) unsafe fn panel_avx2(
 #[inline(always)]
 unsafe fn run2<
     const R: usize,
+    const B8: bool,
     const F16: bool,
     const MIN: bool,
     const ZP: bool,
@@ -250,9 +266,11 @@ unsafe fn run2<
 ) {
     let ld = j1 - j0;
     let (ns, gb, sl, cb) = (p.ns, p.gb, p.scale_len(), p.code_bytes());
-    let noff = -p.off;
+    // 8-bit: the products already hold the offset 128 (see the module docs).
+    let noff = if B8 { 128 - p.off } else { -p.off };
     let mask4 = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
+    let x80 = _mm256_set1_epi8(-128);
     let lut = match p.lut {
         Some(l) if LUT => _mm256_broadcastsi128_si256(_mm_loadu_si128(l.as_ptr() as *const _)),
         _ => _mm256_setzero_si256(),
@@ -299,36 +317,58 @@ unsafe fn run2<
                     let wp = gc.add(b * cb + 32 * h);
                     let mut lo16 = [_mm256_setzero_si256(); R];
                     let mut hi16 = [_mm256_setzero_si256(); R];
-                    for pv in 0..4 {
-                        let v = _mm256_loadu_si256(wp.add(64 * pv) as *const _);
-                        let mut lo = _mm256_and_si256(v, mask4);
-                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask4);
-                        if LUT {
-                            lo = _mm256_shuffle_epi8(lut, lo);
-                            hi = _mm256_shuffle_epi8(lut, hi);
+                    let mut d32 = [_mm256_setzero_si256(); R];
+                    if B8 {
+                        for c in 0..8 {
+                            let w = _mm256_xor_si256(
+                                _mm256_loadu_si256(wp.add(64 * c) as *const _),
+                                x80,
+                            );
+                            let aw = _mm256_abs_epi8(w);
+                            for r in 0..R {
+                                let xq = q[r].add(32 * b) as *const i32;
+                                let x = _mm256_set1_epi32(xq.add(c).read_unaligned());
+                                let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
+                                d32[r] = _mm256_add_epi32(d32[r], _mm256_madd_epi16(p16, ones));
+                            }
+                        }
+                    } else {
+                        for pv in 0..4 {
+                            let v = _mm256_loadu_si256(wp.add(64 * pv) as *const _);
+                            let mut lo = _mm256_and_si256(v, mask4);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask4);
+                            if LUT {
+                                lo = _mm256_shuffle_epi8(lut, lo);
+                                hi = _mm256_shuffle_epi8(lut, hi);
+                            }
+                            for r in 0..R {
+                                let xq = q[r].add(32 * b) as *const i32;
+                                let xl = _mm256_set1_epi32(xq.add(pv).read_unaligned());
+                                let xh = _mm256_set1_epi32(xq.add(pv + 4).read_unaligned());
+                                lo16[r] = _mm256_add_epi16(lo16[r], _mm256_maddubs_epi16(lo, xl));
+                                hi16[r] = _mm256_add_epi16(hi16[r], _mm256_maddubs_epi16(hi, xh));
+                            }
                         }
                         for r in 0..R {
-                            let xq = q[r].add(32 * b) as *const i32;
-                            let xl = _mm256_set1_epi32(xq.add(pv).read_unaligned());
-                            let xh = _mm256_set1_epi32(xq.add(pv + 4).read_unaligned());
-                            lo16[r] = _mm256_add_epi16(lo16[r], _mm256_maddubs_epi16(lo, xl));
-                            hi16[r] = _mm256_add_epi16(hi16[r], _mm256_maddubs_epi16(hi, xh));
+                            d32[r] = _mm256_add_epi32(
+                                _mm256_madd_epi16(lo16[r], ones),
+                                _mm256_madd_epi16(hi16[r], ones),
+                            );
                         }
                     }
                     for r in 0..R {
                         let is = *isum[r].add(b);
-                        let corr = if ZP {
+                        let corr = if ZP && B8 {
+                            _mm256_mullo_epi32(
+                                _mm256_sub_epi32(zv, _mm256_set1_epi32(128)),
+                                _mm256_set1_epi32(-is),
+                            )
+                        } else if ZP {
                             _mm256_mullo_epi32(zv, _mm256_set1_epi32(-is))
                         } else {
                             _mm256_set1_epi32(noff * is)
                         };
-                        let dot = _mm256_add_epi32(
-                            _mm256_add_epi32(
-                                _mm256_madd_epi16(lo16[r], ones),
-                                _mm256_madd_epi16(hi16[r], ones),
-                            ),
-                            corr,
-                        );
+                        let dot = _mm256_add_epi32(d32[r], corr);
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*dx[r].add(b)));
                         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
                         if MIN {

@@ -1,7 +1,7 @@
 //! The interleaved form against the plain scalar kernels (GGML formats:
 //! `scalar.rs`; metal-marlin formats: `mm.rs`'s twin) — the same exact
 //! integer block sums in another f32 order, so within 1e-5 — and the VNNI
-//! and (4-bit) AVX2 kernels against their scalar twin bit for bit, for
+//! and AVX2 kernels against their scalar twin bit for bit, for
 //! every format the form
 //! takes (all group sizes), decode and prefill row counts and a partial
 //! last row group.
@@ -81,7 +81,7 @@ fn compare(w: &WeightData, p: &IlPrepared, plain: &[f32], x: &[f32], n: usize) {
             format.name()
         );
     }
-    if p.bits == 4 && Isa::available().contains(&Isa::Avx2) {
+    if Isa::available().contains(&Isa::Avx2) {
         let simd = matmul_il_with(Isa::Avx2, p, x, n).unwrap();
         assert_eq!(
             simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
