@@ -15,10 +15,10 @@
 //!   `f32-dense`: the f32 path (`matmul_dense`, Throughput = f32 bytes) that
 //!   metal-marlin weights used before their kernels existed.
 //!
-//! On 512-bit VNNI CPUs, formats with a row-interleaved form (Q4_0, Q4_1,
-//! Q8_0, int4, int8, fp4, mxfp4) are also run through it (`<format>-il`,
-//! `ops::qmatmul::il`, what the backend uses there); the plain rows are
-//! the kernels used elsewhere.
+//! On x86 (AVX2, AVX-512 VNNI), formats with a row-interleaved form (Q4_0,
+//! Q4_1, Q8_0, int4, int8, fp4, mxfp4) are also run through it
+//! (`<format>-il`, `ops::qmatmul::il`, what the backend uses there); the
+//! plain rows are the kernels used elsewhere (ARM).
 //!
 //! `MM_BENCH_FORMATS=Q4_1,Q8_0,int4-g128` narrows the formats (default: all),
 //! `MM_BENCH_N=1,64` the row counts, and `MM_QMATMUL_ISA` picks the ISA.

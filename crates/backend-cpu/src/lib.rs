@@ -54,7 +54,7 @@ impl Backend for CpuBackend {
     /// Widens dense F16/BF16 (and F32) weights to f32 once; GGML block
     /// formats need nothing (their matmuls read the stored bytes);
     /// metal-marlin formats are repacked once (`ops::qmatmul::mm`), except
-    /// in exact mode, which widens them to f32. On 512-bit VNNI CPUs,
+    /// in exact mode, which widens them to f32. On x86 (AVX2, AVX-512 VNNI),
     /// Q4_0/Q4_1/Q8_0 and metal-marlin int4/int8/fp4/mxfp4 are repacked
     /// row-interleaved instead (`ops::qmatmul::il`).
     fn prepare(&self, w: &WeightData) -> Result<()> {

@@ -2,7 +2,7 @@
 //!
 //! GGML block formats (Q4_0 … Q6_K) run natively on their stored bytes in
 //! [`super::qmatmul`] (fused dequantize-and-dot, no f32 copy), Q4_0/Q4_1/
-//! Q8_0 on 512-bit VNNI CPUs on their row-interleaved repack
+//! Q8_0 on x86 (AVX2, AVX-512 VNNI) on their row-interleaved repack
 //! ([`super::qmatmul::il`]);
 //! metal-marlin formats on their codes repacked once at load
 //! ([`super::qmatmul::mm`]). Dense

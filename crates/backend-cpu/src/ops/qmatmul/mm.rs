@@ -34,7 +34,8 @@
 //!
 //! Kernels: [`vec_dot_int_ref`] / [`vec_dot_float_ref`] are the scalar
 //! twins, with the same per-block integer sums and per-group scaling as the
-//! AVX2 kernels (`x86_mm.rs`; also used on AVX-512 VNNI CPUs) and the NEON
+//! AVX2 kernels (`x86_mm.rs`; on x86 only for the formats without a
+//! row-interleaved form, see `il.rs`) and the NEON
 //! kernels (`aarch64_mm.rs`: integer path; the float path uses the scalar
 //! code there). Threading is the GGML kernels' ([`super::compute_tiled`]).
 

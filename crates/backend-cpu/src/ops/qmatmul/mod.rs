@@ -16,10 +16,11 @@
 //! [`mm`]: repacked once at load, then the same activation quantization
 //! (integer formats) or f32 activations (nf4, fp8) and the same threading.
 //!
-//! On 512-bit VNNI CPUs, Q4_0, Q4_1, Q8_0 and metal-marlin int4/int8 (sym
-//! and asym), fp4 and mxfp4 are instead repacked row-interleaved ([`il`]:
-//! 16 weight rows per register, no horizontal sums), 1.5–3× faster than
-//! the plain kernels on SmolLM2's shapes.
+//! On x86 (AVX2 or AVX-512 VNNI), Q4_0, Q4_1, Q8_0 and metal-marlin
+//! int4/int8 (sym and asym), fp4 and mxfp4 are instead repacked
+//! row-interleaved ([`il`]: 16 weight rows per register, no horizontal
+//! sums), 2–3.9× faster than the plain VNNI kernels on SmolLM2's shapes
+//! (docs/BENCHMARKS.md).
 //!
 //! Threading ([`crate::pool`], [`compute_tiled`]): few activation rows (decode) split the output rows in
 //! a handful of equal tasks; many rows (prefill) are tiled into (weight-row

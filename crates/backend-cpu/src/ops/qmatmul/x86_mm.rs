@@ -1,6 +1,7 @@
 //! AVX2 (+FMA) kernels for metal-marlin formats, over the repacked blocks
-//! of [`MmPrepared`] (layout in `mm.rs`). Also used on AVX-512 VNNI CPUs
-//! (no 512-bit variant yet).
+//! of [`MmPrepared`] (layout in `mm.rs`), for the formats without a
+//! row-interleaved form (`il.rs`: nf4, fp8, int2, int3) on AVX2 and
+//! AVX-512 CPUs alike (no 512-bit variant yet).
 //!
 //! Integer path: a block decodes to 32 signed bytes `c` — 8-bit codes are
 //! stored as `u − 128` already; 2/3/4-bit codes are spread to one byte each

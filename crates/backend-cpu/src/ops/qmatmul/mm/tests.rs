@@ -344,7 +344,7 @@ fn fast_backend_uses_the_kernels_exact_backend_the_f32_path() {
     let fast = CpuBackend::new();
     fast.prepare(&w).unwrap();
     let y = fast.matmul(&xt, &w, None).unwrap();
-    // On 512-bit VNNI CPUs int4 takes the row-interleaved form (`il.rs`).
+    // On x86 int4 takes the row-interleaved form (`il.rs`).
     let want = if super::super::il::active(Isa::detect(), &w) {
         let p = crate::il_prepared(&w).unwrap();
         super::super::il::matmul_il(&p, &x, n).unwrap()
