@@ -53,8 +53,8 @@ use mm_core::weight::{MmFormat, MmKind};
 use mm_core::{Error, Result, WeightData, WeightFormat};
 use mm_quant::mm::codec::{e2m1_to_f32, e8m0_to_f32};
 
-use super::q8::{ActKind, ActRow, QAct};
-use super::{compute_tiled, quantizer, Isa, SCRATCH};
+use super::q8::{ActKind, ActRow};
+use super::{check_isa, compute_tiled, with_act_rows, Isa};
 
 /// Weight rows per interleaved group (= i32 lanes of a 512-bit register).
 pub const LANES: usize = 16;
@@ -482,12 +482,7 @@ pub fn matmul_il(p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
 
 /// [`matmul_il`] with a chosen ISA (tests and benchmarks).
 pub fn matmul_il_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
-    if !Isa::available().contains(&isa) {
-        return Err(Error::Invalid(format!(
-            "ISA {} is not available here",
-            isa.name()
-        )));
-    }
+    check_isa(isa)?;
     let (k, m) = (p.cols, p.rows);
     if x.len() != n * k {
         return Err(Error::Invalid(format!(
@@ -500,18 +495,11 @@ pub fn matmul_il_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<V
     if n == 0 || m == 0 {
         return Ok(y);
     }
-    let mut run = |act: &mut QAct| {
-        act.quantize(ActKind::Q8_0, x, n, k, quantizer(isa), false);
-        let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
+    with_act_rows(isa, ActKind::Q8_0, false, x, n, k, |xs| {
         compute_tiled(p.row_bytes(), GROUP, n, m, &mut y, |j0, j1, i0, out| {
             let nr = out.len() / (j1 - j0);
             panel(isa, p, j0, j1, &xs[i0..i0 + nr], out)
-        });
-    };
-    // A nested call on this thread (rayon work stealing) gets its own buffer.
-    SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut act) => run(&mut act),
-        Err(_) => run(&mut QAct::new()),
+        })
     });
     Ok(y)
 }

@@ -43,8 +43,8 @@ use mm_core::weight::{MmFormat, MmKind};
 use mm_core::{Error, Result, WeightData, WeightFormat};
 use mm_quant::mm::codec::{e2m1_to_f32, e4m3_to_f32, e5m2_to_f32, e8m0_to_f32, NF4_LEVELS};
 
-use super::q8::{ActKind, ActRow, QAct};
-use super::{compute_tiled, quantizer, Isa, SCRATCH};
+use super::q8::{ActKind, ActRow};
+use super::{check_isa, compute_tiled, with_act_rows, Isa};
 
 /// Elements per repacked block (= the Q8_0 activation block).
 pub const BLOCK: usize = 32;
@@ -410,12 +410,7 @@ pub fn matmul_mm(p: &MmPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
 
 /// [`matmul_mm`] with a chosen ISA (tests and benchmarks).
 pub fn matmul_mm_with(isa: Isa, p: &MmPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
-    if !Isa::available().contains(&isa) {
-        return Err(Error::Invalid(format!(
-            "ISA {} is not available here",
-            isa.name()
-        )));
-    }
+    check_isa(isa)?;
     let (k, m) = (p.cols, p.rows);
     if x.len() != n * k {
         return Err(Error::Invalid(format!(
@@ -430,18 +425,11 @@ pub fn matmul_mm_with(isa: Isa, p: &MmPrepared, x: &[f32], n: usize) -> Result<V
     }
     let rb = p.row_bytes + 4 * p.groups;
     if p.path == Path::Int {
-        let mut run = |act: &mut QAct| {
-            act.quantize(ActKind::Q8_0, x, n, k, quantizer(isa), false);
-            let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
+        with_act_rows(isa, ActKind::Q8_0, false, x, n, k, |xs| {
             compute_tiled(rb, super::GROUP, n, m, &mut y, |j0, j1, i0, out| {
                 let nr = out.len() / (j1 - j0);
                 panel(isa, p, j0, j1, MmRows::Q8(&xs[i0..i0 + nr]), out)
-            });
-        };
-        // A nested call on this thread (rayon work stealing) gets its own buffer.
-        SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut act) => run(&mut act),
-            Err(_) => run(&mut QAct::new()),
+            })
         });
     } else {
         let xs: Vec<&[f32]> = x.chunks_exact(k).collect();

@@ -255,6 +255,41 @@ impl OutPtr {
     }
 }
 
+/// An error unless `isa` runs on this CPU.
+pub(crate) fn check_isa(isa: Isa) -> Result<()> {
+    if Isa::available().contains(&isa) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "ISA {} is not available here",
+            isa.name()
+        )))
+    }
+}
+
+/// Quantizes `x[n, k]` (`kind`, with the wide VNNI form when `wide`) into
+/// this thread's scratch buffer and calls `f` with its rows. A nested call
+/// on the same thread (rayon work stealing) gets a buffer of its own.
+pub(crate) fn with_act_rows<T>(
+    isa: Isa,
+    kind: ActKind,
+    wide: bool,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    f: impl FnOnce(&[ActRow]) -> T,
+) -> T {
+    let run = |act: &mut QAct| {
+        act.quantize(kind, x, n, k, quantizer(isa), wide);
+        let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
+        f(&xs)
+    };
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut act) => run(&mut act),
+        Err(_) => run(&mut QAct::new()),
+    })
+}
+
 /// Activation rows per microkernel in the tiled (prefill) path of the
 /// plain kernels (the interleaved ones: [`il::GROUP`]).
 const GROUP: usize = 4;
@@ -290,12 +325,7 @@ pub fn matmul_q_with(
             format.name()
         )));
     }
-    if !Isa::available().contains(&isa) {
-        return Err(Error::Invalid(format!(
-            "ISA {} is not available here",
-            isa.name()
-        )));
-    }
+    check_isa(isa)?;
     let row_bytes = format.bytes_for(k)?;
     if w.len() != m * row_bytes || x.len() != n * k {
         return Err(Error::Invalid(format!(
@@ -309,25 +339,26 @@ pub fn matmul_q_with(
     if n == 0 || m == 0 {
         return Ok(y);
     }
-    let mut run = |act: &mut QAct| {
-        quantize_activations(isa, format, x, n, k, act);
-        let xs: Vec<ActRow> = (0..n).map(|i| act.row(i)).collect();
-        compute_tiled(row_bytes, GROUP, n, m, &mut y, |j0, j1, i0, out| {
-            panel(
-                isa,
-                format,
-                &w[j0 * row_bytes..j1 * row_bytes],
-                row_bytes,
-                &xs[i0..i0 + out.len() / (j1 - j0)],
-                out,
-            )
-        });
-    };
-    // A nested call on this thread (rayon work stealing) gets its own buffer.
-    SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut act) => run(&mut act),
-        Err(_) => run(&mut QAct::new()),
-    });
+    with_act_rows(
+        isa,
+        act_kind(format),
+        isa == Isa::Avx512Vnni,
+        x,
+        n,
+        k,
+        |xs| {
+            compute_tiled(row_bytes, GROUP, n, m, &mut y, |j0, j1, i0, out| {
+                panel(
+                    isa,
+                    format,
+                    &w[j0 * row_bytes..j1 * row_bytes],
+                    row_bytes,
+                    &xs[i0..i0 + out.len() / (j1 - j0)],
+                    out,
+                )
+            })
+        },
+    );
     Ok(y)
 }
 

@@ -29,6 +29,89 @@ use std::arch::x86_64::*;
 use super::il::{IlPrepared, IlScales, LANES};
 use super::q8::ActRow;
 
+/// Calls `$run::<R, B8, F16, MIN, ZP, LUT>` for the row count and the
+/// form's variant (8-bit, f16 scales, min, zero-points, table).
+macro_rules! dispatch {
+    ($run:ident, $p:expr, $j0:expr, $j1:expr, $xs:expr, $out:expr) => {{
+        let (p, j0, j1, xs, out) = ($p, $j0, $j1, $xs, $out);
+        let f16 = matches!(p.scales, IlScales::F16(_));
+        let v = (
+            p.bits == 8,
+            f16,
+            p.min,
+            !p.zeros.is_empty(),
+            p.lut.is_some(),
+        );
+        macro_rules! go {
+            ($r:literal) => {
+                match v {
+                    (false, true, false, _, _) => {
+                        $run::<$r, false, true, false, false, false>(p, j0, j1, xs, out)
+                    }
+                    (false, true, true, _, _) => {
+                        $run::<$r, false, true, true, false, false>(p, j0, j1, xs, out)
+                    }
+                    (true, true, _, _, _) => {
+                        $run::<$r, true, true, false, false, false>(p, j0, j1, xs, out)
+                    }
+                    (false, false, _, false, false) => {
+                        $run::<$r, false, false, false, false, false>(p, j0, j1, xs, out)
+                    }
+                    (false, false, _, true, _) => {
+                        $run::<$r, false, false, false, true, false>(p, j0, j1, xs, out)
+                    }
+                    (false, false, _, false, true) => {
+                        $run::<$r, false, false, false, false, true>(p, j0, j1, xs, out)
+                    }
+                    (true, false, _, false, _) => {
+                        $run::<$r, true, false, false, false, false>(p, j0, j1, xs, out)
+                    }
+                    (true, false, _, true, _) => {
+                        $run::<$r, true, false, false, true, false>(p, j0, j1, xs, out)
+                    }
+                }
+            };
+        }
+        match xs.len() {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            _ => go!(4),
+        }
+    }};
+}
+
+/// Raw pointers of a form's scales and zero-points and of `R` activation
+/// rows, shared by both kernels.
+struct Ptrs<const R: usize> {
+    s16: *const u16,
+    s32: *const f32,
+    zeros: *const u8,
+    q: [*const i8; R],
+    dx: [*const f32; R],
+    isum: [*const i32; R],
+    sx: [*const f32; R],
+}
+
+impl<const R: usize> Ptrs<R> {
+    #[inline(always)]
+    fn new(p: &IlPrepared, xs: &[ActRow]) -> Self {
+        let (s16, s32) = match &p.scales {
+            IlScales::F16(v) => (v.as_ptr(), std::ptr::null()),
+            IlScales::F32(v) => (std::ptr::null(), v.as_ptr()),
+        };
+        Ptrs {
+            s16,
+            s32,
+            zeros: p.zeros.as_ptr(),
+            q: std::array::from_fn(|r| xs[r].qs.as_ptr()),
+            dx: std::array::from_fn(|r| xs[r].d.as_ptr()),
+            isum: std::array::from_fn(|r| xs[r].isum.as_ptr()),
+            sx: std::array::from_fn(|r| xs[r].s.as_ptr()),
+        }
+    }
+}
+
 /// `out[r·(j1−j0) + j − j0] = w[j] · xs[r]` (see `il::panel`).
 ///
 /// # Safety
@@ -37,45 +120,7 @@ use super::q8::ActRow;
 /// values, and `out` holds `(j1 − j0)·xs.len()` floats.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn panel(p: &IlPrepared, j0: usize, j1: usize, xs: &[ActRow], out: *mut f32) {
-    let f16 = matches!(p.scales, IlScales::F16(_));
-    let zp = !p.zeros.is_empty();
-    // (8-bit, f16 scales, min, zero-points, table)
-    macro_rules! go {
-        ($r:literal) => {
-            match (p.bits == 8, f16, p.min, zp, p.lut.is_some()) {
-                (false, true, false, _, _) => {
-                    run::<$r, false, true, false, false, false>(p, j0, j1, xs, out)
-                }
-                (false, true, true, _, _) => {
-                    run::<$r, false, true, true, false, false>(p, j0, j1, xs, out)
-                }
-                (true, true, _, _, _) => {
-                    run::<$r, true, true, false, false, false>(p, j0, j1, xs, out)
-                }
-                (false, false, _, false, false) => {
-                    run::<$r, false, false, false, false, false>(p, j0, j1, xs, out)
-                }
-                (false, false, _, true, _) => {
-                    run::<$r, false, false, false, true, false>(p, j0, j1, xs, out)
-                }
-                (false, false, _, false, true) => {
-                    run::<$r, false, false, false, false, true>(p, j0, j1, xs, out)
-                }
-                (true, false, _, false, _) => {
-                    run::<$r, true, false, false, false, false>(p, j0, j1, xs, out)
-                }
-                (true, false, _, true, _) => {
-                    run::<$r, true, false, false, true, false>(p, j0, j1, xs, out)
-                }
-            }
-        };
-    }
-    match xs.len() {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        _ => go!(4),
-    }
+    dispatch!(run, p, j0, j1, xs, out)
 }
 
 #[inline(always)]
@@ -101,15 +146,15 @@ unsafe fn run<
         Some(l) if LUT => _mm512_broadcast_i32x4(_mm_loadu_si128(l.as_ptr() as *const _)),
         _ => _mm512_setzero_si512(),
     };
-    let (s16, s32) = match &p.scales {
-        IlScales::F16(v) => (v.as_ptr(), std::ptr::null()),
-        IlScales::F32(v) => (std::ptr::null(), v.as_ptr()),
-    };
-    let zeros = p.zeros.as_ptr();
-    let q: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
-    let dx: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
-    let isum: [*const i32; R] = std::array::from_fn(|r| xs[r].isum.as_ptr());
-    let sx: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
+    let Ptrs {
+        s16,
+        s32,
+        zeros,
+        q,
+        dx,
+        isum,
+        sx,
+    } = Ptrs::<R>::new(p, xs);
     debug_assert!(nb == ns * gb);
     for g in j0 / LANES..j1.div_ceil(LANES) {
         let gc = p.group_codes(g).as_ptr();
@@ -208,45 +253,7 @@ pub(super) unsafe fn panel_avx2(
     xs: &[ActRow],
     out: *mut f32,
 ) {
-    let f16 = matches!(p.scales, IlScales::F16(_));
-    let zp = !p.zeros.is_empty();
-    // (8-bit, f16 scales, min, zero-points, table)
-    macro_rules! go {
-        ($r:literal) => {
-            match (p.bits == 8, f16, p.min, zp, p.lut.is_some()) {
-                (false, true, false, _, _) => {
-                    run2::<$r, false, true, false, false, false>(p, j0, j1, xs, out)
-                }
-                (false, true, true, _, _) => {
-                    run2::<$r, false, true, true, false, false>(p, j0, j1, xs, out)
-                }
-                (true, true, _, _, _) => {
-                    run2::<$r, true, true, false, false, false>(p, j0, j1, xs, out)
-                }
-                (false, false, _, false, false) => {
-                    run2::<$r, false, false, false, false, false>(p, j0, j1, xs, out)
-                }
-                (false, false, _, true, _) => {
-                    run2::<$r, false, false, false, true, false>(p, j0, j1, xs, out)
-                }
-                (false, false, _, false, true) => {
-                    run2::<$r, false, false, false, false, true>(p, j0, j1, xs, out)
-                }
-                (true, false, _, false, _) => {
-                    run2::<$r, true, false, false, false, false>(p, j0, j1, xs, out)
-                }
-                (true, false, _, true, _) => {
-                    run2::<$r, true, false, false, true, false>(p, j0, j1, xs, out)
-                }
-            }
-        };
-    }
-    match xs.len() {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        _ => go!(4),
-    }
+    dispatch!(run2, p, j0, j1, xs, out)
 }
 
 #[inline(always)]
@@ -275,15 +282,15 @@ unsafe fn run2<
         Some(l) if LUT => _mm256_broadcastsi128_si256(_mm_loadu_si128(l.as_ptr() as *const _)),
         _ => _mm256_setzero_si256(),
     };
-    let (s16, s32) = match &p.scales {
-        IlScales::F16(v) => (v.as_ptr(), std::ptr::null()),
-        IlScales::F32(v) => (std::ptr::null(), v.as_ptr()),
-    };
-    let zeros = p.zeros.as_ptr();
-    let q: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
-    let dx: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
-    let isum: [*const i32; R] = std::array::from_fn(|r| xs[r].isum.as_ptr());
-    let sx: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
+    let Ptrs {
+        s16,
+        s32,
+        zeros,
+        q,
+        dx,
+        isum,
+        sx,
+    } = Ptrs::<R>::new(p, xs);
     for g in j0 / LANES..j1.div_ceil(LANES) {
         let gc = p.group_codes(g).as_ptr();
         let jg = g * LANES;

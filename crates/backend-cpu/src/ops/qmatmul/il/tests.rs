@@ -11,7 +11,7 @@ use mm_core::{HostBytes, WeightData, WeightFormat as F};
 use proptest::prelude::*;
 
 use super::super::testing::{random_blocks, random_f32};
-use super::super::{matmul_q_with, Isa};
+use super::super::{matmul_q_with, Isa, QAct};
 use super::*;
 
 const FORMATS: [F; 3] = [F::Q4_0, F::Q4_1, F::Q8_0];
