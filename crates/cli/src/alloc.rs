@@ -3,7 +3,7 @@
 //! A forward pass allocates and frees activation tensors of 0.1–4 MB per
 //! op. glibc serves blocks over its dynamic mmap threshold with fresh
 //! `mmap`s and returns them on `free`, so every op pays page faults and
-//! kernel zeroing of its output (about 330 000 faults and 20 % of the CPU
+//! kernel zeroing of its output (about 330 000 faults and 15–20 % of the CPU
 //! time of a 512-token prefill benchmark of SmolLM2). Raising the mmap
 //! threshold to glibc's maximum (32 MiB) and the trim threshold keeps
 //! those blocks in the heap for reuse (42 000 faults on the same run).

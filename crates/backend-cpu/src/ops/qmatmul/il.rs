@@ -51,7 +51,9 @@
 
 use mm_core::weight::{MmFormat, MmKind};
 use mm_core::{Error, Result, WeightData, WeightFormat};
-use mm_quant::mm::codec::{e2m1_to_f32, e8m0_to_f32};
+use mm_quant::mm::codec::e2m1_to_f32;
+
+use super::mm::MmParts;
 
 use super::q8::{ActKind, ActRow};
 use super::{check_isa, compute_tiled, with_act_rows, Isa};
@@ -166,7 +168,8 @@ fn f16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
 }
 
-/// Writes the 32 unsigned codes `u` of block `b`, row `lane` of a group.
+/// Writes the 32 unsigned codes `u` of one block of row `lane` into that
+/// block's group codes `dst`.
 fn put_block(bits: u32, u: &[u8; 32], lane: usize, dst: &mut [u8]) {
     if bits == 8 {
         for c in 0..8 {
@@ -298,24 +301,12 @@ fn prepare_ggml(w: &WeightData) -> Result<IlPrepared> {
 }
 
 fn prepare_mm(w: &WeightData, format: MmFormat) -> Result<IlPrepared> {
-    let (rows, cols) = mm_core::weight::rows_cols(&w.shape)?;
-    let sizes = format.part_sizes(rows, cols)?;
-    let scales_in = w
-        .scales
-        .as_deref()
-        .ok_or_else(|| Error::Invalid(format!("{format} weight has no scales")))?;
-    let zeros_in = if format.kind.has_zeros() {
-        Some(
-            w.zeros
-                .as_deref()
-                .ok_or_else(|| Error::Invalid(format!("{format} weight has no zero-points")))?,
-        )
-    } else {
-        None
-    };
-    if w.bytes.len() != sizes.codes || scales_in.len() != sizes.scales {
-        return Err(Error::Invalid(format!("{format} weight: bad part sizes")));
-    }
+    let MmParts {
+        rows,
+        cols,
+        scales: scales_in,
+        zeros: zeros_in,
+    } = super::mm::parts(w, format)?;
     let bits = format.bits();
     let fp4 = matches!(format.kind, MmKind::Fp4E2M1 | MmKind::Mxfp4);
     let lut = fp4.then(|| std::array::from_fn(|u| (2.0 * e2m1_to_f32(u as u8) + 12.0) as u8));
@@ -344,12 +335,7 @@ fn prepare_mm(w: &WeightData, format: MmFormat) -> Result<IlPrepared> {
         mm_quant::mm::unpack_codes(bits, &w.bytes[j * in_row..(j + 1) * in_row], &mut raw)?;
         for s in 0..ns {
             let i = j * ns + s;
-            let d = match format.kind {
-                MmKind::Mxfp4 => e8m0_to_f32(scales_in[i]),
-                _ => half::f16::from_le_bytes([scales_in[2 * i], scales_in[2 * i + 1]]).to_f32(),
-            };
-            // Exact: scales are f16 or powers of two ≥ 2^-127.
-            scales[(g * ns + s) * LANES + lane] = if fp4 { d * 0.5 } else { d };
+            scales[(g * ns + s) * LANES + lane] = scales_in[i];
             if let Some(z) = zeros_in {
                 p.zeros[(g * ns + s) * LANES + lane] = z[i];
             }
@@ -404,9 +390,9 @@ pub fn group_params(p: &IlPrepared, g: usize, s: usize, lane: usize) -> (f32, f3
     (d, m, z)
 }
 
-/// Scalar twin of the VNNI panel: `out[r·(j1−j0) + j − j0] = w[j] · xs[r]`
+/// Scalar twin of the SIMD panels: `out[r·(j1−j0) + j − j0] = w[j] · xs[r]`
 /// for weight rows `j0..j1` (`j0` a multiple of 16) and the activation rows
-/// `xs`, bit-identical to `x86_il::panel`.
+/// `xs`, bit-identical to `x86_il::panel` (VNNI) and `x86_il::panel_avx2`.
 pub fn panel_ref(p: &IlPrepared, j0: usize, j1: usize, xs: &[ActRow], out: &mut [f32]) {
     assert!(j0 % LANES == 0 && j0 < j1 && j1 <= p.rows, "row range");
     let ld = j1 - j0;

@@ -182,6 +182,63 @@ pub fn path(kind: MmKind) -> Path {
     }
 }
 
+/// A metal-marlin weight's parts, checked against its shape.
+pub struct MmParts<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    /// The kernels' per-group scale `d_g`, `rows × groups`: the stored f16
+    /// scale (or `2^(E−127)` of MXFP4's E8M0 byte) as f32, halved for
+    /// fp4/mxfp4, whose values ×2 are integers (exact: scales are f16 or
+    /// powers of two ≥ 2^-127).
+    pub scales: Vec<f32>,
+    /// The stored zero-points of asymmetric formats, `rows × groups`.
+    pub zeros: Option<&'a [u8]>,
+}
+
+/// Checks the part sizes of `w` (in `format`) and decodes its scales; shared
+/// by this module's repack and the row-interleaved one (`il.rs`).
+pub fn parts(w: &WeightData, format: MmFormat) -> Result<MmParts<'_>> {
+    let (rows, cols) = mm_core::weight::rows_cols(&w.shape)?;
+    let sizes = format.part_sizes(rows, cols)?;
+    let scales_in = w
+        .scales
+        .as_deref()
+        .ok_or_else(|| Error::Invalid(format!("{format} weight has no scales")))?;
+    if w.bytes.len() != sizes.codes || scales_in.len() != sizes.scales {
+        return Err(Error::Invalid(format!("{format} weight: bad part sizes")));
+    }
+    let kind = format.kind;
+    let half = matches!(kind, MmKind::Fp4E2M1 | MmKind::Mxfp4);
+    let scales = (0..rows * format.groups_per_row(cols))
+        .map(|i| {
+            let s = match kind {
+                MmKind::Mxfp4 => e8m0_to_f32(scales_in[i]),
+                _ => half::f16::from_le_bytes([scales_in[2 * i], scales_in[2 * i + 1]]).to_f32(),
+            };
+            if half {
+                s * 0.5
+            } else {
+                s
+            }
+        })
+        .collect();
+    let zeros = if kind.has_zeros() {
+        Some(
+            w.zeros
+                .as_deref()
+                .ok_or_else(|| Error::Invalid(format!("{format} weight has no zero-points")))?,
+        )
+    } else {
+        None
+    };
+    Ok(MmParts {
+        rows,
+        cols,
+        scales,
+        zeros,
+    })
+}
+
 /// Builds the prepared form of a metal-marlin weight (see [`supports`]).
 pub fn prepare(w: &WeightData) -> Result<MmPrepared> {
     let WeightFormat::Mm(format) = w.format else {
@@ -196,15 +253,13 @@ pub fn prepare(w: &WeightData) -> Result<MmPrepared> {
             w.shape
         )));
     }
-    let (rows, cols) = mm_core::weight::rows_cols(&w.shape)?;
-    let sizes = format.part_sizes(rows, cols)?;
-    let scales_in = w
-        .scales
-        .as_deref()
-        .ok_or_else(|| Error::Invalid(format!("{format} weight has no scales")))?;
-    if w.bytes.len() != sizes.codes || scales_in.len() != sizes.scales {
-        return Err(Error::Invalid(format!("{format} weight: bad part sizes")));
-    }
+    let MmParts {
+        rows,
+        cols,
+        scales,
+        zeros,
+        ..
+    } = parts(w, format)?;
     let kind = format.kind;
     let bits = format.bits();
     let groups = format.groups_per_row(cols);
@@ -223,30 +278,7 @@ pub fn prepare(w: &WeightData) -> Result<MmPrepared> {
             repack_block(bits, c, xor, &mut codes[o..o + bb]);
         }
     }
-    let half = matches!(kind, MmKind::Fp4E2M1 | MmKind::Mxfp4);
-    let scales: Vec<f32> = (0..rows * groups)
-        .map(|i| {
-            let s = match kind {
-                MmKind::Mxfp4 => e8m0_to_f32(scales_in[i]),
-                _ => half::f16::from_le_bytes([scales_in[2 * i], scales_in[2 * i + 1]]).to_f32(),
-            };
-            // Exact: scales are f16 or powers of two ≥ 2^-127.
-            if half {
-                s * 0.5
-            } else {
-                s
-            }
-        })
-        .collect();
-    let zeros = if kind.has_zeros() {
-        let z = w
-            .zeros
-            .as_deref()
-            .ok_or_else(|| Error::Invalid(format!("{format} weight has no zero-points")))?;
-        z.to_vec()
-    } else {
-        Vec::new()
-    };
+    let zeros = zeros.map(<[u8]>::to_vec).unwrap_or_default();
     let lut: [i8; 16] = std::array::from_fn(|u| match kind {
         MmKind::Fp4E2M1 | MmKind::Mxfp4 => (2.0 * e2m1_to_f32(u as u8)) as i8,
         _ if bits <= 4 => u as i8 - (1i8 << (bits - 1)),

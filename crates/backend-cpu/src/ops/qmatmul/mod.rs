@@ -19,7 +19,7 @@
 //! On x86 (AVX2 or AVX-512 VNNI), Q4_0, Q4_1, Q8_0 and metal-marlin
 //! int4/int8 (sym and asym), fp4 and mxfp4 are instead repacked
 //! row-interleaved ([`il`]: 16 weight rows per register, no horizontal
-//! sums), 2–3.9× faster than the plain VNNI kernels on SmolLM2's shapes
+//! sums), 1.7–4.3× faster than the plain VNNI kernels on SmolLM2's shapes
 //! (docs/BENCHMARKS.md).
 //!
 //! Threading ([`crate::pool`], [`compute_tiled`]): few activation rows (decode) split the output rows in

@@ -72,22 +72,14 @@ fn compare(w: &WeightData, p: &IlPrepared, plain: &[f32], x: &[f32], n: usize) {
         "{} il ref vs plain: {e:.2e} (n={n} k={k} m={m})",
         format.name()
     );
-    if Isa::available().contains(&Isa::Avx512Vnni) {
-        let simd = matmul_il_with(Isa::Avx512Vnni, p, x, n).unwrap();
+    for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
+        let simd = matmul_il_with(isa, p, x, n).unwrap();
         assert_eq!(
             simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             twin.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            "{} VNNI vs its scalar twin (n={n} k={k} m={m})",
-            format.name()
-        );
-    }
-    if Isa::available().contains(&Isa::Avx2) {
-        let simd = matmul_il_with(Isa::Avx2, p, x, n).unwrap();
-        assert_eq!(
-            simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            twin.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            "{} AVX2 vs its scalar twin (n={n} k={k} m={m})",
-            format.name()
+            "{} {} vs its scalar twin (n={n} k={k} m={m})",
+            format.name(),
+            isa.name()
         );
     }
 }
