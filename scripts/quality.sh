@@ -10,8 +10,8 @@
 #   WORKDIR  where models and results go (default /tmp/mm-quality)
 # Environment:
 #   JOBS (parallel jobs, default 1), THREADS (threads per job, default all
-#   cores), FORMATS, METHODS (default "rtn gptq"; `gptq-act` is GPTQ with
-#   --act-order), TEXT (evaluation text, default GPL-3), MAX_CHUNKS (evaluate
+#   cores), FORMATS, METHODS (default "rtn gptq-act"; `gptq` is GPTQ
+#   without --act-order), TEXT (evaluation text, default GPL-3), MAX_CHUNKS (evaluate
 #   only the first N windows), LIC (the license-text folder).
 #
 # The reference is the source with every tensor widened to f32
@@ -29,7 +29,7 @@ TEXT=${TEXT:-$LIC/GPL-3}
 JOBS=${JOBS:-1}
 THREADS=${THREADS:-$(nproc)}
 FORMATS=${FORMATS:-"int8 int8-asym int4 int4-asym int3 int3-asym int2 int2-asym nf4 fp8-e4m3 fp8-e5m2 fp4 mxfp4"}
-METHODS=${METHODS:-"rtn gptq"}
+METHODS=${METHODS:-"rtn gptq-act"}
 MAX_CHUNKS=${MAX_CHUNKS:-}
 
 mkdir -p "$WORK"

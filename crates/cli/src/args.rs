@@ -247,6 +247,12 @@ pub struct QuantizeArgs {
     /// (with groups fixed up front, as the layout has no g_idx).
     #[arg(long)]
     pub act_order: bool,
+    /// Rotate the model first (QuaRot-style random orthogonal rotation of
+    /// the residual stream and of attention values, fused into the
+    /// weights): spreads outlier channels, for 2-4 bit formats. The output
+    /// is an ordinary model with an untied LM head.
+    #[arg(long)]
+    pub rotate: bool,
     /// A preset mix of formats (instead of --format/--group-size).
     #[arg(long, value_enum)]
     pub recipe: Option<crate::quantize::rules::Recipe>,

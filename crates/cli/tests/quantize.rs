@@ -426,6 +426,51 @@ fn quantized_logits_are_close() {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
+/// `--rotate` changes the weights, not the function: on every fixture
+/// architecture the rotated model, kept in f32, gives the source's logits
+/// (up to the f16 rounding of the rotated weights), has its own LM head and
+/// unit norm scales, and records the rotation.
+#[test]
+fn rotation_keeps_the_function() {
+    let t = Tmp::new("rotate");
+    for fixture in FIXTURES {
+        let c = quantized_closeness(&t, fixture, "rot-f32", &["--rotate", "--keep", ".*=f32"]);
+        // f16 rounding: relative 2^-11 per weight.
+        assert!(
+            c.rel_max < 5e-3 && c.top1 == 1.0 && c.kl < 1e-5,
+            "{fixture}: rotated logits differ: {c:?}"
+        );
+        let out = t.join(&format!("{fixture}-rot-f32"));
+        let cfg = read_json(&out.join("config.json"));
+        assert_eq!(cfg["tie_word_embeddings"], Value::Bool(false), "{fixture}");
+        let qc = read_json(&out.join("quantization_config.json"));
+        assert!(qc["rotation"]["seed"].is_u64(), "{fixture}: {qc}");
+        let src = open_source(&out).unwrap();
+        assert!(src.contains("lm_head.weight"), "{fixture}");
+        for n in ["model.norm.weight", "model.layers.1.input_layernorm.weight"] {
+            let g = mm_quant::dequantize_ref(&src.tensor(n).unwrap()).unwrap();
+            assert!(g.iter().all(|&v| v == 1.0), "{fixture} {n}");
+        }
+        // The rotation moved the weights.
+        let a =
+            mm_quant::dequantize_ref(&src.tensor("model.embed_tokens.weight").unwrap()).unwrap();
+        let b = open_source(&tiny(fixture)).unwrap();
+        let b = mm_quant::dequantize_ref(&b.tensor("model.embed_tokens.weight").unwrap()).unwrap();
+        assert!(
+            a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3),
+            "{fixture}"
+        );
+    }
+    // Quantized after rotating: still a working model of the same family.
+    let c = quantized_closeness(
+        &t,
+        "llama",
+        "rot-int8",
+        &["--rotate", "--format", "int8", "--group-size", "32"],
+    );
+    assert!(c.top1 >= 0.75 && c.kl < 5e-4, "{c:?}");
+}
+
 /// Every stored weight decodes to exactly what `quantize_rtn` makes of the
 /// whole source tensor: the block-by-block pipeline changes nothing.
 fn assert_matches_rtn(src: &dyn mm_formats::WeightSource, out: &Path, names: &[&str]) {

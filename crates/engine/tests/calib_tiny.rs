@@ -7,8 +7,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use mm_backend_cpu::CpuBackend;
-use mm_core::{Device, Tensor};
-use mm_engine::calib::{calibration_windows, collect_hessians, CalibOptions};
+use mm_core::{Device, HostBytes, Tensor, WeightData};
+use mm_engine::calib::{
+    calibration_windows, collect_hessians, names_filter, stage_of, CalibOptions, SequentialCalib,
+};
 use mm_formats::{open_source, WeightSource};
 use mm_models::{load_model, DecoderModel, LinearObserver};
 use mm_quant::gptq::{gptq_quantize_weight, GptqOptions};
@@ -187,4 +189,89 @@ fn calibration_errors() {
     );
     // The head sees only each window's last position.
     assert_eq!(h["lm_head.weight"].n_samples(), 4);
+}
+
+fn max_rel_diff(a: &mm_quant::gptq::Hessian, b: &mm_quant::gptq::Hessian) -> f64 {
+    let scale = b.matrix().iter().fold(0f64, |m, v| m.max(v.abs()));
+    a.matrix()
+        .iter()
+        .zip(b.matrix())
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// Sequential calibration sees, for layer `l`, exactly what a whole-model
+/// pass sees once layers `0..l` (and earlier stages of `l`) hold their
+/// quantized weights: layer by layer equals the model's own forward.
+#[test]
+fn sequential_hessians_follow_the_quantized_layers() {
+    let (_, mut model) = tiny();
+    let toks = tokens(200);
+    let one_pass = collect_hessians(&mut model, &toks, &opts(), &|_, _| {}).unwrap();
+    let mut seq = SequentialCalib::new(&model, &toks, &opts()).unwrap();
+    assert_eq!(seq.windows(), 4);
+    let fmt = MmFormat::parse("int4", 32).unwrap();
+    let device = model.device().clone();
+    let mut quantized = Vec::new();
+    for l in 0..model.num_layers() {
+        assert_eq!(seq.next_layer(), l);
+        for stage in 0..4 {
+            let names: Vec<String> = one_pass
+                .keys()
+                .filter(|n| stage_of(n) == Some((l, stage)))
+                .cloned()
+                .collect();
+            assert!(!names.is_empty(), "layer {l} stage {stage}");
+            let hs = seq
+                .hessians(&mut model, names_filter(names.clone()))
+                .unwrap();
+            assert_eq!(hs.len(), names.len());
+            // The same inputs through the whole model, as it is now.
+            let whole = collect_hessians(
+                &mut model,
+                &toks,
+                &CalibOptions {
+                    filter: Some(names_filter(names.clone())),
+                    ..opts()
+                },
+                &|_, _| {},
+            )
+            .unwrap();
+            for n in &names {
+                let d = max_rel_diff(&hs[n], &whole[n]);
+                assert!(
+                    d < 1e-5,
+                    "{n}: sequential vs whole-model pass differ by {d}"
+                );
+                // Before anything is quantized both equal the one-pass Hessian;
+                // after, the inputs have moved.
+                let moved = max_rel_diff(&hs[n], &one_pass[n]);
+                if quantized.is_empty() {
+                    assert!(moved < 1e-5, "{n}: {moved}");
+                } else if l > 0 {
+                    assert!(moved > 1e-4, "{n}: inputs did not move ({moved})");
+                }
+            }
+            // Quantize this stage (RTN) and put it into the model.
+            for n in &names {
+                let lin = model.linear_mut(n).unwrap();
+                let (rows, cols) = (lin.weight.shape[0], lin.weight.shape[1]);
+                let w = dequantize_ref(&lin.weight).unwrap();
+                let q = quantize_rtn(&w, rows, cols, fmt).unwrap();
+                let wd = WeightData::new_mm(
+                    q.format,
+                    vec![rows, cols],
+                    HostBytes::owned(q.qweight.clone()),
+                    HostBytes::owned(q.scales.clone()),
+                    q.zeros.clone().map(HostBytes::owned),
+                )
+                .unwrap();
+                lin.set_weight(wd, &device).unwrap();
+                quantized.push(n.clone());
+            }
+        }
+        seq.advance(&model).unwrap();
+    }
+    let e = seq.advance(&model).unwrap_err().to_string();
+    assert!(e.contains("past the last layer"), "{e}");
 }

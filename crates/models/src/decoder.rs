@@ -126,20 +126,8 @@ impl DecoderModel {
         let pos0 = cache.len();
         let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
         let mut h = dev.embedding(ids, &self.embed)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let x = layer.attn_norm.forward(&h, dev)?;
-            let a = layer.attn.forward(
-                &x,
-                &positions,
-                &self.rope,
-                &mut cache.k[l],
-                &mut cache.v[l],
-                pos0,
-                dev,
-            )?;
-            h = dev.add(&h, &a)?;
-            let x = layer.ffn_norm.forward(&h, dev)?;
-            h = dev.add(&h, &layer.ffn.forward(&x, dev)?)?;
+        for l in 0..self.layers.len() {
+            h = self.forward_layer(l, &h, &positions, cache)?;
         }
         cache.advance(n);
         if !all_logits && n > 1 {
@@ -149,6 +137,74 @@ impl DecoderModel {
         }
         let x = self.norm.forward(&h, dev)?;
         self.lm_head.forward(&x, dev)
+    }
+
+    /// The embedding rows of `ids`: the residual stream entering layer 0.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        self.device.embedding(ids, &self.embed)
+    }
+
+    /// Runs decoder layer `l` on the residual stream `h[rows, hidden]` of the
+    /// tokens at `positions`, which follow the `cache.len()` positions the
+    /// cache holds, and returns the new residual stream. Writes the layer's
+    /// keys and values into `cache` but does not advance it: after the last
+    /// layer [`forward`](Self::forward) does. Layer-by-layer calibration
+    /// (sequential GPTQ) calls it with a cleared cache.
+    pub fn forward_layer(
+        &self,
+        l: usize,
+        h: &Tensor,
+        positions: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let layer = self.layers.get(l).ok_or_else(|| {
+            Error::Invalid(format!(
+                "layer {l} does not exist (the model has {})",
+                self.layers.len()
+            ))
+        })?;
+        if cache.k.len() != self.layers.len() {
+            return Err(Error::Invalid(format!(
+                "a KV cache of {} layers given to a model of {}",
+                cache.k.len(),
+                self.layers.len()
+            )));
+        }
+        cache.check_room(positions.len())?;
+        let dev = &self.device;
+        let pos0 = cache.len();
+        let x = layer.attn_norm.forward(h, dev)?;
+        let a = layer.attn.forward(
+            &x,
+            positions,
+            &self.rope,
+            &mut cache.k[l],
+            &mut cache.v[l],
+            pos0,
+            dev,
+        )?;
+        let h = dev.add(h, &a)?;
+        let x = layer.ffn_norm.forward(&h, dev)?;
+        dev.add(&h, &layer.ffn.forward(&x, dev)?)
+    }
+
+    /// The linear layer whose weight is `name`
+    /// (`model.layers.3.mlp.down_proj.weight`), for replacing its weight.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                let [q, k, v, o] = l.attn.linears_mut();
+                let [g, u, d] = l.ffn.linears_mut();
+                [q, k, v, o, g, u, d]
+            })
+            .chain(std::iter::once(&mut self.lm_head))
+            .find(|lin| lin.name() == name)
+    }
+
+    /// Decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// Stored sizes of the weights (for reports and bandwidth estimates).

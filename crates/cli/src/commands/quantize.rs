@@ -31,6 +31,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         force: a.force,
         group_fallback: a.group_fallback,
         act_order: a.act_order,
+        rotate: a.rotate,
         progress: std::io::stderr().is_terminal(),
     };
     let s = quantize(&opts).with_context(|| {

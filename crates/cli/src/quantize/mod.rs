@@ -13,6 +13,7 @@
 //!    the temporary directory.
 
 pub mod quantizer;
+pub mod rotate;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -68,6 +69,8 @@ pub struct Options {
     /// GPTQ: quantize columns in order of decreasing Hessian diagonal, with
     /// static groups.
     pub act_order: bool,
+    /// Rotate the model before quantizing (see [`rotate`]).
+    pub rotate: bool,
     pub progress: bool,
 }
 
@@ -124,6 +127,11 @@ pub fn run(o: &Options) -> Result<Summary> {
     check_out(&o.src, &o.out, o.force)?;
 
     let src = open_source(&o.src)?;
+    let src: Box<dyn WeightSource> = if o.rotate {
+        Box::new(rotate::RotatedSource::new(src, rotate::DEFAULT_SEED)?)
+    } else {
+        src
+    };
     let cfg = src.config().clone();
     let default = match (o.recipe, &o.format) {
         (Some(r), _) => r.default_format(),
@@ -173,8 +181,10 @@ pub fn run(o: &Options) -> Result<Summary> {
             let calib = o.calib.as_deref().unwrap_or(Path::new(""));
             let weights = items
                 .iter()
-                .filter(|i| matches!(i.out, Out::Quant(_)))
-                .map(|i| (i.name.clone(), *i.shape.last().unwrap_or(&0)))
+                .filter_map(|i| match i.out {
+                    Out::Quant(f) => Some((i.name.clone(), f)),
+                    Out::Dense(_) => None,
+                })
                 .collect();
             let opts = mm_quant::gptq::GptqOptions {
                 act_order: o.act_order,
@@ -439,6 +449,12 @@ fn quant_config(items: &[Item], default: MmFormat, o: &Options, keep: &[Rule]) -
             "keep".into(),
             json!(keep.iter().map(|r| r.source.clone()).collect::<Vec<_>>()),
         );
+        if o.rotate {
+            m.insert(
+                "rotation".into(),
+                json!({"kind": "residual+values", "seed": rotate::DEFAULT_SEED}),
+            );
+        }
         m.insert(
             "quantized_by".into(),
             json!(format!("metal-marlin {}", env!("CARGO_PKG_VERSION"))),
@@ -674,6 +690,9 @@ fn write_side_files(src_path: &Path, src: &dyn WeightSource, dir: &Path) -> Resu
                 std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
             ));
         }
+        if !src.config().tie_word_embeddings {
+            untie_config(&dir.join("config.json"))?;
+        }
         let mut has_tok = false;
         for f in HF_SIDE_FILES {
             has_tok |= copy(f)? && *f == "tokenizer.json";
@@ -684,6 +703,21 @@ fn write_side_files(src_path: &Path, src: &dyn WeightSource, dir: &Path) -> Resu
                 src_path.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// Sets `tie_word_embeddings` to false in a copied config.json where it is
+/// true (a rotated model has its own LM head).
+fn untie_config(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let tied = v.get("tie_word_embeddings").and_then(Value::as_bool);
+    if let (Some(true), Some(m)) = (tied, v.as_object_mut()) {
+        m.insert("tie_word_embeddings".into(), json!(false));
+        let text = serde_json::to_string_pretty(&v).map_err(json_err)?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
     }
     Ok(())
 }

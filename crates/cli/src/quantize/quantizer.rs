@@ -2,37 +2,36 @@
 //! Hessians collected from calibration text (`mm_quant::gptq`,
 //! `mm_engine::calib`, docs/GPTQ.md).
 //!
-//! RTN gets blocks of rows (rows are independent). GPTQ gets whole weights:
-//! its rows are independent too, but each call factors the weight's
-//! Hessian, which should happen once per weight.
+//! RTN gets blocks of rows (rows are independent). GPTQ gets whole weights.
 //!
 //! GPTQ applies to the quantized linear weights of the decoder layers
 //! (`model.layers.*`), whose inputs calibration observes; the embedding (a
 //! lookup, not a product) and the LM head (which calibration sees at one
-//! position per window) are quantized with RTN. Hessians are `in × in` f64
-//! matrices: they are collected for as many layers at a time as fit in
-//! [`HESSIAN_BUDGET`], one pass of the calibration windows per batch, in the
-//! order the pipeline writes the weights, and dropped once used.
+//! position per window) are quantized with RTN. GPTQ weights are quantized
+//! in the reference's sequential schedule ([`SequentialCalib`]): layer by
+//! layer and stage by stage, each stage's Hessians collected with every
+//! earlier weight already replaced by its quantized form, so later layers
+//! are fitted to the error of earlier ones. The pipeline writes tensors in
+//! name order (`layers.10` before `layers.2`), so asking for a weight
+//! quantizes every layer up to its own and keeps the results until they
+//! are written (at most the quantized size of the model).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use mm_backend_cpu::CpuBackend;
 use mm_core::weight::MmFormat;
-use mm_core::{Device, Error, Result};
+use mm_core::{Device, Error, HostBytes, Result, WeightData};
 use mm_engine::calib::{
-    calibration_tokens, calibration_windows, collect_hessians, is_decoder_layer_weight,
-    CalibOptions, DEFAULT_MAX_WINDOWS, DEFAULT_MIN_TOKENS, DEFAULT_WINDOW,
+    calibration_tokens, calibration_windows, names_filter, stage_of, CalibOptions, SequentialCalib,
+    DEFAULT_MAX_WINDOWS, DEFAULT_MIN_TOKENS, DEFAULT_WINDOW,
 };
 use mm_formats::WeightSource;
 use mm_models::DecoderModel;
-use mm_quant::gptq::{gptq_quantize, GptqOptions, Hessian};
+use mm_quant::gptq::{gptq_quantize, GptqOptions};
 use mm_quant::mm::{quantize_rtn, QuantizedTensor};
-
-/// Bytes of Hessians held at once (f64 `in × in` per weight).
-pub const HESSIAN_BUDGET: usize = 4 << 30;
 
 /// How codes are chosen.
 pub enum Quantizer {
@@ -40,16 +39,16 @@ pub enum Quantizer {
     Gptq(Box<Gptq>),
 }
 
-/// GPTQ state: the unquantized model, the calibration tokens, and the
-/// Hessians of the current batch of weights.
+/// GPTQ state: the model (its layers up to the calibration point already
+/// quantized), the calibration streams, and results not yet written.
 pub struct Gptq {
     model: RefCell<DecoderModel>,
-    tokens: Vec<u32>,
-    calib: CalibOptions,
+    seq: RefCell<SequentialCalib>,
     opts: GptqOptions,
-    /// Weights quantized with GPTQ, in pipeline order, with their input width.
-    weights: Vec<(String, usize)>,
-    hessians: RefCell<HashMap<String, Hessian>>,
+    /// Weights quantized with GPTQ and their formats.
+    weights: Vec<(String, MmFormat)>,
+    /// Quantized weights waiting for the pipeline to ask for them.
+    done: RefCell<HashMap<String, QuantizedTensor>>,
 }
 
 impl Quantizer {
@@ -61,9 +60,8 @@ impl Quantizer {
         }
     }
 
-    /// Gets ready to quantize `name`: collects the Hessians of the next
-    /// batch of weights when `name`'s is not at hand. `status` reports what
-    /// is being done.
+    /// Gets ready to quantize `name`: for a GPTQ weight, quantizes every
+    /// layer up to its own unless that is done. `status` reports progress.
     pub fn prepare(&self, name: &str, status: &dyn Fn(String)) -> Result<()> {
         match self {
             Quantizer::Rtn => Ok(()),
@@ -84,33 +82,31 @@ impl Quantizer {
         match self {
             Quantizer::Gptq(g) if g.applies(name) => {
                 g.prepare(name, &|_| {})?;
-                let hs = g.hessians.borrow();
-                let h = hs.get(name).ok_or_else(|| {
-                    Error::Other(format!(
-                        "GPTQ: calibration collected no Hessian for '{name}' (the model never used it)"
-                    ))
-                })?;
-                if h.cols() != cols {
+                let q =
+                    g.done.borrow_mut().remove(name).ok_or_else(|| {
+                        Error::Other(format!("GPTQ: '{name}' was asked for twice"))
+                    })?;
+                if (q.rows, q.cols, q.format) != (rows, cols, fmt) {
                     return Err(Error::Other(format!(
-                        "GPTQ: the Hessian of '{name}' is {n}x{n}, the weight has {cols} columns",
-                        n = h.cols()
+                        "GPTQ: '{name}' was quantized as {}x{} {:?}, the pipeline wants {rows}x{cols} {fmt:?}",
+                        q.rows, q.cols, q.format
                     )));
                 }
-                gptq_quantize(values, rows, cols, h, fmt, &g.opts)
+                Ok(q)
             }
             _ => quantize_rtn(values, rows, cols, fmt),
         }
     }
 
     /// GPTQ over the calibration text in `calib` for the quantized weights
-    /// `weights` (name, input width; pipeline order): tokenizes the text with
-    /// the model's tokenizer, checks there is enough of it, and loads the
-    /// unquantized model (dense f32 on the CPU) to run it on.
+    /// `weights` (name, format): tokenizes the text with the model's
+    /// tokenizer, checks there is enough of it, loads the model as stored
+    /// (on the CPU) and embeds the calibration windows.
     pub fn gptq(
         src_path: &Path,
         src: &dyn WeightSource,
         calib: &Path,
-        weights: Vec<(String, usize)>,
+        weights: Vec<(String, MmFormat)>,
         opts: GptqOptions,
     ) -> Result<Self> {
         let text = std::fs::read_to_string(calib).map_err(|e| Error::io(calib, e))?;
@@ -149,20 +145,21 @@ impl Quantizer {
                 cfg.vocab_size
             )));
         }
-        let weights: Vec<(String, usize)> = weights
+        let weights: Vec<(String, MmFormat)> = weights
             .into_iter()
-            .filter(|(n, _)| is_decoder_layer_weight(n))
+            .filter(|(n, _)| stage_of(n).is_some())
             .collect();
         let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
         let model = mm_models::load_model(src, &Device::new(cpu.clone(), cpu), &|_, _| {})
             .map_err(|e| Error::Other(format!("loading the model for GPTQ calibration: {e}")))?;
+        let seq = SequentialCalib::new(&model, &tokens, &calib_opts)
+            .map_err(|e| Error::Other(format!("GPTQ calibration: {e}")))?;
         Ok(Quantizer::Gptq(Box::new(Gptq {
             model: RefCell::new(model),
-            tokens,
-            calib: calib_opts,
+            seq: RefCell::new(seq),
             opts,
             weights,
-            hessians: RefCell::new(HashMap::new()),
+            done: RefCell::new(HashMap::new()),
         })))
     }
 }
@@ -172,47 +169,82 @@ impl Gptq {
         self.weights.iter().any(|(n, _)| n == name)
     }
 
-    /// Collects the Hessians of `name` and the weights after it, as many
-    /// as [`HESSIAN_BUDGET`] allows, unless `name`'s is already held.
+    /// Quantizes layers until `name`'s is done (see the module docs).
     fn prepare(&self, name: &str, status: &dyn Fn(String)) -> Result<()> {
-        if self.hessians.borrow().contains_key(name) {
+        if self.done.borrow().contains_key(name) {
             return Ok(());
         }
-        let start = self
-            .weights
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| Error::Other(format!("GPTQ: '{name}' is not a calibrated weight")))?;
-        let mut batch = HashSet::new();
-        let mut bytes = 0usize;
-        for (n, cols) in &self.weights[start..] {
-            let b = cols.saturating_mul(*cols).saturating_mul(8);
-            if !batch.is_empty() && bytes.saturating_add(b) > HESSIAN_BUDGET {
-                break;
-            }
-            bytes = bytes.saturating_add(b);
-            batch.insert(n.clone());
+        let (layer, _) = stage_of(name)
+            .ok_or_else(|| Error::Other(format!("GPTQ: '{name}' is not a decoder-layer weight")))?;
+        if layer < self.seq.borrow().next_layer() {
+            return Err(Error::Other(format!(
+                "GPTQ: '{name}' was asked for twice (layer {layer} is done)"
+            )));
         }
-        status(format!(
-            "calibrating {} weight(s) from {name} ({:.0} MB of Hessians)",
-            batch.len(),
-            bytes as f64 / 1e6
-        ));
-        self.hessians.borrow_mut().clear();
-        let batch = Arc::new(batch);
-        let filter = batch.clone();
-        let opts = CalibOptions {
-            filter: Some(Arc::new(move |n: &str| filter.contains(n))),
-            ..self.calib.clone()
-        };
-        let hs = collect_hessians(
-            &mut self.model.borrow_mut(),
-            &self.tokens,
-            &opts,
-            &|_, _| {},
-        )
-        .map_err(|e| Error::Other(format!("GPTQ calibration: {e}")))?;
-        *self.hessians.borrow_mut() = hs;
+        while self.seq.borrow().next_layer() <= layer {
+            self.quantize_layer(status)
+                .map_err(|e| Error::Other(format!("GPTQ calibration: {e}")))?;
+        }
         Ok(())
     }
+
+    /// GPTQ for every stage of the next layer, then moves the calibration
+    /// streams through the quantized layer.
+    fn quantize_layer(&self, status: &dyn Fn(String)) -> Result<()> {
+        let mut model = self.model.borrow_mut();
+        let mut seq = self.seq.borrow_mut();
+        let l = seq.next_layer();
+        let n_layers = model.num_layers();
+        let device = model.device().clone();
+        for stage in 0..4 {
+            let names: Vec<(String, MmFormat)> = self
+                .weights
+                .iter()
+                .filter(|(n, _)| stage_of(n) == Some((l, stage)))
+                .cloned()
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            status(format!(
+                "GPTQ layer {}/{n_layers}, stage {}/4 ({} windows)",
+                l + 1,
+                stage + 1,
+                seq.windows()
+            ));
+            let filter = names_filter(names.iter().map(|(n, _)| n.clone()).collect());
+            let hs = seq.hessians(&mut model, filter)?;
+            for (name, fmt) in names {
+                let h = hs.get(&name).ok_or_else(|| {
+                    Error::Other(format!("no Hessian for '{name}' (the model never used it)"))
+                })?;
+                let lin = model
+                    .linear_mut(&name)
+                    .ok_or_else(|| Error::Other(format!("the model has no weight '{name}'")))?;
+                let (rows, cols) = (lin.weight.shape[0], lin.weight.shape[1]);
+                if h.cols() != cols {
+                    return Err(Error::Other(format!(
+                        "the Hessian of '{name}' is {n}x{n}, the weight has {cols} columns",
+                        n = h.cols()
+                    )));
+                }
+                let values = mm_quant::dequantize_rows_ref(&lin.weight, 0..rows)?;
+                let q = gptq_quantize(&values, rows, cols, h, fmt, &self.opts)?;
+                lin.set_weight(weight_data(&q)?, &device)?;
+                self.done.borrow_mut().insert(name, q);
+            }
+        }
+        seq.advance(&model)
+    }
+}
+
+/// The quantized weight as the model loads it, for running the layers after it.
+fn weight_data(q: &QuantizedTensor) -> Result<WeightData> {
+    WeightData::new_mm(
+        q.format,
+        vec![q.rows, q.cols],
+        HostBytes::owned(q.qweight.clone()),
+        HostBytes::owned(q.scales.clone()),
+        q.zeros.clone().map(HostBytes::owned),
+    )
 }

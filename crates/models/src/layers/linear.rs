@@ -81,6 +81,16 @@ impl Linear {
         self.observer = observer;
     }
 
+    /// Replaces the weight by one of the same shape in any format (prepared
+    /// for `device` here, as at load).
+    pub fn set_weight(&mut self, weight: WeightData, device: &Device) -> Result<()> {
+        let (out, inp) = (self.weight.shape[0], self.weight.shape[1]);
+        Self::check(&self.name, &weight, out, inp)?;
+        device.prepare(&weight)?;
+        self.weight = weight;
+        Ok(())
+    }
+
     fn check(name: &str, w: &WeightData, out: usize, inp: usize) -> Result<()> {
         if w.shape != [out, inp] {
             return Err(Error::Shape {

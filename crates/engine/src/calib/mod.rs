@@ -1,9 +1,17 @@
 //! Calibration for GPTQ: run a model on windows of calibration text and
 //! collect, for each linear weight, the Hessian `2·XᵀX/n` of its inputs.
 //!
-//! All Hessians come from one pass of the unquantized model (AutoGPTQ's
-//! `true_sequential=False` without layer-by-layer requantized inputs): the
-//! simple variant. Capture goes through the model's linear observer
+//! Two schedules:
+//! * [`collect_hessians`]: one pass of the model as it is, every Hessian
+//!   from the unquantized model (AutoGPTQ's `true_sequential=False` without
+//!   requantized inputs). Simple, and enough at 4 bits and above.
+//! * [`SequentialCalib`]: layer by layer, as GPTQ's reference does: the
+//!   inputs of layer `l` come out of layers `0..l` *after* they were
+//!   quantized, and inside a layer stage by stage (q/k/v, o, gate/up, down;
+//!   `true_sequential`), so every weight is fitted to the inputs it will
+//!   see. `metal-marlin quantize --method gptq` uses it.
+//!
+//! Capture goes through the model's linear observer
 //! ([`DecoderModel::set_linear_observer`]); the model's outputs are
 //! unchanged and the observer is removed afterwards.
 //!
@@ -27,6 +35,9 @@ use mm_models::{DecoderModel, LinearObserver};
 use mm_quant::gptq::{Gram, Hessian};
 
 use crate::tokenizer::Tokenizer;
+
+mod sequential;
+pub use sequential::{names_filter, stage_of, SequentialCalib};
 
 /// Tokens per calibration window.
 pub const DEFAULT_WINDOW: usize = 512;
@@ -156,6 +167,25 @@ pub fn collect_hessians(
         .filter
         .clone()
         .unwrap_or_else(|| Arc::new(is_decoder_layer_weight));
+    let (observer, state) = hessian_observer(filter);
+    model.set_linear_observer(Some(observer));
+    let run = (|| {
+        for (k, w) in windows.iter().enumerate() {
+            progress(k, windows.len());
+            let mut cache = model.new_cache(w.len())?;
+            model.forward(w, &mut cache, false)?;
+        }
+        progress(windows.len(), windows.len());
+        Ok(())
+    })();
+    model.set_linear_observer(None);
+    run?;
+    take_hessians(&state)
+}
+
+/// An observer that accumulates the Hessians of the inputs of the linear
+/// weights `filter` selects, and the state it fills.
+fn hessian_observer(filter: NameFilter) -> (LinearObserver, Arc<Mutex<State>>) {
     let state = Arc::new(Mutex::new(State {
         hessians: HashMap::new(),
         last: None,
@@ -187,18 +217,11 @@ pub fn collect_hessians(
             .add_gram(&gram)
             .map_err(|e| Error::Invalid(format!("{name}: {e}")))
     });
-    model.set_linear_observer(Some(observer));
-    let run = (|| {
-        for (k, w) in windows.iter().enumerate() {
-            progress(k, windows.len());
-            let mut cache = model.new_cache(w.len())?;
-            model.forward(w, &mut cache, false)?;
-        }
-        progress(windows.len(), windows.len());
-        Ok(())
-    })();
-    model.set_linear_observer(None);
-    run?;
+    (observer, state)
+}
+
+/// The Hessians an observer collected; an error when it captured none.
+fn take_hessians(state: &Mutex<State>) -> Result<HashMap<String, Hessian>> {
     let hessians = std::mem::take(
         &mut state
             .lock()
