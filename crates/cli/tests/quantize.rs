@@ -943,6 +943,90 @@ fn gptq_needs_calibration() {
     assert_nothing_written(&out);
 }
 
+/// `--method gptq` end to end on the real SmolLM2: layers 0 and 1 in
+/// int3-asym (the rest kept F16, so sequential calibration stops after layer
+/// 1), calibrated on this repository's docs. The GPTQ model's logits on the
+/// fixture prompt are closer to the source's than the RTN model's, and its
+/// codes differ from RTN's. Measured: KL 0.204 (GPTQ) vs 0.423 (RTN), top-1
+/// 29/37 vs 26/37; the bound asks for 0.8×.
+#[test]
+fn gptq_pipeline_beats_rtn_on_smollm2() {
+    let Some(gguf) = mm_engine::resolve::smollm2_for_tests() else {
+        return;
+    };
+    let t = Tmp::new("gptq-smol");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let text: String = [
+        "QUALITY.md",
+        "GPTQ.md",
+        "QUANTIZE.md",
+        "FORMAT.md",
+        "BENCHMARKS.md",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(docs.join(f)).unwrap())
+    .collect();
+    let calib = t.join("calib.txt");
+    std::fs::write(&calib, text).unwrap();
+    let quantize = |tag: &str, extra: &[&str]| -> PathBuf {
+        let out = t.join(tag);
+        let mut a = vec![
+            "quantize",
+            gguf.to_str().unwrap(),
+            "--format",
+            "int3-asym",
+            "--group-size",
+            "64",
+            "--keep",
+            r"^model\.layers\.([2-9]|[12][0-9])\..*=f16",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        ok(&a);
+        out
+    };
+    let rtn = quantize("rtn", &[]);
+    let gptq = quantize(
+        "gptq",
+        &[
+            "--method",
+            "gptq",
+            "--act-order",
+            "--calib",
+            calib.to_str().unwrap(),
+        ],
+    );
+    let reference = read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
+    );
+    let ids: Vec<u32> = reference["logits"][1]["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let (want, vocab) = logits(&gguf, &ids);
+    let c_rtn = closeness(&want, &logits(&rtn, &ids).0, vocab);
+    let c_gptq = closeness(&want, &logits(&gptq, &ids).0, vocab);
+    eprintln!("2 layers int3-asym/g64: RTN {c_rtn:?}, GPTQ {c_gptq:?}");
+    assert!(
+        c_gptq.kl < 0.8 * c_rtn.kl,
+        "GPTQ {c_gptq:?} vs RTN {c_rtn:?}"
+    );
+    let stored = |dir: &Path| {
+        mm_formats::SafetensorsSet::open_dir(dir)
+            .unwrap()
+            .raw("model.layers.1.mlp.down_proj.qweight")
+            .unwrap()
+            .2
+            .to_vec()
+    };
+    assert_ne!(stored(&rtn), stored(&gptq));
+    let qc = read_json(&gptq.join("quantization_config.json"));
+    assert_eq!(qc["method"], "gptq", "{qc}");
+}
+
 /// The real SmolLM2 GGUF (Q4_1), when present: GGUF → HF names, config and
 /// tokenizer; the int8 model's logits against the GGUF model's.
 #[test]

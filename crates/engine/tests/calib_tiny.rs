@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use mm_backend_cpu::CpuBackend;
-use mm_core::{Device, HostBytes, Tensor, WeightData};
+use mm_core::{Device, Tensor};
 use mm_engine::calib::{
     calibration_windows, collect_hessians, names_filter, stage_of, CalibOptions, SequentialCalib,
 };
@@ -258,14 +258,7 @@ fn sequential_hessians_follow_the_quantized_layers() {
                 let (rows, cols) = (lin.weight.shape[0], lin.weight.shape[1]);
                 let w = dequantize_ref(&lin.weight).unwrap();
                 let q = quantize_rtn(&w, rows, cols, fmt).unwrap();
-                let wd = WeightData::new_mm(
-                    q.format,
-                    vec![rows, cols],
-                    HostBytes::owned(q.qweight.clone()),
-                    HostBytes::owned(q.scales.clone()),
-                    q.zeros.clone().map(HostBytes::owned),
-                )
-                .unwrap();
+                let wd = q.into_weight_data().unwrap();
                 lin.set_weight(wd, &device).unwrap();
                 quantized.push(n.clone());
             }

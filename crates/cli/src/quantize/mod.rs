@@ -26,7 +26,10 @@ use mm_core::weight::MmFormat;
 use mm_core::{Error, Result, WeightData, WeightFormat};
 use mm_formats::writer::Dtype;
 use mm_formats::{mm_format_label, open_source, SafetensorsPlan, TensorSpec, WeightSource};
-use mm_quant::mm::{mm_part_names, mm_part_shapes, scale_dtype, QuantMethod, QuantizationConfig};
+use mm_quant::mm::{
+    mm_part_names, mm_part_shapes, quantize_rtn, scale_dtype, QuantMethod, QuantizationConfig,
+    QuantizedTensor,
+};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -568,6 +571,30 @@ fn write_item(
     out: &mut mm_formats::SafetensorsWriter,
     bar: &ProgressBar,
 ) -> Result<()> {
+    let cols = (*it.shape.last().unwrap_or(&1)).max(1);
+    let rows = numel(&it.shape) / cols;
+    let in_tensor = |e: Error| match e {
+        Error::Invalid(m) | Error::Other(m) if !m.contains(&it.name) => {
+            Error::Invalid(format!("tensor '{}': {m}", it.name))
+        }
+        e => e,
+    };
+    let put = |out: &mut mm_formats::SafetensorsWriter, t: &QuantizedTensor| -> Result<()> {
+        let [qw, sc, ze] = mm_part_names(&it.name);
+        out.write(&qw, &t.qweight)?;
+        out.write(&sc, &t.scales)?;
+        if let Some(z) = &t.zeros {
+            out.write(&ze, z)?;
+        }
+        Ok(())
+    };
+    if let Out::Quant(f) = it.out {
+        if let Some(t) = q.take(&it.name, rows, cols, f).map_err(in_tensor)? {
+            put(out, &t)?;
+            bar.inc(numel(&it.shape) as u64);
+            return Ok(());
+        }
+    }
     let w = src.tensor(&it.name)?;
     if w.shape != it.shape || w.format != it.src_format {
         return Err(Error::Other(format!(
@@ -575,19 +602,7 @@ fn write_item(
             it.name
         )));
     }
-    let cols = (*it.shape.last().unwrap_or(&1)).max(1);
-    let rows = numel(&it.shape) / cols;
-    let block = if q.whole_tensor(&it.name) {
-        rows.max(1)
-    } else {
-        (BLOCK_ELEMS / cols).max(1)
-    };
-    let in_tensor = |e: Error| match e {
-        Error::Invalid(m) | Error::Other(m) if !m.contains(&it.name) => {
-            Error::Invalid(format!("tensor '{}': {m}", it.name))
-        }
-        e => e,
-    };
+    let block = (BLOCK_ELEMS / cols).max(1);
     match it.out {
         Out::Dense(d) if same_dtype(w.format, d) => {
             let bytes: &[u8] = &w.bytes;
@@ -607,19 +622,12 @@ fn write_item(
             }
         }
         Out::Quant(f) => {
-            let [qw, sc, ze] = mm_part_names(&it.name);
             let mut r0 = 0;
             while r0 < rows {
                 let r1 = (r0 + block).min(rows);
                 let v = rows_f32(&w, r0, r1, cols).map_err(in_tensor)?;
-                let t = q
-                    .quantize(&it.name, &v, r1 - r0, cols, f)
-                    .map_err(in_tensor)?;
-                out.write(&qw, &t.qweight)?;
-                out.write(&sc, &t.scales)?;
-                if let Some(z) = &t.zeros {
-                    out.write(&ze, z)?;
-                }
+                let t = quantize_rtn(&v, r1 - r0, cols, f).map_err(in_tensor)?;
+                put(out, &t)?;
                 bar.inc(((r1 - r0) * cols) as u64);
                 r0 = r1;
             }

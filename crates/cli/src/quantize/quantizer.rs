@@ -2,7 +2,9 @@
 //! Hessians collected from calibration text (`mm_quant::gptq`,
 //! `mm_engine::calib`, docs/GPTQ.md).
 //!
-//! RTN gets blocks of rows (rows are independent). GPTQ gets whole weights.
+//! RTN weights are quantized by the pipeline a block of rows at a time
+//! (rows are independent); GPTQ weights are made here, from the model, and
+//! handed over whole ([`Quantizer::take`]).
 //!
 //! GPTQ applies to the quantized linear weights of the decoder layers
 //! (`model.layers.*`), whose inputs calibration observes; the embedding (a
@@ -23,7 +25,7 @@ use std::sync::Arc;
 
 use mm_backend_cpu::CpuBackend;
 use mm_core::weight::MmFormat;
-use mm_core::{Device, Error, HostBytes, Result, WeightData};
+use mm_core::{Device, Error, Result};
 use mm_engine::calib::{
     calibration_tokens, calibration_windows, names_filter, stage_of, CalibOptions, SequentialCalib,
     DEFAULT_MAX_WINDOWS, DEFAULT_MIN_TOKENS, DEFAULT_WINDOW,
@@ -31,7 +33,7 @@ use mm_engine::calib::{
 use mm_formats::WeightSource;
 use mm_models::DecoderModel;
 use mm_quant::gptq::{gptq_quantize, GptqOptions};
-use mm_quant::mm::{quantize_rtn, QuantizedTensor};
+use mm_quant::mm::QuantizedTensor;
 
 /// How codes are chosen.
 pub enum Quantizer {
@@ -52,50 +54,44 @@ pub struct Gptq {
 }
 
 impl Quantizer {
-    /// Whether `name` must be handed over whole (see the module docs).
-    pub fn whole_tensor(&self, name: &str) -> bool {
-        match self {
-            Quantizer::Rtn => false,
-            Quantizer::Gptq(g) => g.applies(name),
-        }
-    }
-
     /// Gets ready to quantize `name`: for a GPTQ weight, quantizes every
     /// layer up to its own unless that is done. `status` reports progress.
     pub fn prepare(&self, name: &str, status: &dyn Fn(String)) -> Result<()> {
         match self {
-            Quantizer::Rtn => Ok(()),
             Quantizer::Gptq(g) if g.applies(name) => g.prepare(name, status),
-            Quantizer::Gptq(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
-    /// Quantizes `rows` rows of weight `name` (all of them for GPTQ weights).
-    pub fn quantize(
+    /// The quantized weight `name` (`rows × cols` in `fmt`) when this
+    /// quantizer made it from the model itself (GPTQ); `None` when the
+    /// pipeline is to quantize the source's values with RTN.
+    pub fn take(
         &self,
         name: &str,
-        values: &[f32],
         rows: usize,
         cols: usize,
         fmt: MmFormat,
-    ) -> Result<QuantizedTensor> {
-        match self {
-            Quantizer::Gptq(g) if g.applies(name) => {
-                g.prepare(name, &|_| {})?;
-                let q =
-                    g.done.borrow_mut().remove(name).ok_or_else(|| {
-                        Error::Other(format!("GPTQ: '{name}' was asked for twice"))
-                    })?;
-                if (q.rows, q.cols, q.format) != (rows, cols, fmt) {
-                    return Err(Error::Other(format!(
-                        "GPTQ: '{name}' was quantized as {}x{} {:?}, the pipeline wants {rows}x{cols} {fmt:?}",
-                        q.rows, q.cols, q.format
-                    )));
-                }
-                Ok(q)
-            }
-            _ => quantize_rtn(values, rows, cols, fmt),
+    ) -> Result<Option<QuantizedTensor>> {
+        let Quantizer::Gptq(g) = self else {
+            return Ok(None);
+        };
+        if !g.applies(name) {
+            return Ok(None);
         }
+        g.prepare(name, &|_| {})?;
+        let q = g
+            .done
+            .borrow_mut()
+            .remove(name)
+            .ok_or_else(|| Error::Other(format!("GPTQ: '{name}' was asked for twice")))?;
+        if (q.rows, q.cols, q.format) != (rows, cols, fmt) {
+            return Err(Error::Other(format!(
+                "GPTQ: '{name}' was quantized as {}x{} {:?}, the pipeline wants {rows}x{cols} {fmt:?}",
+                q.rows, q.cols, q.format
+            )));
+        }
+        Ok(Some(q))
     }
 
     /// GPTQ over the calibration text in `calib` for the quantized weights
@@ -230,21 +226,10 @@ impl Gptq {
                 }
                 let values = mm_quant::dequantize_rows_ref(&lin.weight, 0..rows)?;
                 let q = gptq_quantize(&values, rows, cols, h, fmt, &self.opts)?;
-                lin.set_weight(weight_data(&q)?, &device)?;
+                lin.set_weight(q.clone().into_weight_data()?, &device)?;
                 self.done.borrow_mut().insert(name, q);
             }
         }
         seq.advance(&model)
     }
-}
-
-/// The quantized weight as the model loads it, for running the layers after it.
-fn weight_data(q: &QuantizedTensor) -> Result<WeightData> {
-    WeightData::new_mm(
-        q.format,
-        vec![q.rows, q.cols],
-        HostBytes::owned(q.qweight.clone()),
-        HostBytes::owned(q.scales.clone()),
-        q.zeros.clone().map(HostBytes::owned),
-    )
 }

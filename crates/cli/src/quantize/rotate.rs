@@ -57,7 +57,9 @@ pub struct RotatedSource {
 }
 
 impl RotatedSource {
-    /// Wraps `inner`; errors for architectures the rotation does not cover.
+    /// Wraps `inner`. A tensor the rotation does not know (not a dense
+    /// Llama-style decoder's) is an error when it is read, i.e. when the
+    /// pipeline plans, before anything is written.
     pub fn new(inner: Box<dyn WeightSource>, seed: u64) -> Result<Self> {
         let mut config = inner.config().clone();
         let (d, hd) = (config.hidden_size, config.head_dim);
@@ -222,9 +224,11 @@ impl RotatedSource {
             | "self_attn.k_proj.bias"
             | "self_attn.q_norm.weight"
             | "self_attn.k_norm.weight" => w,
-            _ => return Err(Error::Invalid(format!(
+            _ => {
+                return Err(Error::Invalid(format!(
                 "--rotate does not know how to rotate '{name}' (dense Llama-style decoders only)"
-            ))),
+            )))
+            }
         };
         Ok((out, shape))
     }
