@@ -11,6 +11,7 @@ use mm_core::{HostBytes, WeightData, WeightFormat as F};
 use proptest::prelude::*;
 
 use super::super::testing::{random_blocks, random_f32};
+use super::super::tests::{assert_close, reference};
 use super::super::{matmul_q_with, Isa, QAct};
 use super::*;
 
@@ -23,13 +24,6 @@ fn weight(format: F, m: usize, k: usize, seed: u64) -> WeightData {
         HostBytes::owned(random_blocks(format, m, k, seed)),
     )
     .unwrap()
-}
-
-fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0.0f32, |s, v| s.max(v.abs())).max(1e-6);
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |e, (x, y)| e.max((x - y).abs() / scale))
 }
 
 fn check(format: F, n: usize, kb: usize, m: usize, seed: u64) {
@@ -66,12 +60,12 @@ fn il_formats() -> Vec<MmFormat> {
 fn compare(w: &WeightData, p: &IlPrepared, plain: &[f32], x: &[f32], n: usize) {
     let (format, k, m) = (w.format, p.cols, p.rows);
     let twin = matmul_il_with(Isa::Scalar, p, x, n).unwrap();
-    let e = max_rel(&twin, plain);
-    assert!(
-        e < 1e-5,
-        "{} il ref vs plain: {e:.2e} (n={n} k={k} m={m})",
-        format.name()
-    );
+    let wd = mm_quant::dequantize_ref(w).unwrap();
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let mag = reference(&wd, &x64, n, k, m).1;
+    let plain64: Vec<f64> = plain.iter().map(|&v| v as f64).collect();
+    let what = format!("{} il ref vs plain n={n} k={k} m={m}", format.name());
+    assert_close(&what, &twin, &plain64, &mag, 1e-5);
     for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
         let simd = matmul_il_with(isa, p, x, n).unwrap();
         assert_eq!(
