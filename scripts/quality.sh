@@ -12,7 +12,10 @@
 #   JOBS (parallel jobs, default 1), THREADS (threads per job, default all
 #   cores), FORMATS, METHODS (default "rtn gptq-act"; `gptq` is GPTQ
 #   without --act-order), TEXT (evaluation text, default GPL-3), MAX_CHUNKS (evaluate
-#   only the first N windows), LIC (the license-text folder).
+#   only the first N windows), LIC (the license-text folder), GROUP (group
+#   size, default 128, with --group-fallback), QARGS (more quantize
+#   arguments, e.g. "--rotate" or "--scale-search minmax"), TAG (appended to
+#   the result names, to keep variants apart).
 #
 # The reference is the source with every tensor widened to f32
 # (`quantize --keep '.*=f32'`): its values are exactly the source's. GPTQ
@@ -31,6 +34,9 @@ THREADS=${THREADS:-$(nproc)}
 FORMATS=${FORMATS:-"int8 int8-asym int4 int4-asym int3 int3-asym int2 int2-asym nf4 fp8-e4m3 fp8-e5m2 fp4 mxfp4"}
 METHODS=${METHODS:-"rtn gptq-act"}
 MAX_CHUNKS=${MAX_CHUNKS:-}
+GROUP=${GROUP:-128}
+QARGS=${QARGS:-}
+TAG=${TAG:-}
 
 mkdir -p "$WORK"
 cat "$LIC/Apache-2.0" "$LIC/MPL-2.0" "$LIC/GFDL-1.3" "$LIC/Artistic" >"$WORK/calib.txt"
@@ -39,11 +45,13 @@ if [ ! -f "$WORK/ref/config.json" ]; then
     "$BIN" quantize "$MODEL" --keep '.*=f32' -o "$WORK/ref" --threads "$THREADS" >"$WORK/ref.log" 2>&1
 fi
 
-export BIN MODEL WORK TEXT THREADS MAX_CHUNKS
+export BIN MODEL WORK TEXT THREADS MAX_CHUNKS GROUP QARGS TAG
 job() {
-    local fmt=$1 method=$2 out="$WORK/$1-$2"
+    local fmt=$1 method=$2 out="$WORK/$1-$2$TAG"
     local q=(quantize "$MODEL" --format "$fmt" -o "$out" --force --threads "$THREADS")
-    [ "$fmt" = mxfp4 ] || q+=(--group-size 128 --group-fallback)
+    [ "$fmt" = mxfp4 ] || q+=(--group-size "$GROUP" --group-fallback)
+    # shellcheck disable=SC2206 # QARGS is a list of words
+    q+=($QARGS)
     case $method in
         rtn) q+=(--method rtn) ;;
         gptq) q+=(--method gptq --calib "$WORK/calib.txt") ;;
@@ -73,16 +81,16 @@ export -f job
 for f in $FORMATS; do for m in $METHODS; do echo "$f $m"; done; done |
     xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
 
-python3 - "$WORK" "$METHODS" $FORMATS <<'EOF'
+python3 - "$WORK" "$METHODS" "$TAG" $FORMATS <<'EOF'
 import json, sys, os
-work, methods, fmts = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+work, methods, tag, fmts = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4:]
 head = [f"{m.upper()} {c}" for m in methods for c in ("PPL", "KLD", "top-1")]
 print("| format | " + " | ".join(head) + " | size (MB) |")
 print("|---|" + "---:|" * (len(head) + 1))
 for f in fmts:
     row, size = [], ""
     for m in methods:
-        p = os.path.join(work, f"{f}-{m}.json")
+        p = os.path.join(work, f"{f}-{m}{tag}.json")
         try:
             j = json.load(open(p))
             e = j["eval"]

@@ -209,6 +209,14 @@ pub enum MethodArg {
     Gptq,
 }
 
+/// `quantize --scale-search`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScaleSearchArg {
+    Auto,
+    Minmax,
+    Mse,
+}
+
 #[derive(Args)]
 pub struct QuantizeArgs {
     /// Source model: HF directory or .gguf file (or give it with -m).
@@ -247,6 +255,12 @@ pub struct QuantizeArgs {
     /// (with groups fixed up front, as the layout has no g_idx).
     #[arg(long)]
     pub act_order: bool,
+    /// How each group's scale (and zero-point) is chosen: `minmax` covers
+    /// the group's range; `mse` searches for the clipping that minimizes
+    /// the group's squared error (weighted by input energy with GPTQ).
+    /// `auto`: mse for GPTQ weights of 4 bits or fewer, minmax otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub scale_search: ScaleSearchArg,
     /// Rotate the model first (QuaRot-style random orthogonal rotation of
     /// the residual stream and of attention values, fused into the
     /// weights): spreads outlier channels, for 2-4 bit formats. The output

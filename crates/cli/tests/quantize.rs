@@ -471,9 +471,15 @@ fn rotation_keeps_the_function() {
     assert!(c.top1 >= 0.75 && c.kl < 5e-4, "{c:?}");
 }
 
-/// Every stored weight decodes to exactly what `quantize_rtn` makes of the
-/// whole source tensor: the block-by-block pipeline changes nothing.
-fn assert_matches_rtn(src: &dyn mm_formats::WeightSource, out: &Path, names: &[&str]) {
+/// Every stored weight decodes to exactly what `quantize_rtn_with` (with
+/// the scale rule `search`) makes of the whole source tensor: the
+/// block-by-block pipeline changes nothing.
+fn assert_matches_rtn(
+    src: &dyn mm_formats::WeightSource,
+    out: &Path,
+    names: &[&str],
+    search: mm_quant::ScaleSearch,
+) {
     let q = open_source(out).unwrap();
     for name in names {
         let w = q.tensor(name).unwrap();
@@ -482,8 +488,8 @@ fn assert_matches_rtn(src: &dyn mm_formats::WeightSource, out: &Path, names: &[&
         };
         let s = src.tensor(name).unwrap();
         let (rows, cols) = s.dims2().unwrap();
-        let want = mm_quant::quantize_rtn(&mm_quant::dequantize_ref(&s).unwrap(), rows, cols, fmt)
-            .unwrap();
+        let values = mm_quant::dequantize_ref(&s).unwrap();
+        let want = mm_quant::quantize_rtn_with(&values, rows, cols, fmt, search).unwrap();
         assert_eq!(&w.bytes[..], &want.qweight[..], "{name}: codes");
         assert_eq!(
             &w.scales.as_deref().unwrap()[..],
@@ -497,12 +503,14 @@ fn assert_matches_rtn(src: &dyn mm_formats::WeightSource, out: &Path, names: &[&
 #[test]
 fn pipeline_equals_whole_tensor_rtn() {
     let t = Tmp::new("exact");
-    for (fixture, fmt) in [
-        ("llama", "int4-asym"),
-        ("qwen2", "int3"),
-        ("qwen3", "mxfp4"),
+    use mm_quant::ScaleSearch;
+    for (fixture, fmt, search) in [
+        ("llama", "int4-asym", ScaleSearch::MinMax),
+        ("qwen2", "int3", ScaleSearch::MinMax),
+        ("qwen3", "mxfp4", ScaleSearch::MinMax),
+        ("qwen2", "int2-asym", ScaleSearch::Mse),
     ] {
-        let out = t.join(fixture);
+        let out = t.join(&format!("{fixture}-{fmt}"));
         ok(&[
             "quantize",
             tiny(fixture).to_str().unwrap(),
@@ -510,9 +518,13 @@ fn pipeline_equals_whole_tensor_rtn() {
             fmt,
             "--group-size",
             if fmt == "mxfp4" { "32" } else { "64" },
+            "--scale-search",
+            search.name(),
             "-o",
             out.to_str().unwrap(),
         ]);
+        let qc = read_json(&out.join("quantization_config.json"));
+        assert_eq!(qc["scale_search"], search.name(), "{qc}");
         let src = open_source(&tiny(fixture)).unwrap();
         let names: Vec<String> = open_source(&out)
             .unwrap()
@@ -523,7 +535,7 @@ fn pipeline_equals_whole_tensor_rtn() {
             .collect();
         assert_eq!(names.len(), 14, "{fixture}: {names:?}");
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        assert_matches_rtn(src.as_ref(), &out, &names);
+        assert_matches_rtn(src.as_ref(), &out, &names, search);
     }
 }
 
@@ -945,27 +957,36 @@ fn gptq_needs_calibration() {
 
 /// `--method gptq` end to end on the real SmolLM2: layers 0 and 1 in
 /// int3-asym (the rest kept F16, so sequential calibration stops after layer
-/// 1), calibrated on this repository's docs. The GPTQ model's logits on the
-/// fixture prompt are closer to the source's than the RTN model's, and its
-/// codes differ from RTN's. Measured: KL 0.204 (GPTQ) vs 0.423 (RTN), top-1
-/// 29/37 vs 26/37; the bound asks for 0.8×.
+/// 1), calibrated on the license texts docs/QUALITY.md uses. The GPTQ model's logits on the
+/// held-out text are closer to the source's than the RTN model's, and its
+/// codes differ from RTN's. Measured on 384 tokens of the GPL: KL 0.064
+/// (GPTQ act-order with its default Hessian-weighted scale search), 0.077
+/// (with min/max scales), 0.173 (RTN); top-1 89.8%, 89.3%, 79.7%. The
+/// bounds ask for 0.5× and 0.6× RTN, and the search below 0.95× min/max.
 #[test]
 fn gptq_pipeline_beats_rtn_on_smollm2() {
     let Some(gguf) = mm_engine::resolve::smollm2_for_tests() else {
         return;
     };
     let t = Tmp::new("gptq-smol");
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-    let text: String = [
-        "QUALITY.md",
-        "GPTQ.md",
-        "QUANTIZE.md",
-        "FORMAT.md",
-        "BENCHMARKS.md",
-    ]
-    .iter()
-    .map(|f| std::fs::read_to_string(docs.join(f)).unwrap())
-    .collect();
+    // The calibration text of docs/QUALITY.md where the system has it (it
+    // never changes), else this repository's docs.
+    let lic = Path::new("/usr/share/common-licenses");
+    let (dir, files) = if lic.join("Apache-2.0").exists() {
+        (
+            lic.to_path_buf(),
+            ["Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic"],
+        )
+    } else {
+        (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"),
+            ["GPTQ.md", "QUANTIZE.md", "FORMAT.md", "BENCHMARKS.md"],
+        )
+    };
+    let text: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect();
     let calib = t.join("calib.txt");
     std::fs::write(&calib, text).unwrap();
     let quantize = |tag: &str, extra: &[&str]| -> PathBuf {
@@ -1000,19 +1021,46 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
     let reference = read_json(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
     );
-    let ids: Vec<u32> = reference["logits"][1]["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    // Held-out text: 384 tokens of the GPL (docs/QUALITY.md's evaluation
+    // text, not calibrated on) where the system has it, else the fixture
+    // prompt.
+    let ids: Vec<u32> = match std::fs::read_to_string("/usr/share/common-licenses/GPL-3") {
+        Ok(text) => {
+            let src = open_source(&gguf).unwrap();
+            let tok = mm_engine::tokenizer::load_for(&gguf, src.as_ref()).unwrap();
+            tok.encode(&text, false).unwrap()[..384].to_vec()
+        }
+        Err(_) => reference["logits"][1]["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect(),
+    };
     let (want, vocab) = logits(&gguf, &ids);
     let c_rtn = closeness(&want, &logits(&rtn, &ids).0, vocab);
     let c_gptq = closeness(&want, &logits(&gptq, &ids).0, vocab);
-    eprintln!("2 layers int3-asym/g64: RTN {c_rtn:?}, GPTQ {c_gptq:?}");
+    let minmax = quantize(
+        "gptq-minmax",
+        &[
+            "--method",
+            "gptq",
+            "--act-order",
+            "--scale-search",
+            "minmax",
+            "--calib",
+            calib.to_str().unwrap(),
+        ],
+    );
+    let c_minmax = closeness(&want, &logits(&minmax, &ids).0, vocab);
+    eprintln!("2 layers int3-asym/g64: RTN {c_rtn:?}, GPTQ {c_gptq:?}, GPTQ min/max {c_minmax:?}");
     assert!(
-        c_gptq.kl < 0.8 * c_rtn.kl,
-        "GPTQ {c_gptq:?} vs RTN {c_rtn:?}"
+        c_gptq.kl < 0.5 * c_rtn.kl && c_minmax.kl < 0.6 * c_rtn.kl,
+        "GPTQ {c_gptq:?}, min/max {c_minmax:?} vs RTN {c_rtn:?}"
+    );
+    assert!(
+        c_gptq.kl < 0.95 * c_minmax.kl,
+        "searched {c_gptq:?} vs min/max {c_minmax:?}"
     );
     let stored = |dir: &Path| {
         mm_formats::SafetensorsSet::open_dir(dir)
@@ -1025,6 +1073,7 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
     assert_ne!(stored(&rtn), stored(&gptq));
     let qc = read_json(&gptq.join("quantization_config.json"));
     assert_eq!(qc["method"], "gptq", "{qc}");
+    assert_eq!(qc["scale_search"], "auto", "{qc}");
 }
 
 /// The real SmolLM2 GGUF (Q4_1), when present: GGUF → HF names, config and
@@ -1126,6 +1175,7 @@ fn smollm2_gguf() {
             "model.layers.7.self_attn.k_proj.weight",
             "model.layers.29.mlp.down_proj.weight",
         ],
+        mm_quant::ScaleSearch::MinMax,
     );
     let (got, _) = logits(&out4, &ids);
     let c = closeness(&want, &got, vocab);

@@ -1,6 +1,8 @@
 //! GPTQ on real SmolLM2-135M layers: against round-to-nearest at the same
 //! format, GPTQ must lower the layer output error `‖W·Xᵀ − Ŵ·Xᵀ‖_F` on
-//! held-out activations (text windows not used for calibration).
+//! held-out activations (text windows not used for calibration), and the
+//! Hessian-weighted scale search (`ScaleSearch::Mse`) must lower it further
+//! for act-order GPTQ.
 //!
 //! Weights are the Q4_1 GGUF's `q_proj` (576 inputs: groups of 64 stand in
 //! for 128) and `down_proj` (1536 inputs) of a few layers, dequantized to f32; activations come from running the model on real text
@@ -22,7 +24,7 @@ use mm_engine::tokenizer::load_for;
 use mm_formats::open_source;
 use mm_models::{load_model, LinearObserver};
 use mm_quant::gptq::{gptq_quantize, GptqOptions};
-use mm_quant::{dequantize_ref, quantize_rtn, MmFormat};
+use mm_quant::{dequantize_ref, quantize_rtn, MmFormat, ScaleSearch};
 
 fn gguf_path() -> Option<PathBuf> {
     mm_engine::resolve::smollm2_for_tests()
@@ -127,6 +129,7 @@ fn gptq_beats_rtn_on_real_smollm2_layers() {
     let formats = [
         ("int4", 128),
         ("int3", 128),
+        ("int2-asym", 32),
         ("int4-asym", 128),
         ("nf4", 64),
         ("int4", 0),
@@ -140,8 +143,8 @@ fn gptq_beats_rtn_on_real_smollm2_layers() {
     };
     let mut ratios: HashMap<String, Vec<f64>> = HashMap::new();
     eprintln!(
-        "{:<34}{:<18}{:>9}{:>11}{:>7}{:>9}",
-        "layer", "format", "RTN err", "GPTQ err", "ratio", "act+st"
+        "{:<34}{:<18}{:>9}{:>11}{:>7}{:>9}{:>9}",
+        "layer", "format", "RTN err", "GPTQ err", "ratio", "act+st", "act+mse"
     );
     for name in &names {
         let w = dequantize_ref(&src.tensor(name).unwrap()).unwrap();
@@ -179,30 +182,57 @@ fn gptq_beats_rtn_on_real_smollm2_layers() {
                 .unwrap()
                 .dequantize()
                 .unwrap());
+            let searched = GptqOptions {
+                scale_search: ScaleSearch::Mse,
+                ..act
+            };
+            let gptq_mse = err(gptq_quantize(&w, rows, cols, h, fmt, &searched)
+                .unwrap()
+                .dequantize()
+                .unwrap());
             let short = name
                 .trim_start_matches("model.")
                 .trim_end_matches(".weight");
             eprintln!(
-                "{short:<34}{:<18}{rtn:>9.4}{gptq:>11.4}{:>7.3}{:>9.3}",
+                "{short:<34}{:<18}{rtn:>9.4}{gptq:>11.4}{:>7.3}{:>9.3}{:>9.3}",
                 label(fname, group),
                 gptq / rtn,
-                gptq_act / rtn
+                gptq_act / rtn,
+                gptq_mse / rtn
             );
+            // Plain GPTQ (groups fitted as it reaches them, natural column
+            // order) overfits the calibration set at 2 bits: on held-out
+            // text it can lose to RTN there (down_proj L0: 1.09), so 2-bit
+            // asserts only the act-order variants.
+            let best = if fname.starts_with("int2") {
+                gptq_act.min(gptq_mse)
+            } else {
+                gptq
+            };
             assert!(
-                gptq < rtn,
-                "{name} {fname} g{group}: GPTQ error {gptq} ≥ RTN error {rtn}"
+                best < rtn,
+                "{name} {fname} g{group}: GPTQ error {best} ≥ RTN error {rtn}"
             );
-            ratios
-                .entry(label(fname, asked))
-                .or_default()
-                .push(gptq / rtn);
+            let r = ratios.entry(label(fname, asked)).or_default();
+            r.push(best / rtn);
+            r.push(gptq_mse / gptq_act);
         }
     }
     for (fname, asked) in formats {
         let l = label(fname, asked);
         let r = &ratios[&l];
-        let mean = r.iter().sum::<f64>() / r.len() as f64;
-        eprintln!("{l}: mean GPTQ/RTN output error ratio {mean:.3}");
-        assert!(mean < 0.9, "{l}: mean ratio {mean:.3}");
+        let mean = |k: usize| r.iter().skip(k).step_by(2).sum::<f64>() / (r.len() / 2) as f64;
+        let (gptq, search) = (mean(0), mean(1));
+        eprintln!(
+            "{l}: mean GPTQ/RTN output error ratio {gptq:.3}; \
+             act-order with/without the scale search {search:.3}"
+        );
+        assert!(gptq < 0.9, "{l}: mean GPTQ/RTN ratio {gptq:.3}");
+        // The Hessian-weighted scale search lowers the output error of
+        // act-order GPTQ at every format here (0.82–0.96 when measured).
+        assert!(
+            search < 0.98,
+            "{l}: mean searched/min-max ratio {search:.3}"
+        );
     }
 }

@@ -11,5 +11,6 @@ pub mod mm;
 pub use dense::{dequantize_ref, dequantize_rows_ref};
 pub use ggml::dequantize_row;
 pub use mm::{
-    dequantize_mm_ref, dequantize_mm_row, quantize_rtn, MmFormat, MmKind, QuantizedTensor,
+    dequantize_mm_ref, dequantize_mm_row, quantize_rtn, quantize_rtn_with, MmFormat, MmKind,
+    QuantizedTensor, ScaleSearch,
 };

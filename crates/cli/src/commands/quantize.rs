@@ -4,9 +4,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use mm_quant::mm::QuantMethod;
+use mm_quant::mm::{QuantMethod, ScaleSearch};
 
-use crate::args::{MethodArg, QuantizeArgs};
+use crate::args::{MethodArg, QuantizeArgs, ScaleSearchArg};
 use crate::quantize::{run as quantize, Options};
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
@@ -31,6 +31,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         force: a.force,
         group_fallback: a.group_fallback,
         act_order: a.act_order,
+        scale_search: match a.scale_search {
+            ScaleSearchArg::Auto => None,
+            ScaleSearchArg::Minmax => Some(ScaleSearch::MinMax),
+            ScaleSearchArg::Mse => Some(ScaleSearch::Mse),
+        },
         rotate: a.rotate,
         progress: std::io::stderr().is_terminal(),
     };

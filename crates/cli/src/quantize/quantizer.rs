@@ -33,7 +33,9 @@ use mm_engine::calib::{
 use mm_formats::WeightSource;
 use mm_models::DecoderModel;
 use mm_quant::gptq::{gptq_quantize, GptqOptions};
-use mm_quant::mm::QuantizedTensor;
+use mm_quant::mm::{QuantizedTensor, ScaleSearch};
+
+use super::scale_search_for;
 
 /// How codes are chosen.
 pub enum Quantizer {
@@ -47,6 +49,8 @@ pub struct Gptq {
     model: RefCell<DecoderModel>,
     seq: RefCell<SequentialCalib>,
     opts: GptqOptions,
+    /// The asked scale rule (`None`: per format, [`scale_search_for`]).
+    scale_search: Option<ScaleSearch>,
     /// Weights quantized with GPTQ and their formats.
     weights: Vec<(String, MmFormat)>,
     /// Quantized weights waiting for the pipeline to ask for them.
@@ -104,6 +108,7 @@ impl Quantizer {
         calib: &Path,
         weights: Vec<(String, MmFormat)>,
         opts: GptqOptions,
+        scale_search: Option<ScaleSearch>,
     ) -> Result<Self> {
         let text = std::fs::read_to_string(calib).map_err(|e| Error::io(calib, e))?;
         let tok = mm_engine::tokenizer::load_for(src_path, src).map_err(|e| {
@@ -154,6 +159,7 @@ impl Quantizer {
             model: RefCell::new(model),
             seq: RefCell::new(seq),
             opts,
+            scale_search,
             weights,
             done: RefCell::new(HashMap::new()),
         })))
@@ -225,7 +231,11 @@ impl Gptq {
                     )));
                 }
                 let values = mm_quant::dequantize_rows_ref(&lin.weight, 0..rows)?;
-                let q = gptq_quantize(&values, rows, cols, h, fmt, &self.opts)?;
+                let opts = GptqOptions {
+                    scale_search: scale_search_for(self.scale_search, fmt, true),
+                    ..self.opts
+                };
+                let q = gptq_quantize(&values, rows, cols, h, fmt, &opts)?;
                 lin.set_weight(q.clone().into_weight_data()?, &device)?;
                 self.done.borrow_mut().insert(name, q);
             }

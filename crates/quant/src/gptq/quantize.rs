@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::cholesky::inverse_cholesky_upper;
 use super::Hessian;
-use crate::mm::{pack_codes, GroupQuantizer, QuantizedTensor};
+use crate::mm::{pack_codes, GroupQuantizer, QuantizedTensor, ScaleSearch};
 
 /// GPTQ settings (the reference's defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,6 +26,10 @@ pub struct GptqOptions {
     /// Compute every group's scale (and zero-point) up front from the
     /// original weight instead of when the quantizer reaches the group.
     pub static_groups: bool,
+    /// How each group's scale (and zero-point) is chosen: the min/max rule
+    /// of round-to-nearest, or the search minimizing the group's error
+    /// weighted by the Hessian's diagonal (`mm::search`).
+    pub scale_search: ScaleSearch,
 }
 
 impl Default for GptqOptions {
@@ -35,6 +39,7 @@ impl Default for GptqOptions {
             block_size: 128,
             act_order: false,
             static_groups: false,
+            scale_search: ScaleSearch::MinMax,
         }
     }
 }
@@ -179,9 +184,11 @@ pub fn gptq_quantize_with_stats(
         });
     }
 
+    // Each column's error weight for the scale search: E[x²], natural order.
+    let diag: Vec<f32> = (0..cols).map(|i| hm[i * cols + i] as f32).collect();
     // Group parameters fixed up front, from the original weight in natural order.
     let mut params = if static_groups {
-        fit_groups(&w, cols, fmt)?
+        fit_groups(&w, cols, fmt, opts.scale_search, &diag)?
     } else {
         let placeholder = GroupQuantizer::fit(fmt.kind, &[0.0])?;
         vec![placeholder; rows * groups]
@@ -244,6 +251,8 @@ pub fn gptq_quantize_with_stats(
         static_groups,
         perm: perm.as_deref(),
         u: &u,
+        search: opts.scale_search,
+        diag: &diag,
     };
     let mut codes = vec![0u8; rows * cols];
     let loss: f64 = w
@@ -306,14 +315,22 @@ pub fn gptq_quantize_weight(
     gptq_quantize_with_stats(&values, rows, cols, h, fmt, opts)
 }
 
-/// Round-to-nearest group parameters of every group of `w`, rows in parallel.
-fn fit_groups(w: &[f32], cols: usize, fmt: MmFormat) -> Result<Vec<GroupQuantizer>> {
+/// The parameters `search` picks for every group of `w` (columns weighted
+/// by `diag`), rows in parallel.
+fn fit_groups(
+    w: &[f32],
+    cols: usize,
+    fmt: MmFormat,
+    search: ScaleSearch,
+    diag: &[f32],
+) -> Result<Vec<GroupQuantizer>> {
     let gl = fmt.group_len(cols);
     w.par_chunks(cols)
         .enumerate()
         .flat_map_iter(|(r, row)| {
             row.chunks_exact(gl).enumerate().map(move |(g, x)| {
-                GroupQuantizer::fit(fmt.kind, x)
+                search
+                    .fit(fmt.kind, x, Some(&diag[g * gl..(g + 1) * gl]))
                     .map_err(|e| Error::Invalid(format!("GPTQ {fmt}: row {r}, group {g}: {e}")))
             })
         })
@@ -333,6 +350,9 @@ struct Job<'a> {
     /// Upper Cholesky factor of the dampened inverse Hessian, `cols × cols`,
     /// in processing order.
     u: &'a [f32],
+    search: ScaleSearch,
+    /// The Hessian's diagonal in natural column order (error weights).
+    diag: &'a [f32],
 }
 
 impl Job<'_> {
@@ -350,6 +370,7 @@ impl Job<'_> {
         let nr = wc.len() / cols;
         let mut err = vec![0f32; nr * b];
         let mut cur = vec![0f32; gl];
+        let mut wcur = vec![0f32; gl];
         let mut loss = 0f64;
         let mut i1 = 0;
         while i1 < cols {
@@ -370,7 +391,12 @@ impl Job<'_> {
                                 }
                             }
                         }
-                        pc[r * self.groups + i / gl] = GroupQuantizer::fit(self.fmt.kind, &cur)
+                        for (c, v) in (i..i + gl).zip(wcur.iter_mut()) {
+                            *v = self.diag[self.perm.map_or(c, |p| p[c])];
+                        }
+                        pc[r * self.groups + i / gl] = self
+                            .search
+                            .fit(self.fmt.kind, &cur, Some(&wcur))
                             .map_err(|e| {
                                 Error::Invalid(format!(
                                     "GPTQ {}: row {}, group {}: {e}",

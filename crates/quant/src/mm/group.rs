@@ -108,8 +108,28 @@ impl GroupQuantizer {
         })
     }
 
+    /// Parameters from their stored form: F16 scale bits (the E8M0 byte for
+    /// MXFP4) and zero-point (0 for formats without one).
+    pub fn from_parts(kind: MmKind, scale_bits: u16, zero: u8) -> Self {
+        let scale = match kind {
+            MmKind::Mxfp4 => e8m0_to_f32(scale_bits as u8),
+            _ => f16::from_bits(scale_bits).to_f32(),
+        };
+        Self {
+            kind,
+            scale,
+            scale_bits,
+            zero,
+        }
+    }
+
     pub fn kind(&self) -> MmKind {
         self.kind
+    }
+
+    /// The stored scale's bits: F16, or the E8M0 byte for MXFP4.
+    pub fn scale_bits(&self) -> u16 {
+        self.scale_bits
     }
 
     /// The stored scale's value (2^e for MXFP4).

@@ -10,6 +10,8 @@
 //! * [`codec`]: the element codecs (FP8, E2M1, E8M0, NF4 levels).
 //! * [`GroupQuantizer`]: one group's RTN parameters and codec, for
 //!   quantizers that encode values one at a time (GPTQ).
+//! * [`ScaleSearch`]: min/max group parameters, or the searched ones that
+//!   minimize the group's error (`search.rs`); [`quantize_rtn_with`].
 //! * [`pack_codes`] / [`unpack_codes`]: little-endian bit packing.
 //! * [`mm_part_shapes`], [`mm_part_names`], [`mm_weight_from_parts`]: the
 //!   stored tensors of a quantized weight.
@@ -22,6 +24,7 @@ pub mod group;
 pub mod layout;
 pub mod pack;
 pub mod quantize;
+pub mod search;
 
 #[cfg(test)]
 mod tests;
@@ -39,4 +42,5 @@ pub use mm_core::weight::{
     MmFormat, MmKind, MmPartSizes, MmScale, MM_FORMAT_NAMES, MM_GROUP_SIZES,
 };
 pub use pack::{pack_codes, unpack_codes};
-pub use quantize::{quantize_mm_row, quantize_rtn, MmPart, QuantizedTensor};
+pub use quantize::{quantize_mm_row, quantize_rtn, quantize_rtn_with, MmPart, QuantizedTensor};
+pub use search::ScaleSearch;

@@ -12,6 +12,7 @@ use super::codec::{
 use super::dequantize::dequantize_mm;
 use super::layout::{mm_part_shapes, MmPartShapes};
 use super::pack::pack_unchecked;
+use super::search::ScaleSearch;
 
 /// A weight quantized into a metal-marlin format: its three parts exactly as
 /// they are stored on disk (docs/FORMAT.md).
@@ -166,6 +167,68 @@ pub fn quantize_rtn(
         qweight,
         scales,
         zeros,
+    })
+}
+
+/// [`quantize_rtn`] with each group's parameters chosen by `search`
+/// (`ScaleSearch::MinMax` is exactly [`quantize_rtn`]); codes are then the
+/// nearest under those parameters. Rows in parallel; the same errors.
+pub fn quantize_rtn_with(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    fmt: MmFormat,
+    search: ScaleSearch,
+) -> Result<QuantizedTensor> {
+    if search == ScaleSearch::MinMax {
+        return quantize_rtn(values, rows, cols, fmt);
+    }
+    let sizes = fmt.part_sizes(rows, cols)?;
+    if Some(values.len()) != rows.checked_mul(cols) {
+        return Err(Error::Invalid(format!(
+            "quantize {fmt}: {rows}x{cols} matrix needs {} values, found {}",
+            rows.saturating_mul(cols),
+            values.len()
+        )));
+    }
+    let (gl, groups, sb) = (
+        fmt.group_len(cols),
+        fmt.groups_per_row(cols),
+        fmt.scale_bytes(),
+    );
+    let mut qweight = vec![0u8; sizes.codes];
+    let mut scales = vec![0u8; sizes.scales];
+    let mut zeros = vec![0u8; rows * groups];
+    qweight
+        .par_chunks_mut(fmt.code_bytes(cols))
+        .zip(scales.par_chunks_mut(groups * sb))
+        .zip(zeros.par_chunks_mut(groups))
+        .zip(values.par_chunks(cols))
+        .enumerate()
+        .try_for_each_init(
+            || vec![0u8; cols],
+            |codes, (r, (((c, s), z), row))| {
+                for (g, x) in row.chunks_exact(gl).enumerate() {
+                    let q = search.fit(fmt.kind, x, None).map_err(|e| {
+                        Error::Invalid(format!("quantize {fmt}: row {r}, group {g}: {e}"))
+                    })?;
+                    for (code, &v) in codes[g * gl..(g + 1) * gl].iter_mut().zip(x) {
+                        *code = q.encode(v);
+                    }
+                    q.write_scale(&mut s[g * sb..(g + 1) * sb]);
+                    z[g] = q.zero();
+                }
+                pack_unchecked(fmt.bits(), codes, c);
+                Ok::<(), Error>(())
+            },
+        )?;
+    Ok(QuantizedTensor {
+        format: fmt,
+        rows,
+        cols,
+        qweight,
+        scales,
+        zeros: fmt.kind.has_zeros().then_some(zeros),
     })
 }
 
