@@ -261,6 +261,10 @@ pub struct QuantizeArgs {
     /// `auto`: mse for GPTQ weights of 4 bits or fewer, minmax otherwise.
     #[arg(long, value_enum, default_value = "auto")]
     pub scale_search: ScaleSearchArg,
+    /// GPTQ: once the codes are chosen, re-solve each row's group scales for
+    /// the least layer output error on the calibration data (not mxfp4).
+    #[arg(long)]
+    pub refit_scales: bool,
     /// Rotate the model first (QuaRot-style random orthogonal rotation of
     /// the residual stream and of attention values, fused into the
     /// weights): spreads outlier channels, for 2-4 bit formats. The output

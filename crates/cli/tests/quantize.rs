@@ -922,6 +922,8 @@ fn gptq_needs_calibration() {
     assert!(e.contains("--calib"), "{e}");
     let e = bad(&t, &["--calib", "/etc/hostname"]);
     assert!(e.contains("--method gptq"), "{e}");
+    let e = bad(&t, &["--refit-scales"]);
+    assert!(e.contains("--method gptq"), "{e}");
     let e = bad(
         &t,
         &["--method", "gptq", "--calib", "/nonexistent/calib.txt"],

@@ -31,6 +31,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         force: a.force,
         group_fallback: a.group_fallback,
         act_order: a.act_order,
+        refit_scales: a.refit_scales,
         scale_search: match a.scale_search {
             ScaleSearchArg::Auto => None,
             ScaleSearchArg::Minmax => Some(ScaleSearch::MinMax),

@@ -74,6 +74,8 @@ pub struct Options {
     pub act_order: bool,
     /// How group scales are chosen; `None`: [`scale_search_for`].
     pub scale_search: Option<ScaleSearch>,
+    /// GPTQ: re-solve each row's scales for its codes against the Hessian.
+    pub refit_scales: bool,
     /// Rotate the model before quantizing (see [`rotate`]).
     pub rotate: bool,
     pub progress: bool,
@@ -131,9 +133,9 @@ pub fn run(o: &Options) -> Result<Summary> {
             "--method gptq needs calibration text: pass --calib FILE".into(),
         ));
     }
-    if o.method == QuantMethod::Rtn && (o.calib.is_some() || o.act_order) {
+    if o.method == QuantMethod::Rtn && (o.calib.is_some() || o.act_order || o.refit_scales) {
         return Err(Error::Invalid(
-            "--calib and --act-order are only used by --method gptq".into(),
+            "--calib, --act-order and --refit-scales are only used by --method gptq".into(),
         ));
     }
     if o.recipe.is_some() && (o.format.is_some() || o.group_size.is_some()) {
@@ -209,6 +211,7 @@ pub fn run(o: &Options) -> Result<Summary> {
             let opts = mm_quant::gptq::GptqOptions {
                 act_order: o.act_order,
                 static_groups: o.act_order,
+                refit_scales: o.refit_scales,
                 ..Default::default()
             };
             Quantizer::gptq(&o.src, src.as_ref(), calib, weights, opts, o.scale_search)?
@@ -478,6 +481,9 @@ fn quant_config(items: &[Item], default: MmFormat, o: &Options, keep: &[Rule]) -
             "scale_search".into(),
             json!(o.scale_search.map_or("auto", |s| s.name())),
         );
+        if o.refit_scales {
+            m.insert("refit_scales".into(), json!(true));
+        }
         m.insert(
             "keep".into(),
             json!(keep.iter().map(|r| r.source.clone()).collect::<Vec<_>>()),

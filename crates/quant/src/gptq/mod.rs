@@ -18,6 +18,7 @@
 pub mod cholesky;
 pub mod hessian;
 mod quantize;
+mod refit;
 
 #[cfg(test)]
 mod tests;

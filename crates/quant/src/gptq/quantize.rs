@@ -30,6 +30,10 @@ pub struct GptqOptions {
     /// of round-to-nearest, or the search minimizing the group's error
     /// weighted by the Hessian's diagonal (`mm::search`).
     pub scale_search: ScaleSearch,
+    /// After the codes are chosen, re-solve each row's group scales for the
+    /// least output error `(w − ŵ)ᵀH(w − ŵ)` with the codes fixed
+    /// (`refit.rs`; not MXFP4).
+    pub refit_scales: bool,
 }
 
 impl Default for GptqOptions {
@@ -40,6 +44,7 @@ impl Default for GptqOptions {
             act_order: false,
             static_groups: false,
             scale_search: ScaleSearch::MinMax,
+            refit_scales: false,
         }
     }
 }
@@ -184,6 +189,8 @@ pub fn gptq_quantize_with_stats(
         });
     }
 
+    // The weight in natural order, for the scale refit.
+    let w_nat = opts.refit_scales.then(|| w.clone());
     // Each column's error weight for the scale search: E[x²], natural order.
     let diag: Vec<f32> = (0..cols).map(|i| hm[i * cols + i] as f32).collect();
     // Group parameters fixed up front, from the original weight in natural order.
@@ -264,6 +271,18 @@ pub fn gptq_quantize_with_stats(
         .collect::<Result<Vec<f64>>>()?
         .iter()
         .sum();
+
+    if let Some(w_nat) = &w_nat {
+        super::refit::refit_scales(
+            w_nat,
+            &codes,
+            &mut params,
+            h.matrix(),
+            damp * mean_diag,
+            fmt,
+            cols,
+        );
+    }
 
     // Pack into the stored parts.
     let mut qweight = vec![0u8; sizes.codes];
