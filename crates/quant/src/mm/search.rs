@@ -123,10 +123,13 @@ fn search(kind: MmKind, x: &[f32], w: Option<&[f32]>) -> Result<GroupQuantizer> 
         }
         return Ok(best.1);
     }
+    let mut shrunk = vec![0f32; x.len()];
     for i in 1..SHRINK_STEPS {
         // The fit depends only on the extremes: scaling every value by `p`
         // shrinks the range toward zero.
-        let shrunk: Vec<f32> = x.iter().map(|v| v * shrink(i)).collect();
+        for (s, v) in shrunk.iter_mut().zip(x) {
+            *s = v * shrink(i);
+        }
         consider(GroupQuantizer::fit(kind, &shrunk)?, &mut best);
     }
     // Least-squares refits of the winner, and its neighbouring zero-points.
