@@ -267,8 +267,8 @@ pub struct QuantizeArgs {
     pub refit_scales: bool,
     /// Rotate the model first (QuaRot-style random orthogonal rotation of
     /// the residual stream and of attention values, fused into the
-    /// weights): spreads outlier channels, for 2-4 bit formats. The output
-    /// is an ordinary model with an untied LM head.
+    /// weights): spreads outlier channels; measured to help only with GPTQ
+    /// at 3-4 bits. The output is an ordinary model with an untied LM head.
     #[arg(long)]
     pub rotate: bool,
     /// A preset mix of formats (instead of --format/--group-size).

@@ -23,8 +23,7 @@ use crate::mm::{decode, GroupQuantizer, MmFormat, MmKind};
 /// Refits the scales `params` (`rows × groups`) of the codes `codes`
 /// (`rows × cols`, natural order) of the weight `w` against the Hessian `h`
 /// (`cols × cols`, natural order), solved with `damp` added to its
-/// diagonal and accepted only where the undamped error falls. Returns how
-/// many rows took new scales.
+/// diagonal and accepted, row by row, only where the undamped error falls.
 pub(crate) fn refit_scales(
     w: &[f32],
     codes: &[u8],
@@ -33,16 +32,15 @@ pub(crate) fn refit_scales(
     damp: f64,
     fmt: MmFormat,
     cols: usize,
-) -> usize {
+) {
     if fmt.kind == MmKind::Mxfp4 {
-        return 0;
+        return;
     }
     let (gl, groups) = (fmt.group_len(cols), fmt.groups_per_row(cols));
     params
         .par_chunks_mut(groups)
         .zip(w.par_chunks(cols).zip(codes.par_chunks(cols)))
-        .map(|(p, (w, c))| refit_row(w, c, p, h, damp, fmt.kind, gl) as usize)
-        .sum()
+        .for_each(|(p, (w, c))| refit_row(w, c, p, h, damp, fmt.kind, gl));
 }
 
 fn refit_row(
@@ -53,7 +51,7 @@ fn refit_row(
     damp: f64,
     kind: MmKind,
     gl: usize,
-) -> bool {
+) {
     let (cols, groups) = (w.len(), p.len());
     let c: Vec<f64> = (0..cols)
         .map(|j| decode(kind, codes[j], p[j / gl].zero()) as f64)
@@ -72,7 +70,7 @@ fn refit_row(
         tr[j / gl] += damp * c[j];
         hw[j] = dot(hr, &w64) + damp * w64[j];
     }
-    // A = Cᵀ·T, b = Cᵀ·Hw; groups without codes are pinned to their scale.
+    // A = Cᵀ·T, b = Cᵀ·Hw.
     let mut a = vec![0f64; groups * groups];
     let mut b = vec![0f64; groups];
     for j in 0..cols {
@@ -98,47 +96,37 @@ fn refit_row(
         }
         f
     };
+    // A group whose codes are all zero has a zero row and column in A and
+    // a zero b: pin its scale (`s_g = old_g`) to keep the system definite.
     let (mut sys, mut rhs) = (a.clone(), b.clone());
-    for g in 0..groups {
-        if a[g * groups + g] <= 0.0 {
-            for k in 0..groups {
-                sys[g * groups + k] = 0.0;
-                sys[k * groups + g] = 0.0;
-            }
-            sys[g * groups + g] = 1.0;
-            rhs[g] = old[g];
-            for k in 0..groups {
-                if k != g {
-                    rhs[k] -= a[k * groups + g] * old[g];
-                }
-            }
-        }
+    for g in (0..groups).filter(|&g| cc[g] == 0.0) {
+        sys[g * groups + g] = 1.0;
+        rhs[g] = old[g];
     }
     let Some(s) = solve_spd(&sys, &rhs, groups) else {
-        return false;
+        return;
     };
     let mut bits = Vec::with_capacity(groups);
     let mut new = Vec::with_capacity(groups);
     for (g, &v) in s.iter().enumerate() {
-        if a[g * groups + g] <= 0.0 {
+        if cc[g] == 0.0 {
             bits.push(p[g].scale_bits());
             new.push(old[g]);
             continue;
         }
         let h16 = f16::from_f64(v);
         if !(h16.is_finite() && h16.to_f32() > 0.0) {
-            return false;
+            return;
         }
         bits.push(h16.to_bits());
         new.push(h16.to_f64());
     }
     if objective(&new) >= objective(&old) {
-        return false;
+        return;
     }
     for (q, &sb) in p.iter_mut().zip(&bits) {
         *q = GroupQuantizer::from_parts(kind, sb, q.zero());
     }
-    true
 }
 
 /// Solves `A·x = b` for a symmetric positive definite `A` (`n × n`, row

@@ -1,7 +1,7 @@
 //! Round-to-nearest (RTN) reference quantizers of the metal-marlin formats.
 
 use half::f16;
-use mm_core::weight::{MmFormat, MmKind};
+use mm_core::weight::{MmFormat, MmKind, MmPartSizes};
 use mm_core::{Error, HostBytes, Result, WeightData};
 use rayon::prelude::*;
 
@@ -112,16 +112,7 @@ pub fn quantize_rtn(
     cols: usize,
     fmt: MmFormat,
 ) -> Result<QuantizedTensor> {
-    let sizes = fmt.part_sizes(rows, cols)?;
-    let n = rows
-        .checked_mul(cols)
-        .ok_or_else(|| Error::Invalid(format!("{rows}x{cols} overflows")))?;
-    if values.len() != n {
-        return Err(Error::Invalid(format!(
-            "quantize {fmt}: {rows}x{cols} matrix needs {n} values, found {}",
-            values.len()
-        )));
-    }
+    let sizes = checked_sizes(values, rows, cols, fmt)?;
     let mut qweight = vec![0u8; sizes.codes];
     let mut scales = vec![0u8; sizes.scales];
     let cb = fmt.code_bytes(cols);
@@ -170,6 +161,22 @@ pub fn quantize_rtn(
     })
 }
 
+/// The part sizes of a `rows × cols` weight in `fmt`, after checking that
+/// `values` holds exactly its elements.
+fn checked_sizes(values: &[f32], rows: usize, cols: usize, fmt: MmFormat) -> Result<MmPartSizes> {
+    let sizes = fmt.part_sizes(rows, cols)?;
+    let n = rows
+        .checked_mul(cols)
+        .ok_or_else(|| Error::Invalid(format!("{rows}x{cols} overflows")))?;
+    if values.len() != n {
+        return Err(Error::Invalid(format!(
+            "quantize {fmt}: {rows}x{cols} matrix needs {n} values, found {}",
+            values.len()
+        )));
+    }
+    Ok(sizes)
+}
+
 /// [`quantize_rtn`] with each group's parameters chosen by `search`
 /// (`ScaleSearch::MinMax` is exactly [`quantize_rtn`]); codes are then the
 /// nearest under those parameters. Rows in parallel; the same errors.
@@ -183,14 +190,7 @@ pub fn quantize_rtn_with(
     if search == ScaleSearch::MinMax {
         return quantize_rtn(values, rows, cols, fmt);
     }
-    let sizes = fmt.part_sizes(rows, cols)?;
-    if Some(values.len()) != rows.checked_mul(cols) {
-        return Err(Error::Invalid(format!(
-            "quantize {fmt}: {rows}x{cols} matrix needs {} values, found {}",
-            rows.saturating_mul(cols),
-            values.len()
-        )));
-    }
+    let sizes = checked_sizes(values, rows, cols, fmt)?;
     let (gl, groups, sb) = (
         fmt.group_len(cols),
         fmt.groups_per_row(cols),
