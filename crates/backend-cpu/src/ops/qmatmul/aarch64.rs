@@ -5,7 +5,9 @@
 //! activation bytes by `vmull_s8` and pairwise-accumulated into i32 lanes
 //! (`vpadalq_s16`): the exact integer sum of the scalar kernel, combined
 //! with the scales by the same f32 expression, so results match
-//! [`super::scalar::vec_dot`] bit for bit.
+//! [`super::scalar::vec_dot`] bit for bit (a test checks it). Tested under
+//! qemu user-mode emulation (`scripts/test-aarch64.sh`): correctness, not
+//! speed.
 
 use std::arch::aarch64::*;
 

@@ -10,8 +10,8 @@
 //! widened by `vmull_s8` and pairwise-accumulated into i32 (`vpadalq_s16`),
 //! giving exactly the integer of [`vec_dot_int_ref`] (plus `o_g·isum`),
 //! combined with the scales by the same f32 expression, so results match
-//! the scalar twin bit for bit. Not run in CI (no aarch64 machine): only
-//! compiled (`cargo check --target aarch64-unknown-linux-gnu`).
+//! the scalar twin bit for bit (a test checks it). Tested under qemu
+//! user-mode emulation (`scripts/test-aarch64.sh`): correctness, not speed.
 //!
 //! [`vec_dot_int_ref`]: super::mm::vec_dot_int_ref
 

@@ -180,6 +180,29 @@ fn every_format_every_isa() {
     }
 }
 
+/// On aarch64 the NEON kernels are available and chosen by default, and
+/// (as `aarch64.rs` states) bit-exact with the scalar twin: the same integer
+/// block sums combined by the same f32 expression.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_is_selected_and_bit_exact() {
+    assert!(Isa::available().contains(&Isa::Neon));
+    if std::env::var_os("MM_QMATMUL_ISA").is_none() {
+        assert_eq!(Isa::detect(), Isa::Neon);
+    }
+    for (i, &f) in FORMATS.iter().enumerate() {
+        for &(n, kb, m) in &SHAPES {
+            let k = kb * f.block().0;
+            let w = random_blocks(f, m, k, 300 + i as u64);
+            let x = random_f32(n * k, 300 + n as u64);
+            let s = matmul_q_with(Isa::Scalar, f, &w, &x, n, k, m).unwrap();
+            let y = matmul_q_with(Isa::Neon, f, &w, &x, n, k, m).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&s), "{} n={n} k={k} m={m}", f.name());
+        }
+    }
+}
+
 #[test]
 fn simd_quantizer_matches_scalar() {
     for &isa in Isa::available() {

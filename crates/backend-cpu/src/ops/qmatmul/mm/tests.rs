@@ -143,6 +143,31 @@ fn every_format_every_group_every_isa() {
     }
 }
 
+/// On aarch64 the NEON integer kernels are bit-exact with the scalar twin
+/// (as `aarch64_mm.rs` states), for every integer format and group size.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_integer_path_is_bit_exact() {
+    for (i, &kind) in MmKind::ALL.iter().enumerate() {
+        for &g in kind.group_sizes() {
+            let f = MmFormat::new(kind, g).unwrap();
+            let unit = if g == 0 { 96 } else { g as usize };
+            for &(n, kb, m) in &SHAPES {
+                let k = kb * unit;
+                let p = prepare(&random_weight(f, m, k, 500 + i as u64 + n as u64)).unwrap();
+                if p.path != Path::Int {
+                    continue;
+                }
+                let x = random_f32(n * k, 77 + n as u64);
+                let s = matmul_mm_with(Isa::Scalar, &p, &x, n).unwrap();
+                let y = matmul_mm_with(Isa::Neon, &p, &x, n).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(&s), "{} g{g} n={n} k={k} m={m}", f.name());
+            }
+        }
+    }
+}
+
 #[test]
 fn large_shapes_use_tiled_path() {
     for kind in [
