@@ -36,8 +36,8 @@
 //! twins, with the same per-block integer sums and per-group scaling as the
 //! AVX2 kernels (`x86_mm.rs`; on x86 only for the formats without a
 //! row-interleaved form, see `il.rs`) and the NEON
-//! kernels (`aarch64_mm.rs`: integer path; the float path uses the scalar
-//! code there). Threading is the GGML kernels' ([`super::compute_tiled`]).
+//! kernels (`aarch64_mm.rs`, both paths). Threading is the GGML kernels'
+//! ([`super::compute_tiled`]).
 
 use mm_core::weight::{MmFormat, MmKind};
 use mm_core::{Error, Result, WeightData, WeightFormat};
@@ -415,7 +415,7 @@ pub fn panel(isa: Isa, p: &MmPrepared, j0: usize, j1: usize, xs: MmRows, out: &m
             unsafe { super::x86_mm::panel_avx2(p, j0, j1, xs, out) }
         }
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon if matches!(xs, MmRows::Q8(_)) => super::aarch64_mm::panel(p, j0, j1, xs, out),
+        Isa::Neon => super::aarch64_mm::panel(p, j0, j1, xs, out),
         _ => {
             for j in j0..j1 {
                 match xs {
