@@ -265,6 +265,17 @@ pub struct QuantizeArgs {
     /// the least layer output error on the calibration data (not mxfp4).
     #[arg(long)]
     pub refit_scales: bool,
+    /// GPTQ: error propagation strength in [0, 1] [default: 0.5]. Each
+    /// weight is first moved towards what the unquantized model computes,
+    /// correcting the error that earlier quantized layers put into its
+    /// inputs (QEP); 0 turns it off.
+    #[arg(long, value_name = "STRENGTH", allow_negative_numbers = true)]
+    pub propagate_error: Option<f64>,
+    /// GPTQ error propagation: the weights whose output is added to the
+    /// residual stream (o_proj, down_proj) also take up the error that the
+    /// stream already carries there.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub propagate_residual: bool,
     /// Rotate the model first (QuaRot-style random orthogonal rotation of
     /// the residual stream and of attention values, fused into the
     /// weights): spreads outlier channels; measured to help only with GPTQ

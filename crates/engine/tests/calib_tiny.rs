@@ -263,8 +263,151 @@ fn sequential_hessians_follow_the_quantized_layers() {
                 quantized.push(n.clone());
             }
         }
-        seq.advance(&model).unwrap();
+        seq.advance(&mut model).unwrap();
     }
-    let e = seq.advance(&model).unwrap_err().to_string();
+    let e = seq.advance(&mut model).unwrap_err().to_string();
     assert!(e.contains("past the last layer"), "{e}");
+}
+
+/// The inputs of weight `name` in each window of a whole-model pass.
+fn inputs_of(model: &mut DecoderModel, windows: &[&[u32]], name: &str) -> Vec<(usize, Vec<f32>)> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let want = name.to_string();
+    let observer: LinearObserver = Arc::new(move |n: &str, x: &Tensor| {
+        if n == want {
+            sink.lock().unwrap().push((x.dims2()?.0, x.to_vec()?));
+        }
+        Ok(())
+    });
+    model.set_linear_observer(Some(observer));
+    for w in windows {
+        let mut cache = model.new_cache(w.len()).unwrap();
+        model.forward(w, &mut cache, false).unwrap();
+    }
+    model.set_linear_observer(None);
+    let v = std::mem::take(&mut *seen.lock().unwrap());
+    v
+}
+
+/// Per window, the residual stream at the input of layer `l` and between
+/// its attention and MLP blocks, layer by layer from the embedding.
+fn streams_at(model: &DecoderModel, windows: &[&[u32]], l: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+    windows
+        .iter()
+        .map(|w| {
+            let positions: Vec<u32> = (0..w.len() as u32).collect();
+            let mut cache = model.new_cache(w.len()).unwrap();
+            let mut h = model.embed(w).unwrap();
+            for j in 0..l {
+                h = model.forward_layer(j, &h, &positions, &mut cache).unwrap();
+            }
+            let (mid, _) = model
+                .forward_layer_mid(l, &h, &positions, &mut cache)
+                .unwrap();
+            (h.to_vec().unwrap(), mid.to_vec().unwrap())
+        })
+        .collect()
+}
+
+fn assert_matrix_close(n: &str, got: &[f64], want: &[f64]) {
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{n}: no error at all");
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-5 * scale, "{n}: {diff} vs {scale}");
+}
+
+/// With error propagation, each weight's cross-product pairs the inputs
+/// the *unquantized* model gives it with those of the model as it is now,
+/// window by window: zero until something is quantized, then exactly what
+/// two whole-model passes give.
+#[test]
+fn error_propagation_pairs_reference_and_quantized_inputs() {
+    let (_, mut reference) = tiny();
+    let (_, mut model) = tiny();
+    let toks = tokens(200);
+    let windows = calibration_windows(&toks, 32, 4, 128).unwrap();
+    let names: Vec<String> = collect_hessians(&mut model, &toks, &opts(), &|_, _| {})
+        .unwrap()
+        .into_keys()
+        .collect();
+    let mut seq = SequentialCalib::new(&model, &toks, &opts())
+        .unwrap()
+        .with_reference();
+    let fmt = MmFormat::parse("int3", 32).unwrap();
+    let device = model.device().clone();
+    let mut quantized = 0;
+    for l in 0..model.num_layers() {
+        for stage in 0..4 {
+            let stage_names: Vec<String> = names
+                .iter()
+                .filter(|n| stage_of(n) == Some((l, stage)))
+                .cloned()
+                .collect();
+            let stats = seq
+                .calibrate(&mut model, names_filter(stage_names.clone()))
+                .unwrap();
+            for n in &stage_names {
+                let cross = stats[n].cross.as_ref().expect("a cross-product");
+                let mut expect = mm_quant::gptq::ErrorCross::new(cross.cols());
+                for ((rows, x), (_, xq)) in inputs_of(&mut reference, &windows, n)
+                    .iter()
+                    .zip(&inputs_of(&mut model, &windows, n))
+                {
+                    expect.add_rows(x, xq, *rows).unwrap();
+                }
+                assert_eq!(cross.n_samples(), 4 * 32);
+                // o_proj adds to the layer's input stream, down_proj to the
+                // stream between the blocks; the others feed products.
+                let point = match stage {
+                    1 => Some(0),
+                    3 => Some(1),
+                    _ => None,
+                };
+                assert_eq!(stats[n].residual.is_some(), point.is_some(), "{n}");
+                if quantized == 0 {
+                    assert!(cross.matrix().iter().all(|&v| v == 0.0), "{n}");
+                    continue;
+                }
+                assert_matrix_close(n, cross.matrix(), expect.matrix());
+                if let (Some(point), Some(res)) = (point, &stats[n].residual) {
+                    let hidden = model.config.hidden_size;
+                    let mut want =
+                        mm_quant::gptq::ErrorCross::with_error_width(hidden, cross.cols());
+                    let fp = streams_at(&reference, &windows, l);
+                    let q = streams_at(&model, &windows, l);
+                    let xq = inputs_of(&mut model, &windows, n);
+                    for k in 0..windows.len() {
+                        let (a, b) = if point == 0 {
+                            (&fp[k].0, &q[k].0)
+                        } else {
+                            (&fp[k].1, &q[k].1)
+                        };
+                        let e: Vec<f32> = a.iter().zip(b).map(|(a, b)| a - b).collect();
+                        want.add_error(&e, &xq[k].1, xq[k].0).unwrap();
+                    }
+                    assert_eq!(res.error_width(), hidden);
+                    if l == 0 && point == 0 {
+                        // Both models start from the same embedding.
+                        assert!(res.matrix().iter().all(|&v| v == 0.0), "{n}");
+                    } else {
+                        assert_matrix_close(n, res.matrix(), want.matrix());
+                    }
+                }
+            }
+            for n in &stage_names {
+                let lin = model.linear_mut(n).unwrap();
+                let (rows, cols) = (lin.weight.shape[0], lin.weight.shape[1]);
+                let w = dequantize_ref(&lin.weight).unwrap();
+                let q = quantize_rtn(&w, rows, cols, fmt).unwrap();
+                lin.set_weight(q.into_weight_data().unwrap(), &device)
+                    .unwrap();
+                quantized += 1;
+            }
+        }
+        seq.advance(&mut model).unwrap();
+    }
 }

@@ -157,6 +157,19 @@ impl DecoderModel {
         positions: &[u32],
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        Ok(self.forward_layer_mid(l, h, positions, cache)?.1)
+    }
+
+    /// [`forward_layer`](Self::forward_layer), also returning the residual
+    /// stream between the attention and the MLP blocks (`h + attention`,
+    /// what the MLP's output is added to): `(mid, out)`.
+    pub fn forward_layer_mid(
+        &self,
+        l: usize,
+        h: &Tensor,
+        positions: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<(Tensor, Tensor)> {
         let layer = self.layers.get(l).ok_or_else(|| {
             Error::Invalid(format!(
                 "layer {l} does not exist (the model has {})",
@@ -185,7 +198,8 @@ impl DecoderModel {
         )?;
         let h = dev.add(h, &a)?;
         let x = layer.ffn_norm.forward(&h, dev)?;
-        dev.add(&h, &layer.ffn.forward(&x, dev)?)
+        let out = dev.add(&h, &layer.ffn.forward(&x, dev)?)?;
+        Ok((h, out))
     }
 
     /// The linear layer whose weight is `name`

@@ -32,6 +32,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         group_fallback: a.group_fallback,
         act_order: a.act_order,
         refit_scales: a.refit_scales,
+        propagate_error: a.propagate_error,
+        propagate_residual: a.propagate_residual,
         scale_search: match a.scale_search {
             ScaleSearchArg::Auto => None,
             ScaleSearchArg::Minmax => Some(ScaleSearch::MinMax),

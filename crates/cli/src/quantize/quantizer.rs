@@ -32,7 +32,7 @@ use mm_engine::calib::{
 };
 use mm_formats::WeightSource;
 use mm_models::DecoderModel;
-use mm_quant::gptq::{gptq_quantize, GptqOptions};
+use mm_quant::gptq::{gptq_quantize, propagate_error, GptqOptions};
 use mm_quant::mm::{QuantizedTensor, ScaleSearch};
 
 use super::scale_search_for;
@@ -51,6 +51,10 @@ pub struct Gptq {
     opts: GptqOptions,
     /// The asked scale rule (`None`: per format, [`scale_search_for`]).
     scale_search: Option<ScaleSearch>,
+    /// Error propagation strength α (0: off; `mm_quant::gptq::propagate_error`).
+    propagate: f64,
+    /// With it, `o_proj` and `down_proj` also take up the residual stream's error.
+    residual: bool,
     /// Weights quantized with GPTQ and their formats.
     weights: Vec<(String, MmFormat)>,
     /// Quantized weights waiting for the pipeline to ask for them.
@@ -101,7 +105,11 @@ impl Quantizer {
     /// GPTQ over the calibration text in `calib` for the quantized weights
     /// `weights` (name, format): tokenizes the text with the model's
     /// tokenizer, checks there is enough of it, loads the model as stored
-    /// (on the CPU) and embeds the calibration windows.
+    /// (on the CPU) and embeds the calibration windows. With `propagate`
+    /// > 0 each weight is first moved towards the unquantized model's
+    /// output by that strength (error propagation, docs/GPTQ.md); with
+    /// `residual` the weights that write the residual stream also take up
+    /// the error it carries.
     pub fn gptq(
         src_path: &Path,
         src: &dyn WeightSource,
@@ -109,6 +117,8 @@ impl Quantizer {
         weights: Vec<(String, MmFormat)>,
         opts: GptqOptions,
         scale_search: Option<ScaleSearch>,
+        propagate: f64,
+        residual: bool,
     ) -> Result<Self> {
         let text = std::fs::read_to_string(calib).map_err(|e| Error::io(calib, e))?;
         let tok = mm_engine::tokenizer::load_for(src_path, src).map_err(|e| {
@@ -153,13 +163,18 @@ impl Quantizer {
         let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
         let model = mm_models::load_model(src, &Device::new(cpu.clone(), cpu), &|_, _| {})
             .map_err(|e| Error::Other(format!("loading the model for GPTQ calibration: {e}")))?;
-        let seq = SequentialCalib::new(&model, &tokens, &calib_opts)
+        let mut seq = SequentialCalib::new(&model, &tokens, &calib_opts)
             .map_err(|e| Error::Other(format!("GPTQ calibration: {e}")))?;
+        if propagate > 0.0 {
+            seq = seq.with_reference();
+        }
         Ok(Quantizer::Gptq(Box::new(Gptq {
             model: RefCell::new(model),
             seq: RefCell::new(seq),
             opts,
             scale_search,
+            propagate,
+            residual,
             weights,
             done: RefCell::new(HashMap::new()),
         })))
@@ -215,11 +230,12 @@ impl Gptq {
                 seq.windows()
             ));
             let filter = names_filter(names.iter().map(|(n, _)| n.clone()).collect());
-            let hs = seq.hessians(&mut model, filter)?;
+            let stats = seq.calibrate(&mut model, filter)?;
             for (name, fmt) in names {
-                let h = hs.get(&name).ok_or_else(|| {
+                let st = stats.get(&name).ok_or_else(|| {
                     Error::Other(format!("no Hessian for '{name}' (the model never used it)"))
                 })?;
+                let h = &st.hessian;
                 let lin = model
                     .linear_mut(&name)
                     .ok_or_else(|| Error::Other(format!("the model has no weight '{name}'")))?;
@@ -230,7 +246,20 @@ impl Gptq {
                         n = h.cols()
                     )));
                 }
-                let values = mm_quant::dequantize_rows_ref(&lin.weight, 0..rows)?;
+                let mut values = mm_quant::dequantize_rows_ref(&lin.weight, 0..rows)?;
+                if let Some(cross) = st.cross.as_ref().filter(|_| self.propagate > 0.0) {
+                    values = propagate_error(
+                        &values,
+                        rows,
+                        cols,
+                        h,
+                        cross,
+                        st.residual.as_ref().filter(|_| self.residual),
+                        self.propagate,
+                        self.opts.damp_percent,
+                    )
+                    .map_err(|e| Error::Other(format!("{name}: {e}")))?;
+                }
                 let opts = GptqOptions {
                     scale_search: scale_search_for(self.scale_search, fmt, true),
                     ..self.opts
@@ -240,6 +269,6 @@ impl Gptq {
                 self.done.borrow_mut().insert(name, q);
             }
         }
-        seq.advance(&model)
+        seq.advance(&mut model)
     }
 }

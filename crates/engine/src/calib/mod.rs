@@ -37,7 +37,7 @@ use mm_quant::gptq::{Gram, Hessian};
 use crate::tokenizer::Tokenizer;
 
 mod sequential;
-pub use sequential::{names_filter, stage_of, SequentialCalib};
+pub use sequential::{names_filter, stage_of, SequentialCalib, WeightStats};
 
 /// Tokens per calibration window.
 pub const DEFAULT_WINDOW: usize = 512;

@@ -77,26 +77,31 @@ impl Gram {
 
 /// `out = xᵀ·x` for `x` `[rows, cols]` (multi-threaded SGEMM).
 fn syrk(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
-    debug_assert_eq!(x.len(), rows * cols);
-    debug_assert_eq!(out.len(), cols * cols);
-    // SAFETY: out is [cols, cols] row-major; lhs = xᵀ is x read with
-    // swapped strides ([cols, rows]: column stride cols, row stride 1);
-    // rhs = x [rows, cols] row-major. All pointers cover live slices.
+    at_b(x, cols, x, cols, rows, out);
+}
+
+/// `out = aᵀ·b` for `a` `[rows, p]` and `b` `[rows, c]`, row-major
+/// (`out` `[p, c]`; multi-threaded SGEMM).
+pub(super) fn at_b(a: &[f32], p: usize, b: &[f32], c: usize, rows: usize, out: &mut [f32]) {
+    assert!(a.len() == rows * p && b.len() == rows * c && out.len() == p * c);
+    // SAFETY: out is [p, c] row-major; lhs = aᵀ is a read with swapped
+    // strides ([p, rows]: column stride p, row stride 1); rhs = b [rows, c]
+    // row-major. The lengths are checked above.
     unsafe {
         gemm::gemm(
-            cols,
-            cols,
+            p,
+            c,
             rows,
             out.as_mut_ptr(),
             1,
-            cols as isize,
+            c as isize,
             false,
-            x.as_ptr(),
-            cols as isize,
+            a.as_ptr(),
+            p as isize,
             1,
-            x.as_ptr(),
+            b.as_ptr(),
             1,
-            cols as isize,
+            c as isize,
             0.0,
             1.0,
             false,

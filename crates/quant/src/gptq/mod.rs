@@ -9,6 +9,9 @@
 //!   columns, dampening, the upper Cholesky factor of `H⁻¹` ([`cholesky`]),
 //!   lazy-block error feedback, group parameters fitted with the format's own
 //!   round-to-nearest rule ([`GroupQuantizer`](crate::mm::GroupQuantizer)).
+//! * [`propagate_error`] (QEP) moves the weight to quantize towards the
+//!   unquantized model's output when the inputs carry earlier layers'
+//!   quantization error ([`ErrorCross`] accumulates that error).
 //!
 //! Every metal-marlin format works: symmetric and asymmetric INT2/3/4/8,
 //! NF4, FP8 E4M3/E5M2, FP4 and MXFP4, per-channel or grouped. Groups run
@@ -17,6 +20,7 @@
 
 pub mod cholesky;
 pub mod hessian;
+mod propagate;
 mod quantize;
 mod refit;
 
@@ -24,6 +28,7 @@ mod refit;
 mod tests;
 
 pub use hessian::{Gram, Hessian};
+pub use propagate::{propagate_error, ErrorCross};
 pub use quantize::{
     gptq_quantize, gptq_quantize_weight, gptq_quantize_with_stats, GptqOptions, GptqStats,
 };
