@@ -409,6 +409,14 @@ pub fn panel(isa: Isa, p: &MmPrepared, j0: usize, j1: usize, xs: MmRows, out: &m
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if matches!(xs, MmRows::F32(_)) => {
+            assert!(Isa::available().contains(&isa), "AVX-512 is not available");
+            let MmRows::F32(x) = xs else { unreachable!() };
+            // SAFETY: AVX-512F (part of Avx512Vnni), AVX2 and FMA checked
+            // above; lengths checked above.
+            unsafe { super::x86_mm::float_panel_avx512(p, j0, j1, x, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
             assert!(Isa::available().contains(&isa), "AVX2 is not available");
             // SAFETY: AVX2/FMA checked above; lengths checked above.

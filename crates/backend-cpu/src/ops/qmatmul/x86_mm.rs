@@ -1,7 +1,8 @@
 //! AVX2 (+FMA) kernels for metal-marlin formats, over the repacked blocks
 //! of [`MmPrepared`] (layout in `mm.rs`), for the formats without a
-//! row-interleaved form (`il.rs`: nf4, fp8, int2, int3) on AVX2 and
-//! AVX-512 CPUs alike (no 512-bit variant yet).
+//! row-interleaved form (`il.rs`: nf4, fp8, int2, int3): the integer path
+//! on AVX2 and AVX-512 CPUs alike, the float path on AVX2 CPUs; AVX-512
+//! CPUs run the float path in 16 lanes ([`float_panel_avx512`]).
 //!
 //! Integer path: a block decodes to 32 signed bytes `c` — 8-bit codes are
 //! stored as `u − 128` already; 2/3/4-bit codes are spread to one byte each
@@ -330,6 +331,128 @@ unsafe fn float_kernel<const K: u8, const NR: usize>(
         }
         for r in 0..NR {
             out[r * rows + j - j0] = hsum_ps(acc[r]);
+        }
+    }
+}
+
+/// The float path (nf4, fp8) with 512-bit registers: `out[r·(j1−j0) + j−j0]
+/// = w[j] · x[r]` for f32 activation rows.
+///
+/// A block's 32 codes become two `__m512` of 16 lanes: nf4 with one
+/// `vpermps` over the 16 levels (`_mm512_permutexvar_ps`), fp8 with the
+/// AVX2 kernel's bit trick on 16 lanes (NaN/∞ through a compare mask).
+/// Same arithmetic as [`panel_avx2`]'s float path, in 16 lanes instead of
+/// 8 (so the f32 sums are added in another order).
+///
+/// # Safety
+/// AVX-512F, AVX2 and FMA must be available; `x` rows must match `p`
+/// (checked by `mm::panel`).
+#[target_feature(enable = "avx2,fma,avx512f")]
+pub(super) unsafe fn float_panel_avx512(
+    p: &MmPrepared,
+    j0: usize,
+    j1: usize,
+    x: &[&[f32]],
+    out: &mut [f32],
+) {
+    match (p.path, x.len()) {
+        (Path::Nf4, 1) => float512::<0, 1>(p, j0, j1, x, out),
+        (Path::Nf4, 2) => float512::<0, 2>(p, j0, j1, x, out),
+        (Path::Nf4, 3) => float512::<0, 3>(p, j0, j1, x, out),
+        (Path::Nf4, _) => float512::<0, 4>(p, j0, j1, x, out),
+        (Path::E4M3, 1) => float512::<1, 1>(p, j0, j1, x, out),
+        (Path::E4M3, 2) => float512::<1, 2>(p, j0, j1, x, out),
+        (Path::E4M3, 3) => float512::<1, 3>(p, j0, j1, x, out),
+        (Path::E4M3, _) => float512::<1, 4>(p, j0, j1, x, out),
+        (_, 1) => float512::<2, 1>(p, j0, j1, x, out),
+        (_, 2) => float512::<2, 2>(p, j0, j1, x, out),
+        (_, 3) => float512::<2, 3>(p, j0, j1, x, out),
+        (_, _) => float512::<2, 4>(p, j0, j1, x, out),
+    }
+}
+
+/// 16 FP8 codes → f32: E4M3 (`K == 1`) or E5M2, as [`fp8x8`].
+#[inline(always)]
+unsafe fn fp8x16<const K: u8>(v: __m128i) -> __m512 {
+    let b = _mm512_cvtepu8_epi32(v);
+    let mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7f));
+    let sign = _mm512_slli_epi32::<24>(_mm512_and_si512(b, _mm512_set1_epi32(0x80)));
+    let f = if K == 1 {
+        let f = _mm512_mul_ps(
+            _mm512_castsi512_ps(_mm512_slli_epi32::<20>(mag)),
+            _mm512_set1_ps(f32::from_bits((127 + 120) << 23)),
+        );
+        // S.1111.111 is NaN: all ones (as the AVX2 kernel's OR).
+        let nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
+        _mm512_mask_mov_ps(f, nan, _mm512_castsi512_ps(_mm512_set1_epi32(-1)))
+    } else {
+        let bits = _mm512_slli_epi32::<21>(mag);
+        let f = _mm512_mul_ps(
+            _mm512_castsi512_ps(bits),
+            _mm512_set1_ps(f32::from_bits((127 + 112) << 23)),
+        );
+        // Exponent 31: ∞ (mantissa 0) or NaN.
+        let e = _mm512_set1_epi32(0x7c);
+        let special = _mm512_cmpeq_epi32_mask(_mm512_and_si512(mag, e), e);
+        let inf_nan = _mm512_or_si512(bits, _mm512_set1_epi32(0x7f80_0000));
+        _mm512_mask_mov_ps(f, special, _mm512_castsi512_ps(inf_nan))
+    };
+    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign))
+}
+
+/// The 32 values (before the group scale) of one float-path block:
+/// elements 0..16 and 16..32.
+#[inline(always)]
+unsafe fn decode_f32x16<const K: u8>(b: *const u8, table: __m512) -> [__m512; 2] {
+    if K == 0 {
+        let q = _mm_loadu_si128(b as *const __m128i);
+        let m = _mm_set1_epi8(0xF);
+        let lo = _mm512_cvtepu8_epi32(_mm_and_si128(q, m));
+        let hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m));
+        [
+            _mm512_permutexvar_ps(lo, table),
+            _mm512_permutexvar_ps(hi, table),
+        ]
+    } else {
+        [
+            fp8x16::<K>(_mm_loadu_si128(b as *const __m128i)),
+            fp8x16::<K>(_mm_loadu_si128(b.add(16) as *const __m128i)),
+        ]
+    }
+}
+
+#[inline(always)]
+unsafe fn float512<const K: u8, const NR: usize>(
+    p: &MmPrepared,
+    j0: usize,
+    j1: usize,
+    x: &[&[f32]],
+    out: &mut [f32],
+) {
+    let rows = j1 - j0;
+    let bb = block_bytes(p.bits);
+    let table = _mm512_loadu_ps(mm_quant::mm::codec::NF4_LEVELS.as_ptr());
+    for j in j0..j1 {
+        let w = p.row(j).as_ptr();
+        let mut acc = [_mm512_setzero_ps(); NR];
+        for g in 0..p.groups {
+            let mut ga = [_mm512_setzero_ps(); NR];
+            let mut gb = [_mm512_setzero_ps(); NR];
+            for b in g * p.group_blocks..(g + 1) * p.group_blocks {
+                let v = decode_f32x16::<K>(w.add(b * bb), table);
+                for r in 0..NR {
+                    let xp = x[r].as_ptr().add(b * BLOCK);
+                    ga[r] = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(xp), ga[r]);
+                    gb[r] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(xp.add(16)), gb[r]);
+                }
+            }
+            let d = _mm512_set1_ps(p.scales[j * p.groups + g]);
+            for r in 0..NR {
+                acc[r] = _mm512_fmadd_ps(_mm512_add_ps(ga[r], gb[r]), d, acc[r]);
+            }
+        }
+        for r in 0..NR {
+            out[r * rows + j - j0] = _mm512_reduce_add_ps(acc[r]);
         }
     }
 }
