@@ -87,6 +87,17 @@ pub struct Options {
     pub progress: bool,
 }
 
+impl Options {
+    /// The error propagation strength in force: the asked one, else
+    /// [`DEFAULT_PROPAGATE_ERROR`] with GPTQ; 0 with RTN.
+    fn propagate_strength(&self) -> f64 {
+        match self.method {
+            QuantMethod::Gptq => self.propagate_error.unwrap_or(DEFAULT_PROPAGATE_ERROR),
+            QuantMethod::Rtn => 0.0,
+        }
+    }
+}
+
 /// GPTQ's default error propagation strength (`--propagate-error`). Measured
 /// on SmolLM2 with GPTQ act-order (docs/QUALITY.md, "Error propagation"):
 /// 0.5 beat 0.25, 0.75 and 1 at 2, 3 and 4 bits (1 fits the calibration
@@ -153,10 +164,7 @@ pub fn run(o: &Options) -> Result<Summary> {
                 .into(),
         ));
     }
-    let propagate = match o.method {
-        QuantMethod::Gptq => o.propagate_error.unwrap_or(DEFAULT_PROPAGATE_ERROR),
-        QuantMethod::Rtn => 0.0,
-    };
+    let propagate = o.propagate_strength();
     if !(0.0..=1.0).contains(&propagate) {
         return Err(Error::Invalid(format!(
             "--propagate-error {propagate} is outside [0, 1] (0 turns it off, 1 fits each layer fully to the unquantized model's output)"
@@ -518,7 +526,7 @@ fn quant_config(items: &[Item], default: MmFormat, o: &Options, keep: &[Rule]) -
             m.insert("refit_scales".into(), json!(true));
         }
         if o.method == QuantMethod::Gptq {
-            let a = o.propagate_error.unwrap_or(DEFAULT_PROPAGATE_ERROR);
+            let a = o.propagate_strength();
             m.insert("propagate_error".into(), json!(a));
             m.insert(
                 "propagate_residual".into(),

@@ -247,7 +247,7 @@ impl Gptq {
                     )));
                 }
                 let mut values = mm_quant::dequantize_rows_ref(&lin.weight, 0..rows)?;
-                if let Some(cross) = st.cross.as_ref().filter(|_| self.propagate > 0.0) {
+                if let Some(cross) = &st.cross {
                     values = propagate_error(
                         &values,
                         rows,

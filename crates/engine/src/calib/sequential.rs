@@ -180,7 +180,7 @@ impl SequentialCalib {
         let reference = self.reference.as_ref().map(|r| r.inputs.clone());
         let crosses = Arc::new(Mutex::new(HashMap::<String, (usize, ErrorCross)>::new()));
         // Inputs of residual writers, per window, for their residual error.
-        let kept = Arc::new(Mutex::new(HashMap::<String, Vec<(usize, Vec<f32>)>>::new()));
+        let kept = Arc::new(Mutex::new(HashMap::<String, Vec<Tensor>>::new()));
         let observer: LinearObserver = match reference {
             None => hess,
             Some(inputs) => {
@@ -195,7 +195,7 @@ impl SequentialCalib {
                             .map_err(|_| poisoned())?
                             .entry(name.to_string())
                             .or_default()
-                            .push((x.dims2()?.0, x.to_vec()?));
+                            .push(x.clone());
                     }
                     add_cross(&inputs, &crosses, name, x)
                 })
@@ -207,34 +207,7 @@ impl SequentialCalib {
         let mids = run?;
         let mut crosses = std::mem::take(&mut *crosses.lock().map_err(|_| poisoned())?);
         let kept = std::mem::take(&mut *kept.lock().map_err(|_| poisoned())?);
-        let mut residuals = HashMap::new();
-        if let Some(r) = &self.reference {
-            for (name, xs) in kept {
-                let point = residual_point(&name).unwrap_or(0);
-                let (fp, q) = if point == 0 {
-                    (&r.layer_in, &self.streams)
-                } else {
-                    (&r.mid, &mids)
-                };
-                let mut acc: Option<ErrorCross> = None;
-                for (k, (rows, x)) in xs.iter().enumerate() {
-                    let (Some(a), Some(b)) = (fp.get(k), q.get(k)) else {
-                        return Err(Error::Other(format!(
-                            "error propagation: no residual stream for window {k} of '{name}'"
-                        )));
-                    };
-                    let (a, b) = (a.to_vec()?, b.to_vec()?);
-                    let e: Vec<f32> = a.iter().zip(&b).map(|(a, b)| a - b).collect();
-                    let cols = x.len() / rows.max(&1);
-                    acc.get_or_insert_with(|| {
-                        ErrorCross::with_error_width(e.len() / rows.max(&1), cols)
-                    })
-                    .add_error(&e, x, *rows)
-                    .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
-                }
-                residuals.insert(name, acc);
-            }
-        }
+        let mut residuals = self.residual_errors(kept, &mids)?;
         let with_reference = self.reference.is_some();
         take_hessians(&state)?
             .into_iter()
@@ -248,7 +221,7 @@ impl SequentialCalib {
                     }
                     None => None,
                 };
-                let residual = residuals.remove(&name).flatten();
+                let residual = residuals.remove(&name);
                 Ok((
                     name,
                     WeightStats {
@@ -259,6 +232,51 @@ impl SequentialCalib {
                 ))
             })
             .collect()
+    }
+
+    /// The residual error `2·(h − ĥ)ᵀX̂/n` of each residual writer from its
+    /// inputs `kept` (one per window): `h − ĥ` is the reference minus this
+    /// pass's stream where the writer's output is added (the layer's input
+    /// for `o_proj`, `mids` for `down_proj`).
+    fn residual_errors(
+        &self,
+        kept: HashMap<String, Vec<Tensor>>,
+        mids: &[Tensor],
+    ) -> Result<HashMap<String, ErrorCross>> {
+        let Some(r) = &self.reference else {
+            return Ok(HashMap::new());
+        };
+        let mut out = HashMap::new();
+        for (name, xs) in kept {
+            let (fp, q) = match residual_point(&name) {
+                Some(0) => (&r.layer_in, self.streams.as_slice()),
+                _ => (&r.mid, mids),
+            };
+            if xs.len() != fp.len() || xs.len() != q.len() {
+                return Err(Error::Other(format!(
+                    "error propagation: '{name}' saw {} windows, the residual streams are {} and {}",
+                    xs.len(),
+                    fp.len(),
+                    q.len()
+                )));
+            }
+            let mut acc: Option<ErrorCross> = None;
+            for ((x, a), b) in xs.iter().zip(fp).zip(q) {
+                let (rows, cols) = x.dims2()?;
+                let (_, hidden) = a.dims2()?;
+                let e: Vec<f32> = a
+                    .to_vec()?
+                    .iter()
+                    .zip(b.to_vec()?)
+                    .map(|(a, b)| a - b)
+                    .collect();
+                acc.get_or_insert_with(|| ErrorCross::with_error_width(hidden, cols))
+                    .add_error(&e, &x.to_vec()?, rows)
+                    .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+            }
+            out.extend(acc.map(|a| (name, a)));
+        }
+        Ok(out)
     }
 
     /// Moves the streams through layer [`next_layer`](Self::next_layer) of
@@ -336,7 +354,8 @@ impl SequentialCalib {
 
     /// Runs layer [`next_layer`](Self::next_layer) on every stream; with
     /// `keep` the streams move to its output. Returns the streams between
-    /// the layer's attention and MLP blocks (empty with `keep`).
+    /// the layer's attention and MLP blocks when error propagation needs
+    /// them (without `keep`; else empty).
     fn run_layer(&mut self, model: &DecoderModel, keep: bool) -> Result<Vec<Tensor>> {
         self.check_layer(model)?;
         let l = self.layer;
@@ -346,7 +365,7 @@ impl SequentialCalib {
             let (mid, out) = model.forward_layer_mid(l, h, &self.positions, &mut self.cache)?;
             if keep {
                 *h = out;
-            } else {
+            } else if self.reference.is_some() {
                 mids.push(mid);
             }
         }
