@@ -15,7 +15,8 @@
 #   only the first N windows), LIC (the license-text folder), GROUP (group
 #   size, default 128, with --group-fallback), QARGS (more quantize
 #   arguments, e.g. "--rotate" or "--scale-search minmax"), TAG (appended to
-#   the result names, to keep variants apart).
+#   the result names, to keep variants apart), CALIB (a calibration text
+#   instead of the license texts).
 #
 # The reference is the source with every tensor widened to f32
 # (`quantize --keep '.*=f32'`): its values are exactly the source's. GPTQ
@@ -39,7 +40,12 @@ QARGS=${QARGS:-}
 TAG=${TAG:-}
 
 mkdir -p "$WORK"
-cat "$LIC/Apache-2.0" "$LIC/MPL-2.0" "$LIC/GFDL-1.3" "$LIC/Artistic" >"$WORK/calib.txt"
+# CALIB: a calibration text to use instead of the license texts.
+if [ -n "${CALIB:-}" ]; then
+    cp "$CALIB" "$WORK/calib.txt"
+else
+    cat "$LIC/Apache-2.0" "$LIC/MPL-2.0" "$LIC/GFDL-1.3" "$LIC/Artistic" >"$WORK/calib.txt"
+fi
 if [ ! -f "$WORK/ref/config.json" ]; then
     rm -rf "$WORK/ref"
     "$BIN" quantize "$MODEL" --keep '.*=f32' -o "$WORK/ref" --threads "$THREADS" >"$WORK/ref.log" 2>&1

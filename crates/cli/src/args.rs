@@ -276,6 +276,22 @@ pub struct QuantizeArgs {
     /// stream already carries there.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub propagate_residual: bool,
+    /// GPTQ: after each layer is quantized, train its quantized weights and
+    /// scales for EPOCHS passes over the calibration windows so that the
+    /// layer reproduces the unquantized model's output (block-wise tuning,
+    /// straight-through rounding); the best epoch on held-out windows is
+    /// kept. 0: off.
+    #[arg(long, value_name = "EPOCHS", default_value_t = 0)]
+    pub tune: usize,
+    /// Block-wise tuning: Adam step of the weights, in group scales.
+    #[arg(long, value_name = "LR", default_value_t = mm_engine::tune::train::DEFAULT_LR)]
+    pub tune_lr: f32,
+    /// Block-wise tuning: Adam step of the scales, relative to each scale.
+    #[arg(long, value_name = "LR", default_value_t = mm_engine::tune::train::DEFAULT_SCALE_LR)]
+    pub tune_scale_lr: f32,
+    /// GPTQ: calibration windows of 512 tokens taken from --calib (at most).
+    #[arg(long, value_name = "N", default_value_t = mm_engine::calib::DEFAULT_MAX_WINDOWS)]
+    pub calib_windows: usize,
     /// Rotate the model first (QuaRot-style random orthogonal rotation of
     /// the residual stream and of attention values, fused into the
     /// weights): spreads outlier channels; measured to help only with GPTQ

@@ -926,6 +926,21 @@ fn gptq_needs_calibration() {
     assert!(e.contains("--method gptq"), "{e}");
     let e = bad(&t, &["--propagate-error", "0.5"]);
     assert!(e.contains("--method gptq"), "{e}");
+    let e = bad(&t, &["--tune", "2"]);
+    assert!(e.contains("--method gptq"), "{e}");
+    let gptq = ["--method", "gptq", "--calib", "/etc/hostname"];
+    let e = bad(
+        &t,
+        &[&gptq[..], &["--tune", "2", "--tune-lr", "nan"]].concat(),
+    );
+    assert!(e.contains("--tune-lr") && e.contains("finite"), "{e}");
+    let e = bad(
+        &t,
+        &[&gptq[..], &["--tune", "2", "--calib-windows", "1"]].concat(),
+    );
+    assert!(e.contains("--calib-windows 1"), "{e}");
+    let e = bad(&t, &[&gptq[..], &["--calib-windows", "0"]].concat());
+    assert!(e.contains("--calib-windows 0"), "{e}");
     for v in ["1.5", "-0.1", "nan"] {
         let e = bad(
             &t,
@@ -1009,15 +1024,15 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
         .collect();
     let calib = t.join("calib.txt");
     std::fs::write(&calib, text).unwrap();
-    let quantize = |tag: &str, extra: &[&str]| -> PathBuf {
+    let quantize_as = |tag: &str, fmt: &str, group: &str, extra: &[&str]| -> PathBuf {
         let out = t.join(tag);
         let mut a = vec![
             "quantize",
             gguf.to_str().unwrap(),
             "--format",
-            "int3-asym",
+            fmt,
             "--group-size",
-            "64",
+            group,
             "--keep",
             r"^model\.layers\.([2-9]|[12][0-9])\..*=f16",
             "-o",
@@ -1027,6 +1042,7 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
         ok(&a);
         out
     };
+    let quantize = |tag: &str, extra: &[&str]| quantize_as(tag, "int3-asym", "64", extra);
     let rtn = quantize("rtn", &[]);
     let gptq = quantize(
         "gptq",
@@ -1119,6 +1135,44 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
     let qc = read_json(&plain.join("quantization_config.json"));
     assert_eq!(qc["propagate_error"], 0.0, "{qc}");
     assert_eq!(qc["propagate_residual"], false, "{qc}");
+    // Block-wise tuning of the two GPTQ layers' scales, at 2 bits where it
+    // is meant to help.
+    let gptq_args = [
+        "--method",
+        "gptq",
+        "--act-order",
+        "--calib",
+        calib.to_str().unwrap(),
+    ];
+    let i2 = quantize_as("i2", "int2-asym", "32", &gptq_args);
+    let tuned = quantize_as(
+        "i2-tuned",
+        "int2-asym",
+        "32",
+        &[&gptq_args[..], &["--tune", "3"]].concat(),
+    );
+    let c_i2 = closeness(&want, &logits(&i2, &ids).0, vocab);
+    let c_tuned = closeness(&want, &logits(&tuned, &ids).0, vocab);
+    eprintln!("2 layers int2-asym/g32: GPTQ {c_i2:?}, GPTQ + block-wise tuning {c_tuned:?}");
+    assert!(
+        c_tuned.kl < TUNED_KL_RATIO * c_i2.kl,
+        "tuned {c_tuned:?} vs GPTQ {c_i2:?}"
+    );
+    let qc = read_json(&tuned.join("quantization_config.json"));
+    assert_eq!(qc["tune"]["epochs"], 3, "{qc}");
+    assert_ne!(stored_scales(&tuned), stored_scales(&i2));
+}
+
+/// Bound on tuned / untuned KL in `gptq_pipeline_beats_rtn_on_smollm2`.
+const TUNED_KL_RATIO: f32 = 1.0;
+
+fn stored_scales(dir: &Path) -> Vec<u8> {
+    mm_formats::SafetensorsSet::open_dir(dir)
+        .unwrap()
+        .raw("model.layers.0.mlp.down_proj.scales")
+        .unwrap()
+        .2
+        .to_vec()
 }
 
 /// The real SmolLM2 GGUF (Q4_1), when present: GGUF → HF names, config and

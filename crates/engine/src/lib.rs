@@ -9,6 +9,7 @@ pub mod generate;
 pub mod resolve;
 pub mod sampler;
 pub mod tokenizer;
+pub mod tune;
 
 pub use generate::{generate, GenerateOutput, GenerateRequest, GenerateStats, StopReason};
 pub use sampler::{Sampler, SamplingParams};

@@ -216,6 +216,16 @@ impl DecoderModel {
             .find(|lin| lin.name() == name)
     }
 
+    /// Decoder layer `l`.
+    pub fn layer(&self, l: usize) -> Option<&DecoderLayer> {
+        self.layers.get(l)
+    }
+
+    /// The rotary embedding every layer applies.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
     /// Decoder layers.
     pub fn num_layers(&self) -> usize {
         self.layers.len()

@@ -7,6 +7,7 @@ pub mod dense;
 pub mod ggml;
 pub mod gptq;
 pub mod mm;
+pub mod ste;
 
 pub use dense::{dequantize_ref, dequantize_rows_ref};
 pub use ggml::dequantize_row;

@@ -34,6 +34,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         refit_scales: a.refit_scales,
         propagate_error: a.propagate_error,
         propagate_residual: a.propagate_residual,
+        tune: mm_engine::tune::TuneOptions {
+            epochs: a.tune,
+            lr: a.tune_lr,
+            scale_lr: a.tune_scale_lr,
+        },
+        calib_windows: a.calib_windows,
         scale_search: match a.scale_search {
             ScaleSearchArg::Auto => None,
             ScaleSearchArg::Minmax => Some(ScaleSearch::MinMax),

@@ -82,6 +82,10 @@ pub struct Options {
     /// GPTQ error propagation: `o_proj` and `down_proj` also take up the
     /// residual stream's error (default on).
     pub propagate_residual: bool,
+    /// GPTQ: block-wise tuning after each layer (`epochs` 0: off).
+    pub tune: mm_engine::tune::TuneOptions,
+    /// GPTQ: calibration windows taken from the text (at most).
+    pub calib_windows: usize,
     /// Rotate the model before quantizing (see [`rotate`]).
     pub rotate: bool,
     pub progress: bool,
@@ -157,12 +161,29 @@ pub fn run(o: &Options) -> Result<Summary> {
         ));
     }
     if o.method == QuantMethod::Rtn
-        && (o.calib.is_some() || o.act_order || o.refit_scales || o.propagate_error.is_some())
+        && (o.calib.is_some()
+            || o.act_order
+            || o.refit_scales
+            || o.propagate_error.is_some()
+            || o.tune.epochs > 0)
     {
         return Err(Error::Invalid(
-            "--calib, --act-order, --refit-scales and --propagate-error are only used by --method gptq"
+            "--calib, --act-order, --refit-scales, --propagate-error and --tune are only used by --method gptq"
                 .into(),
         ));
+    }
+    let t = &o.tune;
+    if !(t.lr.is_finite() && t.lr >= 0.0 && t.scale_lr.is_finite() && t.scale_lr >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "--tune-lr {} and --tune-scale-lr {} must be finite and non-negative",
+            t.lr, t.scale_lr
+        )));
+    }
+    if o.calib_windows == 0 || (o.tune.epochs > 0 && o.calib_windows < 2) {
+        return Err(Error::Invalid(format!(
+            "--calib-windows {} is too few (at least 1, and 2 with --tune: one is held out)",
+            o.calib_windows
+        )));
     }
     let propagate = o.propagate_strength();
     if !(0.0..=1.0).contains(&propagate) {
@@ -255,6 +276,8 @@ pub fn run(o: &Options) -> Result<Summary> {
                 o.scale_search,
                 propagate,
                 o.propagate_residual,
+                o.tune,
+                o.calib_windows,
             )?
         }
     };
@@ -532,6 +555,13 @@ fn quant_config(items: &[Item], default: MmFormat, o: &Options, keep: &[Rule]) -
                 "propagate_residual".into(),
                 json!(a > 0.0 && o.propagate_residual),
             );
+            m.insert("calib_windows".into(), json!(o.calib_windows));
+            if o.tune.epochs > 0 {
+                m.insert(
+                    "tune".into(),
+                    json!({"epochs": o.tune.epochs, "lr": o.tune.lr, "scale_lr": o.tune.scale_lr}),
+                );
+            }
         }
         m.insert(
             "keep".into(),

@@ -28,12 +28,14 @@ use mm_core::weight::MmFormat;
 use mm_core::{Device, Error, Result};
 use mm_engine::calib::{
     calibration_tokens, calibration_windows, names_filter, stage_of, CalibOptions, SequentialCalib,
-    DEFAULT_MAX_WINDOWS, DEFAULT_MIN_TOKENS, DEFAULT_WINDOW,
+    DEFAULT_MIN_TOKENS, DEFAULT_WINDOW,
 };
+use mm_engine::tune::{tune_block, Block, Param, TuneOptions, LINEARS};
 use mm_formats::WeightSource;
 use mm_models::DecoderModel;
 use mm_quant::gptq::{gptq_quantize, propagate_error, GptqOptions};
 use mm_quant::mm::{QuantizedTensor, ScaleSearch};
+use mm_quant::ste::FakeQuant;
 
 use super::scale_search_for;
 
@@ -55,6 +57,8 @@ pub struct Gptq {
     propagate: f64,
     /// With it, `o_proj` and `down_proj` also take up the residual stream's error.
     residual: bool,
+    /// Block-wise tuning after each layer (`epochs` 0: off; `mm_engine::tune`).
+    tune: TuneOptions,
     /// Weights quantized with GPTQ and their formats.
     weights: Vec<(String, MmFormat)>,
     /// Quantized weights waiting for the pipeline to ask for them.
@@ -105,11 +109,14 @@ impl Quantizer {
     /// GPTQ over the calibration text in `calib` for the quantized weights
     /// `weights` (name, format): tokenizes the text with the model's
     /// tokenizer, checks there is enough of it, loads the model as stored
-    /// (on the CPU) and embeds the calibration windows. With `propagate`
-    /// > 0 each weight is first moved towards the unquantized model's
+    /// (on the CPU) and embeds the calibration windows. With a `propagate`
+    /// above 0 each weight is first moved towards the unquantized model's
     /// output by that strength (error propagation, docs/GPTQ.md); with
     /// `residual` the weights that write the residual stream also take up
-    /// the error it carries.
+    /// the error it carries. With `tune.epochs` > 0 each layer's quantized
+    /// weights are then trained against the unquantized model's output
+    /// (`mm_engine::tune`). At most `windows` calibration windows are used.
+    #[allow(clippy::too_many_arguments)]
     pub fn gptq(
         src_path: &Path,
         src: &dyn WeightSource,
@@ -119,6 +126,8 @@ impl Quantizer {
         scale_search: Option<ScaleSearch>,
         propagate: f64,
         residual: bool,
+        tune: TuneOptions,
+        windows: usize,
     ) -> Result<Self> {
         let text = std::fs::read_to_string(calib).map_err(|e| Error::io(calib, e))?;
         let tok = mm_engine::tokenizer::load_for(src_path, src).map_err(|e| {
@@ -130,7 +139,7 @@ impl Quantizer {
         let cfg = src.config();
         let calib_opts = CalibOptions {
             window: DEFAULT_WINDOW.min(cfg.max_position_embeddings),
-            max_windows: DEFAULT_MAX_WINDOWS,
+            max_windows: windows,
             min_tokens: DEFAULT_MIN_TOKENS,
             filter: None,
         };
@@ -175,6 +184,7 @@ impl Quantizer {
             scale_search,
             propagate,
             residual,
+            tune,
             weights,
             done: RefCell::new(HashMap::new()),
         })))
@@ -213,6 +223,16 @@ impl Gptq {
         let l = seq.next_layer();
         let n_layers = model.num_layers();
         let device = model.device().clone();
+        let tuning = self.tune.epochs > 0
+            && self
+                .weights
+                .iter()
+                .any(|(n, _)| stage_of(n).map(|s| s.0) == Some(l));
+        let original = if tuning {
+            Some(layer_weights(&model, l)?)
+        } else {
+            None
+        };
         for stage in 0..4 {
             let names: Vec<(String, MmFormat)> = self
                 .weights
@@ -269,6 +289,112 @@ impl Gptq {
                 self.done.borrow_mut().insert(name, q);
             }
         }
+        if let Some(original) = original {
+            status(format!("tuning layer {}/{n_layers}", l + 1));
+            self.tune_layer(&mut model, &seq, l, &original, status)?;
+        }
         seq.advance(&mut model)
     }
+
+    /// Block-wise tuning of layer `l`'s quantized weights (see
+    /// `mm_engine::tune`): inputs are the quantized model's streams, targets
+    /// the unquantized model's (with error propagation), else the
+    /// unquantized layer's output on those same inputs.
+    fn tune_layer(
+        &self,
+        model: &mut DecoderModel,
+        seq: &SequentialCalib,
+        l: usize,
+        original: &[Vec<f32>],
+        status: &dyn Fn(String),
+    ) -> Result<()> {
+        let block = Block::from_model(model, l)?;
+        let inputs = seq
+            .streams()
+            .iter()
+            .map(|t| t.to_vec())
+            .collect::<Result<Vec<_>>>()?;
+        let targets = match seq.reference_outputs() {
+            Some(r) => r.iter().map(|t| t.to_vec()).collect::<Result<Vec<_>>>()?,
+            None => {
+                let w: [&[f32]; 7] = std::array::from_fn(|i| original[i].as_slice());
+                inputs
+                    .iter()
+                    .map(|x| Ok(block.forward(&w, x)?.0))
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
+        let names: Vec<String> = LINEARS
+            .iter()
+            .map(|n| format!("model.layers.{l}.{n}.weight"))
+            .collect();
+        let mut params = Vec::with_capacity(names.len());
+        {
+            let done = self.done.borrow();
+            for name in &names {
+                params.push(match done.get(name) {
+                    Some(q) => Param::Tuned(FakeQuant::from_quantized(q)?),
+                    None => {
+                        let lin = model.linear_mut(name).ok_or_else(|| {
+                            Error::Other(format!("the model has no weight '{name}'"))
+                        })?;
+                        Param::Fixed(mm_quant::dequantize_ref(&lin.weight)?)
+                    }
+                });
+            }
+        }
+        let n_layers = model.num_layers();
+        let report = tune_block(
+            &block,
+            &mut params,
+            &inputs,
+            &targets,
+            &self.tune,
+            &|e, v| {
+                status(format!(
+                    "tuning layer {}/{n_layers}: epoch {e}/{}, held-out loss {v:.3e}",
+                    l + 1,
+                    self.tune.epochs
+                ))
+            },
+        )
+        .map_err(|e| Error::Other(format!("tuning layer {l}: {e}")))?;
+        tracing::info!(
+            layer = l,
+            val_before = report.val_before,
+            val_after = report.val_after,
+            best_epoch = report.best_epoch,
+            train_first = report.train_first,
+            train_last = report.train_last,
+            "tuned"
+        );
+        let device = model.device().clone();
+        for (name, p) in names.into_iter().zip(params) {
+            if let Param::Tuned(f) = p {
+                let q = f.to_quantized()?;
+                model
+                    .linear_mut(&name)
+                    .ok_or_else(|| Error::Other(format!("the model has no weight '{name}'")))?
+                    .set_weight(q.clone().into_weight_data()?, &device)?;
+                self.done.borrow_mut().insert(name, q);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Layer `l`'s linear weights as f32, in `mm_engine::tune::LINEARS` order.
+fn layer_weights(model: &DecoderModel, l: usize) -> Result<Vec<Vec<f32>>> {
+    let linears = model.linears();
+    LINEARS
+        .iter()
+        .map(|n| {
+            let name = format!("model.layers.{l}.{n}.weight");
+            let lin = linears
+                .iter()
+                .find(|x| x.name() == name)
+                .ok_or_else(|| Error::Other(format!("the model has no weight '{name}'")))?;
+            mm_quant::dequantize_ref(&lin.weight)
+        })
+        .collect()
 }

@@ -146,6 +146,21 @@ impl SequentialCalib {
         self.layer
     }
 
+    /// The residual streams entering layer [`next_layer`](Self::next_layer),
+    /// one `[window, hidden]` per window.
+    pub fn streams(&self) -> &[Tensor] {
+        &self.streams
+    }
+
+    /// With error propagation, once layer [`next_layer`](Self::next_layer)
+    /// has been calibrated: the unquantized model's streams at its output.
+    pub fn reference_outputs(&self) -> Option<&[Tensor]> {
+        self.reference
+            .as_ref()
+            .filter(|r| r.recorded == Some(self.layer))
+            .map(|r| r.streams.as_slice())
+    }
+
     /// Calibration windows.
     pub fn windows(&self) -> usize {
         self.streams.len()

@@ -77,6 +77,16 @@ impl Attention {
     }
 
     /// The q, k, v and o projections, in that order.
+    /// `(heads, kv heads, head dim, sliding window)`.
+    pub fn shape(&self) -> (usize, usize, usize, Option<usize>) {
+        (self.n_heads, self.n_kv_heads, self.head_dim, self.window)
+    }
+
+    /// The per-head RMSNorms of queries and keys (Qwen3), when present.
+    pub fn head_norms(&self) -> (Option<&RmsNorm>, Option<&RmsNorm>) {
+        (self.q_norm.as_ref(), self.k_norm.as_ref())
+    }
+
     pub fn linears(&self) -> [&Linear; 4] {
         [&self.q, &self.k, &self.v, &self.o]
     }

@@ -31,6 +31,16 @@ impl RmsNorm {
         device.rms_norm(x, &self.weight, self.eps)
     }
 
+    /// The scale vector `w`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The `eps` added to the mean square.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
     /// (stored bytes, parameters) of the weight.
     pub fn size(&self) -> (usize, usize) {
         (self.stored, self.weight.numel())
