@@ -44,4 +44,4 @@ while IFS= read -r p; do
     done
 done <"$PROMPTS" | xargs -0 -n 3 -P "$JOBS" bash -c 'answer "$@"' _
 cat "$TMP"/*.txt >"$OUT"
-echo "wrote $OUT: $(wc -c <"$OUT") bytes, $(ls "$TMP" | wc -l) answers" >&2
+echo "wrote $OUT: $(wc -c <"$OUT") bytes, $(find "$TMP" -name "*.txt" | wc -l) answers" >&2
