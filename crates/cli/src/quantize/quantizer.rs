@@ -228,7 +228,9 @@ impl Gptq {
                 .weights
                 .iter()
                 .any(|(n, _)| stage_of(n).map(|s| s.0) == Some(l));
-        let original = if tuning {
+        // Without error propagation the targets are the unquantized
+        // layer's outputs, so tuning needs its weights before GPTQ.
+        let original = if tuning && self.propagate == 0.0 {
             Some(layer_weights(&model, l)?)
         } else {
             None
@@ -289,9 +291,9 @@ impl Gptq {
                 self.done.borrow_mut().insert(name, q);
             }
         }
-        if let Some(original) = original {
+        if tuning {
             status(format!("tuning layer {}/{n_layers}", l + 1));
-            self.tune_layer(&mut model, &seq, l, &original, status)?;
+            self.tune_layer(&mut model, &seq, l, original.as_deref(), status)?;
         }
         seq.advance(&mut model)
     }
@@ -305,7 +307,7 @@ impl Gptq {
         model: &mut DecoderModel,
         seq: &SequentialCalib,
         l: usize,
-        original: &[Vec<f32>],
+        original: Option<&[Vec<f32>]>,
         status: &dyn Fn(String),
     ) -> Result<()> {
         let block = Block::from_model(model, l)?;
@@ -317,6 +319,12 @@ impl Gptq {
         let targets = match seq.reference_outputs() {
             Some(r) => r.iter().map(|t| t.to_vec()).collect::<Result<Vec<_>>>()?,
             None => {
+                let original = original.ok_or_else(|| {
+                    Error::Other(
+                        "tuning without reference streams needs the layer's unquantized weights"
+                            .into(),
+                    )
+                })?;
                 let w: [&[f32]; 7] = std::array::from_fn(|i| original[i].as_slice());
                 inputs
                     .iter()

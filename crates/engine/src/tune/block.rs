@@ -45,7 +45,8 @@ pub struct Tape {
     t: usize,
     positions: Vec<u32>,
     n1: Vec<f32>,
-    /// q and k before the head norms, and the norms' row factors.
+    /// With head norms: q and k before them, and the norms' row factors
+    /// (empty without).
     q_pre: Vec<f32>,
     k_pre: Vec<f32>,
     inv_q: Vec<f32>,
@@ -143,13 +144,13 @@ impl Block {
         let q_pre = ops::linear(&n1, w[0], self.bias[0].as_deref(), t, sq.0);
         let k_pre = ops::linear(&n1, w[1], self.bias[1].as_deref(), t, sk.0);
         let v = ops::linear(&n1, w[2], self.bias[2].as_deref(), t, sv.0);
-        let (mut q, mut k, inv_q, inv_k) = match &self.head_norms {
+        let (mut q, mut k, q_pre, k_pre, inv_q, inv_k) = match &self.head_norms {
             Some((gq, gk, eps)) => {
                 let (q, iq) = ops::rms_norm(&q_pre, gq, *eps);
                 let (k, ik) = ops::rms_norm(&k_pre, gk, *eps);
-                (q, k, iq, ik)
+                (q, k, q_pre, k_pre, iq, ik)
             }
-            None => (q_pre.clone(), k_pre.clone(), Vec::new(), Vec::new()),
+            None => (q_pre, k_pre, Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
         let d = self.heads.dim;
         ops::rope(&mut q, d, &positions, &self.inv_freq, false);

@@ -157,16 +157,14 @@ pub fn tune_block(
     }
     let n_val = held_out(inputs.len());
     let n_train = inputs.len() - n_val;
-    let loss_of = |params: &[Param], i: usize| -> Result<f64> {
+    // Held-out loss: the weights' forward values once, every window on them.
+    let val = |params: &[Param]| -> Result<f64> {
         let w = values(params);
         let refs = refs(&w);
-        let (out, _) = block.forward(&refs, &inputs[i])?;
-        Ok(mse(&out, &targets[i]).0)
-    };
-    let val = |params: &[Param]| -> Result<f64> {
         let mut s = 0.0;
         for i in n_train..inputs.len() {
-            s += loss_of(params, i)?;
+            let (out, _) = block.forward(&refs, &inputs[i])?;
+            s += mse(&out, &targets[i]).0;
         }
         Ok(s / n_val as f64)
     };
