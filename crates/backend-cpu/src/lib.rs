@@ -11,6 +11,7 @@ mod prepared;
 use mm_core::backend::{AttentionParams, Backend, Op};
 use mm_core::{Result, Tensor, WeightData, WeightFormat};
 
+pub use ops::matmul::ActPrecision;
 pub use prepared::{dense_f32, il_prepared, mm_prepared};
 
 /// Multi-threaded CPU backend: parallel loops on [`pool`] (sized by rayon's
@@ -19,22 +20,40 @@ pub use prepared::{dense_f32, il_prepared, mm_prepared};
 /// By default GGML block weights run through the native quantized kernels,
 /// which quantize activations to 8 bits as llama.cpp does, and
 /// metal-marlin weights through theirs (repacked once at load, no f32
-/// copy; 8-bit activations for the integer formats, f32 for nf4/fp8). `exact()` instead
+/// copy; 8-bit activations for the integer formats, f32 for nf4/fp8); the
+/// 8-bit activations get a second pass over their rounding remainder
+/// ([`ActPrecision::Int8Residual`], about 15 bits) unless
+/// [`CpuBackend::with_activations`] asks for one pass. `exact()` instead
 /// dequantizes every weight once to f32 and keeps activations in f32: slower,
 /// but numerically the reference (what transformers computes).
 #[derive(Default, Debug, Clone, Copy)]
 pub struct CpuBackend {
     exact: bool,
+    act: ActPrecision,
 }
 
 impl CpuBackend {
+    /// Native kernels with the default activation precision.
     pub fn new() -> Self {
-        CpuBackend { exact: false }
+        Self::default()
     }
 
     /// The f32-activation reference mode.
     pub fn exact() -> Self {
-        CpuBackend { exact: true }
+        CpuBackend {
+            exact: true,
+            ..Self::default()
+        }
+    }
+
+    /// Native kernels with the given activation precision.
+    pub fn with_activations(act: ActPrecision) -> Self {
+        CpuBackend { exact: false, act }
+    }
+
+    /// Whether this is the f32-activation reference mode.
+    pub fn is_exact(&self) -> bool {
+        self.exact
     }
 
     fn native(&self, w: &WeightData) -> bool {
@@ -75,7 +94,7 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
         if self.native(w) {
-            ops::matmul::matmul(x, w, bias)
+            ops::matmul::matmul_with(x, w, bias, self.act)
         } else {
             ops::matmul::matmul_dense(x, w, bias)
         }

@@ -67,6 +67,21 @@ pub enum DeviceKind {
     Wgpu,
 }
 
+/// How precisely the quantized kernels compute (docs/QUALITY.md,
+/// "Faithfulness").
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct PrecisionArgs {
+    /// Verification mode: f32 activations and every weight dequantized to
+    /// f32 once (what transformers computes; slower, more memory).
+    #[arg(long, conflicts_with = "fast_activations")]
+    pub exact: bool,
+    /// One 8-bit activation pass, as llama.cpp's CPU kernels: faster
+    /// prefill, but the logits drift from the model's (by default a second
+    /// 8-bit pass over the rounding remainder keeps them faithful).
+    #[arg(long)]
+    pub fast_activations: bool,
+}
+
 /// Which model, on which device.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -78,6 +93,8 @@ pub struct ModelArgs {
     /// KV-cache length (default: the model's context length, at most 4096).
     #[arg(long)]
     pub ctx: Option<usize>,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// Sampling settings (default: greedy).
@@ -159,6 +176,8 @@ pub struct EvalArgs {
     pub model: Option<String>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// UTF-8 text file to evaluate on.
     #[arg(long)]
     pub text: PathBuf,
@@ -184,6 +203,8 @@ pub struct BenchArgs {
     pub model: Option<String>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// Tokens of the prefill test (0 skips it).
     #[arg(short = 'p', long, default_value_t = 512)]
     pub prompt_tokens: usize,
@@ -219,12 +240,9 @@ pub enum ScaleSearchArg {
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// Source model: HF directory or .gguf file (or give it with -m).
-    #[arg(
-        value_name = "SRC",
-        conflicts_with = "model",
-        required_unless_present = "model"
-    )]
+    /// Source model: HF directory, .gguf file or hub id (or give it with
+    /// -m; default: the default model, SmolLM2-135M-Instruct).
+    #[arg(value_name = "SRC", conflicts_with = "model")]
     pub src: Option<String>,
     /// Source model (same as SRC).
     #[arg(short, long, value_name = "SRC")]

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mm_backend_cpu::CpuBackend;
+use mm_backend_cpu::{ActPrecision, CpuBackend};
 use mm_core::Device;
 use mm_engine::tokenizer::Tokenizer;
 use mm_formats::{open_source, WeightSource};
 use mm_models::{load_model, DecoderModel, KvCache};
 
-use crate::args::{DeviceKind, ModelArgs};
+use crate::args::{DeviceKind, ModelArgs, PrecisionArgs};
 
 /// Everything a command needs to run a model.
 pub struct Loaded {
@@ -29,9 +29,14 @@ impl Loaded {
     }
 }
 
-/// The device for `kind`; GPU backends exist only in builds with their feature.
-pub fn device(kind: DeviceKind) -> Result<Device> {
-    let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
+/// The device for `kind` at the requested precision; GPU backends exist
+/// only in builds with their feature.
+pub fn device(kind: DeviceKind, p: PrecisionArgs) -> Result<Device> {
+    let cpu: Arc<dyn mm_core::Backend> = Arc::new(match (p.exact, p.fast_activations) {
+        (true, _) => CpuBackend::exact(),
+        (_, true) => CpuBackend::with_activations(ActPrecision::Int8),
+        _ => CpuBackend::new(),
+    });
     match kind {
         DeviceKind::Cpu => Ok(Device::new(cpu.clone(), cpu)),
         DeviceKind::Cuda => {
@@ -70,7 +75,7 @@ pub fn build(
         Some(c) => c,
         None => max.min(4096),
     };
-    let dev = device(args.device)?;
+    let dev = device(args.device, args.precision)?;
     let bar = ProgressBar::new(source.config().num_layers as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers")

@@ -616,6 +616,65 @@ fn keep_overrides_take_effect() {
     assert!(c.rel_max < 0.6 && c.kl < 0.08, "{c:?}");
 }
 
+/// Without a recipe a tied embedding (also the LM head) is stored int8 g128,
+/// whatever the default format; a --keep rule puts it back in a float dtype;
+/// an untied embedding keeps its source dtype.
+#[test]
+fn tied_embedding_defaults_to_int8() {
+    let t = Tmp::new("tied");
+    let mm = |s: &str, g| WeightFormat::Mm(mm_quant::MmFormat::parse(s, g).unwrap());
+    let quantize = |fixture: &str, tag: &str, format: &str, extra: &[&str]| {
+        let out = t.join(tag);
+        let src = tiny(fixture);
+        let mut args = vec!["quantize", "-m", src.to_str().unwrap(), "--format", format];
+        args.extend(extra);
+        args.extend(["-o", out.to_str().unwrap()]);
+        ok(&args);
+        out
+    };
+    for format in ["int4", "nf4", "int2-asym"] {
+        let out = quantize("llama-mqa-tied", format, format, &[]);
+        let src = open_source(&out).unwrap();
+        // 64 columns: the group of 128 falls back to 64.
+        assert_eq!(
+            src.tensor("model.embed_tokens.weight").unwrap().format,
+            mm("int8", 64),
+            "{format}"
+        );
+        assert!(
+            !src.contains("lm_head.weight"),
+            "{format}: the head stays tied"
+        );
+        let qc = read_json(&out.join("quantization_config.json"));
+        assert_eq!(
+            qc["overrides"]["model.embed_tokens.weight"],
+            serde_json::json!({"format": "int8", "group_size": 64}),
+            "{format}"
+        );
+    }
+    let out = quantize(
+        "llama-mqa-tied",
+        "kept",
+        "int4",
+        &["--keep", "embed_tokens=f16"],
+    );
+    let src = open_source(&out).unwrap();
+    assert_eq!(
+        src.tensor("model.embed_tokens.weight").unwrap().format,
+        WeightFormat::F16
+    );
+    let out = quantize("llama", "untied", "int4", &[]);
+    let src = open_source(&out).unwrap();
+    assert_eq!(
+        src.tensor("model.embed_tokens.weight").unwrap().format,
+        WeightFormat::BF16
+    );
+    assert_eq!(
+        src.tensor("lm_head.weight").unwrap().format,
+        WeightFormat::BF16
+    );
+}
+
 #[test]
 fn recipes() {
     let t = Tmp::new("recipes");
@@ -1035,6 +1094,9 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
             group,
             "--keep",
             r"^model\.layers\.([2-9]|[12][0-9])\..*=f16",
+            // Only the two layers are measured: the tied embedding stays f16.
+            "--keep",
+            "embed_tokens=f16",
             "-o",
             out.to_str().unwrap(),
         ];
@@ -1208,7 +1270,11 @@ fn smollm2_gguf() {
     }
     let stored = stored_tensors(&out);
     assert!(stored.contains_key("model.layers.29.self_attn.q_proj.qweight"));
-    assert_eq!(stored["model.embed_tokens.weight"].0, "F16");
+    // The tied embedding (the LM head) is int8 g128 by default; 576 columns
+    // fall back to groups of 64.
+    assert_eq!(stored["model.embed_tokens.qweight"].0, "U8");
+    assert_eq!(stored["model.embed_tokens.scales"].1, vec![49152, 9]);
+    assert!(!stored.contains_key("model.embed_tokens.weight"));
     assert!(!stored.keys().any(|k| k.starts_with("blk.")));
 
     // The exported tokenizer encodes and renders chats as the GGUF's does.

@@ -19,6 +19,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let margs = ModelArgs {
         model: a.model.clone(),
         device: a.device,
+        precision: a.precision,
         ctx: None,
     };
     let (path, source) = open(&margs)?;
@@ -59,7 +60,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (model, _) = build(&path, source.as_ref(), &margs)?;
     let summary = model.weight_summary();
     let threads = rayon::current_num_threads();
-    let backend = model.device().name().to_string();
+    let backend = match (a.precision.exact, a.precision.fast_activations) {
+        (true, _) => format!("{} (exact)", model.device().name()),
+        (_, true) => format!("{} (fast activations)", model.device().name()),
+        _ => model.device().name().to_string(),
+    };
 
     let cfg = BenchConfig {
         prompt_tokens: a.prompt_tokens,

@@ -26,6 +26,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let margs = ModelArgs {
         model: a.model.clone(),
         device: a.device,
+        precision: a.precision,
         ctx: Some(a.ctx),
     };
     let (path, source) = open(&margs)?;

@@ -10,11 +10,8 @@ use crate::args::{MethodArg, QuantizeArgs, ScaleSearchArg};
 use crate::quantize::{run as quantize, Options};
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
-    let spec = a
-        .src
-        .or(a.model)
-        .context("give the source model as SRC or -m SRC")?;
-    let src: PathBuf = mm_engine::resolve::resolve_model(Some(&spec))?;
+    let spec = a.src.or(a.model);
+    let src: PathBuf = mm_engine::resolve::resolve_model(spec.as_deref())?;
     let opts = Options {
         src,
         out: a.out,

@@ -228,10 +228,11 @@ pub fn run(o: &Options) -> Result<Summary> {
         default_explicit: o.recipe.is_none() && o.group_size.is_some(),
     };
 
-    let mut rules: Vec<Rule> = o
-        .recipe
-        .map(|r| r.rules(cfg.num_layers))
-        .unwrap_or_default();
+    let mut rules: Vec<Rule> = match o.recipe {
+        Some(r) => r.rules(cfg.num_layers),
+        None if cfg.tie_word_embeddings => vec![rules::tied_embedding_rule()],
+        None => vec![],
+    };
     let n_recipe = rules.len();
     for k in &o.keep {
         rules.push(Rule::parse_keep(k, default.group)?);

@@ -248,6 +248,29 @@ pub fn scales(amax: f32) -> (f32, f32) {
     (d, id)
 }
 
+/// What [`quantize_row`] loses of `x` in blocks of `block` values: `x − d·q`
+/// with the same `d` and `q` (the second pass of
+/// `ActPrecision::Int8Residual`).
+pub fn residual_row(block: usize, x: &[f32], out: &mut [f32]) {
+    for (xb, rb) in x.chunks_exact(block).zip(out.chunks_exact_mut(block)) {
+        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let (d, id) = scales(amax);
+        for (r, v) in rb.iter_mut().zip(xb) {
+            *r = v - d * round_half_even_small(v * id);
+        }
+    }
+}
+
+/// `v.round_ties_even()` for |v| ≤ 2²²: adding and removing 1.5·2²³ leaves
+/// the nearest integer, ties to even, under the default rounding mode. Plain
+/// arithmetic, so loops over it vectorize (`round_ties_even` is a library
+/// call without SSE4.1).
+#[inline(always)]
+pub fn round_half_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    (v + MAGIC) - MAGIC
+}
+
 /// Scalar activation quantization of one row (the reference).
 pub fn quantize_row(kind: ActKind, x: &[f32], out: RowOut) {
     let qk = kind.block();
@@ -272,6 +295,59 @@ pub fn quantize_row(kind: ActKind, x: &[f32], out: RowOut) {
                 for (j, g) in qb.chunks_exact(16).enumerate() {
                     out.bsums[b * 16 + j] = g.iter().map(|&q| q as i16).sum();
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_rounding_is_round_ties_even() {
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.0, 0.0, -0.0,
+        ] {
+            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
+        }
+        // Every multiple of 2^-8 in [-128, 128], and neighbours of the ties.
+        for i in -(128 << 8)..=(128 << 8) {
+            let v = i as f32 / 256.0;
+            for w in [v, v.next_up(), v.next_down()] {
+                assert_eq!(round_half_even_small(w), w.round_ties_even(), "{w}");
+            }
+        }
+    }
+
+    /// `x − residual` is exactly `d·q` of the reference quantizer, per block.
+    #[test]
+    fn residual_is_what_quantization_loses() {
+        let k = 256;
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+            .collect();
+        for kind in [ActKind::Q8_0, ActKind::Q8K] {
+            let nb = k / kind.block();
+            let (mut qs, mut d) = (vec![0i8; k], vec![0f32; nb]);
+            let (mut isum, mut s, mut bsums) = (vec![0i32; nb], vec![0f32; nb], vec![0i16; k / 16]);
+            quantize_row(
+                kind,
+                &x,
+                RowOut {
+                    qs: &mut qs,
+                    d: &mut d,
+                    isum: &mut isum,
+                    s: &mut s,
+                    bsums: &mut bsums,
+                },
+            );
+            let mut r = vec![0f32; k];
+            residual_row(kind.block(), &x, &mut r);
+            for i in 0..k {
+                let dq = d[i / kind.block()] * qs[i] as f32;
+                assert_eq!(r[i], x[i] - dq, "{kind:?} element {i}");
+                assert!(r[i].abs() <= d[i / kind.block()] * 0.5 * (1.0 + 1e-6));
             }
         }
     }
