@@ -1,7 +1,10 @@
 //! Quick kernel probe: CPU time (all threads, from /proc/self/stat) per
-//! quantized matmul, robust against other processes sharing the cores.
+//! quantized or dense matmul, robust against other processes sharing the
+//! cores; wall time and GB/s of weights beside it.
 //! `cargo run --release -p mm-backend-cpu --example qprobe -- N [FORMATS]`
-use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_f32};
+//! (FORMATS: GGML names and F32, F16, BF16, comma-separated).
+use mm_backend_cpu::ops::matmul::dense::{self, Simd};
+use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense, random_f32};
 use mm_backend_cpu::ops::qmatmul::{matmul_q_with, Isa};
 use mm_core::WeightFormat as F;
 use std::time::Instant;
@@ -18,6 +21,27 @@ fn cpu_secs() -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// Times `f` for at least a second and prints one line.
+fn probe(label: &str, (n, k, m): (usize, usize, usize), bytes: usize, f: impl Fn() -> Vec<f32>) {
+    let _ = f();
+    let (c0, t0) = (cpu_secs(), Instant::now());
+    let mut it = 0;
+    while t0.elapsed().as_secs_f64() < 1.0 || cpu_secs() - c0 < 0.5 {
+        std::hint::black_box(f());
+        it += 1;
+    }
+    let cpu = (cpu_secs() - c0) / it as f64;
+    let wall = t0.elapsed().as_secs_f64() / it as f64;
+    let macs = (n * k * m) as f64;
+    println!(
+        "{label:20} {k}x{m} n={n}: cpu {:8.1} us ({:6.2} GMAC/s per cpu-s)  wall {:8.1} us ({:5.1} GB/s)",
+        cpu * 1e6,
+        macs / cpu / 1e9,
+        wall * 1e6,
+        bytes as f64 / wall / 1e9
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1);
@@ -25,32 +49,30 @@ fn main() {
         .get(2)
         .cloned()
         .unwrap_or("Q4_1,Q8_0,Q4_0,Q4_K,Q6_K".into());
-    let all = F::GGML_BLOCK;
-    for f in all
-        .into_iter()
-        .filter(|f| names.split(',').any(|s| s == f.name()))
-    {
-        for &(k, m) in &[(576usize, 1536usize), (576, 192), (1536, 576)] {
+    let all = [F::F32, F::F16, F::BF16].into_iter().chain(F::GGML_BLOCK);
+    for f in all.filter(|f| names.split(',').any(|s| s == f.name())) {
+        for &(k, m) in &[(576usize, 1536usize), (576, 192), (1536, 576), (576, 49152)] {
             if k % f.block().0 != 0 {
                 continue;
             }
-            let w = random_blocks(f, m, k, 1);
             let x = random_f32(n * k, 2);
-            for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
-                let _ = matmul_q_with(isa, f, &w, &x, n, k, m).unwrap();
-                let (c0, t0) = (cpu_secs(), Instant::now());
-                let mut it = 0;
-                while t0.elapsed().as_secs_f64() < 1.0 || cpu_secs() - c0 < 0.5 {
-                    std::hint::black_box(matmul_q_with(isa, f, &w, &x, n, k, m).unwrap());
-                    it += 1;
+            let shape = (n, k, m);
+            if f.is_dense() {
+                let w = random_dense(f, m * k, 1);
+                for &s in Simd::available().iter().filter(|&&s| s != Simd::Scalar) {
+                    let label = format!("{} {}", f.name(), s.name());
+                    probe(&label, shape, w.len(), || {
+                        dense::matmul_with(s, f, &w, &x, n, k, m).unwrap()
+                    });
                 }
-                let cpu = (cpu_secs() - c0) / it as f64;
-                let wall = t0.elapsed().as_secs_f64() / it as f64;
-                let macs = (n * k * m) as f64;
-                println!(
-                    "{:5} {:11} {k}x{m} n={n}: cpu {:8.1} us ({:6.2} GMAC/s per cpu-s)  wall {:8.1} us",
-                    f.name(), isa.name(), cpu * 1e6, macs / cpu / 1e9, wall * 1e6
-                );
+                continue;
+            }
+            let w = random_blocks(f, m, k, 1);
+            for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
+                let label = format!("{} {}", f.name(), isa.name());
+                probe(&label, shape, w.len(), || {
+                    matmul_q_with(isa, f, &w, &x, n, k, m).unwrap()
+                });
             }
         }
     }

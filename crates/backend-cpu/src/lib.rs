@@ -14,14 +14,16 @@ use mm_core::{Result, Tensor, WeightData, WeightFormat};
 pub use prepared::{dense_f32, il_prepared, mm_prepared};
 
 /// Multi-threaded CPU backend: parallel loops on [`pool`] (sized by rayon's
-/// global pool, i.e. `--threads`), the f32 SGEMM on rayon.
+/// global pool, i.e. `--threads`).
 ///
 /// By default GGML block weights run through the native quantized kernels,
 /// which quantize activations to 8 bits as llama.cpp does, and
 /// metal-marlin weights through theirs (repacked once at load, no f32
-/// copy; 8-bit activations for the integer formats, f32 for nf4/fp8). `exact()` instead
-/// dequantizes every weight once to f32 and keeps activations in f32: slower,
-/// but numerically the reference (what transformers computes).
+/// copy; 8-bit activations for the integer formats, f32 for nf4/fp8).
+/// `exact()` instead dequantizes every quantized weight once to f32 and
+/// keeps activations in f32: slower, but numerically the reference (what
+/// transformers computes). Dense weights (F32, F16, BF16) run the same
+/// kernels in both modes, on their stored values (`ops::matmul::dense`).
 #[derive(Default, Debug, Clone, Copy)]
 pub struct CpuBackend {
     exact: bool,
@@ -51,12 +53,12 @@ impl Backend for CpuBackend {
         true
     }
 
-    /// Widens dense F16/BF16 (and F32) weights to f32 once; GGML block
-    /// formats need nothing (their matmuls read the stored bytes);
-    /// metal-marlin formats are repacked once (`ops::qmatmul::mm`), except
-    /// in exact mode, which widens them to f32. On x86 (AVX2, AVX-512 VNNI),
+    /// Dense weights (F32, F16, BF16) and GGML block formats need nothing
+    /// (their matmuls read the stored bytes); metal-marlin formats are
+    /// repacked once (`ops::qmatmul::mm`). On x86 (AVX2, AVX-512 VNNI),
     /// Q4_0/Q4_1/Q8_0 and metal-marlin int4/int8/fp4/mxfp4 are repacked
-    /// row-interleaved instead (`ops::qmatmul::il`).
+    /// row-interleaved instead (`ops::qmatmul::il`). The exact mode widens
+    /// every quantized weight to f32 once.
     fn prepare(&self, w: &WeightData) -> Result<()> {
         if self.native(w) {
             if ops::qmatmul::il::active(ops::qmatmul::Isa::detect(), w) {
@@ -66,7 +68,10 @@ impl Backend for CpuBackend {
             }
             return Ok(());
         }
-        dense_f32(w).map(|_| ())
+        if !w.format.is_dense() {
+            dense_f32(w)?;
+        }
+        Ok(())
     }
 
     fn upload(&self, t: &Tensor) -> Result<Tensor> {

@@ -10,7 +10,21 @@ fn cpu_backend_conforms() {
 }
 
 #[test]
+fn cpu_exact_backend_conforms() {
+    let fails = run_all(&CpuBackend::exact(), Tolerance::F32);
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+#[test]
 fn cpu_backend_quantized_matmul_conforms() {
     let fails = run_quantized(&CpuBackend::new(), Tolerance::Q8_ACTIVATIONS);
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+#[test]
+fn cpu_exact_backend_quantized_matmul_is_f32_precise() {
+    // The exact mode widens quantized weights to f32 and keeps activations
+    // in f32: within f32 tolerance of the reference, not 8-bit activations'.
+    let fails = run_quantized(&CpuBackend::exact(), Tolerance::F32);
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
