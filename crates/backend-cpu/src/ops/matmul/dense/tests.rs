@@ -55,8 +55,9 @@ fn widen_every_bit_pattern() {
 #[test]
 fn decode_and_prefill_shapes() {
     // (n, k, m): decode n ≤ 4 with every row-tile remainder, k below,
-    // at and past the register widths; prefill n > 4 with several
-    // activation-row groups (GROUP = 64) and a direct-path tail.
+    // at and past the register widths; prefill n > 4 with every
+    // activation-row remainder of the 6-row tile, several activation-row
+    // groups (GROUP = 60) and a group of ≤ 4 rows (direct path).
     let shapes = [
         (1, 1, 1),
         (1, 7, 5),
@@ -66,7 +67,8 @@ fn decode_and_prefill_shapes() {
         (4, 33, 70),
         (5, 17, 33),
         (9, 64, 19),
-        (70, 40, 37),
+        (62, 40, 37),
+        (71, 33, 20),
         (133, 24, 300),
     ];
     for (i, &(n, k, m)) in shapes.iter().enumerate() {
