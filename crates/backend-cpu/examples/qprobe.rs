@@ -3,6 +3,9 @@
 //! cores; wall time and GB/s of weights beside it.
 //! `cargo run --release -p mm-backend-cpu --example qprobe -- N [FORMATS]`
 //! (FORMATS: GGML names and F32, F16, BF16, comma-separated).
+//! `qprobe smol N F16,BF16`: every linear of SmolLM2-135M (30 layers and
+//! the LM head, far larger than the caches) once per "token", dense formats:
+//! the matmul part of a decode (N = 1) or prefill step, from memory.
 use mm_backend_cpu::ops::matmul::dense::{self, Simd};
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense, random_f32};
 use mm_backend_cpu::ops::qmatmul::{matmul_q_with, Isa};
@@ -42,8 +45,65 @@ fn probe(label: &str, (n, k, m): (usize, usize, usize), bytes: usize, f: impl Fn
     );
 }
 
+/// SmolLM2-135M's linears (k, m) in the order a token runs them.
+fn smol_shapes() -> Vec<(usize, usize)> {
+    let layer = [
+        (576, 576),
+        (576, 192),
+        (576, 192),
+        (576, 576),
+        (576, 1536),
+        (576, 1536),
+        (1536, 576),
+    ];
+    let mut v: Vec<_> = (0..30).flat_map(|_| layer).collect();
+    v.push((576, 49152));
+    v
+}
+
+fn smol(n: usize, names: &str) {
+    for f in [F::F32, F::F16, F::BF16]
+        .into_iter()
+        .filter(|f| names.split(',').any(|s| s == f.name()))
+    {
+        let ws: Vec<_> = smol_shapes()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, m))| (k, m, random_dense(f, m * k, i as u64)))
+            .collect();
+        let bytes: usize = ws.iter().map(|w| w.2.len()).sum();
+        let x = random_f32(n * 1536, 2);
+        for &s in Simd::available().iter().filter(|&&s| s != Simd::Scalar) {
+            let step = || {
+                for (k, m, w) in &ws {
+                    std::hint::black_box(
+                        dense::matmul_with(s, f, w, &x[..n * k], n, *k, *m).unwrap(),
+                    );
+                }
+            };
+            step();
+            let (c0, t0) = (cpu_secs(), Instant::now());
+            let mut it = 0;
+            while t0.elapsed().as_secs_f64() < 3.0 {
+                step();
+                it += 1;
+            }
+            let wall = t0.elapsed().as_secs_f64() / it as f64;
+            let cpu = (cpu_secs() - c0) / it as f64;
+            println!(
+                "smol {} {} n={n}: {:.2} ms/step ({:.1} steps/s, {:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights",
+                f.name(), s.name(), wall * 1e3, 1.0 / wall, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("smol") {
+        let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+        return smol(n, args.get(3).map(String::as_str).unwrap_or("F16,BF16"));
+    }
     let n: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1);
     let names = args
         .get(2)

@@ -42,12 +42,20 @@ impl Lanes for Neon {
         vfmaq_f32(acc, a, b)
     }
     #[inline(always)]
+    unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vaddq_f32(a, b)
+    }
+    #[inline(always)]
     unsafe fn sum(v: float32x4_t) -> f32 {
         vaddvq_f32(v)
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: float32x4_t) {
         vst1q_u8(p.cast(), vreinterpretq_u8_f32(v))
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly));
     }
 }
 
