@@ -1,11 +1,14 @@
 //! Quick kernel probe: CPU time (all threads, from /proc/self/stat) per
 //! quantized or dense matmul, robust against other processes sharing the
-//! cores; wall time and GB/s of weights beside it.
+//! cores; wall time and GB/s of weights beside it, and the fastest run.
 //! `cargo run --release -p mm-backend-cpu --example qprobe -- N [FORMATS]`
 //! (FORMATS: GGML names and F32, F16, BF16, comma-separated).
 //! `qprobe smol N F16,BF16`: every linear of SmolLM2-135M (30 layers and
 //! the LM head, far larger than the caches) once per "token", dense formats:
 //! the matmul part of a decode (N = 1) or prefill step, from memory.
+//! `QPROBE_ITERS=I` runs each probe exactly I times and `QPROBE_SHAPE=KxM`
+//! keeps one shape, for `perf stat -e cycles:u` (robust against other
+//! processes and clock changes on a shared machine).
 use mm_backend_cpu::ops::matmul::dense::{self, Simd};
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense, random_f32};
 use mm_backend_cpu::ops::qmatmul::{matmul_q_with, Isa};
@@ -29,19 +32,30 @@ fn probe(label: &str, (n, k, m): (usize, usize, usize), bytes: usize, f: impl Fn
     let _ = f();
     let (c0, t0) = (cpu_secs(), Instant::now());
     let mut it = 0;
-    while t0.elapsed().as_secs_f64() < 1.0 || cpu_secs() - c0 < 0.5 {
+    let iters: Option<usize> = std::env::var("QPROBE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut best = f64::INFINITY;
+    while iters.map_or(
+        t0.elapsed().as_secs_f64() < 1.0 || cpu_secs() - c0 < 0.5,
+        |i| it < i,
+    ) {
+        let t = Instant::now();
         std::hint::black_box(f());
+        best = best.min(t.elapsed().as_secs_f64());
         it += 1;
     }
     let cpu = (cpu_secs() - c0) / it as f64;
     let wall = t0.elapsed().as_secs_f64() / it as f64;
     let macs = (n * k * m) as f64;
     println!(
-        "{label:20} {k}x{m} n={n}: cpu {:8.1} us ({:6.2} GMAC/s per cpu-s)  wall {:8.1} us ({:5.1} GB/s)",
+        "{label:20} {k}x{m} n={n}: cpu {:8.1} us ({:6.2} GMAC/s per cpu-s)  wall {:8.1} us ({:5.1} GB/s)  best {:8.1} us ({:6.2} GMAC/s)",
         cpu * 1e6,
         macs / cpu / 1e9,
         wall * 1e6,
-        bytes as f64 / wall / 1e9
+        bytes as f64 / wall / 1e9,
+        best * 1e6,
+        macs / best / 1e9
     );
 }
 
@@ -112,7 +126,8 @@ fn main() {
     let all = [F::F32, F::F16, F::BF16].into_iter().chain(F::GGML_BLOCK);
     for f in all.filter(|f| names.split(',').any(|s| s == f.name())) {
         for &(k, m) in &[(576usize, 1536usize), (576, 192), (1536, 576), (576, 49152)] {
-            if k % f.block().0 != 0 {
+            let keep = std::env::var("QPROBE_SHAPE").map_or(true, |v| v == format!("{k}x{m}"));
+            if k % f.block().0 != 0 || !keep {
                 continue;
             }
             let x = random_f32(n * k, 2);

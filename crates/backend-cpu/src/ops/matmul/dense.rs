@@ -37,6 +37,8 @@ mod tests;
 mod x86;
 
 use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use mm_core::{Error, Result, WeightFormat};
@@ -46,6 +48,9 @@ use crate::ops::qmatmul::{check_shapes, compute_tiled, Isa};
 /// Activation rows up to which a tile reads the stored weight directly;
 /// more rows widen the weight block into an f32 panel first.
 const DIRECT_ROWS: usize = 4;
+/// Longest column block of the prefill tiles: 6 activation rows and 2
+/// weight rows of 768 f32 are 24 KiB, inside a 32 KiB L1.
+const KC: usize = 768;
 /// How far ahead of its loads the decode kernel prefetches the weight.
 const AHEAD: usize = 2048;
 /// Activation rows swept over one widened panel (a task may take several;
@@ -150,6 +155,7 @@ pub fn matmul_with(
     if n == 0 || m == 0 || k == 0 {
         return Ok(y);
     }
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     compute_tiled(row_bytes, GROUP, n, m, &mut y, |j0, j1, i0, out| {
         let rows = j1 - j0;
         let x = &x[i0 * k..][..out.len() / rows * k];
@@ -157,7 +163,9 @@ pub fn matmul_with(
         if x.len() / k <= DIRECT_ROWS || format == WeightFormat::F32 {
             dot(simd, format, w, x, k, out, rows);
         } else {
-            with_panel(rows * k, |panel| {
+            // A task's groups share its weight block: widen it once.
+            let tag = (call, j0);
+            let panel = with_panel(tag, rows * k, |panel| {
                 run(
                     simd,
                     Job::Widen {
@@ -165,10 +173,17 @@ pub fn matmul_with(
                         src: w,
                         dst: panel,
                     },
-                );
-                let panel = bytemuck::cast_slice(panel);
-                dot(simd, WeightFormat::F32, panel, x, k, out, rows);
-            })
+                )
+            });
+            dot(
+                simd,
+                WeightFormat::F32,
+                bytemuck::cast_slice(&panel.values),
+                x,
+                k,
+                out,
+                rows,
+            );
         }
     });
     Ok(y)
@@ -273,21 +288,42 @@ fn run(simd: Simd, job: Job) {
     }
 }
 
-thread_local! {
-    /// The widened weight panel of the prefill path, reused across calls.
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+/// Numbers the matmul calls, to tag widened panels.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// A widened weight block and its tag (call, first row).
+struct Panel {
+    tag: (u64, usize),
+    values: Vec<f32>,
 }
 
-/// `f` on this thread's panel of `len` floats (a nested call gets its own).
-fn with_panel<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
-    PANEL.with(|p| match p.try_borrow_mut() {
-        Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-            f(&mut v[..len])
+thread_local! {
+    /// This thread's widened weight panel (prefill), reused across calls.
+    static PANEL: RefCell<Option<Rc<Panel>>> = const { RefCell::new(None) };
+}
+
+/// This thread's panel of `len` floats tagged `tag`: filled by `fill` unless
+/// it already holds that tag (the same weight block of the same call).
+fn with_panel(tag: (u64, usize), len: usize, fill: impl FnOnce(&mut [f32])) -> Rc<Panel> {
+    PANEL.with(|p| {
+        let mut p = p.borrow_mut();
+        if let Some(panel) = p.as_ref().filter(|q| q.tag == tag && q.values.len() == len) {
+            return panel.clone();
         }
-        Err(_) => f(&mut vec![0.0; len]),
+        // Reuse the allocation when nothing else holds it.
+        let mut panel = p
+            .take()
+            .and_then(|q| Rc::try_unwrap(q).ok())
+            .unwrap_or(Panel {
+                tag,
+                values: Vec::new(),
+            });
+        panel.tag = tag;
+        panel.values.resize(len, 0.0);
+        fill(&mut panel.values);
+        let panel = Rc::new(panel);
+        *p = Some(panel.clone());
+        panel
     })
 }
 
@@ -423,29 +459,39 @@ unsafe fn rows<S: Lanes, E: Elem, const N: usize, const U: usize>(
     }
 }
 
-/// `out[i·os + j] = Σ_t w[j, t] · x[i, t]` for `R` weight rows at `w`
-/// (rows of `k` values of `E`) and `N` activation rows at `x`: the prefill
-/// kernel, on a panel in L2. Each weight vector feeds `N` FMAs and each
-/// activation vector `R`, `R·N` independent accumulators.
+/// Columns `k0..k1` of rows of `k` values; `add`: add the partial sums to
+/// the outputs instead of storing them.
+#[derive(Clone, Copy)]
+struct Cols {
+    k: usize,
+    k0: usize,
+    k1: usize,
+    add: bool,
+}
+
+/// `out[i·os + j] (+)= Σ_{t ∈ c} w[j, t] · x[i, t]` for `R` weight rows at
+/// `w` (rows of `c.k` values of `E`) and `N` activation rows at `x`: the
+/// prefill kernel, on a panel in L2. Each weight vector feeds `N` FMAs and
+/// each activation vector `R`, `R·N` independent accumulators.
 #[inline(always)]
 unsafe fn tile<S: Lanes, E: Elem, const R: usize, const N: usize>(
     w: *const u8,
     x: *const f32,
-    k: usize,
+    c: Cols,
     out: *mut f32,
     os: usize,
 ) {
-    let rb = k * E::BYTES;
-    let kv = k - k % S::L;
+    let rb = c.k * E::BYTES;
+    let kv = c.k1 - (c.k1 - c.k0) % S::L;
     let mut acc = [[S::zero(); R]; N];
-    let mut t = 0;
+    let mut t = c.k0;
     while t < kv {
         let mut wv = [S::zero(); R];
         for (j, v) in wv.iter_mut().enumerate() {
             *v = E::load::<S>(w.add(j * rb + t * E::BYTES));
         }
         for (i, a) in acc.iter_mut().enumerate() {
-            let xv = S::f32s(x.add(i * k + t).cast());
+            let xv = S::f32s(x.add(i * c.k + t).cast());
             for (a, &v) in a.iter_mut().zip(&wv) {
                 *a = S::fma(v, xv, *a);
             }
@@ -455,10 +501,11 @@ unsafe fn tile<S: Lanes, E: Elem, const R: usize, const N: usize>(
     for (i, a) in acc.iter().enumerate() {
         for (j, &a) in a.iter().enumerate() {
             let mut s = S::sum(a);
-            for u in kv..k {
-                s += E::one(w.add(j * rb + u * E::BYTES)) * *x.add(i * k + u);
+            for u in kv..c.k1 {
+                s += E::one(w.add(j * rb + u * E::BYTES)) * *x.add(i * c.k + u);
             }
-            *out.add(i * os + j) = s;
+            let o = out.add(i * os + j);
+            *o = if c.add { *o + s } else { s };
         }
     }
 }
@@ -469,18 +516,18 @@ unsafe fn sweep<S: Lanes, E: Elem, const R: usize, const N: usize>(
     w: *const u8,
     rows: usize,
     x: *const f32,
-    k: usize,
+    c: Cols,
     out: *mut f32,
     os: usize,
 ) {
-    let rb = k * E::BYTES;
+    let rb = c.k * E::BYTES;
     let mut j = 0;
     while j + R <= rows {
-        tile::<S, E, R, N>(w.add(j * rb), x, k, out.add(j), os);
+        tile::<S, E, R, N>(w.add(j * rb), x, c, out.add(j), os);
         j += R;
     }
     while j < rows {
-        tile::<S, E, 1, N>(w.add(j * rb), x, k, out.add(j), os);
+        tile::<S, E, 1, N>(w.add(j * rb), x, c, out.add(j), os);
         j += 1;
     }
 }
@@ -488,25 +535,40 @@ unsafe fn sweep<S: Lanes, E: Elem, const R: usize, const N: usize>(
 /// Every weight row × activation row. Decode (1 to 4 activation rows):
 /// [`row`] with 4, 2, 1, 1 registers of `k` per activation row. More rows:
 /// 6 at a time in 6 × 2 [`tile`]s (12 accumulators, 8 loads per 12 FMAs:
-/// FMA-bound with AVX2's 16 registers; 6 × 4 with 32 registers), then the
-/// rest.
+/// FMA-bound with AVX2's 16 registers; 6 × 4 with 32 registers), over
+/// column blocks of at most [`KC`] so that 6 activation rows and 2 weight
+/// rows stay in L1; then the rest.
 #[inline(always)]
 unsafe fn dot_rows<S: Lanes, E: Elem>(w: &[u8], x: &[f32], k: usize, out: &mut [f32], os: usize) {
     let (nw, n) = (w.len() / (k * E::BYTES), x.len() / k);
     let (w, x, o) = (w.as_ptr(), x.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 6 <= n {
-        let (x, o) = (x.add(i * k), o.add(i * os));
-        if S::WIDE {
-            sweep::<S, E, 4, 6>(w, nw, x, k, o, os);
-        } else {
-            sweep::<S, E, 2, 6>(w, nw, x, k, o, os);
+    let n6 = n - n % 6;
+    let kc = k.div_ceil(k.div_ceil(KC)).next_multiple_of(S::L);
+    for k0 in (0..k).step_by(kc) {
+        let c = Cols {
+            k,
+            k0,
+            k1: (k0 + kc).min(k),
+            add: k0 > 0,
+        };
+        for i in (0..n6).step_by(6) {
+            let (x, o) = (x.add(i * k), o.add(i * os));
+            if S::WIDE {
+                sweep::<S, E, 4, 6>(w, nw, x, c, o, os);
+            } else {
+                sweep::<S, E, 2, 6>(w, nw, x, c, o, os);
+            }
         }
-        i += 6;
     }
-    let (x, o) = (x.add(i * k), o.add(i * os));
-    match n - i {
-        5 => sweep::<S, E, 2, 5>(w, nw, x, k, o, os),
+    let (x, o) = (x.add(n6 * k), o.add(n6 * os));
+    let c = Cols {
+        k,
+        k0: 0,
+        k1: k,
+        add: false,
+    };
+    match n - n6 {
+        5 => sweep::<S, E, 2, 5>(w, nw, x, c, o, os),
         4 => rows::<S, E, 4, 1>(w, nw, x, k, o, os),
         3 => rows::<S, E, 3, 1>(w, nw, x, k, o, os),
         2 => rows::<S, E, 2, 2>(w, nw, x, k, o, os),

@@ -57,7 +57,8 @@ fn decode_and_prefill_shapes() {
     // (n, k, m): decode n ≤ 4 with every row-tile remainder, k below,
     // at and past the register widths; prefill n > 4 with every
     // activation-row remainder of the 6-row tile, several activation-row
-    // groups (GROUP = 60) and a group of ≤ 4 rows (direct path).
+    // groups (GROUP = 60) sharing one widened panel, a group of ≤ 4 rows
+    // (direct path), and k > KC (column blocks, odd tails).
     let shapes = [
         (1, 1, 1),
         (1, 7, 5),
@@ -70,6 +71,7 @@ fn decode_and_prefill_shapes() {
         (62, 40, 37),
         (71, 33, 20),
         (133, 24, 300),
+        (127, 1001, 21),
     ];
     for (i, &(n, k, m)) in shapes.iter().enumerate() {
         for format in FORMATS {
