@@ -1,7 +1,16 @@
 //! Quick kernel probe: CPU time (all threads, from /proc/self/stat) per
-//! quantized matmul, robust against other processes sharing the cores.
+//! quantized or dense matmul, robust against other processes sharing the
+//! cores; wall time and GB/s of weights beside it, and the fastest run.
 //! `cargo run --release -p mm-backend-cpu --example qprobe -- N [FORMATS]`
-use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_f32};
+//! (FORMATS: GGML names and F32, F16, BF16, comma-separated).
+//! `qprobe smol N F16,BF16`: every linear of SmolLM2-135M (30 layers and
+//! the LM head, far larger than the caches) once per "token", dense formats:
+//! the matmul part of a decode (N = 1) or prefill step, from memory.
+//! `QPROBE_ITERS=I` runs each probe exactly I times and `QPROBE_SHAPE=KxM`
+//! keeps one shape, for `perf stat -e cycles:u` (robust against other
+//! processes and clock changes on a shared machine).
+use mm_backend_cpu::ops::matmul::dense::{self, Simd};
+use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense, random_f32};
 use mm_backend_cpu::ops::qmatmul::{matmul_q_with, Isa};
 use mm_core::WeightFormat as F;
 use std::time::Instant;
@@ -18,39 +27,127 @@ fn cpu_secs() -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// Times `f` for at least a second and prints one line.
+fn probe(label: &str, (n, k, m): (usize, usize, usize), bytes: usize, f: impl Fn() -> Vec<f32>) {
+    let _ = f();
+    let (c0, t0) = (cpu_secs(), Instant::now());
+    let mut it = 0;
+    let iters: Option<usize> = std::env::var("QPROBE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut best = f64::INFINITY;
+    while iters.map_or(
+        t0.elapsed().as_secs_f64() < 1.0 || cpu_secs() - c0 < 0.5,
+        |i| it < i,
+    ) {
+        let t = Instant::now();
+        std::hint::black_box(f());
+        best = best.min(t.elapsed().as_secs_f64());
+        it += 1;
+    }
+    let cpu = (cpu_secs() - c0) / it as f64;
+    let wall = t0.elapsed().as_secs_f64() / it as f64;
+    let macs = (n * k * m) as f64;
+    println!(
+        "{label:20} {k}x{m} n={n}: cpu {:8.1} us ({:6.2} GMAC/s per cpu-s)  wall {:8.1} us ({:5.1} GB/s)  best {:8.1} us ({:6.2} GMAC/s)",
+        cpu * 1e6,
+        macs / cpu / 1e9,
+        wall * 1e6,
+        bytes as f64 / wall / 1e9,
+        best * 1e6,
+        macs / best / 1e9
+    );
+}
+
+/// SmolLM2-135M's linears (k, m) in the order a token runs them.
+fn smol_shapes() -> Vec<(usize, usize)> {
+    let layer = [
+        (576, 576),
+        (576, 192),
+        (576, 192),
+        (576, 576),
+        (576, 1536),
+        (576, 1536),
+        (1536, 576),
+    ];
+    let mut v: Vec<_> = (0..30).flat_map(|_| layer).collect();
+    v.push((576, 49152));
+    v
+}
+
+fn smol(n: usize, names: &str) {
+    for f in [F::F32, F::F16, F::BF16]
+        .into_iter()
+        .filter(|f| names.split(',').any(|s| s == f.name()))
+    {
+        let ws: Vec<_> = smol_shapes()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, m))| (k, m, random_dense(f, m * k, i as u64)))
+            .collect();
+        let bytes: usize = ws.iter().map(|w| w.2.len()).sum();
+        let x = random_f32(n * 1536, 2);
+        for &s in Simd::available().iter().filter(|&&s| s != Simd::Scalar) {
+            let step = || {
+                for (k, m, w) in &ws {
+                    std::hint::black_box(
+                        dense::matmul_with(s, f, w, &x[..n * k], n, *k, *m).unwrap(),
+                    );
+                }
+            };
+            step();
+            let (c0, t0) = (cpu_secs(), Instant::now());
+            let mut it = 0;
+            while t0.elapsed().as_secs_f64() < 3.0 {
+                step();
+                it += 1;
+            }
+            let wall = t0.elapsed().as_secs_f64() / it as f64;
+            let cpu = (cpu_secs() - c0) / it as f64;
+            println!(
+                "smol {} {} n={n}: {:.2} ms/step ({:.1} steps/s, {:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights",
+                f.name(), s.name(), wall * 1e3, 1.0 / wall, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("smol") {
+        let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+        return smol(n, args.get(3).map(String::as_str).unwrap_or("F16,BF16"));
+    }
     let n: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1);
     let names = args
         .get(2)
         .cloned()
         .unwrap_or("Q4_1,Q8_0,Q4_0,Q4_K,Q6_K".into());
-    let all = F::GGML_BLOCK;
-    for f in all
-        .into_iter()
-        .filter(|f| names.split(',').any(|s| s == f.name()))
-    {
-        for &(k, m) in &[(576usize, 1536usize), (576, 192), (1536, 576)] {
-            if k % f.block().0 != 0 {
+    let all = [F::F32, F::F16, F::BF16].into_iter().chain(F::GGML_BLOCK);
+    for f in all.filter(|f| names.split(',').any(|s| s == f.name())) {
+        for &(k, m) in &[(576usize, 1536usize), (576, 192), (1536, 576), (576, 49152)] {
+            let keep = std::env::var("QPROBE_SHAPE").map_or(true, |v| v == format!("{k}x{m}"));
+            if k % f.block().0 != 0 || !keep {
+                continue;
+            }
+            let x = random_f32(n * k, 2);
+            let shape = (n, k, m);
+            if f.is_dense() {
+                let w = random_dense(f, m * k, 1);
+                for &s in Simd::available().iter().filter(|&&s| s != Simd::Scalar) {
+                    let label = format!("{} {}", f.name(), s.name());
+                    probe(&label, shape, w.len(), || {
+                        dense::matmul_with(s, f, &w, &x, n, k, m).unwrap()
+                    });
+                }
                 continue;
             }
             let w = random_blocks(f, m, k, 1);
-            let x = random_f32(n * k, 2);
             for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
-                let _ = matmul_q_with(isa, f, &w, &x, n, k, m).unwrap();
-                let (c0, t0) = (cpu_secs(), Instant::now());
-                let mut it = 0;
-                while t0.elapsed().as_secs_f64() < 1.0 || cpu_secs() - c0 < 0.5 {
-                    std::hint::black_box(matmul_q_with(isa, f, &w, &x, n, k, m).unwrap());
-                    it += 1;
-                }
-                let cpu = (cpu_secs() - c0) / it as f64;
-                let wall = t0.elapsed().as_secs_f64() / it as f64;
-                let macs = (n * k * m) as f64;
-                println!(
-                    "{:5} {:11} {k}x{m} n={n}: cpu {:8.1} us ({:6.2} GMAC/s per cpu-s)  wall {:8.1} us",
-                    f.name(), isa.name(), cpu * 1e6, macs / cpu / 1e9, wall * 1e6
-                );
+                let label = format!("{} {}", f.name(), isa.name());
+                probe(&label, shape, w.len(), || {
+                    matmul_q_with(isa, f, &w, &x, n, k, m).unwrap()
+                });
             }
         }
     }

@@ -15,7 +15,7 @@ pub use ops::matmul::ActPrecision;
 pub use prepared::{dense_f32, il_prepared, mm_prepared};
 
 /// Multi-threaded CPU backend: parallel loops on [`pool`] (sized by rayon's
-/// global pool, i.e. `--threads`), the f32 SGEMM on rayon.
+/// global pool, i.e. `--threads`).
 ///
 /// By default GGML block weights run through the native quantized kernels,
 /// which quantize activations to 8 bits as llama.cpp does, and
@@ -24,8 +24,10 @@ pub use prepared::{dense_f32, il_prepared, mm_prepared};
 /// 8-bit activations get a second pass over their rounding remainder
 /// ([`ActPrecision::Int8Residual`], about 15 bits) unless
 /// [`CpuBackend::with_activations`] asks for one pass. `exact()` instead
-/// dequantizes every weight once to f32 and keeps activations in f32: slower,
-/// but numerically the reference (what transformers computes).
+/// dequantizes every quantized weight once to f32 and keeps activations in
+/// f32: slower, but numerically the reference (what transformers computes).
+/// Dense weights (F32, F16, BF16) run the same kernels in both modes, on
+/// their stored values (`ops::matmul::dense`).
 #[derive(Default, Debug, Clone, Copy)]
 pub struct CpuBackend {
     exact: bool,
@@ -70,12 +72,12 @@ impl Backend for CpuBackend {
         true
     }
 
-    /// Widens dense F16/BF16 (and F32) weights to f32 once; GGML block
-    /// formats need nothing (their matmuls read the stored bytes);
-    /// metal-marlin formats are repacked once (`ops::qmatmul::mm`), except
-    /// in exact mode, which widens them to f32. On x86 (AVX2, AVX-512 VNNI),
+    /// Dense weights (F32, F16, BF16) and GGML block formats need nothing
+    /// (their matmuls read the stored bytes); metal-marlin formats are
+    /// repacked once (`ops::qmatmul::mm`). On x86 (AVX2, AVX-512 VNNI),
     /// Q4_0/Q4_1/Q8_0 and metal-marlin int4/int8/fp4/mxfp4 are repacked
-    /// row-interleaved instead (`ops::qmatmul::il`).
+    /// row-interleaved instead (`ops::qmatmul::il`). The exact mode widens
+    /// every quantized weight to f32 once.
     fn prepare(&self, w: &WeightData) -> Result<()> {
         if self.native(w) {
             if ops::qmatmul::il::active(ops::qmatmul::Isa::detect(), w) {
@@ -85,7 +87,10 @@ impl Backend for CpuBackend {
             }
             return Ok(());
         }
-        dense_f32(w).map(|_| ())
+        if !w.format.is_dense() {
+            dense_f32(w)?;
+        }
+        Ok(())
     }
 
     fn upload(&self, t: &Tensor) -> Result<Tensor> {

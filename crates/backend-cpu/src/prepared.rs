@@ -1,8 +1,9 @@
 //! The CPU's prepared forms of a weight, computed once per weight and shared
 //! by every layer that uses it (tied embeddings):
 //!
-//! * [`dense_f32`]: its values as f32 — dense formats always, GGML and
-//!   metal-marlin formats only in the exact (reference-precision) mode;
+//! * [`dense_f32`]: its values as f32 — GGML and metal-marlin formats in the
+//!   exact (reference-precision) mode only (dense F32/F16/BF16 weights are
+//!   multiplied on their stored bytes, `ops::matmul::dense`);
 //! * [`mm_prepared`]: a metal-marlin weight repacked for the fused kernels
 //!   (`ops::qmatmul::mm`), about the size of the stored codes;
 //! * [`il_prepared`]: a Q4_0/Q4_1/Q8_0 weight repacked row-interleaved for

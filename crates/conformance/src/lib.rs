@@ -66,25 +66,56 @@ fn up(b: &dyn Backend, shape: Vec<usize>, v: Vec<f32>) -> Result<Tensor> {
     b.upload(&Tensor::from_vec(shape, v)?)
 }
 
-/// Dense matmul over several shapes (decode rows and prefill rows), with bias.
+/// `values` stored as a dense `format` weight (F32, F16 or BF16; rounded
+/// to nearest).
+fn dense_weight(format: WeightFormat, shape: Vec<usize>, values: &[f32]) -> Result<WeightData> {
+    let bytes: Vec<u8> = match format {
+        WeightFormat::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        WeightFormat::BF16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => return WeightData::from_f32(shape, values),
+    };
+    WeightData::new(format, shape, mm_core::HostBytes::owned(bytes))
+}
+
+/// Dense matmul (F32, F16 and BF16 weights) over several shapes (decode
+/// rows and prefill rows, odd `k`), with bias, against the reference over
+/// the stored values widened to f32: f32 tolerance for every format, since
+/// widening is exact and only the order of the sums differs.
 pub fn check_matmul(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    for &(n, k, m) in &[(1, 64, 48), (3, 96, 33), (17, 128, 70), (64, 256, 128)] {
-        let x = randv(&mut rng, n * k);
-        let w = randv(&mut rng, m * k);
-        let bias = randv(&mut rng, m);
-        let wd = WeightData::from_f32(vec![m, k], &w)?;
-        let out = b.matmul(
-            &up(b, vec![n, k], x.clone())?,
-            &wd,
-            Some(&up(b, vec![m], bias.clone())?),
-        )?;
-        check(
-            &format!("matmul {n}x{k}x{m}"),
-            &out,
-            &matmul::matmul_ref(&x, &w, Some(&bias), n, k, m),
-            tol,
-        )?;
+    let shapes = [
+        (1, 64, 48),
+        (3, 96, 33),
+        (17, 128, 70),
+        (64, 256, 128),
+        (2, 100, 33),
+        (4, 37, 9),
+        (67, 200, 40),
+    ];
+    for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16] {
+        for &(n, k, m) in &shapes {
+            let x = randv(&mut rng, n * k);
+            let bias = randv(&mut rng, m);
+            let wd = dense_weight(format, vec![m, k], &randv(&mut rng, m * k))?;
+            let w = mm_quant::dequantize_ref(&wd)?;
+            let out = b.matmul(
+                &up(b, vec![n, k], x.clone())?,
+                &wd,
+                Some(&up(b, vec![m], bias.clone())?),
+            )?;
+            check(
+                &format!("matmul {} {n}x{k}x{m}", format.name()),
+                &out,
+                &matmul::matmul_ref(&x, &w, Some(&bias), n, k, m),
+                tol,
+            )?;
+        }
     }
     Ok(())
 }

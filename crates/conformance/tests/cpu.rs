@@ -11,6 +11,12 @@ fn cpu_backend_conforms() {
 
 /// One 8-bit activation pass (llama.cpp's precision).
 #[test]
+fn cpu_exact_backend_conforms() {
+    let fails = run_all(&CpuBackend::exact(), Tolerance::F32);
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+#[test]
 fn cpu_backend_quantized_matmul_conforms() {
     let b = CpuBackend::with_activations(ActPrecision::Int8);
     let fails = run_quantized(&b, Tolerance::Q8_ACTIVATIONS);
@@ -21,5 +27,13 @@ fn cpu_backend_quantized_matmul_conforms() {
 #[test]
 fn cpu_backend_residual_activations_conform() {
     let fails = run_quantized(&CpuBackend::new(), Tolerance::Q8_RESIDUAL);
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+#[test]
+fn cpu_exact_backend_quantized_matmul_is_f32_precise() {
+    // The exact mode widens quantized weights to f32 and keeps activations
+    // in f32: within f32 tolerance of the reference, not 8-bit activations'.
+    let fails = run_quantized(&CpuBackend::exact(), Tolerance::F32);
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }

@@ -5,18 +5,15 @@
 //! Q8_0 on x86 (AVX2, AVX-512 VNNI) on their row-interleaved repack
 //! ([`super::qmatmul::il`]);
 //! metal-marlin formats on their codes repacked once at load
-//! ([`super::qmatmul::mm`]). Dense
-//! weights (F32, and F16/BF16 widened once to f32, see `prepared.rs`):
-//! few rows (decode): [`crate::pool`] over blocks of output rows, each a dot product
-//! with eight independent accumulators so the compiler vectorizes it. Many
-//! rows (prefill): the `gemm` crate's blocked, multi-threaded SGEMM.
+//! ([`super::qmatmul::mm`]). Dense weights (F32, F16, BF16) on their
+//! stored bytes in [`dense`] (F16/BF16 widened in registers, no f32 copy),
+//! in both modes; other formats in the exact mode over their f32 values.
+
+pub mod dense;
 
 use mm_core::{Error, Result, Tensor, WeightData, WeightFormat};
 
 use crate::{dense_f32, il_prepared, mm_prepared};
-
-/// Rows of `x` up to which the dot-product path is used.
-const GEMV_MAX_ROWS: usize = 4;
 
 /// Dot product with eight accumulators (vectorizes to AVX/NEON).
 #[inline]
@@ -148,42 +145,18 @@ fn native(w: &WeightData, x: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
     }))
 }
 
-/// Matmul over the weight's dequantized f32 form with f32 activations
-/// (any format; the reference-precision path).
+/// Matmul with f32 activations (the reference-precision path): dense
+/// weights (F32, F16, BF16) on their stored bytes ([`dense`]), any other
+/// format over its f32 values, dequantized once (`dense_f32`).
 pub fn matmul_dense(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k, m) = check(x, w, bias)?;
-    let wd = dense_f32(w)?;
-    let (xs, ws) = (x.as_slice()?, wd.0.as_slice());
-    let mut y = vec![0.0f32; n * m];
-    if n <= GEMV_MAX_ROWS {
-        gemv(xs, ws, &mut y, n, k, m);
+    let xs = x.as_slice()?;
+    let mut y = if w.format.is_dense() {
+        dense::matmul(w.format, &w.bytes, xs, n, k, m)?
     } else {
-        // SAFETY: pointers and strides describe the live slices xs [n,k],
-        // ws viewed as [k,m] column-major (= w[m,k] row-major), y [n,m].
-        unsafe {
-            gemm::gemm(
-                n,
-                m,
-                k,
-                y.as_mut_ptr(),
-                1,
-                m as isize,
-                false,
-                xs.as_ptr(),
-                1,
-                k as isize,
-                ws.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
-    }
+        let wd = dense_f32(w)?;
+        dense::matmul(WeightFormat::F32, bytemuck::cast_slice(&wd.0), xs, n, k, m)?
+    };
     add_bias(&mut y, bias, m)?;
     Tensor::from_vec(vec![n, m], y)
 }
@@ -195,27 +168,6 @@ fn add_bias(y: &mut [f32], bias: Option<&Tensor>, m: usize) -> Result<()> {
             .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
     }
     Ok(())
-}
-
-fn gemv(xs: &[f32], ws: &[f32], y: &mut [f32], n: usize, k: usize, m: usize) {
-    const BLOCK: usize = 16;
-    // y is [n, m]; split output features into blocks, each block computes
-    // all n rows so every weight row is read once.
-    let mut yt = vec![0.0f32; m * n];
-    crate::pool::for_each_chunk_mut(&mut yt, BLOCK * n, |bi, out| {
-        for (r, o) in out.chunks_mut(n).enumerate() {
-            let j = bi * BLOCK + r;
-            let wrow = &ws[j * k..(j + 1) * k];
-            for (i, o) in o.iter_mut().enumerate() {
-                *o = dot(&xs[i * k..(i + 1) * k], wrow);
-            }
-        }
-    });
-    for j in 0..m {
-        for i in 0..n {
-            y[i * m + j] = yt[j * n + i];
-        }
-    }
 }
 
 /// Scalar reference: f64 accumulation over the dequantized weight.

@@ -267,6 +267,26 @@ pub(crate) fn check_isa(isa: Isa) -> Result<()> {
     }
 }
 
+/// An error unless `w` holds `m` rows of `k` values of `format` and `x`
+/// holds `n` rows of `k`.
+pub(crate) fn check_shapes(
+    what: &str,
+    format: WeightFormat,
+    w: &[u8],
+    x: &[f32],
+    (n, k, m): (usize, usize, usize),
+) -> Result<()> {
+    if w.len() != m * format.bytes_for(k)? || x.len() != n * k {
+        return Err(Error::Invalid(format!(
+            "{what}: {} weight bytes for [{m}, {k}] {} and {} inputs for [{n}, {k}]",
+            w.len(),
+            format.name(),
+            x.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Quantizes `x[n, k]` (`kind`, with the wide VNNI form when `wide`) into
 /// this thread's scratch buffer and calls `f` with its rows. A nested call
 /// on the same thread (rayon work stealing) gets a buffer of its own.
@@ -327,14 +347,7 @@ pub fn matmul_q_with(
     }
     check_isa(isa)?;
     let row_bytes = format.bytes_for(k)?;
-    if w.len() != m * row_bytes || x.len() != n * k {
-        return Err(Error::Invalid(format!(
-            "quantized matmul: {} weight bytes for [{m}, {k}] {} and {} inputs for [{n}, {k}]",
-            w.len(),
-            format.name(),
-            x.len()
-        )));
-    }
+    check_shapes("quantized matmul", format, w, x, (n, k, m))?;
     let mut y = vec![0.0f32; n * m];
     if n == 0 || m == 0 {
         return Ok(y);
@@ -468,4 +481,4 @@ pub(crate) fn compute_tiled<K>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

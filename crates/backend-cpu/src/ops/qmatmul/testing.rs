@@ -1,4 +1,5 @@
-//! Test and benchmark helpers: random GGML blocks.
+//! Test and benchmark helpers: random GGML blocks and dense (F32, F16,
+//! BF16) weights.
 //!
 //! Every quant bit and scale byte is random; only the f16 scale fields are
 //! replaced by finite values of a realistic size (random sign), so the
@@ -69,4 +70,32 @@ pub fn random_blocks(format: WeightFormat, rows: usize, k: usize, seed: u64) -> 
 pub fn random_f32(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed ^ 0x5EED);
     (0..n).map(|_| rng.f32()).collect()
+}
+
+/// `n` random finite values stored in a dense format (little-endian), over
+/// a wide range of magnitudes: F16 down to its subnormals (2^-20…2^3),
+/// BF16 and F32 2^-40…2^40.
+pub fn random_dense(format: WeightFormat, n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed ^ 0xDE5E);
+    let mut v = Vec::with_capacity(n * format.block().1);
+    for _ in 0..n {
+        let r = rng.next_u64();
+        let x = rng.f32();
+        match format {
+            WeightFormat::F16 => {
+                let x = x * 2f32.powi((r % 24) as i32 - 20);
+                v.extend_from_slice(&half::f16::from_f32(x).to_le_bytes())
+            }
+            WeightFormat::BF16 => {
+                let x = x * 2f32.powi((r % 81) as i32 - 40);
+                v.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes())
+            }
+            WeightFormat::F32 => {
+                let x = x * 2f32.powi((r % 81) as i32 - 40);
+                v.extend_from_slice(&x.to_le_bytes())
+            }
+            f => panic!("{} is not a dense format", f.name()),
+        }
+    }
+    v
 }
