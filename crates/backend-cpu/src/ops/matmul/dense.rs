@@ -18,10 +18,10 @@
 //!   (one contiguous stream, software-prefetched) against all N activation
 //!   rows, so each loaded weight vector is widened once and feeds N FMAs;
 //! * prefill: each task widens its block of weight rows (16 on SmolLM2's
-//!   shapes) into a thread-local f32 panel once and sweeps up to
-//!   [`GROUP`] activation rows over it with the same [`tile`] on f32, in
-//!   6 × 2 register tiles (6 × 4 with 32 registers; the widening costs
-//!   ~1/60 of the FMAs).
+//!   shapes) into a thread-local f32 panel once and sweeps its activation
+//!   rows, in groups of [`GROUP`], over it with [`tile`]: 6 × 2 register
+//!   tiles (6 × 4 with 32 registers) over column blocks of at most [`KC`],
+//!   so a tile's rows stay in L1. F32 weights skip the panel.
 //!
 //! The kernels are written once, generic over [`Lanes`] (one SIMD register
 //! of f32 and the widening loads into it: `x86.rs`, `aarch64.rs`, or
@@ -164,26 +164,9 @@ pub fn matmul_with(
             dot(simd, format, w, x, k, out, rows);
         } else {
             // A task's groups share its weight block: widen it once.
-            let tag = (call, j0);
-            let panel = with_panel(tag, rows * k, |panel| {
-                run(
-                    simd,
-                    Job::Widen {
-                        format,
-                        src: w,
-                        dst: panel,
-                    },
-                )
-            });
-            dot(
-                simd,
-                WeightFormat::F32,
-                bytemuck::cast_slice(&panel.values),
-                x,
-                k,
-                out,
-                rows,
-            );
+            let panel = with_panel((call, j0), rows * k, |p| to_f32(simd, format, w, p));
+            let panel = bytemuck::cast_slice(&panel.values);
+            dot(simd, WeightFormat::F32, panel, x, k, out, rows);
         }
     });
     Ok(y)
@@ -201,7 +184,7 @@ pub fn widen_with(simd: Simd, format: WeightFormat, src: &[u8], dst: &mut [f32])
             dst.len(),
         )));
     }
-    run(simd, Job::Widen { format, src, dst });
+    to_f32(simd, format, src, dst);
     Ok(())
 }
 
@@ -214,6 +197,11 @@ fn check_simd(simd: Simd) -> Result<()> {
             simd.name()
         )))
     }
+}
+
+/// `dst = src` widened (see [`Job::Widen`]).
+fn to_f32(simd: Simd, format: WeightFormat, src: &[u8], dst: &mut [f32]) {
+    run(simd, Job::Widen { format, src, dst });
 }
 
 /// `out[i·os + j] = w[j] · x[i]` (see [`Job::Dot`]).
