@@ -3,9 +3,10 @@
 //! cores; wall time and GB/s of weights beside it, and the fastest run.
 //! `cargo run --release -p mm-backend-cpu --example qprobe -- N [FORMATS]`
 //! (FORMATS: GGML names and F32, F16, BF16, comma-separated).
-//! `qprobe smol N F16,BF16`: every linear of SmolLM2-135M (30 layers and
-//! the LM head, far larger than the caches) once per "token", dense formats:
-//! the matmul part of a decode (N = 1) or prefill step, from memory.
+//! `qprobe smol N F16,BF16`: every linear of SmolLM2-135M (30 layers, and
+//! the LM head for N = 1; far larger than the caches) once per step, dense
+//! formats: the matmul part of a decode (N = 1) or prefill step, from
+//! memory.
 //! `QPROBE_ITERS=I` runs each probe exactly I times and `QPROBE_SHAPE=KxM`
 //! keeps one shape, for `perf stat -e cycles:u` (robust against other
 //! processes and clock changes on a shared machine).
@@ -59,7 +60,8 @@ fn probe(label: &str, (n, k, m): (usize, usize, usize), bytes: usize, f: impl Fn
     );
 }
 
-/// SmolLM2-135M's linears (k, m) in the order a token runs them.
+/// SmolLM2-135M's layer linears (k, m) in the order a token runs them (the
+/// LM head, for the last token only, is added for decode).
 fn smol_shapes() -> Vec<(usize, usize)> {
     let layer = [
         (576, 576),
@@ -70,9 +72,7 @@ fn smol_shapes() -> Vec<(usize, usize)> {
         (576, 1536),
         (1536, 576),
     ];
-    let mut v: Vec<_> = (0..30).flat_map(|_| layer).collect();
-    v.push((576, 49152));
-    v
+    (0..30).flat_map(|_| layer).collect()
 }
 
 fn smol(n: usize, names: &str) {
@@ -80,7 +80,11 @@ fn smol(n: usize, names: &str) {
         .into_iter()
         .filter(|f| names.split(',').any(|s| s == f.name()))
     {
-        let ws: Vec<_> = smol_shapes()
+        let mut shapes = smol_shapes();
+        if n == 1 {
+            shapes.push((576, 49152));
+        }
+        let ws: Vec<_> = shapes
             .into_iter()
             .enumerate()
             .map(|(i, (k, m))| (k, m, random_dense(f, m * k, i as u64)))
@@ -105,8 +109,9 @@ fn smol(n: usize, names: &str) {
             let wall = t0.elapsed().as_secs_f64() / it as f64;
             let cpu = (cpu_secs() - c0) / it as f64;
             println!(
-                "smol {} {} n={n}: {:.2} ms/step ({:.1} steps/s, {:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights",
-                f.name(), s.name(), wall * 1e3, 1.0 / wall, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9
+                "smol {} {} n={n}: {:.2} ms/step ({:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights, {:.1} GMAC/s",
+                f.name(), s.name(), wall * 1e3, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9,
+                (bytes / f.block().1 * n) as f64 / wall / 1e9
             );
         }
     }
@@ -134,6 +139,49 @@ fn main() {
             let shape = (n, k, m);
             if f.is_dense() {
                 let w = random_dense(f, m * k, 1);
+                if f == F::F32 && std::env::var_os("QPROBE_GEMM").is_some() {
+                    let wf: Vec<f32> = bytemuck::cast_slice(&w).to_vec();
+                    probe("F32 gemm-crate", shape, w.len(), || {
+                        gemm_f32(&x, &wf, n, k, m)
+                    });
+                    for rb in [16usize, 32, 64, 96] {
+                        probe(&format!("F32 gemm-blk{rb}"), shape, w.len(), || {
+                            let mut y = vec![0.0f32; n * m];
+                            for j0 in (0..m).step_by(rb) {
+                                let r = rb.min(m - j0);
+                                let mut out = vec![0.0f32; n * r];
+                                unsafe {
+                                    gemm::gemm(
+                                        n,
+                                        r,
+                                        k,
+                                        out.as_mut_ptr(),
+                                        1,
+                                        r as isize,
+                                        false,
+                                        x.as_ptr(),
+                                        1,
+                                        k as isize,
+                                        wf[j0 * k..].as_ptr(),
+                                        k as isize,
+                                        1,
+                                        0.0,
+                                        1.0,
+                                        false,
+                                        false,
+                                        false,
+                                        gemm::Parallelism::None,
+                                    );
+                                }
+                                for i in 0..n {
+                                    y[i * m + j0..i * m + j0 + r]
+                                        .copy_from_slice(&out[i * r..(i + 1) * r]);
+                                }
+                            }
+                            y
+                        });
+                    }
+                }
                 for &s in Simd::available().iter().filter(|&&s| s != Simd::Scalar) {
                     let label = format!("{} {}", f.name(), s.name());
                     probe(&label, shape, w.len(), || {
@@ -151,4 +199,33 @@ fn main() {
             }
         }
     }
+}
+
+#[allow(dead_code)]
+pub fn gemm_f32(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; n * m];
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            y.as_mut_ptr(),
+            1,
+            m as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+    y
 }

@@ -50,6 +50,11 @@ impl Lanes for Neon {
         vaddvq_f32(v)
     }
     #[inline(always)]
+    unsafe fn sum4(a: float32x4_t, b: float32x4_t, c: float32x4_t, d: float32x4_t) -> [f32; 4] {
+        let s = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
+        std::mem::transmute::<float32x4_t, [f32; 4]>(s)
+    }
+    #[inline(always)]
     unsafe fn store(p: *mut f32, v: float32x4_t) {
         vst1q_u8(p.cast(), vreinterpretq_u8_f32(v))
     }

@@ -47,6 +47,12 @@ impl Lanes for Avx2 {
         hsum_ps(v)
     }
     #[inline(always)]
+    unsafe fn sum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
+        let abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        let s = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+        std::mem::transmute::<__m128, [f32; 4]>(s)
+    }
+    #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m256) {
         _mm256_storeu_ps(p, v)
     }
@@ -88,6 +94,14 @@ impl Lanes for Avx512 {
     #[inline(always)]
     unsafe fn sum(v: __m512) -> f32 {
         _mm512_reduce_add_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn sum4(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
+        let half = |v: __m512| {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            _mm256_add_ps(_mm512_castps512_ps256(v), hi)
+        };
+        Avx2::sum4(half(a), half(b), half(c), half(d))
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m512) {
