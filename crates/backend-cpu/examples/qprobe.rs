@@ -75,7 +75,64 @@ fn smol_shapes() -> Vec<(usize, usize)> {
     (0..30).flat_map(|_| layer).collect()
 }
 
+/// `qprobe smol N Q4_0,…`: every linear of SmolLM2 in a GGML block format
+/// through `ops::matmul::matmul_with` (the backend's entry point, with its
+/// repacking and precision choice), default precision unless
+/// `QPROBE_PREC=int8`.
+fn smol_q(n: usize, names: &str) {
+    use mm_backend_cpu::ops::matmul::{matmul_with, ActPrecision};
+    use mm_core::{HostBytes, Tensor, WeightData};
+    let prec = match std::env::var("QPROBE_PREC").as_deref() {
+        Ok("int8") => ActPrecision::Int8,
+        _ => ActPrecision::Int8Residual,
+    };
+    for f in F::GGML_BLOCK
+        .into_iter()
+        .filter(|f| names.split(',').any(|s| s == f.name()))
+    {
+        let mut shapes = smol_shapes();
+        if n == 1 {
+            shapes.push((576, 49152));
+        }
+        let ws: Vec<_> = shapes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, m))| {
+                let b = random_blocks(f, m, k, i as u64);
+                WeightData::new(f, vec![m, k], HostBytes::owned(b)).unwrap()
+            })
+            .collect();
+        let bytes: usize = ws.iter().map(|w| w.bytes.len()).sum();
+        let macs: usize = ws.iter().map(|w| w.numel() * n).sum();
+        let xs: Vec<Tensor> = [576usize, 1536]
+            .iter()
+            .map(|&k| Tensor::from_vec(vec![n, k], random_f32(n * k, 2)).unwrap())
+            .collect();
+        let step = || {
+            for w in &ws {
+                let x = if w.shape[1] == 576 { &xs[0] } else { &xs[1] };
+                std::hint::black_box(matmul_with(x, w, None, prec).unwrap());
+            }
+        };
+        step();
+        let (c0, t0) = (cpu_secs(), Instant::now());
+        let mut it = 0;
+        while t0.elapsed().as_secs_f64() < 3.0 {
+            step();
+            it += 1;
+        }
+        let wall = t0.elapsed().as_secs_f64() / it as f64;
+        let cpu = (cpu_secs() - c0) / it as f64;
+        println!(
+            "smol {} {prec:?} n={n}: {:.2} ms/step ({:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights, {:.1} GMAC/s",
+            f.name(), wall * 1e3, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9,
+            macs as f64 / wall / 1e9
+        );
+    }
+}
+
 fn smol(n: usize, names: &str) {
+    smol_q(n, names);
     for f in [F::F32, F::F16, F::BF16]
         .into_iter()
         .filter(|f| names.split(',').any(|s| s == f.name()))

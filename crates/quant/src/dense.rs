@@ -16,6 +16,20 @@ pub fn dequantize_ref(w: &WeightData) -> Result<Vec<f32>> {
 /// is the row (`[.., cols]`), e.g. a few rows of an embedding table.
 pub fn dequantize_rows_ref(w: &WeightData, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
     let cols = w.shape.last().copied().unwrap_or(1);
+    let mut out = vec![0f32; rows.end.saturating_sub(rows.start) * cols];
+    dequantize_rows_into(w, rows, &mut out)?;
+    Ok(out)
+}
+
+/// [`dequantize_rows_ref`] into `out`, which must hold exactly the rows'
+/// values (no allocation: the CPU's prefill dequantizes weight panels with
+/// it).
+pub fn dequantize_rows_into(
+    w: &WeightData,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    let cols = w.shape.last().copied().unwrap_or(1);
     let n_rows = w.numel().checked_div(cols).unwrap_or(0);
     if rows.start > rows.end || rows.end > n_rows {
         return Err(mm_core::Error::Invalid(format!(
@@ -23,23 +37,58 @@ pub fn dequantize_rows_ref(w: &WeightData, rows: std::ops::Range<usize>) -> Resu
             w.shape
         )));
     }
+    if out.len() != (rows.end - rows.start) * cols {
+        return Err(mm_core::Error::Invalid(format!(
+            "dequantize rows {rows:?} of {:?}: output holds {} values, not {}",
+            w.shape,
+            out.len(),
+            (rows.end - rows.start) * cols
+        )));
+    }
     if let mm_core::WeightFormat::Mm(fmt) = w.format {
         let (scales, groups) = (w.scales.as_deref().unwrap_or(&[]), fmt.groups_per_row(cols));
         let (cb, sb) = (fmt.code_bytes(cols), groups * fmt.scale_bytes());
-        let mut out = vec![0f32; (rows.end - rows.start) * cols];
-        for (i, r) in rows.enumerate() {
-            let zeros = w.zeros.as_deref().map(|z| &z[r * groups..(r + 1) * groups]);
+        let short = |what: &str| {
+            mm_core::Error::Invalid(format!(
+                "{} weight {:?}: its {what} are too short for row {}",
+                fmt.name(),
+                w.shape,
+                rows.end - 1
+            ))
+        };
+        for (i, r) in rows.clone().enumerate() {
+            let zeros = match w.zeros.as_deref() {
+                Some(z) => Some(
+                    z.get(r * groups..(r + 1) * groups)
+                        .ok_or_else(|| short("zero-points"))?,
+                ),
+                None => None,
+            };
             crate::mm::dequantize_mm_row(
                 fmt,
-                &w.bytes[r * cb..(r + 1) * cb],
-                &scales[r * sb..(r + 1) * sb],
+                w.bytes
+                    .get(r * cb..(r + 1) * cb)
+                    .ok_or_else(|| short("codes"))?,
+                scales
+                    .get(r * sb..(r + 1) * sb)
+                    .ok_or_else(|| short("scales"))?,
                 zeros,
                 &mut out[i * cols..(i + 1) * cols],
             )?;
         }
-        return Ok(out);
+        return Ok(());
     }
     let row_bytes = w.format.bytes_for(cols)?;
-    let bytes = &w.bytes[rows.start * row_bytes..rows.end * row_bytes];
-    crate::ggml::dequantize(w.format, bytes, (rows.end - rows.start) * cols)
+    let bytes = w
+        .bytes
+        .get(rows.start * row_bytes..rows.end * row_bytes)
+        .ok_or_else(|| {
+            mm_core::Error::Invalid(format!(
+                "{} weight {:?}: {} bytes, too few for rows {rows:?}",
+                w.format.name(),
+                w.shape,
+                w.bytes.len()
+            ))
+        })?;
+    crate::ggml::dequantize_row(w.format, bytes, out)
 }

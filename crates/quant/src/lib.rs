@@ -9,7 +9,7 @@ pub mod gptq;
 pub mod mm;
 pub mod ste;
 
-pub use dense::{dequantize_ref, dequantize_rows_ref};
+pub use dense::{dequantize_ref, dequantize_rows_into, dequantize_rows_ref};
 pub use ggml::dequantize_row;
 pub use mm::{
     dequantize_mm_ref, dequantize_mm_row, quantize_rtn, quantize_rtn_with, MmFormat, MmKind,

@@ -116,6 +116,11 @@ fn dense_formats() {
     assert_eq!(mm_quant::dequantize_ref(&w).unwrap(), want);
     assert_eq!(mm_quant::dequantize_rows_ref(&w, 1..3).unwrap(), want[2..6]);
     assert!(mm_quant::dequantize_rows_ref(&w, 2..4).is_err());
+    let mut two = vec![0f32; 4];
+    mm_quant::dequantize_rows_into(&w, 1..3, &mut two).unwrap();
+    assert_eq!(two, want[2..6]);
+    // An output of the wrong size is an error, not a partial write.
+    assert!(mm_quant::dequantize_rows_into(&w, 1..3, &mut [0f32; 3]).is_err());
 
     // Unaligned byte slices take the byte-wise path and agree.
     for (format, bytes) in [(F::F32, &f32b), (F::F16, &f16b), (F::BF16, &bf16b)] {

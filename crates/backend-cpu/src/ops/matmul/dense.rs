@@ -172,6 +172,46 @@ pub fn matmul_with(
     Ok(y)
 }
 
+/// `y[n, m] = x[n, k] · wᵀ` for a weight of any stored format, given by a
+/// function that writes its rows `j0..j1` as f32 (`fill(j0, j1, panel)`,
+/// row-major, `k` values a row): the prefill path of quantized weights
+/// with f32 activations. Each task dequantizes its block of weight rows
+/// once into its thread's panel and sweeps its activation rows over it
+/// with the same register tiles as F16/BF16 prefill, so the dequantization
+/// is paid once per weight and task, not per activation row.
+pub fn matmul_panels_with<F>(
+    simd: Simd,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    fill: F,
+) -> Result<Vec<f32>>
+where
+    F: Fn(usize, usize, &mut [f32]) + Sync,
+{
+    check_simd(simd)?;
+    if x.len() != n * k {
+        return Err(Error::Invalid(format!(
+            "panel matmul: {} inputs for [{n}, {k}]",
+            x.len()
+        )));
+    }
+    let mut y = vec![0.0f32; n * m];
+    if n == 0 || m == 0 || k == 0 {
+        return Ok(y);
+    }
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    compute_tiled(4 * k, GROUP, n, m, &mut y, |j0, j1, i0, out| {
+        let rows = j1 - j0;
+        let x = &x[i0 * k..][..out.len() / rows * k];
+        let panel = with_panel((call, j0), rows * k, |p| fill(j0, j1, p));
+        let panel = bytemuck::cast_slice(&panel.values);
+        dot(simd, WeightFormat::F32, panel, x, k, out, rows);
+    });
+    Ok(y)
+}
+
 /// `dst[i] = src[i]` widened to f32 (`src` holds `dst.len()` values stored
 /// in `format`), with a chosen level.
 pub fn widen_with(simd: Simd, format: WeightFormat, src: &[u8], dst: &mut [f32]) -> Result<()> {
