@@ -8,8 +8,8 @@ pub mod ops;
 pub mod pool;
 mod prepared;
 
-use mm_core::backend::{AttentionParams, Backend, Op};
-use mm_core::{Result, Tensor, WeightData, WeightFormat};
+use mm_core::backend::{Backend, Op};
+use mm_core::{KvStore, PagedBatch, PagedParams, Result, Tensor, WeightData, WeightFormat};
 
 pub use ops::matmul::ActPrecision;
 pub use prepared::{dense_f32, il_prepared, mm_prepared};
@@ -124,8 +124,15 @@ impl Backend for CpuBackend {
         ops::rope::rope(x, head_dim, positions, inv_freq, mscale)
     }
 
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
-        ops::attention::attention(q, k, v, p)
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        k: &KvStore,
+        v: &KvStore,
+        batch: &PagedBatch,
+        p: &PagedParams,
+    ) -> Result<Tensor> {
+        ops::attention::paged_attention(q, k, v, batch, p)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -136,7 +143,7 @@ impl Backend for CpuBackend {
         ops::activation::add(a, b)
     }
 
-    fn write_rows(&self, dst: &mut Tensor, row: usize, src: &Tensor) -> Result<()> {
-        ops::write_rows::write_rows(dst, row, src)
+    fn write_kv(&self, store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()> {
+        ops::write_kv::write_kv(store, slots, src)
     }
 }

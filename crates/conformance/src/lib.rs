@@ -5,9 +5,9 @@
 //! `_ref` twin from `mm-backend-cpu` by relative L2 error and max error.
 //! A backend's test file calls [`run_all`] with its backend.
 
-use mm_backend_cpu::ops::{activation, attention, embedding, matmul, rms_norm, rope, write_rows};
-use mm_core::backend::AttentionParams;
+use mm_backend_cpu::ops::{activation, attention, embedding, matmul, rms_norm, rope, write_kv};
 use mm_core::{Backend, Result, Tensor, WeightData, WeightFormat};
+use mm_core::{KvDType, PagedBatch, PagedParams, SeqSpan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -278,48 +278,85 @@ pub fn check_rope(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     Ok(())
 }
 
-pub fn check_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+/// Paged attention over a batch of sequences with shuffled block tables:
+/// decode rows, short and long (blocked-path) prefill chunks after cached
+/// keys, GQA/MQA, sliding windows, f32 and f16 stores. Keys and values go
+/// in through the backend's `write_kv`; the reference reads an f32 image
+/// of the stores as they hold them (f16-rounded for f16).
+pub fn check_paged_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    // (queries, heads, kv heads, head_dim, pos0, cache capacity, sliding window)
-    let cases = [
-        (1usize, 4usize, 2usize, 32usize, 9usize, 16usize, None),
-        (6, 4, 4, 16, 0, 8, None),
-        (5, 9, 3, 64, 3, 12, None),
-        (3, 8, 1, 8, 2, 5, None),
-        (6, 4, 2, 16, 4, 12, Some(3usize)),
-        (1, 4, 2, 16, 9, 12, Some(4)),
-        // The blocked (prefill) path: several query blocks, GQA, windows
-        // shorter and longer than a block, a cache with rows past kv_len.
-        (70, 4, 2, 16, 5, 80, None),
-        (40, 6, 3, 32, 0, 40, Some(7)),
-        (33, 2, 1, 64, 11, 50, Some(45)),
+    // (heads, kv heads, head_dim, block size, window, [(q_len, kv_len)])
+    let cases: [(usize, usize, usize, usize, Option<usize>, &[(usize, usize)]); 5] = [
+        (4, 2, 32, 4, None, &[(1, 9), (1, 1), (3, 7)]),
+        (9, 3, 64, 16, None, &[(40, 40), (1, 33), (12, 50)]),
+        (8, 1, 16, 8, Some(5), &[(1, 20), (9, 30), (2, 2)]),
+        (6, 3, 32, 4, Some(7), &[(40, 45), (1, 12)]),
+        (2, 2, 64, 16, Some(45), &[(33, 44), (70, 80)]),
     ];
-    for &(n, h, hkv, d, pos0, cap, window) in &cases {
-        let kv_len = pos0 + n;
-        let q = randv(&mut rng, n * h * d);
-        let k = randv(&mut rng, cap * hkv * d);
-        let v = randv(&mut rng, cap * hkv * d);
-        let p = AttentionParams {
-            n_heads: h,
-            n_kv_heads: hkv,
-            head_dim: d,
-            pos0,
-            kv_len,
-            scale: 1.0 / (d as f32).sqrt(),
-            window,
-        };
-        let out = b.attention(
-            &up(b, vec![n, h * d], q.clone())?,
-            &up(b, vec![cap, hkv * d], k.clone())?,
-            &up(b, vec![cap, hkv * d], v.clone())?,
-            &p,
-        )?;
-        check(
-            &format!("attention n={n} h={h}/{hkv} d={d} window={window:?}"),
-            &out,
-            &attention::attention_ref(&q, &k, &v, n, &p),
-            tol,
-        )?;
+    for (h, hkv, d, bs, window, seqs) in cases {
+        for dtype in [KvDType::F32, KvDType::F16] {
+            let kw = hkv * d;
+            let need: usize = seqs.iter().map(|&(_, kv)| kv.div_ceil(bs)).sum();
+            let blocks = need + 5;
+            // A shuffled pool of blocks, handed out in order.
+            let mut pool: Vec<u32> = (0..blocks as u32).collect();
+            for i in (1..pool.len()).rev() {
+                pool.swap(i, rng.gen_range(0..=i));
+            }
+            let mut batch = PagedBatch {
+                block_size: bs,
+                ..Default::default()
+            };
+            let mut q_start = 0;
+            for &(q_len, kv_len) in seqs {
+                let n = kv_len.div_ceil(bs);
+                let table_start = batch.block_tables.len();
+                batch.block_tables.extend(pool.drain(..n));
+                batch.seqs.push(SeqSpan {
+                    q_start,
+                    q_len,
+                    kv_len,
+                    table_start,
+                });
+                q_start += q_len;
+            }
+            let slots_n = blocks * bs;
+            let mut ks = b.kv_store(slots_n, kw, dtype)?;
+            let mut vs = b.kv_store(slots_n, kw, dtype)?;
+            let (mut kimg, mut vimg) = (vec![0.0f32; slots_n * kw], vec![0.0f32; slots_n * kw]);
+            for s in &batch.seqs {
+                let slots: Vec<u32> = (0..s.kv_len).map(|t| batch.slot(s, t) as u32).collect();
+                let (kr, vr) = (
+                    randv(&mut rng, s.kv_len * kw),
+                    randv(&mut rng, s.kv_len * kw),
+                );
+                b.write_kv(&mut ks, &slots, &up(b, vec![s.kv_len, kw], kr.clone())?)?;
+                b.write_kv(&mut vs, &slots, &up(b, vec![s.kv_len, kw], vr.clone())?)?;
+                let f16 = dtype == KvDType::F16;
+                write_kv::write_kv_ref(&mut kimg, kw, &slots, &kr, f16);
+                write_kv::write_kv_ref(&mut vimg, kw, &slots, &vr, f16);
+            }
+            let rows = batch.rows();
+            let q = randv(&mut rng, rows * h * d);
+            let p = PagedParams {
+                n_heads: h,
+                n_kv_heads: hkv,
+                head_dim: d,
+                scale: 1.0 / (d as f32).sqrt(),
+                window,
+            };
+            let out =
+                b.paged_attention(&up(b, vec![rows, h * d], q.clone())?, &ks, &vs, &batch, &p)?;
+            check(
+                &format!(
+                    "paged attention h={h}/{hkv} d={d} bs={bs} window={window:?} {} seqs {seqs:?}",
+                    dtype.name()
+                ),
+                &out,
+                &attention::paged_attention_ref(&q, &kimg, &vimg, &batch, &p),
+                tol,
+            )?;
+        }
     }
     Ok(())
 }
@@ -355,19 +392,28 @@ pub fn check_embedding(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()>
     Ok(())
 }
 
-pub fn check_write_rows(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+/// `write_kv` refuses bad input without touching the store: a slot past
+/// the end, a row count that does not match the slots, a wrong width.
+/// (What it writes is checked through [`check_paged_attention`].)
+pub fn check_write_kv(b: &dyn Backend, seed: u64, _tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let (cap, c) = (10, 24);
-    let base = randv(&mut rng, cap * c);
-    let src = randv(&mut rng, 3 * c);
-    let mut dst = up(b, vec![cap, c], base.clone())?;
-    b.write_rows(&mut dst, 6, &up(b, vec![3, c], src.clone())?)?;
-    let mut reference = base;
-    write_rows::write_rows_ref(&mut reference, c, 6, &src);
-    check("write_rows", &dst, &reference, tol)?;
-    if b.write_rows(&mut dst, 8, &up(b, vec![3, c], src)?).is_ok() {
+    let (slots, c) = (10, 24);
+    let mut st = b.kv_store(slots, c, KvDType::F32)?;
+    let src = up(b, vec![3, c], randv(&mut rng, 3 * c))?;
+    b.write_kv(&mut st, &[1, 9, 4], &src)?;
+    let bad: [(&[u32], &Tensor); 2] = [(&[1, 10, 4], &src), (&[1, 2], &src)];
+    for (sl, x) in bad {
+        if b.write_kv(&mut st, sl, x).is_ok() {
+            return Err(mm_core::Error::Other(format!(
+                "write_kv of {:?} rows to slots {sl:?} of {slots} must fail",
+                x.shape()
+            )));
+        }
+    }
+    let wide = up(b, vec![1, c + 1], randv(&mut rng, c + 1))?;
+    if b.write_kv(&mut st, &[0], &wide).is_ok() {
         return Err(mm_core::Error::Other(
-            "write_rows past the end must fail".into(),
+            "write_kv of a wrong width must fail".into(),
         ));
     }
     Ok(())
@@ -379,10 +425,10 @@ pub fn run_all(b: &dyn Backend, tol: Tolerance) -> Vec<String> {
         ("matmul", check_matmul),
         ("rms_norm", check_rms_norm),
         ("rope", check_rope),
-        ("attention", check_attention),
+        ("paged_attention", check_paged_attention),
         ("elementwise", check_elementwise),
         ("embedding", check_embedding),
-        ("write_rows", check_write_rows),
+        ("write_kv", check_write_kv),
     ];
     let mut fails = Vec::new();
     for (name, f) in checks {

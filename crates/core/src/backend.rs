@@ -8,6 +8,7 @@
 //! Shapes used below: `n` tokens, `k` input features, `m` output features,
 //! `h`/`hkv` query/key-value heads of width `d`.
 
+use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// Ops a backend may or may not implement.
@@ -17,26 +18,12 @@ pub enum Op {
     Embedding,
     RmsNorm,
     Rope,
+    /// Paged attention over a flattened batch.
     Attention,
     SiluMul,
     Add,
-    WriteRows,
-}
-
-/// Parameters of causal grouped-query attention over a KV cache.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionParams {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    /// Position of the first query row; query row `i` sees keys `0..=pos0+i`.
-    pub pos0: usize,
-    /// Number of valid key/value rows in the cache.
-    pub kv_len: usize,
-    /// Multiplier of q·k (usually `1/sqrt(d)`).
-    pub scale: f32,
-    /// Sliding window: a query at position `p` sees only keys `p-w+1..=p`.
-    pub window: Option<usize>,
+    /// Writing a step's keys/values into their cache slots.
+    WriteKv,
 }
 
 /// A compute backend. Implementations: `cpu` (always present, the fallback
@@ -80,16 +67,32 @@ pub trait Backend: Send + Sync {
         mscale: f32,
     ) -> Result<Tensor>;
 
-    /// Causal GQA attention of `q[n, h*d]` over `k`/`v[cap, hkv*d]` caches
-    /// (first `kv_len` rows valid): `[n, h*d]`.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor>;
+    /// A zeroed store for one layer's keys or values: `slots` rows of
+    /// `width` values (see [`crate::kv`]). Default: host memory.
+    fn kv_store(&self, slots: usize, width: usize, dtype: KvDType) -> Result<KvStore> {
+        KvStore::host(slots, width, dtype)
+    }
+
+    /// Writes row `i` of `src[t, width]` into slot `slots[i]` of `store`
+    /// (rounded to the store's element type).
+    fn write_kv(&self, store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()>;
+
+    /// Causal GQA attention of the flattened queries `q[rows, h*d]` of the
+    /// batch's sequences over their paged keys and values: `[rows, h*d]`.
+    /// Each output row depends only on its own query and its sequence's
+    /// keys, never on how the batch is composed or chunked.
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        k: &KvStore,
+        v: &KvStore,
+        batch: &PagedBatch,
+        p: &PagedParams,
+    ) -> Result<Tensor>;
 
     /// `silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
 
     /// `a + b`, elementwise, same shapes.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
-
-    /// Copies the rows of `src[r, c]` into `dst[cap, c]` starting at `row`.
-    fn write_rows(&self, dst: &mut Tensor, row: usize, src: &Tensor) -> Result<()>;
 }

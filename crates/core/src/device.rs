@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use crate::backend::{AttentionParams, Backend, Op};
+use crate::backend::{Backend, Op};
+use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// The backend a model runs on, with CPU fallback.
@@ -104,18 +105,35 @@ impl Device {
         }
     }
 
-    pub fn attention(
+    /// A KV store on the backend that runs attention.
+    pub fn kv_store(&self, slots: usize, width: usize, dtype: KvDType) -> Result<KvStore> {
+        match self.pick(Op::Attention, None) {
+            None => self.primary.kv_store(slots, width, dtype),
+            Some(cpu) => cpu.kv_store(slots, width, dtype),
+        }
+    }
+
+    /// Writes `src` rows into `slots` of `store`, on the backend that
+    /// holds the store (the CPU's when attention falls back).
+    pub fn write_kv(&self, store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()> {
+        match self.pick(Op::Attention, None) {
+            None => self.primary.write_kv(store, slots, src),
+            Some(cpu) => cpu.write_kv(store, slots, &src.to_host()?),
+        }
+    }
+
+    /// Paged attention of a flattened batch (see [`Backend::paged_attention`]).
+    pub fn paged_attention(
         &self,
         q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        p: &AttentionParams,
+        k: &KvStore,
+        v: &KvStore,
+        batch: &PagedBatch,
+        p: &PagedParams,
     ) -> Result<Tensor> {
         match self.pick(Op::Attention, None) {
-            None => self.primary.attention(q, k, v, p),
-            Some(cpu) => {
-                self.back(cpu.attention(&q.to_host()?, &k.to_host()?, &v.to_host()?, p)?)
-            }
+            None => self.primary.paged_attention(q, k, v, batch, p),
+            Some(cpu) => self.back(cpu.paged_attention(&q.to_host()?, k, v, batch, p)?),
         }
     }
 
@@ -130,19 +148,6 @@ impl Device {
         match self.pick(Op::Add, None) {
             None => self.primary.add(a, b),
             Some(cpu) => self.back(cpu.add(&a.to_host()?, &b.to_host()?)?),
-        }
-    }
-
-    /// Writes `src` rows into `dst` at `row`; `dst` stays on its backend.
-    pub fn write_rows(&self, dst: &mut Tensor, row: usize, src: &Tensor) -> Result<()> {
-        match self.pick(Op::WriteRows, None) {
-            None => self.primary.write_rows(dst, row, src),
-            Some(cpu) => {
-                let mut host = dst.to_host()?;
-                cpu.write_rows(&mut host, row, &src.to_host()?)?;
-                *dst = self.back(host)?;
-                Ok(())
-            }
         }
     }
 }

@@ -6,18 +6,21 @@
 //!   bytes memory-mapped or owned.
 //! * [`Backend`]: the op interface implemented by `cpu`, `cuda` and `wgpu`.
 //! * [`Device`]: a backend plus transparent CPU fallback for what it lacks.
+//! * [`kv`]: the paged KV cache's storage and a forward step's batch layout.
 //! * [`Error`]: one error type naming what failed and why.
 
 pub mod backend;
 pub mod bytes;
 pub mod device;
 pub mod error;
+pub mod kv;
 pub mod tensor;
 pub mod weight;
 
-pub use backend::{AttentionParams, Backend, Op};
+pub use backend::{Backend, Op};
 pub use bytes::HostBytes;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use kv::{KvDType, KvStorage, KvStore, PagedBatch, PagedParams, SeqSpan};
 pub use tensor::{Storage, Tensor};
 pub use weight::{WeightData, WeightFormat};

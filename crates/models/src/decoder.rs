@@ -3,11 +3,11 @@
 //! Architecture files fill it; attention and feed-forward are fields of a
 //! layer so MoE feed-forwards and MLA attention slot in beside them.
 
-use mm_core::{Device, Error, Result, Tensor, WeightData};
+use mm_core::{Device, Error, KvDType, Result, Tensor, WeightData};
 use mm_formats::{ModelConfig, WeightSource};
 
 use crate::layers::{Attention, AttentionOptions, Linear, LinearObserver, Mlp, RmsNorm, Rope};
-use crate::KvCache;
+use crate::{KvCache, PagedKv, Step};
 
 /// One decoder layer.
 pub struct DecoderLayer {
@@ -103,40 +103,87 @@ impl DecoderModel {
         })
     }
 
-    /// A KV cache for up to `capacity` positions (at most the model's context).
+    /// A single-sequence KV cache for up to `capacity` positions (at most
+    /// the model's context), f32.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        self.new_cache_with(capacity, KvDType::F32)
+    }
+
+    /// [`new_cache`](Self::new_cache) storing keys and values in `dtype`.
+    pub fn new_cache_with(&self, capacity: usize, dtype: KvDType) -> Result<KvCache> {
         let c = &self.config;
         KvCache::new(
             &self.device,
             c.num_layers,
             capacity.min(c.max_position_embeddings).max(1),
             c.num_kv_heads * c.head_dim,
+            dtype,
         )
+    }
+
+    /// A paged KV cache of `num_blocks` blocks of `block_size` tokens, shared
+    /// by the sequences of batched steps ([`forward_step`](Self::forward_step)).
+    pub fn new_paged(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: KvDType,
+    ) -> Result<PagedKv> {
+        let c = &self.config;
+        PagedKv::new(
+            &self.device,
+            c.num_layers,
+            num_blocks,
+            block_size,
+            c.num_kv_heads * c.head_dim,
+            dtype,
+        )
+    }
+
+    /// Runs one batched step: the flattened tokens of `step`'s sequences
+    /// through every layer, their keys and values written into `kv` at
+    /// `step.slots`. Returns the logits of `step.logits_rows`,
+    /// `[logits_rows.len(), vocab]`. This is the only forward path: the
+    /// single-sequence [`forward`](Self::forward) builds a one-sequence step.
+    pub fn forward_step(&self, step: &Step, kv: &mut PagedKv) -> Result<Tensor> {
+        step.validate(kv)?;
+        if kv.layers() != self.layers.len() {
+            return Err(Error::Invalid(format!(
+                "a KV cache of {} layers given to a model of {}",
+                kv.layers(),
+                self.layers.len()
+            )));
+        }
+        let dev = &self.device;
+        let mut h = dev.embedding(&step.ids, &self.embed)?;
+        for l in 0..self.layers.len() {
+            h = self.layer_step(l, &h, step, kv)?.1;
+        }
+        let n = step.ids.len();
+        if step.logits_rows.len() != n || step.logits_rows.iter().enumerate().any(|(i, &r)| i != r)
+        {
+            let e = self.config.hidden_size;
+            let all = h.to_vec()?;
+            let mut rows = Vec::with_capacity(step.logits_rows.len() * e);
+            for &r in &step.logits_rows {
+                rows.extend_from_slice(&all[r * e..(r + 1) * e]);
+            }
+            h = dev.upload(&Tensor::from_vec(vec![step.logits_rows.len(), e], rows)?)?;
+        }
+        let x = self.norm.forward(&h, dev)?;
+        self.lm_head.forward(&x, dev)
     }
 
     /// Runs `ids` after what `cache` holds and returns logits `[rows, vocab]`:
     /// every position when `all_logits`, else only the last.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
-        let n = ids.len();
-        if n == 0 {
+        if ids.is_empty() {
             return Err(Error::Invalid("forward called with no tokens".into()));
         }
-        cache.check_room(n)?;
-        let dev = &self.device;
-        let pos0 = cache.len();
-        let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
-        let mut h = dev.embedding(ids, &self.embed)?;
-        for l in 0..self.layers.len() {
-            h = self.forward_layer(l, &h, &positions, cache)?;
-        }
-        cache.advance(n);
-        if !all_logits && n > 1 {
-            let e = self.config.hidden_size;
-            let last = h.to_vec()?[(n - 1) * e..].to_vec();
-            h = dev.upload(&Tensor::from_vec(vec![1, e], last)?)?;
-        }
-        let x = self.norm.forward(&h, dev)?;
-        self.lm_head.forward(&x, dev)
+        let step = cache.step(ids, all_logits)?;
+        let logits = self.forward_step(&step, &mut cache.paged)?;
+        cache.advance(ids.len());
+        Ok(logits)
     }
 
     /// The embedding rows of `ids`: the residual stream entering layer 0.
@@ -170,32 +217,48 @@ impl DecoderModel {
         positions: &[u32],
         cache: &mut KvCache,
     ) -> Result<(Tensor, Tensor)> {
+        let pos0 = cache.len();
+        if positions
+            .iter()
+            .enumerate()
+            .any(|(i, &p)| p as usize != pos0 + i)
+        {
+            return Err(Error::Invalid(format!(
+                "forward_layer: positions must follow the cache's {pos0}"
+            )));
+        }
+        // The ids are not read by a layer; the step only carries the layout.
+        let step = cache.step(&vec![0; positions.len()], false)?;
+        step.validate(&cache.paged)?;
+        self.layer_step(l, h, &step, &mut cache.paged)
+    }
+
+    /// Layer `l` of a step: `(h + attention, h + attention + mlp)`.
+    fn layer_step(
+        &self,
+        l: usize,
+        h: &Tensor,
+        step: &Step,
+        kv: &mut PagedKv,
+    ) -> Result<(Tensor, Tensor)> {
         let layer = self.layers.get(l).ok_or_else(|| {
             Error::Invalid(format!(
                 "layer {l} does not exist (the model has {})",
                 self.layers.len()
             ))
         })?;
-        if cache.k.len() != self.layers.len() {
+        if kv.k.len() != self.layers.len() {
             return Err(Error::Invalid(format!(
                 "a KV cache of {} layers given to a model of {}",
-                cache.k.len(),
+                kv.k.len(),
                 self.layers.len()
             )));
         }
-        cache.check_room(positions.len())?;
         let dev = &self.device;
-        let pos0 = cache.len();
         let x = layer.attn_norm.forward(h, dev)?;
-        let a = layer.attn.forward(
-            &x,
-            positions,
-            &self.rope,
-            &mut cache.k[l],
-            &mut cache.v[l],
-            pos0,
-            dev,
-        )?;
+        let a = layer
+            .attn
+            .forward(&x, step, &self.rope, &mut kv.k[l], &mut kv.v[l], dev)?;
         let h = dev.add(h, &a)?;
         let x = layer.ffn_norm.forward(&h, dev)?;
         let out = dev.add(&h, &layer.ffn.forward(&x, dev)?)?;

@@ -20,7 +20,7 @@ use mm_core::{Device, Result};
 use mm_formats::{Arch, WeightSource};
 
 pub use decoder::{DecoderModel, WeightSummary};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, PagedKv, Step, DEFAULT_BLOCK_SIZE};
 pub use layers::LinearObserver;
 
 /// Builds the model described by `src.config()` on `device`;

@@ -8,7 +8,7 @@ pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
 pub mod vmath;
-pub mod write_rows;
+pub mod write_kv;
 
 use mm_core::{Error, Result, Tensor};
 

@@ -1,8 +1,7 @@
 //! Grouped-query self-attention with optional q/k/v biases (Qwen2) and
-//! per-head q/k RMSNorm (Qwen3), over a KV cache.
+//! per-head q/k RMSNorm (Qwen3), over the paged KV cache.
 
-use mm_core::backend::AttentionParams;
-use mm_core::{Device, Result, Tensor};
+use mm_core::{Device, KvStore, PagedParams, Result, Tensor};
 use mm_formats::{ModelConfig, WeightSource};
 
 use super::{Linear, RmsNorm, Rope};
@@ -109,36 +108,33 @@ impl Attention {
         }
     }
 
-    /// Attends `x[n, hidden]` at `positions` (consecutive, starting at the
-    /// cache length), appending its keys and values to the layer's cache buffers at `pos0`.
+    /// Attends the flattened batch `x[rows, hidden]` of `step`: writes the
+    /// rows' keys and values into their slots of the layer's stores, then
+    /// paged attention of every sequence over its cached keys.
     pub fn forward(
         &self,
         x: &Tensor,
-        positions: &[u32],
+        step: &crate::Step,
         rope: &Rope,
-        k_cache: &mut Tensor,
-        v_cache: &mut Tensor,
-        pos0: usize,
+        k_cache: &mut KvStore,
+        v_cache: &mut KvStore,
         device: &Device,
     ) -> Result<Tensor> {
-        let n = positions.len();
         let q = self.head_norm(&self.q_norm, self.q.forward(x, device)?, device)?;
         let k = self.head_norm(&self.k_norm, self.k.forward(x, device)?, device)?;
         let v = self.v.forward(x, device)?;
-        let q = rope.forward(&q, positions, device)?;
-        let k = rope.forward(&k, positions, device)?;
-        device.write_rows(k_cache, pos0, &k)?;
-        device.write_rows(v_cache, pos0, &v)?;
-        let p = AttentionParams {
+        let q = rope.forward(&q, &step.positions, device)?;
+        let k = rope.forward(&k, &step.positions, device)?;
+        device.write_kv(k_cache, &step.slots, &k)?;
+        device.write_kv(v_cache, &step.slots, &v)?;
+        let p = PagedParams {
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
-            pos0,
-            kv_len: pos0 + n,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
             window: self.window,
         };
-        let a = device.attention(&q, k_cache, v_cache, &p)?;
+        let a = device.paged_attention(&q, k_cache, v_cache, &step.batch, &p)?;
         self.o.forward(&a, device)
     }
 }
