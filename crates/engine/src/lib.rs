@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod resolve;
 pub mod sampler;
+pub mod sched;
 pub mod tokenizer;
 pub mod tune;
 
