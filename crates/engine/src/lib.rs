@@ -2,6 +2,7 @@
 //! generation loop, GPTQ calibration, perplexity/KL evaluation and
 //! throughput benchmarks.
 
+pub mod batch;
 pub mod bench;
 pub mod calib;
 pub mod eval;

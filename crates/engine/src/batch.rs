@@ -1,0 +1,207 @@
+//! The batched execution loop: many requests, one forward step at a time.
+//!
+//! Each [`BatchEngine::step`] asks the [`Scheduler`] for a plan (decodes
+//! first, then prefill chunks within the token budget; continuous batching:
+//! requests join and leave at every step), flattens it into one
+//! [`mm_models::Step`] (ids, positions, KV slots, block tables), runs
+//! [`DecoderModel::forward_step`] over the shared [`PagedKv`] and samples
+//! the next token of every sequence whose prompt is complete with that
+//! request's own [`Sampler`] (its parameters and seed). Only the sampled ids
+//! leave the step; the KV cache stays where the backend keeps it.
+//!
+//! End of a sequence: its token budget (the scheduler finishes it), an EOS
+//! token, or the caller ([`BatchEngine::finish`] for stop strings,
+//! [`BatchEngine::cancel`] for a client that went away); either way its
+//! blocks are freed at once.
+
+use std::collections::HashMap;
+
+use mm_core::{Error, KvDType, PagedBatch, Result, SeqSpan};
+use mm_models::{DecoderModel, PagedKv, Step};
+
+use crate::sampler::{Sampler, SamplingParams};
+use crate::sched::{FinishReason, Request, Scheduler, SchedulerConfig, SeqId, StepPlan};
+
+/// A request as the engine takes it.
+#[derive(Clone, Debug)]
+pub struct BatchRequest {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Token ids that end the sequence (emitted, then finished as
+    /// [`FinishReason::Stop`]); empty to ignore EOS.
+    pub eos: Vec<u32>,
+}
+
+/// One sampled token of one sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenEvent {
+    pub id: SeqId,
+    pub token: u32,
+    /// Set when this token ends the sequence.
+    pub finished: Option<FinishReason>,
+}
+
+struct Live {
+    sampler: Sampler,
+    eos: Vec<u32>,
+}
+
+/// The step loop over one model and one paged KV cache.
+pub struct BatchEngine<'m> {
+    model: &'m DecoderModel,
+    kv: PagedKv,
+    sched: Scheduler,
+    live: HashMap<SeqId, Live>,
+}
+
+impl<'m> BatchEngine<'m> {
+    /// An engine whose KV cache holds `cfg.num_blocks` blocks of
+    /// `cfg.block_size` tokens in `dtype`.
+    pub fn new(model: &'m DecoderModel, cfg: SchedulerConfig, dtype: KvDType) -> Result<Self> {
+        let kv = model.new_paged(cfg.num_blocks, cfg.block_size, dtype)?;
+        Ok(Self {
+            model,
+            kv,
+            sched: Scheduler::new(cfg)?,
+            live: HashMap::new(),
+        })
+    }
+
+    /// Queues a request; errors (nothing queued) for an invalid sampling
+    /// setting or a prompt the cache or context can never hold.
+    pub fn add(&mut self, req: BatchRequest) -> Result<SeqId> {
+        let vocab = self.model.config.vocab_size;
+        if let Some(t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "prompt token {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let sampler = Sampler::new(req.sampling)?;
+        let id = self
+            .sched
+            .add(Request::new(req.prompt, req.max_new_tokens))?;
+        self.live.insert(
+            id,
+            Live {
+                sampler,
+                eos: req.eos,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_unfinished(&self) -> bool {
+        self.sched.has_unfinished()
+    }
+
+    /// The scheduler (statistics, sequences).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    /// Ends a sequence now (a stop string seen by the caller); its blocks
+    /// are freed. Unknown or finished ids are an error.
+    pub fn finish(&mut self, id: SeqId, reason: FinishReason) -> Result<()> {
+        self.live.remove(&id);
+        self.sched.finish(id, reason).map(|_| ())
+    }
+
+    /// Drops a request (its client went away); its blocks are freed.
+    pub fn cancel(&mut self, id: SeqId) -> Result<()> {
+        self.live.remove(&id);
+        self.sched.cancel(id).map(|_| ())
+    }
+
+    /// Runs one step; returns the tokens it sampled (none when nothing was
+    /// runnable). On a model error the step is dropped and can be retried.
+    pub fn step(&mut self) -> Result<Vec<TokenEvent>> {
+        let plan = self.sched.schedule()?;
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let step = model_step(&plan, self.kv.block_size());
+        let logits = match self.model.forward_step(&step, &mut self.kv) {
+            Ok(l) => l.to_vec(),
+            Err(e) => Err(e),
+        };
+        let logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                self.sched.abort_step();
+                return Err(e);
+            }
+        };
+        let vocab = logits.len() / step.logits_rows.len().max(1);
+        let mut sampled = Vec::with_capacity(plan.seqs.len());
+        let mut row = 0;
+        for s in &plan.seqs {
+            if !s.needs_logits {
+                sampled.push((s.id, None));
+                continue;
+            }
+            let lg = &logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let history = self.sched.get(s.id).map_or(&[][..], |q| q.tokens());
+            let live = self
+                .live
+                .get_mut(&s.id)
+                .ok_or_else(|| Error::Other(format!("sequence {} has no sampler", s.id)))?;
+            sampled.push((s.id, Some(live.sampler.sample(lg, history))));
+        }
+        let out = self.sched.on_step_done(&sampled)?;
+        let mut events = Vec::new();
+        for (id, token) in sampled {
+            let Some(token) = token else { continue };
+            let eos = self.live.get(&id).is_some_and(|l| l.eos.contains(&token));
+            let length = out.finished.iter().any(|q| q.id == id);
+            let finished = if eos {
+                if !length {
+                    self.sched.finish(id, FinishReason::Stop)?;
+                }
+                Some(FinishReason::Stop)
+            } else if length {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if finished.is_some() {
+                self.live.remove(&id);
+            }
+            events.push(TokenEvent {
+                id,
+                token,
+                finished,
+            });
+        }
+        Ok(events)
+    }
+}
+
+/// The model's step for a scheduler plan (block ids and slots as u32).
+fn model_step(plan: &StepPlan, block_size: usize) -> Step {
+    let f = plan.flatten();
+    let mut batch = PagedBatch {
+        block_size,
+        ..Default::default()
+    };
+    for (j, s) in plan.seqs.iter().enumerate() {
+        batch.seqs.push(SeqSpan {
+            q_start: f.query_start[j],
+            q_len: s.num_tokens(),
+            kv_len: s.context_len(),
+            table_start: batch.block_tables.len(),
+        });
+        batch
+            .block_tables
+            .extend(s.block_table.iter().map(|&b| b as u32));
+    }
+    Step {
+        ids: f.input_ids,
+        positions: f.positions.iter().map(|&p| p as u32).collect(),
+        slots: f.slot_mapping.iter().map(|&s| s as u32).collect(),
+        batch,
+        logits_rows: f.logits_indices,
+    }
+}
