@@ -8,7 +8,7 @@ pub mod ops;
 pub mod pool;
 mod prepared;
 
-use mm_core::backend::{Backend, Op};
+use mm_core::backend::{Backend, Op, RowKind};
 use mm_core::{KvStore, PagedBatch, PagedParams, Result, Tensor, WeightData, WeightFormat};
 
 pub use ops::matmul::ActPrecision;
@@ -102,6 +102,29 @@ impl Backend for CpuBackend {
             ops::matmul::matmul_with(x, w, bias, self.act)
         } else {
             ops::matmul::matmul_dense(x, w, bias)
+        }
+    }
+
+    /// Every row gets the arithmetic of its kind whatever the batch: in the
+    /// default precision prompt rows on dequantized f32 panels and
+    /// generated rows through the two 8-bit passes
+    /// ([`ops::matmul::matmul_kinds`]); dense weights and the exact mode
+    /// through the dense kernels' tiles or decode kernel
+    /// ([`ops::matmul::matmul_dense_kinds`]); one 8-bit pass computes each
+    /// row on its own anyway.
+    fn matmul_rows(
+        &self,
+        x: &Tensor,
+        w: &WeightData,
+        bias: Option<&Tensor>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        if !self.native(w) {
+            ops::matmul::matmul_dense_kinds(x, w, bias, kinds)
+        } else if self.act == ActPrecision::Int8Residual {
+            ops::matmul::matmul_kinds(x, w, bias, kinds)
+        } else {
+            self.matmul(x, w, bias)
         }
     }
 

@@ -26,6 +26,18 @@ pub enum Op {
     WriteKv,
 }
 
+/// Where a row of a step comes from. A backend whose arithmetic would
+/// otherwise depend on how many rows a call has (the CPU's default
+/// precision) gives each row the arithmetic of its kind instead, so a
+/// sequence's results do not depend on the batch around it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowKind {
+    /// A prompt token (prefill).
+    Prompt,
+    /// A token the model generated (decode, or its recomputation).
+    Generated,
+}
+
 /// A compute backend. Implementations: `cpu` (always present, the fallback
 /// and reference), `cuda`, `wgpu`.
 pub trait Backend: Send + Sync {
@@ -47,6 +59,19 @@ pub trait Backend: Send + Sync {
 
     /// `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias[m])`.
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor>;
+
+    /// [`Backend::matmul`] whose row `i` is of kind `kinds[i]` (one per
+    /// row of `x`). Default: `matmul`.
+    fn matmul_rows(
+        &self,
+        x: &Tensor,
+        w: &WeightData,
+        bias: Option<&Tensor>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        let _ = kinds;
+        self.matmul(x, w, bias)
+    }
 
     /// Rows of `table[vocab, k]` for `ids`: `[ids.len(), k]`.
     fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor>;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, Op};
+use crate::backend::{Backend, Op, RowKind};
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
@@ -73,6 +73,23 @@ impl Device {
             Some(cpu) => {
                 let b = bias.map(|b| b.to_host()).transpose()?;
                 self.back(cpu.matmul(&x.to_host()?, w, b.as_ref())?)
+            }
+        }
+    }
+
+    /// [`Backend::matmul_rows`]: a matmul whose rows have kinds.
+    pub fn matmul_rows(
+        &self,
+        x: &Tensor,
+        w: &WeightData,
+        bias: Option<&Tensor>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        match self.pick(Op::Matmul, Some(w.format)) {
+            None => self.primary.matmul_rows(x, w, bias, kinds),
+            Some(cpu) => {
+                let b = bias.map(|b| b.to_host()).transpose()?;
+                self.back(cpu.matmul_rows(&x.to_host()?, w, b.as_ref(), kinds)?)
             }
         }
     }

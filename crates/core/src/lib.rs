@@ -17,7 +17,7 @@ pub mod kv;
 pub mod tensor;
 pub mod weight;
 
-pub use backend::{Backend, Op};
+pub use backend::{Backend, Op, RowKind};
 pub use bytes::HostBytes;
 pub use device::Device;
 pub use error::{Error, Result};

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use mm_core::{Error, KvDType, PagedBatch, Result, SeqSpan};
+use mm_core::{Error, KvDType, PagedBatch, Result, RowKind, SeqSpan};
 use mm_models::{DecoderModel, PagedKv, Step};
 
 use crate::sampler::{Sampler, SamplingParams};
@@ -121,7 +121,8 @@ impl<'m> BatchEngine<'m> {
         if plan.is_empty() {
             return Ok(Vec::new());
         }
-        let step = model_step(&plan, self.kv.block_size());
+        let prompt_len = |id| self.sched.get(id).map_or(0, |q| q.prompt_len());
+        let step = model_step(&plan, self.kv.block_size(), prompt_len);
         let logits = match self.model.forward_step(&step, &mut self.kv) {
             Ok(l) => l.to_vec(),
             Err(e) => Err(e),
@@ -179,14 +180,26 @@ impl<'m> BatchEngine<'m> {
     }
 }
 
-/// The model's step for a scheduler plan (block ids and slots as u32).
-fn model_step(plan: &StepPlan, block_size: usize) -> Step {
+/// The model's step for a scheduler plan (block ids and slots as u32);
+/// a row is a prompt row when its position is inside its sequence's
+/// prompt (`prompt_len(id)`), so a recomputed generated token keeps the
+/// arithmetic it was first computed with.
+fn model_step(plan: &StepPlan, block_size: usize, prompt_len: impl Fn(SeqId) -> usize) -> Step {
     let f = plan.flatten();
     let mut batch = PagedBatch {
         block_size,
         ..Default::default()
     };
+    let mut kinds = Vec::with_capacity(f.input_ids.len());
     for (j, s) in plan.seqs.iter().enumerate() {
+        let pl = prompt_len(s.id);
+        kinds.extend(s.positions().map(|p| {
+            if p < pl {
+                RowKind::Prompt
+            } else {
+                RowKind::Generated
+            }
+        }));
         batch.seqs.push(SeqSpan {
             q_start: f.query_start[j],
             q_len: s.num_tokens(),
@@ -203,5 +216,6 @@ fn model_step(plan: &StepPlan, block_size: usize) -> Step {
         slots: f.slot_mapping.iter().map(|&s| s as u32).collect(),
         batch,
         logits_rows: f.logits_indices,
+        kinds,
     }
 }

@@ -160,6 +160,7 @@ impl DecoderModel {
             h = self.layer_step(l, &h, step, kv)?.1;
         }
         let n = step.ids.len();
+        let kinds: Vec<_> = step.logits_rows.iter().map(|&r| step.kinds[r]).collect();
         if step.logits_rows.len() != n || step.logits_rows.iter().enumerate().any(|(i, &r)| i != r)
         {
             let e = self.config.hidden_size;
@@ -171,7 +172,7 @@ impl DecoderModel {
             h = dev.upload(&Tensor::from_vec(vec![step.logits_rows.len(), e], rows)?)?;
         }
         let x = self.norm.forward(&h, dev)?;
-        self.lm_head.forward(&x, dev)
+        self.lm_head.forward_rows(&x, Some(&kinds), dev)
     }
 
     /// Runs `ids` after what `cache` holds and returns logits `[rows, vocab]`:
@@ -261,7 +262,7 @@ impl DecoderModel {
             .forward(&x, step, &self.rope, &mut kv.k[l], &mut kv.v[l], dev)?;
         let h = dev.add(h, &a)?;
         let x = layer.ffn_norm.forward(&h, dev)?;
-        let out = dev.add(&h, &layer.ffn.forward(&x, dev)?)?;
+        let out = dev.add(&h, &layer.ffn.forward_rows(&x, Some(&step.kinds), dev)?)?;
         Ok((h, out))
     }
 

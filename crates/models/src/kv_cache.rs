@@ -11,7 +11,7 @@
 //! (`generate`, `eval`, `bench`, calibration): a private paged cache whose
 //! block table is `0, 1, 2, …`, run through the same [`Step`] path.
 
-use mm_core::{Device, Error, KvDType, KvStore, PagedBatch, Result, SeqSpan};
+use mm_core::{Device, Error, KvDType, KvStore, PagedBatch, Result, RowKind, SeqSpan};
 
 /// Default tokens per KV block.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
@@ -92,6 +92,9 @@ pub struct Step {
     pub batch: PagedBatch,
     /// Rows whose logits the step returns, in this order.
     pub logits_rows: Vec<usize>,
+    /// Each row's kind (prompt or generated token): a backend gives every
+    /// row the arithmetic of its kind, whatever the batch around it.
+    pub kinds: Vec<RowKind>,
 }
 
 impl Step {
@@ -102,11 +105,12 @@ impl Step {
         if n == 0 {
             return Err(Error::Invalid("forward step with no tokens".into()));
         }
-        if self.positions.len() != n || self.slots.len() != n {
+        if self.positions.len() != n || self.slots.len() != n || self.kinds.len() != n {
             return Err(Error::Invalid(format!(
-                "forward step: {n} ids, {} positions, {} slots",
+                "forward step: {n} ids, {} positions, {} slots, {} row kinds",
                 self.positions.len(),
-                self.slots.len()
+                self.slots.len(),
+                self.kinds.len()
             )));
         }
         if self.batch.block_size != kv.block_size {
@@ -139,14 +143,16 @@ impl Step {
         Ok(())
     }
 
-    /// The step of one sequence whose block table is `table`: `ids` after
-    /// its first `past` positions; logits of every row or of the last.
+    /// The step of one sequence whose block table is `table`: `ids` (all
+    /// of `kind`) after its first `past` positions; logits of every row or
+    /// of the last.
     pub fn single(
         ids: &[u32],
         past: usize,
         table: &[u32],
         block_size: usize,
         all_logits: bool,
+        kind: RowKind,
     ) -> Step {
         let n = ids.len();
         let batch = PagedBatch {
@@ -177,6 +183,7 @@ impl Step {
             } else {
                 vec![n - 1]
             },
+            kinds: vec![kind; n],
         }
     }
 }
@@ -232,15 +239,23 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
-    /// The step that runs `ids` after what the cache holds.
+    /// The step that runs `ids` after what the cache holds: prompt rows,
+    /// unless one token follows earlier ones (a generated token, as
+    /// `generate` feeds them).
     pub(crate) fn step(&self, ids: &[u32], all_logits: bool) -> Result<Step> {
         self.check_room(ids.len())?;
+        let kind = if ids.len() == 1 && self.len > 0 {
+            RowKind::Generated
+        } else {
+            RowKind::Prompt
+        };
         Ok(Step::single(
             ids,
             self.len,
             &self.table,
             self.paged.block_size(),
             all_logits,
+            kind,
         ))
     }
 

@@ -9,33 +9,21 @@
 //! position (only the last `window` of them with a sliding window). Query
 //! head `h` reads kv head `h / (h_q / h_kv)`.
 //!
-//! Strategy, by a span's number of query rows:
-//! * few (decode): one task per (query row, head) over every such span of
-//!   the batch; each key and value row is read from its slot (f16 widened
-//!   in a scratch row), a max-subtracted softmax, a weighted sum;
-//! * many (a prefill chunk): the span's visible keys and values are
-//!   gathered once into contiguous f32 rows, then one task per (head,
-//!   block of [`QBLOCK`] query rows): the block's scores against every key
-//!   any of its rows sees are one GEMM (`S = scale · Q·Kᵀ`, the `gemm`
-//!   crate's blocked SIMD kernels), each row's causal/window range gets a
-//!   max-subtracted softmax and the rest is zeroed, then `O = P·V` is a
-//!   second GEMM.
+//! Strategy: one task per (pair of consecutive query rows of a sequence,
+//! head), every row the same way, whether it decodes one token or is one
+//! of a prompt chunk's rows: scores four keys at a time (each an FMA chain
+//! over the head dimension in SIMD lanes, summed across lanes with one
+//! fixed reduction; a key loaded once for both rows), read straight from
+//! their slots (f16 widened in registers); a max-subtracted softmax; the
+//! value rows weighted and summed in key order, a register block of the
+//! head dimension at a time. A row's output is therefore the
+//! same bits whatever else is in the batch and however its prompt was
+//! chunked (batch invariance), at the cost of the GEMM-shaped prefill
+//! path this replaced (attention is a few percent of a SmolLM2 prefill).
 
-use mm_core::{Error, KvStorage, KvStore, PagedBatch, PagedParams, Result, SeqSpan, Tensor};
+use mm_core::{Error, KvStorage, KvStore, PagedBatch, PagedParams, Result, Tensor};
 
-use super::matmul::dot;
-
-/// One sequence's attention over contiguous keys (the prefill path, after
-/// gathering): query row `i` at position `pos0 + i`.
-#[derive(Clone, Copy, Debug)]
-struct Span {
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    pos0: usize,
-    scale: f32,
-    window: Option<usize>,
-}
+use super::matmul::dense::{Elem, Lanes, Portable, Simd, F16, F32};
 
 fn check(q: &Tensor, k: &KvStore, v: &KvStore, b: &PagedBatch, p: &PagedParams) -> Result<usize> {
     let (n, qw) = q.dims2()?;
@@ -49,7 +37,7 @@ fn check(q: &Tensor, k: &KvStore, v: &KvStore, b: &PagedBatch, p: &PagedParams) 
             v.width()
         )))
     };
-    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.head_dim == 0 {
         return bad("query heads must be a multiple of kv heads");
     }
     if qw != p.n_heads * p.head_dim
@@ -58,28 +46,44 @@ fn check(q: &Tensor, k: &KvStore, v: &KvStore, b: &PagedBatch, p: &PagedParams) 
     {
         return bad("widths do not match heads × head_dim");
     }
+    for st in [k, v] {
+        if let KvStorage::Device(b) = &st.storage {
+            return bad(&format!("a KV store on {}", b.backend()));
+        }
+    }
     b.validate(n, k.slots())?;
     Ok(n)
 }
 
-/// Query rows per task of the blocked (prefill) path.
-pub const QBLOCK: usize = 32;
-/// Query rows of a span from which the blocked path is used.
-pub const BLOCKED_MIN_ROWS: usize = 8;
+/// One task: 1 or 2 consecutive query rows of one head of one sequence.
+/// Row `i` reads the keys `slots[ranges[i].0..ranges[i].1]` (byte offset
+/// `off` into each slot's row of `kw` values) and writes `d` values at
+/// `out[i]`.
+struct Task<'a> {
+    q: [&'a [f32]; 2],
+    ranges: [(usize, usize); 2],
+    out: [*mut f32; 2],
+    k: *const u8,
+    v: *const u8,
+    slots: &'a [u32],
+    kw: usize,
+    off: usize,
+    scale: f32,
+}
 
-/// `d` values of `store` at `slot`, column `off`, as f32: the stored slice
-/// itself for an f32 store, else widened into `buf`.
-#[inline]
-fn row<'a>(store: &'a KvStore, slot: usize, off: usize, buf: &'a mut [f32]) -> &'a [f32] {
-    let (w, d) = (store.width(), buf.len());
-    match &store.storage {
-        KvStorage::F32(v) => &v[slot * w + off..][..d],
-        KvStorage::F16(v) => {
-            use half::slice::HalfFloatSliceExt;
-            v[slot * w + off..][..d].convert_to_f32_slice(buf);
-            buf
-        }
-        KvStorage::Device(_) => unreachable!("host stores are checked by paged_attention"),
+/// A raw pointer shared by the tasks: the stores (read) and the output
+/// (disjoint rows written).
+#[derive(Clone, Copy)]
+struct Ptr<T>(*mut T);
+// SAFETY: the stores are only read while `paged_attention` borrows them;
+// each output element is written by exactly one task.
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+
+impl<T> Ptr<T> {
+    /// The pointer (a method, so closures capture the `Sync` wrapper).
+    fn get(self) -> *mut T {
+        self.0
     }
 }
 
@@ -92,185 +96,228 @@ pub fn paged_attention(
     p: &PagedParams,
 ) -> Result<Tensor> {
     let n = check(q, k, v, batch, p)?;
-    for st in [k, v] {
-        if let KvStorage::Device(b) = &st.storage {
-            return Err(Error::Invalid(format!(
-                "paged attention on the CPU given a KV store on {}",
-                b.backend()
-            )));
-        }
-    }
     let qs = q.as_slice()?;
     let (h, d, group) = (p.n_heads, p.head_dim, p.n_heads / p.n_kv_heads);
+    let kw = k.width();
+    let ptr = |st: &KvStore| match &st.storage {
+        KvStorage::F32(x) => x.as_ptr() as *mut u8,
+        KvStorage::F16(x) => x.as_ptr() as *mut u8,
+        KvStorage::Device(_) => std::ptr::null_mut(),
+    };
+    let (kp, vp) = (Ptr(ptr(k)), Ptr(ptr(v)));
+    let f16 = matches!(k.storage, KvStorage::F16(_));
+    // Per span, the slot of every key position.
+    let slots: Vec<Vec<u32>> = batch
+        .seqs
+        .iter()
+        .map(|s| (0..s.kv_len).map(|t| batch.slot(s, t) as u32).collect())
+        .collect();
+    // Tasks: (span, first row, rows (1 or 2), head).
+    let mut tasks = Vec::with_capacity(n.div_ceil(2) * h + batch.seqs.len() * h);
+    for (si, s) in batch.seqs.iter().enumerate() {
+        for r in (s.q_start..s.q_start + s.q_len).step_by(2) {
+            let rows = (s.q_start + s.q_len - r).min(2);
+            tasks.extend((0..h).map(|head| (si, r, rows, head)));
+        }
+    }
+    let simd = Simd::detect();
     let mut out = vec![0.0f32; n * h * d];
-    // Row → its span, for the decode path.
-    let mut span_of = vec![0u32; n];
-    for (i, s) in batch.seqs.iter().enumerate() {
-        span_of[s.q_start..s.q_start + s.q_len].fill(i as u32);
-    }
-    crate::pool::for_each_chunk_mut(&mut out, d, |idx, o| {
-        let (r, head) = (idx / h, idx % h);
-        let s = &batch.seqs[span_of[r] as usize];
-        if s.q_len >= BLOCKED_MIN_ROWS {
-            return;
-        }
-        let kvh = head / group;
-        let qrow = &qs[r * h * d + head * d..][..d];
-        let len = s.kv_len - s.q_len + (r - s.q_start) + 1;
-        let start = p.window.map_or(0, |w| len.saturating_sub(w));
-        let mut buf = vec![0.0f32; d];
-        let mut scores = Vec::with_capacity(len - start);
-        let mut mx = f32::NEG_INFINITY;
-        for t in start..len {
-            let kr = row(k, batch.slot(s, t), kvh * d, &mut buf);
-            let sc = dot(qrow, kr) * p.scale;
-            mx = mx.max(sc);
-            scores.push(sc);
-        }
-        let inv = 1.0 / super::vmath::exp_sub_sum(&mut scores, mx);
-        o.fill(0.0);
-        for (t, &w) in (start..len).zip(scores.iter()) {
-            let vr = row(v, batch.slot(s, t), kvh * d, &mut buf);
-            let w = w * inv;
-            o.iter_mut().zip(vr).for_each(|(o, v)| *o += w * v);
-        }
+    let op = Ptr(out.as_mut_ptr());
+    crate::pool::for_each(tasks.len(), |ti| {
+        let (si, r0, rows, head) = tasks[ti];
+        let s = &batch.seqs[si];
+        let range = |r: usize| {
+            let len = s.kv_len - s.q_len + (r - s.q_start) + 1;
+            (p.window.map_or(0, |w| len.saturating_sub(w)), len)
+        };
+        let r1 = r0 + rows - 1;
+        let t = Task {
+            q: [
+                &qs[(r0 * h + head) * d..][..d],
+                &qs[(r1 * h + head) * d..][..d],
+            ],
+            ranges: [range(r0), range(r1)],
+            // SAFETY: rows r0, r1 of head `head` are inside `out` and
+            // belong to this task only.
+            out: unsafe {
+                [
+                    op.get().add((r0 * h + head) * d),
+                    op.get().add((r1 * h + head) * d),
+                ]
+            },
+            k: kp.get(),
+            v: vp.get(),
+            slots: &slots[si],
+            kw,
+            off: (head / group) * d,
+            scale: p.scale,
+        };
+        attend(simd, f16, rows, &t);
     });
-    for s in batch.seqs.iter().filter(|s| s.q_len >= BLOCKED_MIN_ROWS) {
-        prefill_span(qs, k, v, batch, s, p, &mut out);
-    }
     Tensor::from_vec(vec![n, h * d], out)
 }
 
-/// The blocked path for one span: gathers its visible keys and values into
-/// contiguous f32 rows, then [`blocked`] into its output rows.
-fn prefill_span(
-    qs: &[f32],
-    k: &KvStore,
-    v: &KvStore,
-    batch: &PagedBatch,
-    s: &SeqSpan,
-    p: &PagedParams,
-    out: &mut [f32],
-) {
-    let (h, kw) = (p.n_heads * p.head_dim, k.width());
-    let pos0 = s.kv_len - s.q_len;
-    // Keys before the first row's window are never seen.
-    let lo = p.window.map_or(0, |w| (pos0 + 1).saturating_sub(w));
-    let keys = s.kv_len - lo;
-    let mut kg = vec![0.0f32; keys * kw];
-    let mut vg = vec![0.0f32; keys * kw];
-    for (store, g) in [(k, &mut kg), (v, &mut vg)] {
-        crate::pool::for_each_chunk_mut(g, kw, |t, dst| {
-            let mut buf = vec![0.0f32; kw];
-            dst.copy_from_slice(row(store, batch.slot(s, lo + t), 0, &mut buf));
-        });
+/// Runs [`attend_on`] for `rows` rows and the store's element type.
+fn attend(simd: Simd, f16: bool, rows: usize, t: &Task) {
+    macro_rules! go {
+        ($s:ty, $e:ty) => {
+            if rows == 2 {
+                attend_on::<$s, $e, 2>(t)
+            } else {
+                attend_on::<$s, $e, 1>(t)
+            }
+        };
     }
-    let span = Span {
-        n_heads: p.n_heads,
-        n_kv_heads: p.n_kv_heads,
-        head_dim: p.head_dim,
-        pos0: pos0 - lo,
-        scale: p.scale,
-        window: p.window,
+    // SAFETY (every arm): `simd` is available (Simd::detect); the store
+    // pointers hold every slot of `t.slots` (checked by `check` and
+    // `PagedBatch::validate`); `t.q` and `t.out` hold `d` values a row.
+    unsafe {
+        match (simd, f16) {
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx2 | Simd::Avx512, false) => x86_avx2::<F32>(rows, t),
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx2 | Simd::Avx512, true) => x86_avx2::<F16>(rows, t),
+            #[cfg(target_arch = "aarch64")]
+            (Simd::Neon, false) => go!(super::matmul::dense::aarch64::Neon, F32),
+            #[cfg(target_arch = "aarch64")]
+            (Simd::Neon, true) => go!(super::matmul::dense::aarch64::Neon, F16),
+            (_, false) => go!(Portable, F32),
+            (_, true) => go!(Portable, F16),
+        }
+    }
+}
+
+/// AVX2 (also on AVX-512 machines: one attention arithmetic per
+/// architecture keeps results identical across them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn x86_avx2<E: Elem>(rows: usize, t: &Task) {
+    if rows == 2 {
+        attend_on::<super::matmul::dense::x86::Avx2, E, 2>(t)
+    } else {
+        attend_on::<super::matmul::dense::x86::Avx2, E, 1>(t)
+    }
+}
+
+/// `R` rows of one head (module docs): `out = softmax(scale·q·Kᵀ)·V`.
+/// Both rows are computed over the union of their key ranges, each key
+/// loaded once for both; a row keeps only its own keys, and every (row,
+/// key) score and every output element has the same arithmetic as with
+/// `R = 1`, so the pairing never changes a result.
+///
+/// # Safety
+/// `S` must be available; `t.k`/`t.v` must hold `E` values at every
+/// `(slot·kw + off) + 0..d` for the slots of `t`; `t.out[..R]` must be
+/// writable for `d` values.
+#[inline(always)]
+unsafe fn attend_on<S: Lanes, E: Elem, const R: usize>(t: &Task) {
+    let d = t.q[0].len();
+    let dv = d - d % S::L;
+    let q: [*const f32; R] = std::array::from_fn(|r| t.q[r].as_ptr());
+    let at = |base: *const u8, slot: u32| base.add((slot as usize * t.kw + t.off) * E::BYTES);
+    let lo = (0..R).map(|r| t.ranges[r].0).min().unwrap_or(0);
+    let hi = (0..R).map(|r| t.ranges[r].1).max().unwrap_or(0);
+    let mut scores: [Vec<f32>; R] =
+        std::array::from_fn(|r| vec![0.0f32; t.ranges[r].1 - t.ranges[r].0]);
+    // One score: the lane sum (sum4's arithmetic), the tail, the scale.
+    let keep = |scores: &mut [Vec<f32>; R], r: usize, key: usize, kr: *const u8, s: f32| {
+        let (a, z) = t.ranges[r];
+        if key < a || key >= z {
+            return;
+        }
+        let mut s = s;
+        for e in dv..d {
+            s += E::one(kr.add(e * E::BYTES)) * *q[r].add(e);
+        }
+        scores[r][key - a] = s * t.scale;
     };
-    let q = &qs[s.q_start * h..(s.q_start + s.q_len) * h];
-    let o = blocked(q, &kg, &vg, s.q_len, &span);
-    out[s.q_start * h..(s.q_start + s.q_len) * h].copy_from_slice(&o);
-}
-
-/// The first key row query row `i` sees, and one past its last.
-fn key_range(i: usize, p: &Span) -> (usize, usize) {
-    let len = p.pos0 + i + 1;
-    (p.window.map_or(0, |w| len.saturating_sub(w)), len)
-}
-
-/// The prefill path (module docs): tasks over (head, query block), each two
-/// GEMMs around a masked softmax; results scattered into `[n, h·d]`.
-fn blocked(qs: &[f32], ks: &[f32], vs: &[f32], n: usize, p: &Span) -> Vec<f32> {
-    let (h, d, group) = (p.n_heads, p.head_dim, p.n_heads / p.n_kv_heads);
-    let kw = p.n_kv_heads * d;
-    let blocks = n.div_ceil(QBLOCK);
-    // One slot per task, filled by that task.
-    let mut tiles: Vec<(usize, usize, Vec<f32>)> = vec![(0, 0, Vec::new()); h * blocks];
-    crate::pool::for_each_chunk_mut(&mut tiles, 1, |t, slot| {
-        let (head, b) = (t / blocks, t % blocks);
-        let kvh = head / group;
-        let (i0, i1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(n));
-        let rows = i1 - i0;
-        let lo = key_range(i0, p).0;
-        let hi = key_range(i1 - 1, p).1;
-        let keys = hi - lo;
-        let mut s = vec![0.0f32; rows * keys];
-        let mut o = vec![0.0f32; rows * d];
-        // SAFETY (both calls): every pointer, dimension and stride
-        // describes memory inside the live slices: Q rows i0..i1 of head
-        // `head` (row stride h·d), K/V rows lo..hi of kv head `kvh` (row
-        // stride kw; hi ≤ kv_len ≤ cache rows, checked), `s` [rows, keys]
-        // and `o` [rows, d], both row-major and exclusively owned.
-        unsafe {
-            gemm::gemm(
-                rows,
-                keys,
-                d,
-                s.as_mut_ptr(),
-                1,
-                keys as isize,
-                false,
-                qs.as_ptr().add(i0 * h * d + head * d),
-                1,
-                (h * d) as isize,
-                ks.as_ptr().add(lo * kw + kvh * d),
-                kw as isize,
-                1,
-                0.0,
-                p.scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+    let mut key = lo;
+    while key + 4 <= hi {
+        let kr: [*const u8; 4] = std::array::from_fn(|j| at(t.k, t.slots[key + j]));
+        let mut acc = [[S::zero(); 4]; R];
+        let mut e = 0;
+        while e < dv {
+            let kv: [S::V; 4] = std::array::from_fn(|j| E::load::<S>(kr[j].add(e * E::BYTES)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qv = S::f32s(q[r].add(e).cast());
+                for (a, &k) in a.iter_mut().zip(&kv) {
+                    *a = S::fma(k, qv, *a);
+                }
+            }
+            e += S::L;
         }
-        for (r, row) in s.chunks_mut(keys).enumerate() {
-            let (a, z) = key_range(i0 + r, p);
-            let (a, z) = (a - lo, z - lo);
-            let mx = row[a..z].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let inv = 1.0 / super::vmath::exp_sub_sum(&mut row[a..z], mx);
-            row[a..z].iter_mut().for_each(|x| *x *= inv);
-            row[..a].fill(0.0);
-            row[z..].fill(0.0);
+        for (r, a) in acc.iter().enumerate() {
+            let s4 = S::sum4(a[0], a[1], a[2], a[3]);
+            for j in 0..4 {
+                keep(&mut scores, r, key + j, kr[j], s4[j]);
+            }
         }
-        unsafe {
-            gemm::gemm(
-                rows,
-                d,
-                keys,
-                o.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                s.as_ptr(),
-                1,
-                keys as isize,
-                vs.as_ptr().add(lo * kw + kvh * d),
-                1,
-                kw as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        key += 4;
+    }
+    while key < hi {
+        let kr = at(t.k, t.slots[key]);
+        let mut acc = [S::zero(); R];
+        let mut e = 0;
+        while e < dv {
+            let kv = E::load::<S>(kr.add(e * E::BYTES));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = S::fma(kv, S::f32s(q[r].add(e).cast()), *a);
+            }
+            e += S::L;
         }
-        slot[0] = (head, i0, o);
-    });
-    let mut out = vec![0.0f32; n * h * d];
-    for (head, i0, o) in tiles {
-        for (r, orow) in o.chunks_exact(d).enumerate() {
-            out[(i0 + r) * h * d + head * d..][..d].copy_from_slice(orow);
+        for (r, &a) in acc.iter().enumerate() {
+            keep(&mut scores, r, key, kr, S::sum4(a, a, a, a)[0]);
+        }
+        key += 1;
+    }
+    for sc in scores.iter_mut() {
+        let mx = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let inv = 1.0 / super::vmath::exp_sub_sum(sc, mx);
+        sc.iter_mut().for_each(|w| *w *= inv);
+    }
+    // Values: per output element, a sum in key order over the row's keys.
+    const BLOCK: usize = 4;
+    let mut e0 = 0;
+    while e0 < dv {
+        let regs = ((dv - e0) / S::L).min(BLOCK);
+        let mut acc = [[S::zero(); BLOCK]; R];
+        for key in lo..hi {
+            let vr = at(t.v, t.slots[key]).add(e0 * E::BYTES);
+            let vv: [S::V; BLOCK] = std::array::from_fn(|i| {
+                if i < regs {
+                    E::load::<S>(vr.add(i * S::L * E::BYTES))
+                } else {
+                    S::zero()
+                }
+            });
+            for (r, a) in acc.iter_mut().enumerate() {
+                let (ra, rz) = t.ranges[r];
+                if key < ra || key >= rz {
+                    continue;
+                }
+                let w = S::splat(scores[r][key - ra]);
+                for (a, &v) in a.iter_mut().zip(&vv).take(regs) {
+                    *a = S::fma(v, w, *a);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (i, &a) in a.iter().enumerate().take(regs) {
+                S::store(t.out[r].add(e0 + i * S::L), a);
+            }
+        }
+        e0 += regs * S::L;
+    }
+    for r in 0..R {
+        let (ra, rz) = t.ranges[r];
+        for e in dv..d {
+            let mut a = 0.0f32;
+            for key in ra..rz {
+                a += scores[r][key - ra] * E::one(at(t.v, t.slots[key]).add(e * E::BYTES));
+            }
+            *t.out[r].add(e) = a;
         }
     }
-    out
 }
 
 /// Scalar reference in f64 over an f32 image of the stores (`k`, `v`:

@@ -13,7 +13,7 @@
 
 pub mod dense;
 
-use mm_core::{Error, Result, Tensor, WeightData, WeightFormat};
+use mm_core::{Error, Result, RowKind, Tensor, WeightData, WeightFormat};
 
 use crate::{dense_f32, il_prepared, mm_prepared};
 
@@ -112,17 +112,148 @@ pub fn matmul_with(
             return Tensor::from_vec(vec![n, m], y);
         }
     };
+    let mut y = residual(w, xs, n, k, block)?;
+    add_bias(&mut y, bias, m)?;
+    Tensor::from_vec(vec![n, m], y)
+}
+
+/// `x[n, k] · wᵀ` as two 8-bit passes ([`ActPrecision::Int8Residual`]):
+/// the activations' 8-bit blocks of `block` values and their remainders,
+/// summed. Each row's result depends on that row alone.
+fn residual(w: &WeightData, xs: &[f32], n: usize, k: usize, block: usize) -> Result<Vec<f32>> {
     let mut xr = Vec::with_capacity(2 * n * k);
     xr.extend_from_slice(xs);
     xr.resize(2 * n * k, 0.0);
     for (xrow, rrow) in xs.chunks_exact(k).zip(xr[n * k..].chunks_exact_mut(k)) {
         super::qmatmul::q8::residual_row(block, xrow, rrow);
     }
-    let y2 = native(w, &xr, 2 * n)?.expect("int8_block implies a native kernel");
-    let (a, b) = y2.split_at(n * m);
-    let mut y: Vec<f32> = a.iter().zip(b).map(|(a, b)| a + b).collect();
+    let y2 = native(w, &xr, 2 * n)?.ok_or_else(|| {
+        Error::Other(format!(
+            "{} has an 8-bit kernel but ran none",
+            w.format.name()
+        ))
+    })?;
+    let (a, b) = y2.split_at(y2.len() / 2);
+    Ok(a.iter().zip(b).map(|(a, b)| a + b).collect())
+}
+
+/// The default precision with each row's kind given ([`RowKind`]): prompt
+/// rows on dequantized f32 panels, generated rows through the two 8-bit
+/// passes, whatever their number, so a row gets the same arithmetic in any
+/// batch (bit for bit: the kernels of either path compute each row on its
+/// own). Formats without an 8-bit kernel run [`matmul_with`].
+pub fn matmul_kinds(
+    x: &Tensor,
+    w: &WeightData,
+    bias: Option<&Tensor>,
+    kinds: &[RowKind],
+) -> Result<Tensor> {
+    let (n, k, m) = check(x, w, bias)?;
+    let Some(block) = int8_block(w) else {
+        return matmul_with(x, w, bias, ActPrecision::Int8Residual);
+    };
+    let xs = x.as_slice()?;
+    // Rows whose length is not whole activation blocks take one 8-bit pass.
+    let generated = |xs: &[f32], n: usize| -> Result<Vec<f32>> {
+        if k % block == 0 {
+            residual(w, xs, n, k, block)
+        } else {
+            native(w, xs, n)?.ok_or_else(|| {
+                Error::Other(format!(
+                    "{} has an 8-bit kernel but ran none",
+                    w.format.name()
+                ))
+            })
+        }
+    };
+    let mut y = by_kind(
+        xs,
+        k,
+        m,
+        kinds,
+        |xs, n| matmul_panels(w, xs, n, k, m),
+        generated,
+    )?;
     add_bias(&mut y, bias, m)?;
     Tensor::from_vec(vec![n, m], y)
+}
+
+/// [`matmul_dense`] with each row's kind: every row gets the dense
+/// kernels' arithmetic of its kind whatever the row count
+/// ([`dense::matmul_kind_with`]): batch invariance of dense weights and
+/// of the exact mode.
+pub fn matmul_dense_kinds(
+    x: &Tensor,
+    w: &WeightData,
+    bias: Option<&Tensor>,
+    kinds: &[RowKind],
+) -> Result<Tensor> {
+    let (n, k, m) = check(x, w, bias)?;
+    let xs = x.as_slice()?;
+    let widened;
+    let (format, bytes): (WeightFormat, &[u8]) = if w.format.is_dense() {
+        (w.format, &w.bytes)
+    } else {
+        widened = dense_f32(w)?;
+        (WeightFormat::F32, bytemuck::cast_slice(&widened.0))
+    };
+    let simd = dense::Simd::detect();
+    let run = |kind: RowKind| {
+        move |xs: &[f32], n: usize| dense::matmul_kind_with(simd, format, bytes, xs, n, k, m, kind)
+    };
+    let mut y = by_kind(
+        xs,
+        k,
+        m,
+        kinds,
+        run(RowKind::Prompt),
+        run(RowKind::Generated),
+    )?;
+    add_bias(&mut y, bias, m)?;
+    Tensor::from_vec(vec![n, m], y)
+}
+
+/// `y[n, m]` with the prompt rows of `xs` (per `kinds`) computed by
+/// `prompt` and the others by `generated`, each called once on its rows
+/// gathered (not at all when it has none).
+fn by_kind(
+    xs: &[f32],
+    k: usize,
+    m: usize,
+    kinds: &[RowKind],
+    prompt: impl Fn(&[f32], usize) -> Result<Vec<f32>>,
+    generated: impl Fn(&[f32], usize) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let n = xs.len() / k.max(1);
+    if kinds.len() != n {
+        return Err(Error::Invalid(format!(
+            "matmul: {} row kinds for {n} rows",
+            kinds.len()
+        )));
+    }
+    let pr: Vec<usize> = (0..n).filter(|&i| kinds[i] == RowKind::Prompt).collect();
+    if pr.len() == n {
+        return prompt(xs, n);
+    }
+    if pr.is_empty() {
+        return generated(xs, n);
+    }
+    let gen: Vec<usize> = (0..n).filter(|&i| kinds[i] != RowKind::Prompt).collect();
+    let rows = |idx: &[usize]| -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| &xs[i * k..(i + 1) * k])
+            .copied()
+            .collect()
+    };
+    let yp = prompt(&rows(&pr), pr.len())?;
+    let yg = generated(&rows(&gen), gen.len())?;
+    let mut y = vec![0.0f32; n * m];
+    for (idx, part) in [(&pr, &yp), (&gen, &yg)] {
+        for (&i, src) in idx.iter().zip(part.chunks_exact(m)) {
+            y[i * m..(i + 1) * m].copy_from_slice(src);
+        }
+    }
+    Ok(y)
 }
 
 /// Activation rows from which [`ActPrecision::Int8Residual`] multiplies a

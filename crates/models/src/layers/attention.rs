@@ -120,9 +120,12 @@ impl Attention {
         v_cache: &mut KvStore,
         device: &Device,
     ) -> Result<Tensor> {
-        let q = self.head_norm(&self.q_norm, self.q.forward(x, device)?, device)?;
-        let k = self.head_norm(&self.k_norm, self.k.forward(x, device)?, device)?;
-        let v = self.v.forward(x, device)?;
+        let kinds = Some(&step.kinds[..]);
+        let q = self.q.forward_rows(x, kinds, device)?;
+        let q = self.head_norm(&self.q_norm, q, device)?;
+        let k = self.k.forward_rows(x, kinds, device)?;
+        let k = self.head_norm(&self.k_norm, k, device)?;
+        let v = self.v.forward_rows(x, kinds, device)?;
         let q = rope.forward(&q, &step.positions, device)?;
         let k = rope.forward(&k, &step.positions, device)?;
         device.write_kv(k_cache, &step.slots, &k)?;
@@ -135,6 +138,6 @@ impl Attention {
             window: self.window,
         };
         let a = device.paged_attention(&q, k_cache, v_cache, &step.batch, &p)?;
-        self.o.forward(&a, device)
+        self.o.forward_rows(&a, kinds, device)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mm_core::{Device, Error, Result, Tensor, WeightData};
+use mm_core::{Device, Error, Result, RowKind, Tensor, WeightData};
 use mm_formats::WeightSource;
 
 /// Sees the input of linear layers before their matmul: called with the
@@ -103,10 +103,24 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
+        self.forward_rows(x, None, device)
+    }
+
+    /// [`forward`](Self::forward) with the kind of each row of `x` (a
+    /// step's rows: the same row gets the same arithmetic in any batch).
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        kinds: Option<&[RowKind]>,
+        device: &Device,
+    ) -> Result<Tensor> {
         if let Some(observe) = &self.observer {
             observe(&self.name, x)?;
         }
-        device.matmul(x, &self.weight, self.bias.as_ref())
+        match kinds {
+            Some(k) => device.matmul_rows(x, &self.weight, self.bias.as_ref(), k),
+            None => device.matmul(x, &self.weight, self.bias.as_ref()),
+        }
     }
 
     /// (stored bytes, parameters) of the weight and bias.

@@ -66,8 +66,20 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, device: &Device) -> Result<Tensor> {
-        let g = self.gate.forward(x, device)?;
-        let u = self.up.forward(x, device)?;
-        self.down.forward(&device.silu_mul(&g, &u)?, device)
+        self.forward_rows(x, None, device)
+    }
+
+    /// [`forward`](Self::forward) with the kind of each row (see
+    /// [`Linear::forward_rows`]).
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        kinds: Option<&[mm_core::RowKind]>,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let g = self.gate.forward_rows(x, kinds, device)?;
+        let u = self.up.forward_rows(x, kinds, device)?;
+        self.down
+            .forward_rows(&device.silu_mul(&g, &u)?, kinds, device)
     }
 }

@@ -30,11 +30,11 @@
 //! order differs from the scalar twin [`matmul_ref`] (f64 sums).
 
 #[cfg(target_arch = "aarch64")]
-mod aarch64;
+pub(crate) mod aarch64;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -161,12 +161,12 @@ pub fn matmul_with(
         let x = &x[i0 * k..][..out.len() / rows * k];
         let w = &w[j0 * row_bytes..j1 * row_bytes];
         if x.len() / k <= DIRECT_ROWS || format == WeightFormat::F32 {
-            dot(simd, format, w, x, k, out, rows);
+            dot(simd, format, w, x, k, out, rows, Mode::Auto);
         } else {
             // A task's groups share its weight block: widen it once.
             let panel = with_panel((call, j0), rows * k, |p| to_f32(simd, format, w, p));
             let panel = bytemuck::cast_slice(&panel.values);
-            dot(simd, WeightFormat::F32, panel, x, k, out, rows);
+            dot(simd, WeightFormat::F32, panel, x, k, out, rows, Mode::Auto);
         }
     });
     Ok(y)
@@ -207,7 +207,7 @@ where
         let x = &x[i0 * k..][..out.len() / rows * k];
         let panel = with_panel((call, j0), rows * k, |p| fill(j0, j1, p));
         let panel = bytemuck::cast_slice(&panel.values);
-        dot(simd, WeightFormat::F32, panel, x, k, out, rows);
+        dot(simd, WeightFormat::F32, panel, x, k, out, rows, Mode::Tiles);
     });
     Ok(y)
 }
@@ -245,6 +245,7 @@ fn to_f32(simd: Simd, format: WeightFormat, src: &[u8], dst: &mut [f32]) {
 }
 
 /// `out[i·os + j] = w[j] · x[i]` (see [`Job::Dot`]).
+#[allow(clippy::too_many_arguments)]
 fn dot(
     simd: Simd,
     format: WeightFormat,
@@ -253,6 +254,7 @@ fn dot(
     k: usize,
     out: &mut [f32],
     os: usize,
+    mode: Mode,
 ) {
     run(
         simd,
@@ -263,8 +265,65 @@ fn dot(
             k,
             out,
             os,
+            mode,
         },
     );
+}
+
+/// How a kernel call runs its activation rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The fastest kernel for the row count: 1–4 rows the decode kernel
+    /// ([`row`], more accumulators for fewer rows), more rows the tiles.
+    Auto,
+    /// Every row through the register tiles: an output's arithmetic does
+    /// not depend on the row count (prompt rows).
+    Tiles,
+    /// Every row through the decode kernel with two accumulators per row,
+    /// 4 rows at a time: likewise independent of the row count (generated
+    /// rows, which read the weight as stored).
+    Rows,
+}
+
+/// `y[n, m] = x[n, k] · wᵀ` (`w` stored in `format`) where every row gets
+/// the arithmetic of `kind`, whatever `n` ([`Mode`]): prompt rows through
+/// the prefill tiles (on a widened panel for F16/BF16), generated rows
+/// through the decode kernel. Batch invariance of dense weights.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_kind_with(
+    simd: Simd,
+    format: WeightFormat,
+    w: &[u8],
+    x: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    kind: mm_core::RowKind,
+) -> Result<Vec<f32>> {
+    let row_bytes = k * elem_bytes(format)?;
+    check_simd(simd)?;
+    check_shapes("dense matmul", format, w, x, (n, k, m))?;
+    let mut y = vec![0.0f32; n * m];
+    if n == 0 || m == 0 || k == 0 {
+        return Ok(y);
+    }
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let prompt = kind == mm_core::RowKind::Prompt;
+    compute_tiled(row_bytes, GROUP, n, m, &mut y, |j0, j1, i0, out| {
+        let rows = j1 - j0;
+        let x = &x[i0 * k..][..out.len() / rows * k];
+        let w = &w[j0 * row_bytes..j1 * row_bytes];
+        if !prompt {
+            dot(simd, format, w, x, k, out, rows, Mode::Rows);
+        } else if format == WeightFormat::F32 {
+            dot(simd, format, w, x, k, out, rows, Mode::Tiles);
+        } else {
+            let panel = with_panel((call, j0), rows * k, |p| to_f32(simd, format, w, p));
+            let panel = bytemuck::cast_slice(&panel.values);
+            dot(simd, WeightFormat::F32, panel, x, k, out, rows, Mode::Tiles);
+        }
+    });
+    Ok(y)
 }
 
 /// One kernel call (the shapes are implied by the slices).
@@ -278,6 +337,8 @@ pub(super) enum Job<'a> {
         k: usize,
         out: &'a mut [f32],
         os: usize,
+        /// How the activation rows run.
+        mode: Mode,
     },
     /// `dst = src` widened to f32.
     Widen {
@@ -296,6 +357,7 @@ fn run(simd: Simd, job: Job) {
         ref out,
         os,
         format,
+        ..
     } = job
     {
         let (rows, n) = (w.len() / (k * format.block().1), x.len() / k);
@@ -357,13 +419,15 @@ fn with_panel(tag: (u64, usize), len: usize, fill: impl FnOnce(&mut [f32])) -> R
 
 /// One SIMD register of f32 lanes, and the loads that widen stored values
 /// into it.
-pub(super) trait Lanes {
+pub(crate) trait Lanes {
     type V: Copy;
     /// f32 lanes per register.
     const L: usize;
     /// 32 architectural registers (room for 6 × 4 accumulator tiles).
     const WIDE: bool;
     unsafe fn zero() -> Self::V;
+    /// Every lane `v`.
+    unsafe fn splat(v: f32) -> Self::V;
     /// `L` little-endian f32 / f16 / bf16 values at `p`.
     unsafe fn f32s(p: *const u8) -> Self::V;
     unsafe fn f16s(p: *const u8) -> Self::V;
@@ -371,6 +435,9 @@ pub(super) trait Lanes {
     /// `acc + a·b`.
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// The sum of the lanes, with exactly the arithmetic of one lane of
+    /// [`Lanes::sum4`] (so an output's value does not depend on which
+    /// of the two computed it).
     unsafe fn sum(v: Self::V) -> f32;
     /// The sums of four registers (fewer shuffles than four [`Lanes::sum`]).
     unsafe fn sum4(a: Self::V, b: Self::V, c: Self::V, d: Self::V) -> [f32; 4];
@@ -380,16 +447,16 @@ pub(super) trait Lanes {
 }
 
 /// A stored element type.
-trait Elem {
+pub(crate) trait Elem {
     const BYTES: usize;
     unsafe fn load<S: Lanes>(p: *const u8) -> S::V;
     /// One value (the tails of rows that are not whole registers).
     unsafe fn one(p: *const u8) -> f32;
 }
 
-struct F32;
-struct F16;
-struct Bf16;
+pub(crate) struct F32;
+pub(crate) struct F16;
+pub(crate) struct Bf16;
 
 impl Elem for F32 {
     const BYTES: usize = 4;
@@ -579,9 +646,34 @@ unsafe fn sweep<S: Lanes, E: Elem, const R: usize, const N: usize>(
 /// 6 at a time in 6 × 2 [`tile`]s (12 accumulators, 8 loads per 12 FMAs:
 /// FMA-bound with AVX2's 16 registers; 6 × 4 with 32 registers), over
 /// column blocks of at most [`KC`] so that 6 activation rows and 2 weight
-/// rows stay in L1; then the rest.
+/// rows stay in L1; then the rest. [`Mode::Tiles`] runs the rest through
+/// tiles of the same column blocks too, [`Mode::Rows`] every row through
+/// [`row`] with two registers, so that each output's arithmetic does not
+/// depend on the row count (batch invariance).
 #[inline(always)]
-unsafe fn dot_rows<S: Lanes, E: Elem>(w: &[u8], x: &[f32], k: usize, out: &mut [f32], os: usize) {
+unsafe fn dot_rows<S: Lanes, E: Elem>(
+    w: &[u8],
+    x: &[f32],
+    k: usize,
+    out: &mut [f32],
+    os: usize,
+    mode: Mode,
+) {
+    if mode == Mode::Rows {
+        let (nw, n) = (w.len() / (k * E::BYTES), x.len() / k);
+        let (w, x, o) = (w.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+        for i in (0..n).step_by(4) {
+            let (x, o) = (x.add(i * k), o.add(i * os));
+            match n - i {
+                1 => rows::<S, E, 1, 2>(w, nw, x, k, o, os),
+                2 => rows::<S, E, 2, 2>(w, nw, x, k, o, os),
+                3 => rows::<S, E, 3, 2>(w, nw, x, k, o, os),
+                _ => rows::<S, E, 4, 2>(w, nw, x, k, o, os),
+            }
+        }
+        return;
+    }
+    let uniform = mode == Mode::Tiles;
     let (nw, n) = (w.len() / (k * E::BYTES), x.len() / k);
     let (w, x, o) = (w.as_ptr(), x.as_ptr(), out.as_mut_ptr());
     let n6 = n - n % 6;
@@ -601,6 +693,20 @@ unsafe fn dot_rows<S: Lanes, E: Elem>(w: &[u8], x: &[f32], k: usize, out: &mut [
                 sweep::<S, E, 2, 6>(w, nw, x, c, o, os);
             }
         }
+        if uniform {
+            let (x, o) = (x.add(n6 * k), o.add(n6 * os));
+            match n - n6 {
+                5 => sweep::<S, E, 2, 5>(w, nw, x, c, o, os),
+                4 => sweep::<S, E, 2, 4>(w, nw, x, c, o, os),
+                3 => sweep::<S, E, 2, 3>(w, nw, x, c, o, os),
+                2 => sweep::<S, E, 2, 2>(w, nw, x, c, o, os),
+                1 => sweep::<S, E, 4, 1>(w, nw, x, c, o, os),
+                _ => {}
+            }
+        }
+    }
+    if uniform {
+        return;
     }
     let (x, o) = (x.add(n6 * k), o.add(n6 * os));
     let c = Cols {
@@ -650,7 +756,8 @@ pub(super) unsafe fn run_generic<S: Lanes>(job: Job) {
             k,
             out,
             os,
-        } => dot_rows::<S, F16>(w, x, k, out, os),
+            mode,
+        } => dot_rows::<S, F16>(w, x, k, out, os, mode),
         Job::Dot {
             format: F::BF16,
             w,
@@ -658,10 +765,17 @@ pub(super) unsafe fn run_generic<S: Lanes>(job: Job) {
             k,
             out,
             os,
-        } => dot_rows::<S, Bf16>(w, x, k, out, os),
+            mode,
+        } => dot_rows::<S, Bf16>(w, x, k, out, os, mode),
         Job::Dot {
-            w, x, k, out, os, ..
-        } => dot_rows::<S, F32>(w, x, k, out, os),
+            w,
+            x,
+            k,
+            out,
+            os,
+            mode,
+            ..
+        } => dot_rows::<S, F32>(w, x, k, out, os, mode),
         Job::Widen {
             format: F::F16,
             src,
@@ -678,7 +792,7 @@ pub(super) unsafe fn run_generic<S: Lanes>(job: Job) {
 
 /// Eight f32 lanes in an array: the portable level, which the compiler
 /// vectorizes for the baseline ISA.
-pub(super) struct Portable;
+pub(crate) struct Portable;
 
 impl Lanes for Portable {
     type V = [f32; 8];
@@ -687,6 +801,10 @@ impl Lanes for Portable {
     #[inline(always)]
     unsafe fn zero() -> [f32; 8] {
         [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> [f32; 8] {
+        [v; 8]
     }
     #[inline(always)]
     unsafe fn f32s(p: *const u8) -> [f32; 8] {

@@ -11,12 +11,16 @@ use std::arch::asm;
 
 use super::{run_generic, Job, Lanes};
 
-pub(super) struct Neon;
+pub(crate) struct Neon;
 
 impl Lanes for Neon {
     type V = float32x4_t;
     const L: usize = 4;
     const WIDE: bool = true;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> float32x4_t {
+        vdupq_n_f32(v)
+    }
     #[inline(always)]
     unsafe fn zero() -> float32x4_t {
         vdupq_n_f32(0.0)
@@ -47,7 +51,8 @@ impl Lanes for Neon {
     }
     #[inline(always)]
     unsafe fn sum(v: float32x4_t) -> f32 {
-        vaddvq_f32(v)
+        // sum4's arithmetic, so every output sums its lanes the same way.
+        Self::sum4(v, v, v, v)[0]
     }
     #[inline(always)]
     unsafe fn sum4(a: float32x4_t, b: float32x4_t, c: float32x4_t, d: float32x4_t) -> [f32; 4] {

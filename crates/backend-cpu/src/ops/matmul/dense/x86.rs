@@ -8,10 +8,9 @@
 use std::arch::x86_64::*;
 
 use super::{run_generic, Job, Lanes};
-use crate::ops::qmatmul::x86::hsum_ps;
 
-pub(super) struct Avx2;
-pub(super) struct Avx512;
+pub(crate) struct Avx2;
+pub(crate) struct Avx512;
 
 impl Lanes for Avx2 {
     type V = __m256;
@@ -20,6 +19,10 @@ impl Lanes for Avx2 {
     #[inline(always)]
     unsafe fn zero() -> __m256 {
         _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> __m256 {
+        _mm256_set1_ps(v)
     }
     #[inline(always)]
     unsafe fn f32s(p: *const u8) -> __m256 {
@@ -44,7 +47,8 @@ impl Lanes for Avx2 {
     }
     #[inline(always)]
     unsafe fn sum(v: __m256) -> f32 {
-        hsum_ps(v)
+        // sum4's arithmetic, so every output sums its lanes the same way.
+        Self::sum4(v, v, v, v)[0]
     }
     #[inline(always)]
     unsafe fn sum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
@@ -71,6 +75,10 @@ impl Lanes for Avx512 {
         _mm512_setzero_ps()
     }
     #[inline(always)]
+    unsafe fn splat(v: f32) -> __m512 {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
     unsafe fn f32s(p: *const u8) -> __m512 {
         _mm512_loadu_ps(p.cast())
     }
@@ -93,7 +101,7 @@ impl Lanes for Avx512 {
     }
     #[inline(always)]
     unsafe fn sum(v: __m512) -> f32 {
-        _mm512_reduce_add_ps(v)
+        Self::sum4(v, v, v, v)[0]
     }
     #[inline(always)]
     unsafe fn sum4(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
