@@ -112,12 +112,16 @@ pub fn paged_attention(
         .iter()
         .map(|s| (0..s.kv_len).map(|t| batch.slot(s, t) as u32).collect())
         .collect();
-    // Tasks: (span, first row, rows (1 or 2), head).
+    // Tasks: (span, first row, rows (1 or 2), head), a head's rows after
+    // each other so that the running tasks share one kv head's keys and
+    // values in L2 (all heads at once would not fit on a long prompt).
     let mut tasks = Vec::with_capacity(n.div_ceil(2) * h + batch.seqs.len() * h);
     for (si, s) in batch.seqs.iter().enumerate() {
-        for r in (s.q_start..s.q_start + s.q_len).step_by(2) {
-            let rows = (s.q_start + s.q_len - r).min(2);
-            tasks.extend((0..h).map(|head| (si, r, rows, head)));
+        for head in 0..h {
+            for r in (s.q_start..s.q_start + s.q_len).step_by(2) {
+                let rows = (s.q_start + s.q_len - r).min(2);
+                tasks.push((si, r, rows, head));
+            }
         }
     }
     let simd = Simd::detect();
@@ -275,38 +279,16 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize>(t: &Task) {
         let inv = 1.0 / super::vmath::exp_sub_sum(sc, mx);
         sc.iter_mut().for_each(|w| *w *= inv);
     }
-    // Values: per output element, a sum in key order over the row's keys.
-    const BLOCK: usize = 4;
+    // Values: per output element, a sum in key order over the row's keys;
+    // four registers of the head dimension at a time, then one.
     let mut e0 = 0;
+    while e0 + 4 * S::L <= dv {
+        values::<S, E, R, 4>(t, &scores, lo, hi, e0);
+        e0 += 4 * S::L;
+    }
     while e0 < dv {
-        let regs = ((dv - e0) / S::L).min(BLOCK);
-        let mut acc = [[S::zero(); BLOCK]; R];
-        for key in lo..hi {
-            let vr = at(t.v, t.slots[key]).add(e0 * E::BYTES);
-            let vv: [S::V; BLOCK] = std::array::from_fn(|i| {
-                if i < regs {
-                    E::load::<S>(vr.add(i * S::L * E::BYTES))
-                } else {
-                    S::zero()
-                }
-            });
-            for (r, a) in acc.iter_mut().enumerate() {
-                let (ra, rz) = t.ranges[r];
-                if key < ra || key >= rz {
-                    continue;
-                }
-                let w = S::splat(scores[r][key - ra]);
-                for (a, &v) in a.iter_mut().zip(&vv).take(regs) {
-                    *a = S::fma(v, w, *a);
-                }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            for (i, &a) in a.iter().enumerate().take(regs) {
-                S::store(t.out[r].add(e0 + i * S::L), a);
-            }
-        }
-        e0 += regs * S::L;
+        values::<S, E, R, 1>(t, &scores, lo, hi, e0);
+        e0 += S::L;
     }
     for r in 0..R {
         let (ra, rz) = t.ranges[r];
@@ -316,6 +298,42 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize>(t: &Task) {
                 a += scores[r][key - ra] * E::one(at(t.v, t.slots[key]).add(e * E::BYTES));
             }
             *t.out[r].add(e) = a;
+        }
+    }
+}
+
+/// `out[r][e0 .. e0 + B·L] = Σ_key w[r][key] · V[key][e0 ..]` for the `R`
+/// rows of `t`, keys `lo..hi` in order (each row only its own keys).
+///
+/// # Safety
+/// As [`attend_on`]; `e0 + B·L ≤ d`.
+#[inline(always)]
+unsafe fn values<S: Lanes, E: Elem, const R: usize, const B: usize>(
+    t: &Task,
+    scores: &[Vec<f32>; R],
+    lo: usize,
+    hi: usize,
+    e0: usize,
+) {
+    let mut acc = [[S::zero(); B]; R];
+    for key in lo..hi {
+        let vr =
+            t.v.add((t.slots[key] as usize * t.kw + t.off + e0) * E::BYTES);
+        let vv: [S::V; B] = std::array::from_fn(|i| E::load::<S>(vr.add(i * S::L * E::BYTES)));
+        for (r, a) in acc.iter_mut().enumerate() {
+            let (ra, rz) = t.ranges[r];
+            if key < ra || key >= rz {
+                continue;
+            }
+            let w = S::splat(scores[r][key - ra]);
+            for (a, &v) in a.iter_mut().zip(&vv) {
+                *a = S::fma(v, w, *a);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (i, &a) in a.iter().enumerate() {
+            S::store(t.out[r].add(e0 + i * S::L), a);
         }
     }
 }
