@@ -9,11 +9,11 @@
 //! position (only the last `window` of them with a sliding window). Query
 //! head `h` reads kv head `h / (h_q / h_kv)`.
 //!
-//! Strategy: one task per (pair of consecutive query rows of a sequence,
+//! Strategy: one task per (up to 4 consecutive query rows of a sequence,
 //! head), every row the same way, whether it decodes one token or is one
-//! of a prompt chunk's rows: scores four keys at a time (each an FMA chain
+//! of a prompt chunk's rows: scores 2–4 keys at a time (each an FMA chain
 //! over the head dimension in SIMD lanes, summed across lanes with one
-//! fixed reduction; a key loaded once for both rows), read straight from
+//! fixed reduction; a key loaded once for all the task's rows), read straight from
 //! their slots (f16 widened in registers); a max-subtracted softmax; the
 //! value rows weighted and summed in key order, a register block of the
 //! head dimension at a time. A row's output is therefore the
@@ -55,14 +55,14 @@ fn check(q: &Tensor, k: &KvStore, v: &KvStore, b: &PagedBatch, p: &PagedParams) 
     Ok(n)
 }
 
-/// One task: 1 or 2 consecutive query rows of one head of one sequence.
+/// One task: 1 to 4 consecutive query rows of one head of one sequence.
 /// Row `i` reads the keys `slots[ranges[i].0..ranges[i].1]` (byte offset
 /// `off` into each slot's row of `kw` values) and writes `d` values at
 /// `out[i]`.
 struct Task<'a> {
-    q: [&'a [f32]; 2],
-    ranges: [(usize, usize); 2],
-    out: [*mut f32; 2],
+    q: [&'a [f32]; ROWS],
+    ranges: [(usize, usize); ROWS],
+    out: [*mut f32; ROWS],
     k: *const u8,
     v: *const u8,
     slots: &'a [u32],
@@ -112,14 +112,14 @@ pub fn paged_attention(
         .iter()
         .map(|s| (0..s.kv_len).map(|t| batch.slot(s, t) as u32).collect())
         .collect();
-    // Tasks: (span, first row, rows (1 or 2), head), a head's rows after
+    // Tasks: (span, first row, rows (1 to 4), head), a head's rows after
     // each other so that the running tasks share one kv head's keys and
     // values in L2 (all heads at once would not fit on a long prompt).
-    let mut tasks = Vec::with_capacity(n.div_ceil(2) * h + batch.seqs.len() * h);
+    let mut tasks = Vec::with_capacity(n.div_ceil(ROWS) * h + batch.seqs.len() * h);
     for (si, s) in batch.seqs.iter().enumerate() {
         for head in 0..h {
-            for r in (s.q_start..s.q_start + s.q_len).step_by(2) {
-                let rows = (s.q_start + s.q_len - r).min(2);
+            for r in (s.q_start..s.q_start + s.q_len).step_by(ROWS) {
+                let rows = (s.q_start + s.q_len - r).min(ROWS);
                 tasks.push((si, r, rows, head));
             }
         }
@@ -134,21 +134,14 @@ pub fn paged_attention(
             let len = s.kv_len - s.q_len + (r - s.q_start) + 1;
             (p.window.map_or(0, |w| len.saturating_sub(w)), len)
         };
-        let r1 = r0 + rows - 1;
+        // Rows past `rows` repeat the last one (never computed).
+        let row = |i: usize| r0 + i.min(rows - 1);
         let t = Task {
-            q: [
-                &qs[(r0 * h + head) * d..][..d],
-                &qs[(r1 * h + head) * d..][..d],
-            ],
-            ranges: [range(r0), range(r1)],
-            // SAFETY: rows r0, r1 of head `head` are inside `out` and
+            q: std::array::from_fn(|i| &qs[(row(i) * h + head) * d..][..d]),
+            ranges: std::array::from_fn(|i| range(row(i))),
+            // SAFETY: rows r0..r0+rows of head `head` are inside `out` and
             // belong to this task only.
-            out: unsafe {
-                [
-                    op.get().add((r0 * h + head) * d),
-                    op.get().add((r1 * h + head) * d),
-                ]
-            },
+            out: std::array::from_fn(|i| unsafe { op.get().add((row(i) * h + head) * d) }),
             k: kp.get(),
             v: vp.get(),
             slots: &slots[si],
@@ -161,14 +154,18 @@ pub fn paged_attention(
     Tensor::from_vec(vec![n, h * d], out)
 }
 
+/// Query rows per task (they share every key and value load).
+const ROWS: usize = 4;
+
 /// Runs [`attend_on`] for `rows` rows and the store's element type.
 fn attend(simd: Simd, f16: bool, rows: usize, t: &Task) {
     macro_rules! go {
         ($s:ty, $e:ty) => {
-            if rows == 2 {
-                attend_on::<$s, $e, 2>(t)
-            } else {
-                attend_on::<$s, $e, 1>(t)
+            match rows {
+                1 => attend_on::<$s, $e, 1, 4, 4>(t),
+                2 => attend_on::<$s, $e, 2, 4, 4>(t),
+                3 => attend_on::<$s, $e, 3, 2, 2>(t),
+                _ => attend_on::<$s, $e, 4, 2, 2>(t),
             }
         };
     }
@@ -196,25 +193,28 @@ fn attend(simd: Simd, f16: bool, rows: usize, t: &Task) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn x86_avx2<E: Elem>(rows: usize, t: &Task) {
-    if rows == 2 {
-        attend_on::<super::matmul::dense::x86::Avx2, E, 2>(t)
-    } else {
-        attend_on::<super::matmul::dense::x86::Avx2, E, 1>(t)
+    use super::matmul::dense::x86::Avx2;
+    match rows {
+        1 => attend_on::<Avx2, E, 1, 4, 4>(t),
+        2 => attend_on::<Avx2, E, 2, 4, 4>(t),
+        3 => attend_on::<Avx2, E, 3, 2, 2>(t),
+        _ => attend_on::<Avx2, E, 4, 2, 2>(t),
     }
 }
 
 /// `R` rows of one head (module docs): `out = softmax(scale·q·Kᵀ)·V`.
-/// Both rows are computed over the union of their key ranges, each key
-/// loaded once for both; a row keeps only its own keys, and every (row,
-/// key) score and every output element has the same arithmetic as with
-/// `R = 1`, so the pairing never changes a result.
+/// The rows are computed over the union of their key ranges, `KQ` keys at
+/// a time, each key loaded once for all rows, the values `B` registers of
+/// the head dimension at a time; a row keeps only its own keys, and every
+/// (row, key) score and every output element has the same arithmetic
+/// whatever `R`, `KQ` and `B`, so the grouping never changes a result.
 ///
 /// # Safety
 /// `S` must be available; `t.k`/`t.v` must hold `E` values at every
 /// `(slot·kw + off) + 0..d` for the slots of `t`; `t.out[..R]` must be
 /// writable for `d` values.
 #[inline(always)]
-unsafe fn attend_on<S: Lanes, E: Elem, const R: usize>(t: &Task) {
+unsafe fn attend_on<S: Lanes, E: Elem, const R: usize, const KQ: usize, const B: usize>(t: &Task) {
     let d = t.q[0].len();
     let dv = d - d % S::L;
     let q: [*const f32; R] = std::array::from_fn(|r| t.q[r].as_ptr());
@@ -236,12 +236,12 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize>(t: &Task) {
         scores[r][key - a] = s * t.scale;
     };
     let mut key = lo;
-    while key + 4 <= hi {
-        let kr: [*const u8; 4] = std::array::from_fn(|j| at(t.k, t.slots[key + j]));
-        let mut acc = [[S::zero(); 4]; R];
+    while key + KQ <= hi {
+        let kr: [*const u8; KQ] = std::array::from_fn(|j| at(t.k, t.slots[key + j]));
+        let mut acc = [[S::zero(); KQ]; R];
         let mut e = 0;
         while e < dv {
-            let kv: [S::V; 4] = std::array::from_fn(|j| E::load::<S>(kr[j].add(e * E::BYTES)));
+            let kv: [S::V; KQ] = std::array::from_fn(|j| E::load::<S>(kr[j].add(e * E::BYTES)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let qv = S::f32s(q[r].add(e).cast());
                 for (a, &k) in a.iter_mut().zip(&kv) {
@@ -251,12 +251,12 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize>(t: &Task) {
             e += S::L;
         }
         for (r, a) in acc.iter().enumerate() {
-            let s4 = S::sum4(a[0], a[1], a[2], a[3]);
-            for j in 0..4 {
+            let s4 = S::sum4(a[0], a[1 % KQ], a[2 % KQ], a[3 % KQ]);
+            for j in 0..KQ {
                 keep(&mut scores, r, key + j, kr[j], s4[j]);
             }
         }
-        key += 4;
+        key += KQ;
     }
     while key < hi {
         let kr = at(t.k, t.slots[key]);
@@ -280,11 +280,11 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize>(t: &Task) {
         sc.iter_mut().for_each(|w| *w *= inv);
     }
     // Values: per output element, a sum in key order over the row's keys;
-    // four registers of the head dimension at a time, then one.
+    // `B` registers of the head dimension at a time, then one.
     let mut e0 = 0;
-    while e0 + 4 * S::L <= dv {
-        values::<S, E, R, 4>(t, &scores, lo, hi, e0);
-        e0 += 4 * S::L;
+    while e0 + B * S::L <= dv {
+        values::<S, E, R, B>(t, &scores, lo, hi, e0);
+        e0 += B * S::L;
     }
     while e0 < dv {
         values::<S, E, R, 1>(t, &scores, lo, hi, e0);
