@@ -199,6 +199,15 @@ fn greedy_matches(backend: CpuBackend) {
 /// shape the run: a small token budget chunks the prompts; few blocks force
 /// preemption by recompute.
 fn batched_greedy_matches(backend: CpuBackend, budget: usize, blocks: usize) -> u64 {
+    batched_greedy_matches_kv(backend, budget, blocks, mm_core::KvDType::F32)
+}
+
+fn batched_greedy_matches_kv(
+    backend: CpuBackend,
+    budget: usize,
+    blocks: usize,
+    kv: mm_core::KvDType,
+) -> u64 {
     use mm_engine::batch::{BatchEngine, BatchRequest};
     use mm_engine::sched::SchedulerConfig;
     let Some((_src, model, _tok, reference)) = load_with(backend) else {
@@ -210,7 +219,7 @@ fn batched_greedy_matches(backend: CpuBackend, budget: usize, blocks: usize) -> 
         num_blocks: blocks,
         ..Default::default()
     };
-    let mut eng = BatchEngine::new(&model, cfg, mm_core::KvDType::F32).unwrap();
+    let mut eng = BatchEngine::new(&model, cfg, kv).unwrap();
     let mut want = std::collections::HashMap::new();
     for _ in 0..2 {
         for case in reference["greedy"].as_array().unwrap() {
@@ -269,4 +278,10 @@ fn smollm2_batched_chunked_preempted_greedy_matches_transformers() {
 #[test]
 fn smollm2_default_batched_greedy_matches_transformers() {
     batched_greedy_matches(CpuBackend::new(), 2048, 1024);
+}
+
+/// The serving default: keys and values stored in f16.
+#[test]
+fn smollm2_default_batched_f16_kv_greedy_matches_transformers() {
+    batched_greedy_matches_kv(CpuBackend::new(), 64, 1024, mm_core::KvDType::F16);
 }
