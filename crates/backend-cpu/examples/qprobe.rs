@@ -60,6 +60,19 @@ fn probe(label: &str, (n, k, m): (usize, usize, usize), bytes: usize, f: impl Fn
     );
 }
 
+/// Runs `step` once untimed, then for 3 s: (wall, CPU) seconds per step.
+fn time_steps(step: impl Fn()) -> (f64, f64) {
+    step();
+    let (c0, t0) = (cpu_secs(), Instant::now());
+    let mut it = 0;
+    while t0.elapsed().as_secs_f64() < 3.0 {
+        step();
+        it += 1;
+    }
+    let wall = t0.elapsed().as_secs_f64() / it as f64;
+    (wall, (cpu_secs() - c0) / it as f64)
+}
+
 /// SmolLM2-135M's layer linears (k, m) in the order a token runs them (the
 /// LM head, for the last token only, is added for decode).
 fn smol_shapes() -> Vec<(usize, usize)> {
@@ -114,15 +127,7 @@ fn smol_q(n: usize, names: &str) {
                 std::hint::black_box(matmul_with(x, w, None, prec).unwrap());
             }
         };
-        step();
-        let (c0, t0) = (cpu_secs(), Instant::now());
-        let mut it = 0;
-        while t0.elapsed().as_secs_f64() < 3.0 {
-            step();
-            it += 1;
-        }
-        let wall = t0.elapsed().as_secs_f64() / it as f64;
-        let cpu = (cpu_secs() - c0) / it as f64;
+        let (wall, cpu) = time_steps(step);
         println!(
             "smol {} {prec:?} n={n}: {:.2} ms/step ({:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights, {:.1} GMAC/s",
             f.name(), wall * 1e3, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9,
@@ -156,15 +161,7 @@ fn smol(n: usize, names: &str) {
                     );
                 }
             };
-            step();
-            let (c0, t0) = (cpu_secs(), Instant::now());
-            let mut it = 0;
-            while t0.elapsed().as_secs_f64() < 3.0 {
-                step();
-                it += 1;
-            }
-            let wall = t0.elapsed().as_secs_f64() / it as f64;
-            let cpu = (cpu_secs() - c0) / it as f64;
+            let (wall, cpu) = time_steps(step);
             println!(
                 "smol {} {} n={n}: {:.2} ms/step ({:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights, {:.1} GMAC/s",
                 f.name(), s.name(), wall * 1e3, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9,

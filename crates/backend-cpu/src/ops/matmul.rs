@@ -127,12 +127,7 @@ fn residual(w: &WeightData, xs: &[f32], n: usize, k: usize, block: usize) -> Res
     for (xrow, rrow) in xs.chunks_exact(k).zip(xr[n * k..].chunks_exact_mut(k)) {
         super::qmatmul::q8::residual_row(block, xrow, rrow);
     }
-    let y2 = native(w, &xr, 2 * n)?.ok_or_else(|| {
-        Error::Other(format!(
-            "{} has an 8-bit kernel but ran none",
-            w.format.name()
-        ))
-    })?;
+    let y2 = native_int8(w, &xr, 2 * n)?;
     let (a, b) = y2.split_at(y2.len() / 2);
     Ok(a.iter().zip(b).map(|(a, b)| a + b).collect())
 }
@@ -158,12 +153,7 @@ pub fn matmul_kinds(
         if k % block == 0 {
             residual(w, xs, n, k, block)
         } else {
-            native(w, xs, n)?.ok_or_else(|| {
-                Error::Other(format!(
-                    "{} has an 8-bit kernel but ran none",
-                    w.format.name()
-                ))
-            })
+            native_int8(w, xs, n)
         }
     };
     let mut y = by_kind(
@@ -296,6 +286,16 @@ fn int8_block(w: &WeightData) -> Option<usize> {
         WeightFormat::Mm(f) if mm::supports(w) && mm::path(f.kind) == mm::Path::Int => Some(32),
         _ => None,
     }
+}
+
+/// [`native`] for a weight [`int8_block`] found a kernel for.
+fn native_int8(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    native(w, x, n)?.ok_or_else(|| {
+        Error::Other(format!(
+            "{} has an 8-bit kernel but ran none",
+            w.format.name()
+        ))
+    })
 }
 
 /// `x[n, k] · wᵀ` through the weight's native kernel (no bias), or `None`

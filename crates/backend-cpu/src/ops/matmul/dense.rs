@@ -151,28 +151,7 @@ pub fn matmul_with(
     k: usize,
     m: usize,
 ) -> Result<Vec<f32>> {
-    let row_bytes = k * elem_bytes(format)?;
-    check_simd(simd)?;
-    check_shapes("dense matmul", format, w, x, (n, k, m))?;
-    let mut y = vec![0.0f32; n * m];
-    if n == 0 || m == 0 || k == 0 {
-        return Ok(y);
-    }
-    let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    compute_tiled(row_bytes, GROUP, n, m, &mut y, |j0, j1, i0, out| {
-        let rows = j1 - j0;
-        let x = &x[i0 * k..][..out.len() / rows * k];
-        let w = &w[j0 * row_bytes..j1 * row_bytes];
-        if x.len() / k <= DIRECT_ROWS || format == WeightFormat::F32 {
-            dot(simd, format, w, x, k, out, rows, Mode::Auto);
-        } else {
-            // A task's groups share its weight block: widen it once.
-            let panel = with_panel((call, j0), rows * k, |p| to_f32(simd, format, w, p));
-            let panel = bytemuck::cast_slice(&panel.values);
-            dot(simd, WeightFormat::F32, panel, x, k, out, rows, Mode::Auto);
-        }
-    });
-    Ok(y)
+    tiled(simd, format, w, x, (n, k, m), None)
 }
 
 /// `y[n, m] = x[n, k] · wᵀ` for a weight of any stored format, given by a
@@ -303,6 +282,21 @@ pub fn matmul_kind_with(
     m: usize,
     kind: mm_core::RowKind,
 ) -> Result<Vec<f32>> {
+    tiled(simd, format, w, x, (n, k, m), Some(kind))
+}
+
+/// The threading of every dense matmul: tasks of (weight rows × activation
+/// rows) from [`compute_tiled`]; per task the kernel for `kind` ([`Mode`]),
+/// or without one the fastest for its row count (F16/BF16 prefill widened
+/// once per task into the thread's panel).
+fn tiled(
+    simd: Simd,
+    format: WeightFormat,
+    w: &[u8],
+    x: &[f32],
+    (n, k, m): (usize, usize, usize),
+    kind: Option<mm_core::RowKind>,
+) -> Result<Vec<f32>> {
     let row_bytes = k * elem_bytes(format)?;
     check_simd(simd)?;
     check_shapes("dense matmul", format, w, x, (n, k, m))?;
@@ -311,19 +305,25 @@ pub fn matmul_kind_with(
         return Ok(y);
     }
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let prompt = kind == mm_core::RowKind::Prompt;
     compute_tiled(row_bytes, GROUP, n, m, &mut y, |j0, j1, i0, out| {
         let rows = j1 - j0;
         let x = &x[i0 * k..][..out.len() / rows * k];
         let w = &w[j0 * row_bytes..j1 * row_bytes];
-        if !prompt {
-            dot(simd, format, w, x, k, out, rows, Mode::Rows);
-        } else if format == WeightFormat::F32 {
-            dot(simd, format, w, x, k, out, rows, Mode::Tiles);
+        let (direct, mode) = match kind {
+            Some(mm_core::RowKind::Generated) => (true, Mode::Rows),
+            Some(mm_core::RowKind::Prompt) => (format == WeightFormat::F32, Mode::Tiles),
+            None => (
+                x.len() / k <= DIRECT_ROWS || format == WeightFormat::F32,
+                Mode::Auto,
+            ),
+        };
+        if direct {
+            dot(simd, format, w, x, k, out, rows, mode);
         } else {
+            // A task's groups share its weight block: widen it once.
             let panel = with_panel((call, j0), rows * k, |p| to_f32(simd, format, w, p));
             let panel = bytemuck::cast_slice(&panel.values);
-            dot(simd, WeightFormat::F32, panel, x, k, out, rows, Mode::Tiles);
+            dot(simd, WeightFormat::F32, panel, x, k, out, rows, mode);
         }
     });
     Ok(y)
