@@ -58,6 +58,10 @@ pub enum Command {
     /// Quantize an HF directory or GGUF file into a metal-marlin quantized
     /// model directory (docs/FORMAT.md; recipes in docs/QUANTIZE.md).
     Quantize(QuantizeArgs),
+    /// OpenAI-compatible HTTP server (chat and text completions, streaming,
+    /// /tokenize, /detokenize, /health, Prometheus /metrics) over the
+    /// continuous-batching engine and its paged KV cache.
+    Serve(ServeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

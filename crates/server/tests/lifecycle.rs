@@ -1,0 +1,232 @@
+//! Servers of their own for what a shared one cannot show: clients that
+//! disconnect free their sequences, the API key, the queue limit (503 with
+//! Retry-After), `--metrics-port`, and graceful shutdown.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn long_chat(name: &str, stream: bool) -> serde_json::Value {
+    json!({
+        "model": name,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 3000,
+        "ignore_eos": true,
+        "temperature": 0,
+        "stream": stream,
+    })
+}
+
+fn running(m: &str, name: &str) -> f64 {
+    metric(m, "vllm:num_requests_running", &[("model_name", name)]).unwrap_or(-1.0)
+}
+
+fn aborted(m: &str) -> f64 {
+    metric(
+        m,
+        "vllm:request_success_total",
+        &[("finished_reason", "abort")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn disconnected_clients_free_their_sequences() {
+    let Some(s) = TestServer::start(config("smol-disconnect")) else {
+        return;
+    };
+    let name = s.name.clone();
+    // Streaming: read a few chunks, then hang up.
+    let r = client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&long_chat(&name, true))
+        .send()
+        .await
+        .unwrap();
+    let mut r = r;
+    let mut got = 0;
+    while got < 3 {
+        let c = r.chunk().await.unwrap().expect("stream continues");
+        got += c.iter().filter(|&&b| b == b'\n').count() / 2;
+    }
+    let m = wait_metrics(&s.url, 30, "one running", |m| running(m, &name) == 1.0).await;
+    assert!(metric(&m, "vllm:kv_cache_usage_perc", &[]).unwrap() > 0.0);
+    drop(r);
+    let m = wait_metrics(&s.url, 30, "the stream's cancellation", |m| {
+        running(m, &name) == 0.0 && aborted(m) == 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(&m, "vllm:kv_cache_usage_perc", &[]),
+        Some(0.0),
+        "blocks freed"
+    );
+
+    // Not streaming: a raw connection that sends the request and closes.
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let body = long_chat(&name, false).to_string();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_metrics(&s.url, 30, "the second request running", |m| {
+        running(m, &name) == 1.0
+    })
+    .await;
+    drop(tcp);
+    let m = wait_metrics(&s.url, 30, "the non-streaming cancellation", |m| {
+        running(m, &name) == 0.0 && aborted(m) == 2.0
+    })
+    .await;
+    assert_eq!(metric(&m, "vllm:kv_cache_usage_perc", &[]), Some(0.0));
+    // The server still answers.
+    let (st, b) = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({"prompt": "Hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_key_guards_the_api_only() {
+    let mut cfg = config("smol-key");
+    cfg.api_key = Some("sekret".into());
+    let Some(s) = TestServer::start(cfg) else {
+        return;
+    };
+    let url = format!("{}/v1/completions", s.url);
+    let body = json!({"prompt": "Hi", "max_tokens": 2});
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("sekret"),
+        Some("Basic sekret"),
+    ] {
+        let mut rq = client().post(&url).json(&body);
+        if let Some(a) = auth {
+            rq = rq.header("authorization", a);
+        }
+        let r = rq.send().await.unwrap();
+        let st = r.status().as_u16();
+        let b: serde_json::Value = r.json().await.unwrap();
+        assert_error(st, &b, 401);
+        assert_eq!(b["error"]["code"], "invalid_api_key");
+    }
+    let r = client()
+        .post(&url)
+        .bearer_auth("sekret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client()
+        .get(format!("{}/v1/models", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    for open in ["health", "metrics"] {
+        let (st, _) = get(&format!("{}/{open}", s.url)).await;
+        assert_eq!(st, 200, "/{open} needs no key");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_queue_answers_503_with_retry_after() {
+    let mut cfg = config("smol-queue");
+    cfg.engine.max_num_seqs = 1;
+    cfg.max_queue = Some(1);
+    cfg.metrics_port = Some(0);
+    let Some(s) = TestServer::start(cfg) else {
+        return;
+    };
+    let name = s.name.clone();
+    let chat = format!("{}/v1/chat/completions", s.url);
+    // One running (its first chunk arrived) ...
+    let mut first = client()
+        .post(&chat)
+        .json(&long_chat(&name, true))
+        .send()
+        .await
+        .unwrap();
+    first.chunk().await.unwrap();
+    wait_metrics(&s.url, 30, "one running", |m| running(m, &name) == 1.0).await;
+    // ... one waiting ...
+    let waiting = tokio::spawn({
+        let chat = chat.clone();
+        let body = long_chat(&name, false);
+        async move { client().post(&chat).json(&body).send().await }
+    });
+    wait_metrics(&s.url, 30, "one waiting", |m| {
+        metric(m, "vllm:num_requests_waiting", &[("model_name", &name)]) == Some(1.0)
+    })
+    .await;
+    // ... and the next is refused.
+    let r = client()
+        .post(&chat)
+        .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_error(503, &b, 503);
+
+    // --metrics-port serves the same metrics.
+    let maddr = s.metrics_addr().expect("metrics listener");
+    let (st, m) = get(&format!("http://{maddr}/metrics")).await;
+    assert_eq!(st, 200);
+    assert!(m.contains("vllm:num_requests_waiting"));
+
+    // Shutdown cancels both long requests and ends the stream; it is quick.
+    waiting.abort();
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(c)) = first.chunk().await {
+            rest.extend_from_slice(&c);
+        }
+        String::from_utf8_lossy(&rest).into_owned()
+    });
+    let took = s.shutdown().await;
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    let rest = reader.await.unwrap();
+    assert!(
+        rest.trim_end().ends_with("data: [DONE]"),
+        "stream ends: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn raw_http_without_content_type_is_accepted() {
+    let Some(s) = shared() else { return };
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let body = json!({"prompt": "Hi", "max_tokens": 2, "temperature": 0}).to_string();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        tcp,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"text_completion\""), "{out}");
+}
