@@ -96,6 +96,59 @@ async fn disconnected_clients_free_their_sequences() {
     s.shutdown().await;
 }
 
+/// Seeds reproduce a sampled answer. A server of its own: a sequence's
+/// logits depend in their last bits on what shares its step and on which
+/// prompt blocks come from the prefix cache (the default precision picks
+/// its matmul path by the rows of a step), which can flip a draw; so the
+/// runs compared see the same batch and the same cache state.
+#[tokio::test]
+async fn seeds_reproduce_sampled_choices() {
+    let Some(s) = TestServer::start(config("smol-seeds")) else {
+        return;
+    };
+    let url = format!("{}/v1/chat/completions", s.url);
+    let body = json!({
+        "messages": [{"role": "user", "content": "Write a word."}],
+        "n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 16,
+    });
+    let texts = |r: serde_json::Value| -> Vec<String> {
+        (0..3)
+            .map(|i| {
+                r["choices"][i]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    // The first run fills the prefix cache; later runs all hit it.
+    post(&url, &body).await;
+    let a = texts(post(&url, &body).await.1);
+    let b = texts(post(&url, &body).await.1);
+    assert_eq!(a, b, "same seed, same choices");
+    let mut other = body.clone();
+    other["seed"] = json!(8);
+    let c = texts(post(&url, &other).await.1);
+    assert_eq!(c[0], a[1], "choice i uses seed + i");
+    assert_eq!(c[1], a[2]);
+    // Streamed: the same texts.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let mut st = vec![String::new(); 3];
+    for e in post_stream(&url, &sb).await {
+        if e == "[DONE]" {
+            continue;
+        }
+        let c: serde_json::Value = serde_json::from_str(&e).unwrap();
+        for ch in c["choices"].as_array().unwrap() {
+            let i = ch["index"].as_u64().unwrap() as usize;
+            st[i].push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(st, a);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn api_key_guards_the_api_only() {
     let mut cfg = config("smol-key");
