@@ -156,6 +156,6 @@ pub fn respond<F: ChunkFormat>(
         }
     });
     Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(keep_alive).text(" keep-alive"))
+        .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
         .into_response()
 }

@@ -201,6 +201,7 @@ async fn full_queue_answers_503_with_retry_after() {
     cfg.engine.max_num_seqs = 1;
     cfg.max_queue = Some(1);
     cfg.metrics_port = Some(0);
+    cfg.keep_alive = Duration::from_millis(50);
     let Some(s) = TestServer::start(cfg) else {
         return;
     };
@@ -215,11 +216,22 @@ async fn full_queue_answers_503_with_retry_after() {
         .unwrap();
     first.chunk().await.unwrap();
     wait_metrics(&s.url, 30, "one running", |m| running(m, &name) == 1.0).await;
-    // ... one waiting ...
+    // ... one waiting: streaming, it gets its role chunk, then keep-alive
+    // comments while it waits ...
     let waiting = tokio::spawn({
         let chat = chat.clone();
-        let body = long_chat(&name, false);
-        async move { client().post(&chat).json(&body).send().await }
+        let body = long_chat(&name, true);
+        async move {
+            let mut r = client().post(&chat).json(&body).send().await.unwrap();
+            let mut seen = String::new();
+            while !seen.contains("\n\n: keep-alive\n\n") {
+                match r.chunk().await {
+                    Ok(Some(c)) => seen.push_str(&String::from_utf8_lossy(&c)),
+                    _ => break,
+                }
+            }
+            (r, seen)
+        }
     });
     wait_metrics(&s.url, 30, "one waiting", |m| {
         metric(m, "vllm:num_requests_waiting", &[("model_name", &name)]) == Some(1.0)
@@ -246,8 +258,18 @@ async fn full_queue_answers_503_with_retry_after() {
     assert_eq!(st, 200);
     assert!(m.contains("vllm:num_requests_waiting"));
 
-    // Shutdown cancels both long requests and ends the stream; it is quick.
-    waiting.abort();
+    let (second, seen) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("keep-alive comments while waiting")
+        .unwrap();
+    assert!(
+        seen.starts_with("data: {"),
+        "the role chunk first: {seen:?}"
+    );
+    assert!(seen.contains("\n\n: keep-alive\n\n"), "{seen:?}");
+    drop(second);
+
+    // Shutdown cancels the running request and ends its stream; it is quick.
     let reader = tokio::spawn(async move {
         let mut rest = Vec::new();
         while let Ok(Some(c)) = first.chunk().await {
@@ -262,6 +284,54 @@ async fn full_queue_answers_503_with_retry_after() {
         rest.trim_end().ends_with("data: [DONE]"),
         "stream ends: {rest:?}"
     );
+}
+
+/// `/health` (and the API) answer 503 with Retry-After while the model
+/// loads, 200 once it is loaded; a model that fails to load stays 503.
+#[tokio::test]
+async fn health_is_503_until_the_model_is_loaded() {
+    let Some(path) = model_path() else { return };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let slow = loader(path);
+    let load: mm_server::Loader = Box::new(move || {
+        let _ = rx.recv_timeout(Duration::from_secs(60));
+        slow()
+    });
+    let s = TestServer::start_with(config("smol-slow"), load, false);
+    let (st, body) = get(&format!("{}/health", s.url)).await;
+    assert_eq!(st, 503, "{body}");
+    let (st, b) = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({"prompt": "Hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_error(st, &b, 503);
+    tx.send(()).unwrap();
+    let t = std::time::Instant::now();
+    while get(&format!("{}/health", s.url)).await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(60), "never healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (st, _) = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({"prompt": "Hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    s.shutdown().await;
+
+    let broken: mm_server::Loader = Box::new(|| anyhow::bail!("no such model file"));
+    let s = TestServer::start_with(config("smol-broken"), broken, false);
+    let t = std::time::Instant::now();
+    loop {
+        let (st, body) = get(&format!("{}/health", s.url)).await;
+        assert_eq!(st, 503, "{body}");
+        if body.contains("not available") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -56,6 +56,11 @@ impl TestServer {
     /// is absent (the test is skipped).
     pub fn start(cfg: ServerConfig) -> Option<TestServer> {
         let path = model_path()?;
+        Some(Self::start_with(cfg, loader(path), true))
+    }
+
+    /// Starts a server with `load`; waits for the model when `ready`.
+    pub fn start_with(cfg: ServerConfig, load: Loader, ready: bool) -> TestServer {
         let name = cfg.served_model_name.clone();
         // A runtime cannot be started from within the test's runtime.
         std::thread::spawn(move || {
@@ -65,10 +70,10 @@ impl TestServer {
                 .build()
                 .expect("test runtime");
             let server = rt.block_on(async {
-                let s = mm_server::start(cfg, loader(path))
-                    .await
-                    .expect("server starts");
-                s.wait_ready().await.expect("model loads");
+                let s = mm_server::start(cfg, load).await.expect("server starts");
+                if ready {
+                    s.wait_ready().await.expect("model loads");
+                }
                 s
             });
             TestServer {
@@ -79,7 +84,6 @@ impl TestServer {
             }
         })
         .join()
-        .map(Some)
         .expect("the test server failed to start")
     }
 
