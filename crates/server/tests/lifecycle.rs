@@ -353,3 +353,58 @@ async fn raw_http_without_content_type_is_accepted() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("\"text_completion\""), "{out}");
 }
+
+/// Greedy requests sent all at once (continuous batching, chunked prefill,
+/// and preemption by recompute under a deliberately tiny cache) each
+/// answer what they answer alone.
+#[tokio::test]
+async fn concurrent_greedy_requests_equal_their_solo_runs() {
+    let mut cfg = config("smol-tiny");
+    cfg.engine.kv = mm_server::KvBudget::Blocks(16);
+    cfg.engine.max_num_batched_tokens = Some(32);
+    let Some(s) = TestServer::start(cfg) else {
+        return;
+    };
+    let url = format!("{}/v1/completions", s.url);
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time, in a small village,",
+        "The three primary colors are",
+        "def fibonacci(n):",
+        "Water boils at a temperature of",
+        "The largest planet in the solar system is",
+    ];
+    let body =
+        |p: &str| json!({"prompt": p, "max_tokens": 56, "temperature": 0, "ignore_eos": true});
+    let mut solo = Vec::new();
+    for p in prompts {
+        let (st, r) = post(&url, &body(p)).await;
+        assert_eq!(st, 200, "{r}");
+        solo.push(r["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    let all = prompts.iter().chain(prompts.iter()).map(|p| {
+        let (url, b) = (url.clone(), body(p));
+        tokio::spawn(async move { post(&url, &b).await })
+    });
+    let mut got = Vec::new();
+    for t in all.collect::<Vec<_>>() {
+        let (st, r) = t.await.unwrap();
+        assert_eq!(st, 200, "{r}");
+        got.push(r["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(
+            g,
+            &solo[i % prompts.len()],
+            "request {i} differs from its solo run"
+        );
+    }
+    let (_, m) = get(&format!("{}/metrics", s.url)).await;
+    let pre = metric(&m, "vllm:num_preemptions_total", &[]).unwrap();
+    assert!(
+        pre > 0.0,
+        "16 blocks of 16 for 12 sequences of ~64 tokens preempt:\n{m}"
+    );
+    assert_eq!(metric(&m, "vllm:kv_cache_usage_perc", &[]), Some(0.0));
+    s.shutdown().await;
+}
