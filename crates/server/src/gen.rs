@@ -62,6 +62,20 @@ pub fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError
     }
 }
 
+/// Most sequences one request may start (prompts × `n`).
+pub const MAX_SEQUENCES: usize = 1024;
+
+/// Runs CPU-heavy request preparation (chat templates, tokenizing a long
+/// prompt) on tokio's blocking pool, so it never stalls the connections
+/// the async workers serve.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+}
+
 /// Checks each prompt against the context, applies the queue limit and
 /// sends `p.n` sequences per prompt to the model thread.
 pub fn submit(
@@ -99,7 +113,12 @@ pub fn submit(
         };
         budgets.push(max_tokens);
     }
-    let total = p.n * prompts.len();
+    let total = p.n.saturating_mul(prompts.len());
+    if total > MAX_SEQUENCES {
+        return Err(ApiError::bad_request(format!(
+            "The request asks for {total} sequences (prompts × n); at most {MAX_SEQUENCES} are allowed."
+        )));
+    }
     if let Some(q) = state.cfg.max_queue {
         let waiting = state.engine.shared().waiting();
         if waiting >= q {

@@ -131,6 +131,7 @@ async fn bad_requests_are_answered_in_openai_shape() {
         json!({"prompt": [1, 999999]}),
         json!({"prompt": "x", "logprobs": 2, "echo": true}),
         json!({"prompt": {"a": 1}}),
+        json!({"prompt": vec!["a"; 600], "n": 2, "max_tokens": 1}),
     ] {
         let (st, b) = post(&cmpl, &body).await;
         assert_error(st, &b, 400);

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::error::{from_value, ApiError, ApiJson};
-use crate::gen::{check_model, collect, finish_str, ready, request_id, submit, Generation};
+use crate::gen::{
+    blocking, check_model, collect, finish_str, ready, request_id, submit, Generation,
+};
 use crate::logprobs::{chat_entry, chat_logprobs};
 use crate::params::{gen_params, top_logprobs};
 use crate::protocol::{ChatRequest, Content, Message, SamplingFields};
@@ -93,9 +95,13 @@ pub async fn chat_completions(
     };
     let messages = to_messages(&req.messages)?;
     let tok = info.tokenizer.clone();
-    let ids = tok.encode_chat(&messages, true).map_err(|e| {
-        ApiError::invalid_param("messages", format!("Cannot apply the chat template: {e}"))
-    })?;
+    let t = tok.clone();
+    let ids = blocking(move || {
+        t.encode_chat(&messages, true).map_err(|e| {
+            ApiError::invalid_param("messages", format!("Cannot apply the chat template: {e}"))
+        })
+    })
+    .await?;
     let mut g = submit(&state, info, request_id("chatcmpl-"), vec![ids], &p)?;
     if p.stream {
         let fmt = ChatChunks {

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::error::{from_value, ApiError, ApiJson};
-use crate::gen::{check_model, collect, finish_str, ready, request_id, submit, Generation};
+use crate::gen::{
+    blocking, check_model, collect, finish_str, ready, request_id, submit, Generation,
+};
 use crate::logprobs::LegacyLogprobs;
 use crate::params::{gen_params, top_logprobs};
 use crate::protocol::{CompletionRequest, PromptField, SamplingFields};
@@ -95,7 +97,8 @@ pub async fn completions(
             "`echo` with `logprobs` is not supported: prompt log-probabilities are not computed",
         ));
     }
-    let ps = prompts(&req.prompt, info)?;
+    let owned = info.clone();
+    let ps = blocking(move || prompts(&req.prompt, &owned)).await?;
     let texts: Vec<String> = ps.iter().map(|(_, t)| t.clone()).collect();
     let ids: Vec<Vec<u32>> = ps.into_iter().map(|(i, _)| i).collect();
     let tok = info.tokenizer.clone();
