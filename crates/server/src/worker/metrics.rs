@@ -54,6 +54,44 @@ pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
     (rec, handle)
 }
 
+/// The `# HELP` lines (vLLM's wording).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(RUNNING, "Number of requests in model execution batches.");
+    describe_gauge!(WAITING, "Number of requests waiting to be processed.");
+    describe_gauge!(KV_USAGE, "KV-cache usage. 1 means 100 percent usage.");
+    describe_counter!(PROMPT_TOKENS, "Number of prefill tokens processed.");
+    describe_counter!(GENERATION_TOKENS, "Number of generation tokens processed.");
+    describe_counter!(REQUEST_SUCCESS, "Count of successfully processed requests.");
+    describe_counter!(
+        PREEMPTIONS,
+        "Cumulative number of preemptions from the engine."
+    );
+    describe_counter!(
+        PREFIX_QUERIES,
+        "Prefix cache queries, in terms of number of queried tokens."
+    );
+    describe_counter!(
+        PREFIX_HITS,
+        "Prefix cache hits, in terms of number of cached tokens."
+    );
+    describe_histogram!(
+        TTFT,
+        Unit::Seconds,
+        "Histogram of time to first token in seconds."
+    );
+    describe_histogram!(
+        ITL,
+        Unit::Seconds,
+        "Histogram of inter-token latency in seconds."
+    );
+    describe_histogram!(
+        E2E,
+        Unit::Seconds,
+        "Histogram of e2e request latency in seconds."
+    );
+}
+
 /// The server's metric handles, registered once with the `model_name` label.
 pub struct ServerMetrics {
     running: Gauge,
@@ -76,6 +114,7 @@ impl ServerMetrics {
     /// Registers every metric on `rec`, labelled `model_name=<model>`.
     pub fn new(rec: &dyn Recorder, model: &str) -> Self {
         metrics::with_local_recorder(rec, || {
+            describe();
             let m = model.to_string();
             let done = |reason: &'static str| metrics::counter!(REQUEST_SUCCESS, "model_name" => m.clone(), "finished_reason" => reason);
             let s = Self {
