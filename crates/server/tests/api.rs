@@ -489,7 +489,10 @@ async fn models_health_tokenize_and_metrics() {
             >= 1.0
     );
     assert!(text.contains("# HELP vllm:num_requests_running "), "{text}");
-    assert!(text.contains("# TYPE vllm:e2e_request_latency_seconds histogram"), "{text}");
+    assert!(
+        text.contains("# TYPE vllm:e2e_request_latency_seconds histogram"),
+        "{text}"
+    );
     // Real buckets (vLLM's), not a summary.
     assert!(
         metric(

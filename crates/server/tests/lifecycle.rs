@@ -320,17 +320,29 @@ async fn health_is_503_until_the_model_is_loaded() {
     assert_eq!(st, 200);
     s.shutdown().await;
 
-    let broken: mm_server::Loader = Box::new(|| anyhow::bail!("no such model file"));
-    let s = TestServer::start_with(config("smol-broken"), broken, false);
-    let t = std::time::Instant::now();
-    loop {
-        let (st, body) = get(&format!("{}/health", s.url)).await;
-        assert_eq!(st, 503, "{body}");
-        if body.contains("not available") {
-            break;
+    // A load that fails, or panics: 503 from then on.
+    let failing: Vec<mm_server::Loader> = vec![
+        Box::new(|| anyhow::bail!("no such model file")),
+        Box::new(|| panic!("a bug while loading")),
+    ];
+    for broken in failing {
+        let s = TestServer::start_with(config("smol-broken"), broken, false);
+        let t = std::time::Instant::now();
+        loop {
+            let (st, body) = get(&format!("{}/health", s.url)).await;
+            assert_eq!(st, 503, "{body}");
+            if body.contains("not available") {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (st, b) = post(
+            &format!("{}/v1/completions", s.url),
+            &json!({"prompt": "Hi", "max_tokens": 2}),
+        )
+        .await;
+        assert_error(st, &b, 503);
     }
 }
 

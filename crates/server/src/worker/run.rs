@@ -36,11 +36,20 @@ pub(crate) fn spawn(
         .name("mm-model".into())
         .spawn(move || {
             let metrics = ServerMetrics::new(&recorder, &model_name);
-            match run(load, &opts, &shared, rx, &metrics) {
-                Ok(()) => shared.set_status(Status::Stopped),
-                Err(e) => {
+            // A panic (a bug) must not leave /health saying 200: catch it,
+            // mark the thread failed; the jobs' channels close on unwind.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(load, &opts, &shared, rx, &metrics)
+            }));
+            match ran {
+                Ok(Ok(())) => shared.set_status(Status::Stopped),
+                Ok(Err(e)) => {
                     tracing::error!("model thread: {e}");
                     shared.fail(e);
+                }
+                Err(_) => {
+                    tracing::error!("model thread panicked");
+                    shared.fail("the model thread panicked".into());
                 }
             }
         })?;
