@@ -196,6 +196,16 @@ async fn completions_whole_streamed_echo_and_token_ids() {
         format!("{prompt}{text}")
     );
 
+    // Streamed, echo comes first.
+    eb["stream"] = json!(true);
+    let events = post_stream(&url, &eb).await;
+    let joined: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(joined, format!("{prompt}{text}"));
+
     // The same prompt as token ids gives the same text.
     let (_, t) = post(
         &format!("{}/tokenize", s.url),
