@@ -58,6 +58,10 @@ pub enum Command {
     /// Quantize an HF directory or GGUF file into a metal-marlin quantized
     /// model directory (docs/FORMAT.md; recipes in docs/QUANTIZE.md).
     Quantize(QuantizeArgs),
+    /// OpenAI-compatible HTTP server (chat and text completions, streaming,
+    /// /tokenize, /detokenize, /health, Prometheus /metrics) over the
+    /// continuous-batching engine and its paged KV cache.
+    Serve(ServeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -220,6 +224,71 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// HF model directory, .gguf file or hub id (or give it with -m;
+    /// default: SmolLM2-135M-Instruct).
+    #[arg(value_name = "MODEL", conflicts_with = "model")]
+    pub positional: Option<String>,
+    /// The model (same as MODEL).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// `--exact` also stores the KV cache in f32 (default f16).
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on the API routes (/health and
+    /// /metrics stay open).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The model name clients send and /v1/models lists (default: MODEL as
+    /// given, or the default model's hub id).
+    #[arg(long, value_name = "NAME")]
+    pub served_model_name: Option<String>,
+    /// Most sequences decoding at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Token budget of one step, prefill chunks and decodes together
+    /// [default: max(2048, --max-num-seqs)].
+    #[arg(long, value_name = "N")]
+    pub max_num_batched_tokens: Option<usize>,
+    /// KV-cache memory in GiB [default: 1].
+    #[arg(
+        long,
+        value_name = "GIB",
+        conflicts_with = "num_kv_blocks",
+        allow_negative_numbers = true
+    )]
+    pub kv_memory: Option<f64>,
+    /// KV-cache size in blocks (instead of --kv-memory).
+    #[arg(long, value_name = "N")]
+    pub num_kv_blocks: Option<usize>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Longest prompt plus completion [default: the model's context, capped
+    /// by the KV cache].
+    #[arg(long, value_name = "N")]
+    pub max_model_len: Option<usize>,
+    /// Answer 503 (Retry-After) while this many sequences wait.
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<usize>,
+    /// Accepted for compatibility; batching is always on.
+    #[arg(long)]
+    pub enable_batching: bool,
+    /// Do not share cached KV blocks between requests with common prefixes.
+    #[arg(long)]
+    pub no_enable_prefix_caching: bool,
+    /// Serve /metrics on this port as well.
+    #[arg(long, value_name = "P")]
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

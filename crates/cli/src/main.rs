@@ -13,7 +13,12 @@ use clap::Parser;
 fn main() {
     alloc::tune();
     let cli = args::Cli::parse();
-    let filter = if cli.verbose { "debug" } else { "warn" };
+    let filter = match (&cli.command, cli.verbose) {
+        (_, true) => "debug",
+        // The server logs one line per request and its lifecycle.
+        (args::Command::Serve(_), false) => "warn,mm_server=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_new_tokens: g,
                 sampling: Default::default(),
                 eos: vec![],
+                logprobs: None,
             })?;
         }
         let t0 = Instant::now();

@@ -23,7 +23,7 @@ use crate::sampler::{Sampler, SamplingParams};
 use crate::sched::{FinishReason, Request, Scheduler, SchedulerConfig, SeqId, StepPlan};
 
 /// A request as the engine takes it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct BatchRequest {
     pub prompt: Vec<u32>,
     pub max_new_tokens: usize,
@@ -31,20 +31,40 @@ pub struct BatchRequest {
     /// Token ids that end the sequence (emitted, then finished as
     /// [`FinishReason::Stop`]); empty to ignore EOS.
     pub eos: Vec<u32>,
+    /// Report each sampled token's log-probability and this many most
+    /// likely alternatives ([`TokenEvent::logprobs`]); `None`: none.
+    pub logprobs: Option<usize>,
+}
+
+/// Log-probabilities of one sampled token under the model's distribution
+/// (log-softmax of the raw logits, before penalties, temperature or
+/// truncation: what OpenAI-compatible servers report).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// Of the sampled token.
+    pub logprob: f32,
+    /// The most likely tokens, most likely first: `(id, logprob)`.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// One sampled token of one sequence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TokenEvent {
     pub id: SeqId,
     pub token: u32,
     /// Set when this token ends the sequence.
     pub finished: Option<FinishReason>,
+    /// When the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+    /// Prompt tokens served from the prefix cache when the sequence was
+    /// first admitted (`usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
 }
 
 struct Live {
     sampler: Sampler,
     eos: Vec<u32>,
+    logprobs: Option<usize>,
 }
 
 /// The step loop over one model and one paged KV cache.
@@ -86,6 +106,7 @@ impl<'m> BatchEngine<'m> {
             Live {
                 sampler,
                 eos: req.eos,
+                logprobs: req.logprobs,
             },
         );
         Ok(id)
@@ -136,6 +157,7 @@ impl<'m> BatchEngine<'m> {
         };
         let vocab = logits.len() / step.logits_rows.len().max(1);
         let mut sampled = Vec::with_capacity(plan.seqs.len());
+        let mut extra = HashMap::new();
         let mut row = 0;
         for s in &plan.seqs {
             if !s.needs_logits {
@@ -144,12 +166,17 @@ impl<'m> BatchEngine<'m> {
             }
             let lg = &logits[row * vocab..(row + 1) * vocab];
             row += 1;
-            let history = self.sched.get(s.id).map_or(&[][..], |q| q.tokens());
+            let seq = self.sched.get(s.id);
+            let history = seq.map_or(&[][..], |q| q.tokens());
+            let cached = seq.map_or(0, |q| q.cached_tokens);
             let live = self
                 .live
                 .get_mut(&s.id)
                 .ok_or_else(|| Error::Other(format!("sequence {} has no sampler", s.id)))?;
-            sampled.push((s.id, Some(live.sampler.sample(lg, history))));
+            let token = live.sampler.sample(lg, history);
+            let lp = live.logprobs.map(|k| token_logprobs(lg, token, k));
+            extra.insert(s.id, (lp, cached));
+            sampled.push((s.id, Some(token)));
         }
         let out = self.sched.on_step_done(&sampled)?;
         let mut events = Vec::new();
@@ -170,13 +197,39 @@ impl<'m> BatchEngine<'m> {
             if finished.is_some() {
                 self.live.remove(&id);
             }
+            let (logprobs, cached_tokens) = extra.remove(&id).unwrap_or((None, 0));
             events.push(TokenEvent {
                 id,
                 token,
                 finished,
+                logprobs,
+                cached_tokens,
             });
         }
         Ok(events)
+    }
+}
+
+/// Log-softmax of `logits` at `token`, and the `k` most likely ids.
+fn token_logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprobs {
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = mx + logits.iter().map(|&v| (v - mx).exp()).sum::<f32>().ln();
+    let lp = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |&v| v - lse);
+    let mut top: Vec<u32> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        // One pass keeping the k best (k is small: OpenAI allows 20).
+        for (i, &v) in logits.iter().enumerate() {
+            if top.len() == k && v <= logits[top[k - 1] as usize] {
+                continue;
+            }
+            let at = top.partition_point(|&j| logits[j as usize] >= v);
+            top.insert(at, i as u32);
+            top.truncate(k);
+        }
+    }
+    TokenLogprobs {
+        logprob: lp(token as usize),
+        top: top.into_iter().map(|i| (i, lp(i as usize))).collect(),
     }
 }
 
@@ -217,5 +270,22 @@ fn model_step(plan: &StepPlan, block_size: usize, prompt_len: impl Fn(SeqId) -> 
         batch,
         logits_rows: f.logits_indices,
         kinds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_logprobs;
+
+    #[test]
+    fn logprobs_are_log_softmax_with_sorted_top_k() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        let lp = token_logprobs(&logits, 2, 3);
+        let z: f32 = logits.iter().map(|v| v.exp()).sum();
+        assert!((lp.logprob - (2.0f32.exp() / z).ln()).abs() < 1e-5);
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 2], "ties keep the lower id first");
+        assert!((lp.top[0].1 - (3.0f32.exp() / z).ln()).abs() < 1e-5);
+        assert!(token_logprobs(&logits, 0, 0).top.is_empty());
     }
 }

@@ -7,6 +7,7 @@ use mm_core::{Error, Result};
 use mm_models::{DecoderModel, KvCache};
 
 use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::StopFilter;
 use crate::tokenizer::Tokenizer;
 
 /// What to generate.
@@ -58,50 +59,6 @@ pub struct GenerateOutput {
     pub stats: GenerateStats,
 }
 
-/// Holds back the tail of the text that could start a stop string.
-struct StopFilter<'a> {
-    stops: &'a [String],
-    pending: String,
-}
-
-impl<'a> StopFilter<'a> {
-    /// Adds text; returns what can be shown and whether a stop string hit.
-    fn push(&mut self, s: &str) -> (String, bool) {
-        self.pending.push_str(s);
-        if let Some(i) = self
-            .stops
-            .iter()
-            .filter_map(|st| self.pending.find(st.as_str()))
-            .min()
-        {
-            let out = self.pending[..i].to_string();
-            self.pending.clear();
-            return (out, true);
-        }
-        let hold = self
-            .stops
-            .iter()
-            .flat_map(|st| {
-                (1..st.len())
-                    .rev()
-                    .filter(|&k| st.is_char_boundary(k))
-                    .map(move |k| &st[..k])
-            })
-            .filter(|pre| self.pending.ends_with(pre))
-            .map(|pre| pre.len())
-            .max()
-            .unwrap_or(0);
-        let cut = self.pending.len() - hold;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
-        (out, false)
-    }
-
-    fn flush(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-}
-
 /// Generates from `req`, calling `on_text` with each new piece of text.
 pub fn generate(
     model: &DecoderModel,
@@ -129,10 +86,7 @@ pub fn generate(
     };
     let mut history = req.prompt_ids.clone();
     let mut decoder = tok.stream_decoder(false);
-    let mut filter = StopFilter {
-        stops: &req.stop_strings,
-        pending: String::new(),
-    };
+    let mut filter = StopFilter::new(req.stop_strings.clone());
     let (mut ids, mut text) = (Vec::new(), String::new());
     let mut emit = |s: &str, text: &mut String| -> Result<()> {
         if !s.is_empty() {
@@ -190,28 +144,4 @@ pub fn generate(
         stop,
         stats,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopFilter;
-
-    #[test]
-    fn stop_filter_holds_back_prefixes_and_cuts_at_stop() {
-        let stops = vec!["</s>".to_string(), "User:".to_string()];
-        let mut f = StopFilter {
-            stops: &stops,
-            pending: String::new(),
-        };
-        assert_eq!(f.push("Hello <"), ("Hello ".to_string(), false));
-        assert_eq!(f.push("/"), (String::new(), false));
-        assert_eq!(f.push("b> ok Us"), ("</b> ok ".to_string(), false));
-        assert_eq!(f.push("er: hi"), (String::new(), true));
-        let mut f = StopFilter {
-            stops: &stops,
-            pending: String::new(),
-        };
-        assert_eq!(f.push("abc"), ("abc".to_string(), false));
-        assert_eq!(f.flush(), "");
-    }
 }

@@ -10,8 +10,10 @@ pub mod generate;
 pub mod resolve;
 pub mod sampler;
 pub mod sched;
+pub mod stop;
 pub mod tokenizer;
 pub mod tune;
 
 pub use generate::{generate, GenerateOutput, GenerateRequest, GenerateStats, StopReason};
 pub use sampler::{Sampler, SamplingParams};
+pub use stop::StopFilter;

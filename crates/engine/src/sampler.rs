@@ -1,5 +1,9 @@
-//! Token sampling: greedy, or repetition penalty → temperature → top-k →
-//! top-p → min-p → a draw from a seeded generator (transformers' order).
+//! Token sampling: logit bias → repetition penalty → presence/frequency
+//! penalties → greedy, or temperature → top-k → top-p → min-p → a draw
+//! from a seeded generator (transformers' order for the shared steps; the
+//! OpenAI penalties as vLLM applies them).
+
+use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,6 +23,15 @@ pub struct SamplingParams {
     /// 1.0 disables; >1 penalizes tokens seen in the last `repeat_last_n`.
     pub repeat_penalty: f32,
     pub repeat_last_n: usize,
+    /// OpenAI `presence_penalty` in [-2, 2] (0 disables): subtracted once
+    /// from the logit of every token this sampler already produced.
+    pub presence_penalty: f32,
+    /// OpenAI `frequency_penalty` in [-2, 2] (0 disables): subtracted from
+    /// a token's logit once per time this sampler already produced it.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these token ids before anything else (OpenAI
+    /// `logit_bias`; ids outside the vocabulary are ignored).
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: u64,
 }
 
@@ -31,6 +44,9 @@ impl Default for SamplingParams {
             min_p: 0.0,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: 0,
         }
     }
@@ -58,14 +74,28 @@ impl SamplingParams {
                 self.repeat_penalty
             ));
         }
+        for (name, v) in [
+            ("presence penalty", self.presence_penalty),
+            ("frequency penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must be in [-2, 2], got {v}"));
+            }
+        }
+        if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return bad(format!("logit bias of token {t} must be finite, got {b}"));
+        }
         Ok(())
     }
 }
 
-/// A sampler with its own random stream.
+/// A sampler with its own random stream. It counts the tokens it produced
+/// (every sampled token is taken to be appended to the sequence), which
+/// the presence and frequency penalties use.
 pub struct Sampler {
     p: SamplingParams,
     rng: StdRng,
+    produced: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -74,12 +104,24 @@ impl Sampler {
         Ok(Self {
             rng: StdRng::seed_from_u64(p.seed),
             p,
+            produced: HashMap::new(),
         })
     }
 
     /// Picks the next token from `logits` given the tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let t = self.pick(logits, history);
+        *self.produced.entry(t).or_insert(0) += 1;
+        t
+    }
+
+    fn pick(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut l = logits.to_vec();
+        for &(t, b) in &self.p.logit_bias {
+            if let Some(v) = l.get_mut(t as usize) {
+                *v += b;
+            }
+        }
         if self.p.repeat_penalty != 1.0 {
             let start = history.len().saturating_sub(self.p.repeat_last_n);
             let mut seen = history[start..].to_vec();
@@ -92,6 +134,13 @@ impl Sampler {
                     } else {
                         *v * self.p.repeat_penalty
                     };
+                }
+            }
+        }
+        if self.p.presence_penalty != 0.0 || self.p.frequency_penalty != 0.0 {
+            for (&t, &n) in &self.produced {
+                if let Some(v) = l.get_mut(t as usize) {
+                    *v -= self.p.presence_penalty + self.p.frequency_penalty * n as f32;
                 }
             }
         }
@@ -216,7 +265,76 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_shifts_the_choice() {
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(1, 5.0), (99, 1.0)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.sample(&[2.0, 1.5, 0.0], &[]), 1);
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, -100.0)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.sample(&[2.0, 1.5, 0.0], &[]), 1);
+    }
+
+    #[test]
+    fn presence_penalty_counts_own_outputs_once() {
+        // The prompt (history) does not count; the first pick is token 0,
+        // then the 0.6 presence penalty puts token 1 ahead, then both are
+        // penalized once and token 0 leads again.
+        let logits = [2.0f32, 1.5, 0.0];
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 0.6,
+            ..Default::default()
+        })
+        .unwrap();
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&logits, &[0, 0, 0])).collect();
+        assert_eq!(picks, vec![0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn frequency_penalty_grows_with_each_repeat() {
+        // 2.0 - 0.2 n < 1.5 once token 0 was produced 3 times.
+        let logits = [2.0f32, 1.5, 0.0];
+        let mut s = Sampler::new(SamplingParams {
+            frequency_penalty: 0.2,
+            ..Default::default()
+        })
+        .unwrap();
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&logits, &[])).collect();
+        assert_eq!(picks, vec![0, 0, 0, 1]);
+        // A negative penalty encourages repeats.
+        let mut s = Sampler::new(SamplingParams {
+            frequency_penalty: -1.0,
+            logit_bias: vec![(1, 1.0)],
+            ..Default::default()
+        })
+        .unwrap();
+        let picks: Vec<u32> = (0..3).map(|_| s.sample(&logits, &[])).collect();
+        assert_eq!(picks, vec![1, 1, 1]);
+    }
+
+    #[test]
     fn invalid_params_are_errors() {
+        for p in [
+            SamplingParams {
+                presence_penalty: 2.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                frequency_penalty: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                logit_bias: vec![(0, f32::INFINITY)],
+                ..Default::default()
+            },
+        ] {
+            assert!(Sampler::new(p).is_err());
+        }
         assert!(Sampler::new(SamplingParams {
             top_p: 0.0,
             ..Default::default()

@@ -230,6 +230,7 @@ fn batched_greedy_matches_kv(
                     max_new_tokens: expect.len(),
                     sampling: Default::default(),
                     eos: vec![],
+                    logprobs: None,
                 })
                 .unwrap();
             want.insert(id, (case["key"].as_str().unwrap().to_string(), expect));

@@ -7,6 +7,7 @@ mod generate;
 mod info;
 mod logits;
 mod quantize;
+mod serve;
 
 use anyhow::Result;
 
@@ -21,6 +22,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 
