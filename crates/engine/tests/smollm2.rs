@@ -286,3 +286,68 @@ fn smollm2_default_batched_greedy_matches_transformers() {
 fn smollm2_default_batched_f16_kv_greedy_matches_transformers() {
     batched_greedy_matches_kv(CpuBackend::new(), 64, 1024, mm_core::KvDType::F16);
 }
+
+/// Chunked prefill never stalls decoding streams: while a 3000-token
+/// prompt is prefilled in chunks of a 256-token budget, two streams that
+/// are already decoding get a token at every step.
+#[test]
+fn smollm2_long_prompt_is_chunked_while_streams_decode() {
+    use mm_engine::batch::{BatchEngine, BatchRequest};
+    use mm_engine::sched::SchedulerConfig;
+    let Some((_src, model, _tok, reference)) = load_with(CpuBackend::new()) else {
+        return;
+    };
+    let cfg = SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 256,
+        num_blocks: 512,
+        ..Default::default()
+    };
+    let mut eng = BatchEngine::new(&model, cfg, mm_core::KvDType::F16).unwrap();
+    let short = u32s(&reference["greedy"][0]["input_ids"]);
+    let ids: Vec<_> = (0..2)
+        .map(|_| {
+            eng.add(BatchRequest {
+                prompt: short.clone(),
+                max_new_tokens: 200,
+                ..Default::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    // Until both short streams decode.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        for ev in eng.step().unwrap() {
+            seen.insert(ev.id);
+        }
+    }
+    // A 3000-token prompt (the fixture text repeated).
+    let long: Vec<u32> = short.iter().copied().cycle().take(3000).collect();
+    let big = eng
+        .add(BatchRequest {
+            prompt: long,
+            max_new_tokens: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut steps = 0;
+    loop {
+        let evs = eng.step().unwrap();
+        steps += 1;
+        for id in &ids {
+            assert!(
+                evs.iter().any(|e| e.id == *id),
+                "decoding stream {id} got no token in step {steps} of the long prefill"
+            );
+        }
+        if evs.iter().any(|e| e.id == big) {
+            break;
+        }
+        assert!(steps < 100, "the long prompt never finished its prefill");
+    }
+    assert!(
+        steps >= 11,
+        "3000 tokens in a 256-token budget take 12 steps, took {steps}"
+    );
+}
