@@ -109,15 +109,32 @@ pub fn check_matmul(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
                 &wd,
                 Some(&up(b, vec![m], bias.clone())?),
             )?;
-            check(
-                &format!("matmul {} {n}x{k}x{m}", format.name()),
-                &out,
-                &matmul::matmul_ref(&x, &w, Some(&bias), n, k, m),
-                tol,
+            let reference = matmul::matmul_ref(&x, &w, Some(&bias), n, k, m);
+            let label = format!("matmul {} {n}x{k}x{m}", format.name());
+            check(&label, &out, &reference, tol)?;
+            let out = b.matmul_rows(
+                &up(b, vec![n, k], x.clone())?,
+                &wd,
+                Some(&up(b, vec![m], bias.clone())?),
+                &mixed_kinds(n),
             )?;
+            check(&format!("{label} rows"), &out, &reference, tol)?;
         }
     }
     Ok(())
+}
+
+/// Row kinds of a step with both: every third row a generated token.
+fn mixed_kinds(n: usize) -> Vec<mm_core::RowKind> {
+    (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                mm_core::RowKind::Generated
+            } else {
+                mm_core::RowKind::Prompt
+            }
+        })
+        .collect()
 }
 
 /// Matmul for every stored weight format the backend claims, against the
@@ -141,12 +158,11 @@ pub fn check_matmul_formats(
                 WeightFormat::Mm(mf) => format!("{} g{}", f.name(), mf.group),
                 _ => f.name().to_string(),
             };
-            check(
-                &format!("matmul {label} n={n}"),
-                &out,
-                &matmul::matmul_ref(&x, &dense, None, n, k, m),
-                tol,
-            )?;
+            let reference = matmul::matmul_ref(&x, &dense, None, n, k, m);
+            check(&format!("matmul {label} n={n}"), &out, &reference, tol)?;
+            // The same rows as a step's, prompt and generated mixed.
+            let out = b.matmul_rows(&up(b, vec![n, k], x.clone())?, w, None, &mixed_kinds(n))?;
+            check(&format!("matmul_rows {label} n={n}"), &out, &reference, tol)?;
         }
     }
     Ok(())
