@@ -11,6 +11,7 @@ the binary is missing, so CI can run it before its venv exists.
 """
 
 import argparse
+import concurrent.futures as cf
 import json
 import os
 import signal
@@ -161,10 +162,195 @@ def run_checks(base, key):
         except openai.AuthenticationError as e:
             check("wrong key is 401", e.status_code == 401)
 
-    with urllib.request.urlopen(base + "/metrics", timeout=5) as m:
-        text = m.read().decode()
+    text = metrics(base)
     for name in ("vllm:num_requests_running", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket"):
         check(f"metrics has {name}", name in text)
+
+    structured_checks(c, model)
+    prefix_cache_checks(c, model, base)
+    concurrency_checks(c, model)
+    chunked_prefill_checks(c, model)
+
+
+def metrics(base):
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as m:
+        return m.read().decode()
+
+
+def metric(text, name):
+    """The sum of a counter or gauge over its label sets."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+            seen = True
+    return total if seen else None
+
+
+def structured_checks(c, model):
+    """response_format through the official client, including its pydantic
+    `parse` helper (strict JSON schema made from a model class)."""
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        name: str
+        age: int
+        city: str
+
+    msgs = [{"role": "user", "content": "Describe a fictional person as JSON with name, age and city."}]
+    r = c.chat.completions.parse(model=model, messages=msgs, response_format=Person, temperature=0, max_tokens=100)
+    parsed = r.choices[0].message.parsed
+    check("json_schema via parse() validates", isinstance(parsed, Person), repr(r.choices[0].message.content))
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "string"}, "population_millions": {"type": "number"}},
+        "required": ["capital", "population_millions"],
+        "additionalProperties": False,
+    }
+    r = c.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Give the capital of France and its population as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}},
+        temperature=0.7,
+        seed=3,
+        n=2,
+        max_tokens=60,
+    )
+    ok = True
+    for ch in r.choices:
+        try:
+            v = json.loads(ch.message.content)
+            ok &= set(v) == {"capital", "population_millions"} and isinstance(v["capital"], str)
+            ok &= isinstance(v["population_millions"], (int, float))
+        except ValueError:
+            ok = False
+    check("json_schema sampled n=2 validates", ok, repr([ch.message.content for ch in r.choices]))
+    r = c.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Give me a JSON object describing Paris."}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=120,
+    )
+    try:
+        ok = r.choices[0].finish_reason == "stop" and isinstance(json.loads(r.choices[0].message.content), dict)
+    except ValueError:
+        ok = False
+    check("json_object parses", ok, repr(r.choices[0].message.content))
+    try:
+        c.chat.completions.create(
+            model=model, messages=msgs, max_tokens=10,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+        )
+        check("invalid schema is 400", False)
+    except openai.BadRequestError as e:
+        check("invalid schema is 400", e.status_code == 400 and "response_format" in str(e), str(e))
+
+
+def prefix_cache_checks(c, model, base):
+    """A shared system prompt is served from the prefix cache: the second
+    request reports cached tokens and /metrics counts the hits."""
+    system = "You are a meticulous geography tutor. " * 12
+    before = metric(metrics(base), "vllm:prefix_cache_hits_total") or 0.0
+    cached = []
+    for q in ("What is the capital of Italy?", "What is the capital of Spain?"):
+        r = c.chat.completions.create(
+            model=model,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": q}],
+            temperature=0,
+            max_tokens=4,
+        )
+        cached.append(r.usage.prompt_tokens_details.cached_tokens)
+    after = metric(metrics(base), "vllm:prefix_cache_hits_total") or 0.0
+    check("shared system prompt is cached", cached[1] >= 64, repr(cached))
+    check("prefix-cache hits in /metrics", after - before >= cached[1], f"{before} -> {after}, cached {cached}")
+
+
+def greedy(c, model, prompt, n=32):
+    r = c.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0, extra_body={"ignore_eos": True})
+    return r.choices[0].text
+
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "def fibonacci(n):",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "My favourite recipe for pancakes starts with",
+    "In 1969, the first humans",
+]
+
+
+def concurrency_checks(c, model, solo=None, label="32 concurrent greedy"):
+    """32 greedy requests at once each answer what they answer alone."""
+    solo = solo or [greedy(c, model, p) for p in PROMPTS]
+    with cf.ThreadPoolExecutor(32) as pool:
+        got = list(pool.map(lambda i: greedy(c, model, PROMPTS[i % len(PROMPTS)]), range(32)))
+    bad = [i for i, g in enumerate(got) if g != solo[i % len(PROMPTS)]]
+    check(f"{label} equal their solo runs", not bad, f"differ: {bad}")
+    return solo
+
+
+def chunked_prefill_checks(c, model):
+    """A 3000-token prompt is prefilled in chunks while two streams keep
+    receiving tokens."""
+    stamps = {0: [], 1: []}
+    started = cf.ThreadPoolExecutor(3)
+
+    def stream(i):
+        for ch in c.completions.create(
+            model=model, prompt=PROMPTS[i], max_tokens=400, temperature=0, stream=True,
+            extra_body={"ignore_eos": True},
+        ):
+            stamps[i].append(time.time())
+
+    futs = [started.submit(stream, i) for i in (0, 1)]
+    while min(len(v) for v in stamps.values()) < 3:
+        time.sleep(0.01)
+    long_prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 300)
+    t0 = time.time()
+    r = c.completions.create(model=model, prompt=long_prompt, max_tokens=1, temperature=0)
+    t1 = time.time()
+    for f in futs:
+        f.result()
+    started.shutdown()
+    during = [[t for t in v if t0 <= t <= t1] for v in stamps.values()]
+    gaps = [max(b - a for a, b in zip([t0] + v, v + [t1])) for v in during]
+    check("3000-token prompt accepted", r.usage.prompt_tokens >= 3000, repr(r.usage))
+    check(
+        "streams decode during the long prefill",
+        all(len(v) >= 3 for v in during) and max(gaps) < (t1 - t0) / 2,
+        f"prefill {t1 - t0:.2f} s, tokens during it {[len(v) for v in during]}, largest gap {max(gaps):.2f} s",
+    )
+
+
+def tiny_cache_checks(args):
+    """Under a deliberately tiny KV cache (preemption by recompute), 32
+    concurrent greedy requests still each answer what they answer alone."""
+    port = free_port()
+    cmd = [args.bin, "serve"] + ([args.model] if args.model else []) + [
+        "--port", str(port), "--num-kv-blocks", "24", "--block-size", "16",
+        "--max-num-seqs", "32", "--max-num-batched-tokens", "64",
+    ]
+    print("starting:", " ".join(cmd))
+    proc = subprocess.Popen(cmd)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_health(base, proc)
+        c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        model = c.models.list().data[0].id
+        concurrency_checks(c, model, None, "32 concurrent greedy on 24 KV blocks")
+        m = metrics(base)
+        check("tiny cache preempts", (metric(m, "vllm:num_preemptions_total") or 0) > 0)
+        check("tiny cache ends empty", metric(m, "vllm:kv_cache_usage_perc") == 0.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main():
@@ -188,7 +374,8 @@ def main():
         key = args.api_key or "test-key"
         cmd = [args.bin, "serve"] + ([args.model] if args.model else []) + [
             "--port", str(port), "--api-key", key, "--enable-batching",
-            "--num-kv-blocks", "512", "--block-size", "32", "--max-num-seqs", "8",
+            "--num-kv-blocks", "512", "--block-size", "32", "--max-num-seqs", "32",
+            "--max-num-batched-tokens", "256",
         ]
         print("starting:", " ".join(cmd))
         proc = subprocess.Popen(cmd)
@@ -196,6 +383,8 @@ def main():
         wait_health(base, proc)
     try:
         run_checks(base, key)
+        if proc is not None:
+            tiny_cache_checks(args)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

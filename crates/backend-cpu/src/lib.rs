@@ -72,6 +72,15 @@ impl Backend for CpuBackend {
         true
     }
 
+    /// f32 in the exact mode (the verification reference), else f16.
+    fn default_kv_dtype(&self) -> mm_core::KvDType {
+        if self.exact {
+            mm_core::KvDType::F32
+        } else {
+            mm_core::KvDType::F16
+        }
+    }
+
     /// Dense weights (F32, F16, BF16) and GGML block formats need nothing
     /// (their matmuls read the stored bytes); metal-marlin formats are
     /// repacked once (`ops::qmatmul::mm`). On x86 (AVX2, AVX-512 VNNI),

@@ -126,6 +126,20 @@ pub struct SamplingArgs {
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Structured output: the answer is JSON valid under the JSON schema in
+    /// this file (enforced while decoding).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema: Option<PathBuf>,
+    /// Structured output: the answer is a JSON object.
+    #[arg(long, group = "constraint")]
+    pub json: bool,
+    /// Structured output: the answer matches this regular expression.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    pub regex: Option<String>,
+    /// Structured output: the answer is in the language of the Lark grammar
+    /// in this file (llguidance's dialect).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<PathBuf>,
 }
 
 #[derive(Args)]

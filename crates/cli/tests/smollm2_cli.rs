@@ -227,3 +227,67 @@ fn eval_and_bench_take_exact() {
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["backend"], "cpu (exact)", "bench --exact output: {out}");
 }
+
+/// `chat --json-schema FILE`: the answer is JSON valid under the schema;
+/// `--regex` constrains `generate`; a schema that is not JSON, or not a
+/// valid schema, is an error naming the file or the problem.
+#[test]
+fn structured_output_flags() {
+    if model().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mm-structured-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("person.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "chat",
+        "--prompt",
+        "Describe a fictional person as JSON with a name and an age.",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(v["name"].is_string() && v["age"].is_i64(), "{out}");
+    assert_eq!(v.as_object().unwrap().len(), 2, "{out}");
+
+    let out = run(&[
+        "generate",
+        "--prompt",
+        "The French Revolution started in the year",
+        "--regex",
+        " 1[0-9]{3}",
+    ]);
+    let year = out.trim();
+    assert!(year.len() == 4 && year.starts_with('1'), "{out:?}");
+
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, r#"{"type": "object""#).unwrap();
+    let nonsense = dir.join("nonsense.json");
+    std::fs::write(&nonsense, r#"{"type": "nonsense"}"#).unwrap();
+    for (file, says) in [
+        (&broken, "is not valid JSON"),
+        (&nonsense, "invalid JSON schema"),
+        (&dir.join("absent.json"), "reading the JSON schema"),
+    ] {
+        let out = bin()
+            .args([
+                "chat",
+                "--prompt",
+                "x",
+                "--json-schema",
+                file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{file:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

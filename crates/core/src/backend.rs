@@ -92,6 +92,13 @@ pub trait Backend: Send + Sync {
         mscale: f32,
     ) -> Result<Tensor>;
 
+    /// The KV element type callers get unless they ask for one: f16 (half
+    /// the memory and bandwidth of attention, within f16 rounding of f32);
+    /// a reference backend answers f32.
+    fn default_kv_dtype(&self) -> KvDType {
+        KvDType::F16
+    }
+
     /// A zeroed store for one layer's keys or values: `slots` rows of
     /// `width` values (see [`crate::kv`]). Default: host memory.
     fn kv_store(&self, slots: usize, width: usize, dtype: KvDType) -> Result<KvStore> {

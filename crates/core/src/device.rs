@@ -24,6 +24,11 @@ impl Device {
         Self { primary, cpu }
     }
 
+    /// The primary backend's default KV element type.
+    pub fn default_kv_dtype(&self) -> crate::KvDType {
+        self.primary.default_kv_dtype()
+    }
+
     /// Name of the primary backend.
     pub fn name(&self) -> &str {
         self.primary.name()

@@ -52,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 sampling: Default::default(),
                 eos: vec![],
                 logprobs: None,
+                guide: None,
             })?;
         }
         let t0 = Instant::now();

@@ -16,9 +16,12 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use mm_core::{Error, KvDType, PagedBatch, Result, RowKind, SeqSpan};
 use mm_models::{DecoderModel, PagedKv, Step};
 
+use crate::constrain::Guide;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::sched::{FinishReason, Request, Scheduler, SchedulerConfig, SeqId, StepPlan};
 
@@ -34,6 +37,11 @@ pub struct BatchRequest {
     /// Report each sampled token's log-probability and this many most
     /// likely alternatives ([`TokenEvent::logprobs`]); `None`: none.
     pub logprobs: Option<usize>,
+    /// Structured output: only tokens this grammar accepts are sampled,
+    /// and the sequence ends (as [`FinishReason::Stop`]) when the output is
+    /// complete. With a guide, EOS ends the sequence even when `eos` is
+    /// empty (the guide's own end-of-sequence ids are used).
+    pub guide: Option<Guide>,
 }
 
 /// Log-probabilities of one sampled token under the model's distribution
@@ -65,6 +73,7 @@ struct Live {
     sampler: Sampler,
     eos: Vec<u32>,
     logprobs: Option<usize>,
+    guide: Option<Guide>,
 }
 
 /// The step loop over one model and one paged KV cache.
@@ -98,6 +107,10 @@ impl<'m> BatchEngine<'m> {
             )));
         }
         let sampler = Sampler::new(req.sampling)?;
+        let eos = match &req.guide {
+            Some(g) if req.eos.is_empty() => g.eos_ids().to_vec(),
+            _ => req.eos,
+        };
         let id = self
             .sched
             .add(Request::new(req.prompt, req.max_new_tokens))?;
@@ -105,8 +118,9 @@ impl<'m> BatchEngine<'m> {
             id,
             Live {
                 sampler,
-                eos: req.eos,
+                eos,
                 logprobs: req.logprobs,
+                guide: req.guide,
             },
         );
         Ok(id)
@@ -156,6 +170,7 @@ impl<'m> BatchEngine<'m> {
             }
         };
         let vocab = logits.len() / step.logits_rows.len().max(1);
+        let mut masked = self.grammar_masks(&plan, &logits, vocab);
         let mut sampled = Vec::with_capacity(plan.seqs.len());
         let mut extra = HashMap::new();
         let mut row = 0;
@@ -173,7 +188,16 @@ impl<'m> BatchEngine<'m> {
                 .live
                 .get_mut(&s.id)
                 .ok_or_else(|| Error::Other(format!("sequence {} has no sampler", s.id)))?;
-            let token = live.sampler.sample(lg, history);
+            let token = match (&mut live.guide, masked.remove(&s.id)) {
+                (Some(g), Some(m)) => {
+                    let t = live.sampler.sample(&m, history);
+                    if let Err(e) = g.accept(t) {
+                        tracing::warn!("sequence {}: {e}", s.id);
+                    }
+                    t
+                }
+                _ => live.sampler.sample(lg, history),
+            };
             let lp = live.logprobs.map(|k| token_logprobs(lg, token, k));
             extra.insert(s.id, (lp, cached));
             sampled.push((s.id, Some(token)));
@@ -182,7 +206,11 @@ impl<'m> BatchEngine<'m> {
         let mut events = Vec::new();
         for (id, token) in sampled {
             let Some(token) = token else { continue };
-            let eos = self.live.get(&id).is_some_and(|l| l.eos.contains(&token));
+            // A guide that admits nothing more ends the sequence after this
+            // token, as EOS does.
+            let eos = self.live.get(&id).is_some_and(|l| {
+                l.eos.contains(&token) || l.guide.as_ref().is_some_and(|g| g.is_finished())
+            });
             let length = out.finished.iter().any(|q| q.id == id);
             let finished = if eos {
                 if !length {
@@ -207,6 +235,41 @@ impl<'m> BatchEngine<'m> {
             });
         }
         Ok(events)
+    }
+}
+
+impl BatchEngine<'_> {
+    /// The logits of every guided sequence of `plan` with the tokens its
+    /// grammar forbids at −∞; the guides run in parallel (a mask takes
+    /// about a millisecond).
+    fn grammar_masks(
+        &mut self,
+        plan: &StepPlan,
+        logits: &[f32],
+        vocab: usize,
+    ) -> HashMap<SeqId, Vec<f32>> {
+        let mut work = Vec::new();
+        for (row, s) in plan.seqs.iter().filter(|s| s.needs_logits).enumerate() {
+            if let Some(g) = self.live.get_mut(&s.id).and_then(|l| l.guide.take()) {
+                work.push((s.id, row, g));
+            }
+        }
+        let done: Vec<(SeqId, Guide, Vec<f32>)> = work
+            .into_par_iter()
+            .map(|(id, row, mut g)| {
+                let mut l = logits[row * vocab..(row + 1) * vocab].to_vec();
+                g.mask(&mut l);
+                (id, g, l)
+            })
+            .collect();
+        let mut out = HashMap::with_capacity(done.len());
+        for (id, g, l) in done {
+            if let Some(live) = self.live.get_mut(&id) {
+                live.guide = Some(g);
+            }
+            out.insert(id, l);
+        }
+        out
     }
 }
 

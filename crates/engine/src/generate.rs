@@ -6,6 +6,7 @@ use std::time::Instant;
 use mm_core::{Error, Result};
 use mm_models::{DecoderModel, KvCache};
 
+use crate::constrain::Guide;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::StopFilter;
 use crate::tokenizer::Tokenizer;
@@ -20,6 +21,10 @@ pub struct GenerateRequest {
     pub stop_strings: Vec<String>,
     /// Stop on the tokenizer's end-of-sequence tokens.
     pub stop_on_eos: bool,
+    /// Structured output: only tokens this grammar accepts are sampled;
+    /// generation ends when the output is complete (EOS ends it even
+    /// without `stop_on_eos`).
+    pub guide: Option<Guide>,
 }
 
 /// Why generation ended.
@@ -29,6 +34,8 @@ pub enum StopReason {
     StopString,
     /// `max_new_tokens` reached, or the context is full.
     Length,
+    /// The constrained output is complete (its grammar admits no more).
+    Grammar,
 }
 
 /// Token counts and timings of one generation.
@@ -80,6 +87,13 @@ pub fn generate(
         });
     }
     let mut sampler = Sampler::new(req.sampling.clone())?;
+    let mut guide = req.guide.clone();
+    let eos: &[u32] = match &guide {
+        Some(g) if !req.stop_on_eos => g.eos_ids(),
+        _ if req.stop_on_eos => tok.eos_ids(),
+        _ => &[],
+    };
+    let eos = eos.to_vec();
     let mut stats = GenerateStats {
         prompt_tokens: n_prompt,
         ..Default::default()
@@ -99,11 +113,11 @@ pub fn generate(
     let t0 = Instant::now();
     let logits = model.forward(&req.prompt_ids, cache, false)?.to_vec()?;
     stats.prefill_secs = t0.elapsed().as_secs_f64();
-    let mut next = sampler.sample(&logits, &history);
+    let mut next = pick(&mut sampler, &mut guide, &logits, &history);
     let t1 = Instant::now();
     let mut stop = StopReason::Length;
     while ids.len() < req.max_new_tokens {
-        if req.stop_on_eos && tok.eos_ids().contains(&next) {
+        if eos.contains(&next) {
             stop = StopReason::Eos;
             break;
         }
@@ -117,11 +131,15 @@ pub fn generate(
                 break;
             }
         }
+        if guide.as_ref().is_some_and(|g| g.is_finished()) {
+            stop = StopReason::Grammar;
+            break;
+        }
         if ids.len() == req.max_new_tokens || cache.len() >= ctx {
             break;
         }
         let logits = model.forward(&[next], cache, false)?.to_vec()?;
-        next = sampler.sample(&logits, &history);
+        next = pick(&mut sampler, &mut guide, &logits, &history);
     }
     if stop != StopReason::StopString {
         if let Some(rest) = decoder.finish()? {
@@ -144,4 +162,18 @@ pub fn generate(
         stop,
         stats,
     })
+}
+
+/// Samples the next token, through the guide's mask when there is one.
+fn pick(sampler: &mut Sampler, guide: &mut Option<Guide>, logits: &[f32], history: &[u32]) -> u32 {
+    let Some(g) = guide.as_mut() else {
+        return sampler.sample(logits, history);
+    };
+    let mut masked = logits.to_vec();
+    g.mask(&mut masked);
+    let t = sampler.sample(&masked, history);
+    if let Err(e) = g.accept(t) {
+        tracing::warn!("{e}");
+    }
+    t
 }

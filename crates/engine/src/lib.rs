@@ -1,10 +1,11 @@
-//! The engine: tokenizers, chat templates, sampling, model resolution, the
-//! generation loop, GPTQ calibration, perplexity/KL evaluation and
-//! throughput benchmarks.
+//! The engine: tokenizers, chat templates, sampling, constrained decoding,
+//! model resolution, the generation loop and the batched step loop, GPTQ
+//! calibration, perplexity/KL evaluation and throughput benchmarks.
 
 pub mod batch;
 pub mod bench;
 pub mod calib;
+pub mod constrain;
 pub mod eval;
 pub mod generate;
 pub mod resolve;

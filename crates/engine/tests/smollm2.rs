@@ -181,6 +181,7 @@ fn greedy_matches(backend: CpuBackend) {
             sampling: Default::default(),
             stop_strings: vec![],
             stop_on_eos: false,
+            guide: None,
         };
         let mut cache = model.new_cache(512).unwrap();
         let out = mm_engine::generate(&model, &tok, &mut cache, &req, &mut |_| Ok(())).unwrap();
@@ -231,6 +232,7 @@ fn batched_greedy_matches_kv(
                     sampling: Default::default(),
                     eos: vec![],
                     logprobs: None,
+                    guide: None,
                 })
                 .unwrap();
             want.insert(id, (case["key"].as_str().unwrap().to_string(), expect));

@@ -104,9 +104,10 @@ impl DecoderModel {
     }
 
     /// A single-sequence KV cache for up to `capacity` positions (at most
-    /// the model's context), f32.
+    /// the model's context), in the backend's default KV type (f16; f32 on
+    /// the exact reference backend).
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        self.new_cache_with(capacity, KvDType::F32)
+        self.new_cache_with(capacity, self.device.default_kv_dtype())
     }
 
     /// [`new_cache`](Self::new_cache) storing keys and values in `dtype`.

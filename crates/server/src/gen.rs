@@ -76,6 +76,33 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
 }
 
+/// Compiles the request's `response_format` for the model's tokenizer
+/// (on the blocking pool: a large schema takes a while); an invalid
+/// schema is a 400 naming `response_format`.
+pub async fn compile_guide(info: &ModelInfo, p: &mut GenParams) -> Result<(), ApiError> {
+    let Some(c) = p.constraint.clone() else {
+        return Ok(());
+    };
+    let compiler = info.grammar.clone().map_err(|e| {
+        ApiError::invalid_param(
+            "response_format",
+            format!("Structured output is not supported for this model: {e}"),
+        )
+    })?;
+    let guide = blocking(move || {
+        compiler.compile(&c).map_err(|e| {
+            let why = match e {
+                mm_core::Error::Invalid(m) => m,
+                e => e.to_string(),
+            };
+            ApiError::invalid_param("response_format", format!("`response_format`: {why}"))
+        })
+    })
+    .await?;
+    p.guide = Some(guide);
+    Ok(())
+}
+
 /// Checks each prompt against the context, applies the queue limit and
 /// sends `p.n` sequences per prompt to the model thread.
 pub fn submit(
@@ -142,6 +169,7 @@ pub fn submit(
                 ignore_eos: p.ignore_eos,
                 stop: p.stop.clone(),
                 logprobs: p.logprobs,
+                guide: p.guide.clone(),
                 events: tx.clone(),
                 arrived,
             });

@@ -1,7 +1,9 @@
 //! Request settings checked and turned into what the engine takes: every
 //! out-of-range value is a 400 naming its field.
 
+use mm_engine::constrain::{Constraint, Guide};
 use mm_engine::SamplingParams;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::protocol::{SamplingFields, StopField};
@@ -25,6 +27,11 @@ pub struct GenParams {
     pub ignore_eos: bool,
     /// Report log-probabilities with this many alternatives.
     pub logprobs: Option<usize>,
+    /// Structured output asked for by `response_format`.
+    pub constraint: Option<Constraint>,
+    /// `constraint` compiled for the model's tokenizer
+    /// ([`crate::gen::compile_guide`]); every choice starts from a copy.
+    pub guide: Option<Guide>,
 }
 
 impl GenParams {
@@ -198,6 +205,10 @@ pub fn gen_params(f: &SamplingFields, vocab: usize) -> Result<GenParams, ApiErro
     }
     s.validate()
         .map_err(|e| ApiError::bad_request(format!("Invalid sampling settings: {e}")))?;
+    let constraint = match &f.response_format {
+        None => None,
+        Some(v) => response_format(v)?,
+    };
     Ok(GenParams {
         max_tokens,
         sampling: s,
@@ -207,7 +218,48 @@ pub fn gen_params(f: &SamplingFields, vocab: usize) -> Result<GenParams, ApiErro
         include_usage,
         ignore_eos: f.ignore_eos.unwrap_or(false),
         logprobs: None,
+        constraint,
+        guide: None,
     })
+}
+
+/// OpenAI's `response_format`: `text` (no constraint), `json_object`, or
+/// `json_schema` with its schema under `json_schema.schema` (absent: any
+/// JSON object).
+fn response_format(v: &Value) -> Result<Option<Constraint>, ApiError> {
+    let bad = |param: &str, msg: String| Err(ApiError::invalid_param(param, msg));
+    let Some(kind) = v.get("type").and_then(Value::as_str) else {
+        return bad(
+            "response_format.type",
+            "`response_format` must be an object with a string `type`: text, json_object or json_schema".into(),
+        );
+    };
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Constraint::JsonObject)),
+        "json_schema" => {
+            let Some(js) = v.get("json_schema").filter(|j| j.is_object()) else {
+                return bad(
+                    "response_format.json_schema",
+                    "`response_format.json_schema` must be an object with the `schema`".into(),
+                );
+            };
+            match js.get("schema") {
+                None | Some(Value::Null) => Ok(Some(Constraint::JsonObject)),
+                Some(s) if s.is_object() || s.is_boolean() => {
+                    Ok(Some(Constraint::JsonSchema(s.clone())))
+                }
+                Some(s) => bad(
+                    "response_format.json_schema.schema",
+                    format!("`response_format.json_schema.schema` must be a JSON schema object, got {s}"),
+                ),
+            }
+        }
+        other => bad(
+            "response_format.type",
+            format!("Unsupported `response_format.type` {other:?}: use text, json_object or json_schema"),
+        ),
+    }
 }
 
 /// Checks a number of alternatives per position.
@@ -256,6 +308,19 @@ mod tests {
             (r#"{"logit_bias": {"100": 1}}"#, "logit_bias"),
             (r#"{"logit_bias": {"1": 101}}"#, "logit_bias"),
             (r#"{"top_k": -2}"#, "top_k"),
+            (
+                r#"{"response_format": {"type": "xml"}}"#,
+                "response_format.type",
+            ),
+            (r#"{"response_format": "json"}"#, "response_format.type"),
+            (
+                r#"{"response_format": {"type": "json_schema"}}"#,
+                "response_format.json_schema",
+            ),
+            (
+                r#"{"response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}"#,
+                "response_format.json_schema.schema",
+            ),
             (
                 r#"{"stream_options": {"include_usage": true}}"#,
                 "stream_options",

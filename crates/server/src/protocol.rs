@@ -29,6 +29,10 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub ignore_eos: Option<bool>,
+    /// Structured output: `{"type": "text" | "json_object" | "json_schema",
+    /// "json_schema": {"name", "schema", "strict"}}`; checked in
+    /// [`crate::params`].
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// `stop`: one string or a list of them.

@@ -520,3 +520,92 @@ async fn models_health_tokenize_and_metrics() {
     )
     .is_some());
 }
+
+#[tokio::test]
+async fn response_format_constrains_the_output() {
+    let Some(s) = shared() else { return };
+    let url = format!("{}/v1/chat/completions", s.url);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "city": {"type": "string"}
+        },
+        "required": ["name", "age", "city"],
+        "additionalProperties": false
+    });
+    let check = |text: &str| {
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        let o = v.as_object().unwrap();
+        assert_eq!(o.len(), 3, "{text}");
+        assert!(
+            o["name"].is_string() && o["city"].is_string() && o["age"].is_i64(),
+            "{text}"
+        );
+    };
+    let body = json!({
+        "model": s.name,
+        "messages": [{"role": "user", "content": "Describe a fictional person as JSON with name, age and city."}],
+        "temperature": 0,
+        "max_tokens": 100,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": true}},
+    });
+    let (status, r) = post(&url, &body).await;
+    assert_eq!(status, 200, "{r}");
+    let text = choice_texts(&r).remove(0);
+    check(&text);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+
+    // Streamed: the same text.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let (texts, finish, _) = chat_stream_texts(&post_stream(&url, &sb).await, 1);
+    assert_eq!(texts[0], text);
+    assert_eq!(finish[0], "stop");
+
+    // Sampled, two choices: each valid on its own.
+    let mut nb = body.clone();
+    nb["temperature"] = json!(0.9);
+    nb["seed"] = json!(11);
+    nb["n"] = json!(2);
+    let (status, r) = post(&url, &nb).await;
+    assert_eq!(status, 200, "{r}");
+    for t in choice_texts(&r) {
+        check(&t);
+    }
+
+    // json_object on a text completion.
+    let (status, r) = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({
+            "model": s.name, "prompt": "A JSON object describing Paris:", "temperature": 0,
+            "max_tokens": 80, "response_format": {"type": "json_object"},
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    if r["choices"][0]["finish_reason"] == "stop" {
+        assert!(
+            serde_json::from_str::<Value>(text).unwrap().is_object(),
+            "{text}"
+        );
+    } else {
+        assert!(text.trim_start().starts_with('{'), "{text}");
+    }
+
+    // An invalid schema is the client's error, named.
+    let mut bad = body.clone();
+    bad["response_format"]["json_schema"]["schema"] = json!({"type": "nonsense"});
+    let (status, r) = post(&url, &bad).await;
+    assert_error(status, &r, 400);
+    assert_eq!(r["error"]["param"], "response_format");
+    let (status, r) = post(
+        &url,
+        &chat_body(&s.name, json!({"response_format": {"type": "yaml"}})),
+    )
+    .await;
+    assert_error(status, &r, 400);
+    assert_eq!(r["error"]["param"], "response_format.type");
+}

@@ -11,6 +11,7 @@ use crate::load::load;
 
 pub fn run(a: ChatArgs) -> Result<()> {
     let m = load(&a.model)?;
+    let guide = super::guide(&a.sampling, &m.tokenizer)?;
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
         history.push(ChatMessage::new("system", s));
@@ -45,6 +46,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             sampling: super::sampling(&a.sampling),
             stop_strings: a.sampling.stop.clone(),
             stop_on_eos: !a.sampling.ignore_eos,
+            guide: guide.clone(),
         };
         // Each turn re-renders the whole conversation; a fresh cache keeps
         // it exact even when the template rewrites earlier turns.

@@ -16,6 +16,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         sampling: super::sampling(&a.sampling),
         stop_strings: a.sampling.stop.clone(),
         stop_on_eos: !a.sampling.ignore_eos,
+        guide: super::guide(&a.sampling, &m.tokenizer)?,
     };
     let mut cache = m.new_cache()?;
     let mut out = std::io::stdout().lock();

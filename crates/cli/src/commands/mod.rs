@@ -39,6 +39,33 @@ pub(crate) fn sampling(a: &SamplingArgs) -> mm_engine::SamplingParams {
     }
 }
 
+/// The guide for `--json-schema`, `--json`, `--regex` or `--grammar`.
+pub(crate) fn guide(
+    a: &SamplingArgs,
+    tok: &mm_engine::tokenizer::Tokenizer,
+) -> anyhow::Result<Option<mm_engine::constrain::Guide>> {
+    use anyhow::Context;
+    use mm_engine::constrain::{Constraint, GrammarCompiler};
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("reading the {what} {}", p.display()))
+    };
+    let c = if let Some(p) = &a.json_schema {
+        let text = read(p, "JSON schema")?;
+        let v = serde_json::from_str(&text)
+            .with_context(|| format!("the JSON schema {} is not valid JSON", p.display()))?;
+        Constraint::JsonSchema(v)
+    } else if a.json {
+        Constraint::JsonObject
+    } else if let Some(r) = &a.regex {
+        Constraint::Regex(r.clone())
+    } else if let Some(p) = &a.grammar {
+        Constraint::Lark(read(p, "grammar")?)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(GrammarCompiler::new(tok)?.compile(&c)?))
+}
+
 /// Prints a generation's timing line on stderr.
 pub(crate) fn report(s: &mm_engine::GenerateStats) {
     eprintln!(

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::error::{from_value, ApiError, ApiJson};
 use crate::gen::{
-    blocking, check_model, collect, finish_str, ready, request_id, submit, Generation,
+    blocking, check_model, collect, compile_guide, finish_str, ready, request_id, submit,
+    Generation,
 };
 use crate::logprobs::{chat_entry, chat_logprobs};
 use crate::params::{gen_params, top_logprobs};
@@ -93,6 +94,7 @@ pub async fn chat_completions(
         }
         None => want.then_some(0),
     };
+    compile_guide(info, &mut p).await?;
     let messages = to_messages(&req.messages)?;
     let tok = info.tokenizer.clone();
     let t = tok.clone();

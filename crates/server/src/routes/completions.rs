@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::error::{from_value, ApiError, ApiJson};
 use crate::gen::{
-    blocking, check_model, collect, finish_str, ready, request_id, submit, Generation,
+    blocking, check_model, collect, compile_guide, finish_str, ready, request_id, submit,
+    Generation,
 };
 use crate::logprobs::LegacyLogprobs;
 use crate::params::{gen_params, top_logprobs};
@@ -97,6 +98,7 @@ pub async fn completions(
             "`echo` with `logprobs` is not supported: prompt log-probabilities are not computed",
         ));
     }
+    compile_guide(info, &mut p).await?;
     let owned = info.clone();
     let ps = blocking(move || prompts(&req.prompt, &owned)).await?;
     let texts: Vec<String> = ps.iter().map(|(_, t)| t.clone()).collect();

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use mm_engine::batch::TokenLogprobs;
+use mm_engine::constrain::{GrammarCompiler, Guide};
 use mm_engine::sched::FinishReason;
 use mm_engine::tokenizer::Tokenizer;
 use mm_engine::SamplingParams;
@@ -37,6 +38,8 @@ pub struct ModelInfo {
     /// Longest prompt plus completion.
     pub max_model_len: usize,
     pub vocab_size: usize,
+    /// Structured output for this tokenizer, or why it is unavailable.
+    pub grammar: Result<GrammarCompiler, String>,
 }
 
 /// Where the model thread is in its life.
@@ -111,6 +114,8 @@ pub struct Job {
     pub ignore_eos: bool,
     pub stop: Vec<String>,
     pub logprobs: Option<usize>,
+    /// Structured output: this choice's own grammar state.
+    pub guide: Option<Guide>,
     pub events: mpsc::UnboundedSender<SeqEvent>,
     pub arrived: Instant,
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use metrics_exporter_prometheus::PrometheusRecorder;
 use mm_engine::batch::{BatchEngine, BatchRequest, TokenEvent};
+use mm_engine::constrain::GrammarCompiler;
 use mm_engine::sched::{FinishReason, SeqId};
 use mm_engine::tokenizer::{StreamDecoder, Tokenizer};
 use mm_engine::StopFilter;
@@ -79,10 +80,15 @@ fn run(
     let cfg = opts.scheduler_config(&model)?;
     let mut engine = BatchEngine::new(&model, cfg.clone(), opts.kv_dtype)
         .map_err(|e| format!("creating the engine failed: {e}"))?;
+    let grammar = GrammarCompiler::new(&tok).map_err(|e| e.to_string());
+    if let Err(e) = &grammar {
+        tracing::warn!("{e}");
+    }
     let _ = shared.info.set(ModelInfo {
         tokenizer: tok.clone(),
         max_model_len: cfg.max_model_len,
         vocab_size: model.config.vocab_size.min(tok.vocab_size()),
+        grammar,
     });
     shared.set_status(Status::Ready);
     tracing::info!(
@@ -188,7 +194,7 @@ fn take(
         Msg::Submit(jobs) => jobs,
     };
     shared.inbox.fetch_sub(jobs.len(), Ordering::AcqRel);
-    for job in jobs {
+    for mut job in jobs {
         let req = BatchRequest {
             prompt: job.prompt.clone(),
             max_new_tokens: job.max_tokens,
@@ -199,6 +205,7 @@ fn take(
                 tok.eos_ids().to_vec()
             },
             logprobs: job.logprobs,
+            guide: job.guide.take(),
         };
         match engine.add(req) {
             Ok(id) => {
