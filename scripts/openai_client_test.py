@@ -167,9 +167,107 @@ def run_checks(base, key):
         check(f"metrics has {name}", name in text)
 
     structured_checks(c, model)
+    bad_request_checks(base, key, model)
+    disconnect_checks(base, key, model)
     prefix_cache_checks(c, model, base)
     concurrency_checks(c, model)
     chunked_prefill_checks(c, model)
+
+
+def raw(base, method, path, body=None, key=None, content_type="application/json"):
+    """(status, parsed JSON or text, headers) of one plain HTTP request."""
+    import http.client
+
+    conn = http.client.HTTPConnection(base.split("//")[1], timeout=120)
+    headers = {"Content-Type": content_type}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers=headers)
+    r = conn.getresponse()
+    text = r.read().decode(errors="replace")
+    conn.close()
+    try:
+        return r.status, json.loads(text), dict(r.getheaders())
+    except ValueError:
+        return r.status, text, dict(r.getheaders())
+
+
+def error_shaped(b):
+    e = isinstance(b, dict) and b.get("error")
+    return bool(e) and all(k in e for k in ("message", "type", "param", "code"))
+
+
+def bad_request_checks(base, key, model):
+    """Every class of bad request gets its status and OpenAI's error shape,
+    and the server keeps answering."""
+    msgs = [{"role": "user", "content": "Hi"}]
+    chat = "/v1/chat/completions"
+    cases = [
+        ("malformed JSON", chat, b'{"messages": [', 400, None),
+        ("a JSON array body", chat, [1, 2], 400, None),
+        ("missing messages", chat, {"model": model}, 400, None),
+        ("mistyped messages", chat, {"messages": "hi"}, 400, "messages"),
+        ("mistyped temperature", chat, {"messages": msgs, "temperature": "hot"}, 400, "temperature"),
+        ("top_p out of range", chat, {"messages": msgs, "top_p": 1.5}, 400, "top_p"),
+        ("n = 0", chat, {"messages": msgs, "n": 0}, 400, "n"),
+        ("max_tokens = 0", chat, {"messages": msgs, "max_tokens": 0}, 400, "max_tokens"),
+        ("logit_bias id outside the vocabulary", chat, {"messages": msgs, "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
+        ("unknown role", chat, {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role"),
+        ("prompt past the context", "/v1/completions", {"prompt": "hello " * 9000, "max_tokens": 4}, 400, None),
+        ("max_tokens past the context", "/v1/completions", {"prompt": "hello", "max_tokens": 10_000_000}, 400, None),
+        ("unknown model", chat, {"model": "nope", "messages": msgs}, 404, None),
+        ("unknown route", "/v1/nothing", {}, 404, None),
+        ("oversized body", chat, {"messages": [{"role": "user", "content": "x" * (5 << 20)}]}, 413, None),
+    ]
+    for name, path, body, want, param in cases:
+        st, b, _ = raw(base, "POST", path, body, key)
+        ok = st == want and error_shaped(b) and (param is None or b["error"]["param"] == param)
+        check(f"{name} is {want}", ok, f"{st} {str(b)[:200]}")
+    st, b, _ = raw(base, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=None)
+    check("no API key is 401", st == 401 and error_shaped(b), f"{st} {b}")
+    st, b, _ = raw(base, "POST", "/v1/completions", {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}, key)
+    check("still serving after bad requests", st == 200 and b["choices"][0]["text"], f"{st} {b}")
+
+
+def disconnect_checks(base, key, model):
+    """A client that goes away mid-stream has its sequence cancelled and
+    its slot freed within a step or so."""
+    import http.client
+
+    m0 = metrics(base)
+    aborted0 = metric_labelled(m0, "vllm:request_success_total", 'finished_reason="abort"')
+    conn = http.client.HTTPConnection(base.split("//")[1], timeout=60)
+    body = json.dumps({"model": model, "prompt": "Once upon a time", "max_tokens": 4000, "stream": True,
+                       "ignore_eos": True, "temperature": 0}).encode()
+    conn.request("POST", "/v1/completions", body=body,
+                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    r = conn.getresponse()
+    got = 0
+    while got < 3:
+        line = r.fp.readline()
+        if line.startswith(b"data: {"):
+            got += 1
+    conn.sock.close()
+    conn.close()
+    deadline = time.time() + 10
+    running, aborted = None, aborted0
+    while time.time() < deadline:
+        m = metrics(base)
+        running = metric(m, "vllm:num_requests_running")
+        aborted = metric_labelled(m, "vllm:request_success_total", 'finished_reason="abort"')
+        if running == 0 and aborted > aborted0:
+            break
+        time.sleep(0.1)
+    check("a vanished client frees its slot", running == 0 and aborted > aborted0, f"running {running}, aborted {aborted0} -> {aborted}")
+
+
+def metric_labelled(text, name, label):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def metrics(base):
@@ -326,31 +424,57 @@ def chunked_prefill_checks(c, model):
     )
 
 
+class Server:
+    """A server process of our own on a free port, stopped with SIGTERM."""
+
+    def __init__(self, args, flags):
+        self.port = free_port()
+        cmd = [args.bin, "serve"] + ([args.model] if args.model else []) + ["--port", str(self.port)] + flags
+        print("starting:", " ".join(cmd))
+        self.proc = subprocess.Popen(cmd)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        wait_health(self.base, self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def tiny_cache_checks(args):
     """Under a deliberately tiny KV cache (preemption by recompute), 32
     concurrent greedy requests still each answer what they answer alone."""
-    port = free_port()
-    cmd = [args.bin, "serve"] + ([args.model] if args.model else []) + [
-        "--port", str(port), "--num-kv-blocks", "24", "--block-size", "16",
-        "--max-num-seqs", "32", "--max-num-batched-tokens", "64",
-    ]
-    print("starting:", " ".join(cmd))
-    proc = subprocess.Popen(cmd)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_health(base, proc)
-        c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    flags = ["--num-kv-blocks", "24", "--block-size", "16", "--max-num-seqs", "32", "--max-num-batched-tokens", "64"]
+    with Server(args, flags) as s:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="unused", max_retries=0)
         model = c.models.list().data[0].id
         concurrency_checks(c, model, None, "32 concurrent greedy on 24 KV blocks")
-        m = metrics(base)
+        m = metrics(s.base)
         check("tiny cache preempts", (metric(m, "vllm:num_preemptions_total") or 0) > 0)
         check("tiny cache ends empty", metric(m, "vllm:kv_cache_usage_perc") == 0.0)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+def queue_checks(args):
+    """Past --max-queue waiting sequences, requests are told to retry (503
+    with Retry-After), and the server keeps serving."""
+    with Server(args, ["--max-num-seqs", "2", "--max-queue", "4"]) as s:
+        body = {"prompt": "Tell me a story.", "max_tokens": 48, "ignore_eos": True}
+        with cf.ThreadPoolExecutor(24) as pool:
+            res = list(pool.map(lambda _: raw(s.base, "POST", "/v1/completions", body), range(24)))
+        busy = [r for r in res if r[0] == 503]
+        check(
+            "a full queue answers 503 with Retry-After",
+            busy and all(error_shaped(b) and "retry-after" in {k.lower() for k in h} for _, b, h in busy)
+            and all(st in (200, 503) for st, _, _ in res),
+            f"statuses {sorted(set(st for st, _, _ in res))}, 503s {len(busy)}",
+        )
+        st, b, _ = raw(s.base, "POST", "/v1/completions", body)
+        check("serving after the queue was full", st == 200, f"{st} {b}")
 
 
 def main():
@@ -385,6 +509,7 @@ def main():
         run_checks(base, key)
         if proc is not None:
             tiny_cache_checks(args)
+            queue_checks(args)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ use mm_backend_cpu::{ActPrecision, CpuBackend};
 use mm_core::Device;
 use mm_engine::tokenizer::Tokenizer;
 use mm_formats::{open_source, WeightSource};
-use mm_models::{load_model, DecoderModel, KvCache};
+use mm_models::{load_model, DecoderModel};
 
 use crate::args::{DeviceKind, ModelArgs, PrecisionArgs};
 
@@ -21,12 +21,6 @@ pub struct Loaded {
     pub model: DecoderModel,
     pub tokenizer: Tokenizer,
     pub ctx: usize,
-}
-
-impl Loaded {
-    pub fn new_cache(&self) -> Result<KvCache> {
-        Ok(self.model.new_cache(self.ctx)?)
-    }
 }
 
 /// The device for `kind` at the requested precision; GPU backends exist

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod bytes;
 pub mod device;
 pub mod error;
+pub mod host_pool;
 pub mod kv;
 pub mod tensor;
 pub mod weight;

@@ -17,11 +17,20 @@ pub trait DeviceBuffer: Send + Sync + std::fmt::Debug {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// Where a tensor's values live.
+/// Where a tensor's values live. A dropped host buffer goes back to
+/// [`crate::host_pool`] for the next op of its size.
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
     Device(Arc<dyn DeviceBuffer>),
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Cpu(v) = self {
+            crate::host_pool::recycle(std::mem::take(v));
+        }
+    }
 }
 
 /// An f32 tensor with a row-major shape.
@@ -52,7 +61,7 @@ impl Tensor {
         let n = shape.iter().product();
         Self {
             shape,
-            storage: Storage::Cpu(vec![0.0; n]),
+            storage: Storage::Cpu(crate::host_pool::zeroed(n)),
         }
     }
 
@@ -131,7 +140,7 @@ impl Tensor {
     /// Copies the values to the host, wherever they live.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {
-            Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cpu(v) => Ok(crate::host_pool::copied(v)),
             Storage::Device(b) => b.to_host(),
         }
     }

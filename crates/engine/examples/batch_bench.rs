@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })?;
         }
         let t0 = Instant::now();
+        let pool0 = mm_core::host_pool::stats();
         let (mut steps, mut generated) = (0usize, 0usize);
         while eng.has_unfinished() {
             generated += eng.step()?.len();
@@ -67,6 +68,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s * p,
             generated as f64 / wall,
             (s * (p + g)) as f64 / steps as f64
+        );
+        let pool = mm_core::host_pool::stats();
+        eprintln!(
+            "host buffers: {} reused, {} allocated",
+            pool.0 - pool0.0,
+            pool.1 - pool0.1
         );
     }
     Ok(())

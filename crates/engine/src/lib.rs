@@ -15,6 +15,8 @@ pub mod stop;
 pub mod tokenizer;
 pub mod tune;
 
-pub use generate::{generate, GenerateOutput, GenerateRequest, GenerateStats, StopReason};
+pub use generate::{
+    engine_for, generate, GenerateOutput, GenerateRequest, GenerateStats, StopReason,
+};
 pub use sampler::{Sampler, SamplingParams};
 pub use stop::StopFilter;

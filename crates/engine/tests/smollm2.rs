@@ -183,8 +183,8 @@ fn greedy_matches(backend: CpuBackend) {
             stop_on_eos: false,
             guide: None,
         };
-        let mut cache = model.new_cache(512).unwrap();
-        let out = mm_engine::generate(&model, &tok, &mut cache, &req, &mut |_| Ok(())).unwrap();
+        let mut engine = mm_engine::engine_for(&model, 512).unwrap();
+        let out = mm_engine::generate(&mut engine, &tok, &req, &mut |_| Ok(())).unwrap();
         assert_eq!(out.ids, expect, "{key}: greedy ids differ");
         assert_eq!(
             out.text,

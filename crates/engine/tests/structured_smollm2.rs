@@ -190,11 +190,10 @@ fn constrained_and_free_requests_share_a_batch() {
     assert_eq!(solo["free"].0, out["free"].0);
 
     // The single-sequence loop gives the same constrained answer.
-    let mut cache = model.new_cache(512).unwrap();
+    let mut engine = mm_engine::engine_for(&model, 512).unwrap();
     let res = generate(
-        &model,
+        &mut engine,
         &tok,
-        &mut cache,
         &GenerateRequest {
             prompt_ids: person,
             max_new_tokens: 120,

@@ -122,6 +122,12 @@ impl DecoderModel {
         )
     }
 
+    /// The KV element type of this model's backend by default (f16; f32 on
+    /// the exact reference backend).
+    pub fn default_kv_dtype(&self) -> KvDType {
+        self.device.default_kv_dtype()
+    }
+
     /// A paged KV cache of `num_blocks` blocks of `block_size` tokens, shared
     /// by the sequences of batched steps ([`forward_step`](Self::forward_step)).
     pub fn new_paged(

@@ -9,7 +9,7 @@ const PAR_MIN: usize = 1 << 15;
 
 fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
     let (a_s, b_s) = (a.as_slice()?, b.as_slice()?);
-    let mut out = vec![0.0f32; a_s.len()];
+    let mut out = mm_core::host_pool::zeroed(a_s.len());
     let chunk = if out.len() >= PAR_MIN {
         4096
     } else {
@@ -27,7 +27,7 @@ fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     same_shape("silu_mul", gate, up)?;
     let (g, u) = (gate.as_slice()?, up.as_slice()?);
-    let mut out = vec![0.0f32; g.len()];
+    let mut out = mm_core::host_pool::zeroed(g.len());
     let chunk = if out.len() >= PAR_MIN {
         4096
     } else {

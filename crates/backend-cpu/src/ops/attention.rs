@@ -125,7 +125,7 @@ pub fn paged_attention(
         }
     }
     let simd = Simd::detect();
-    let mut out = vec![0.0f32; n * h * d];
+    let mut out = mm_core::host_pool::zeroed(n * h * d);
     let op = Ptr(out.as_mut_ptr());
     crate::pool::for_each(tasks.len(), |ti| {
         let (si, r0, rows, head) = tasks[ti];

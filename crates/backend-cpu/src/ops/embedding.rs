@@ -16,7 +16,7 @@ fn check(ids: &[u32], table: &WeightData) -> Result<(usize, usize)> {
 /// Fast CPU embedding: dequantizes just the rows it needs.
 pub fn embedding(ids: &[u32], table: &WeightData) -> Result<Tensor> {
     let (_, k) = check(ids, table)?;
-    let mut out = vec![0.0f32; ids.len() * k];
+    let mut out = mm_core::host_pool::zeroed(ids.len() * k);
     for (o, &id) in out.chunks_mut(k).zip(ids) {
         o.copy_from_slice(&mm_quant::dequantize_rows_ref(
             table,

@@ -121,7 +121,7 @@ pub fn matmul_with(
 /// the activations' 8-bit blocks of `block` values and their remainders,
 /// summed. Each row's result depends on that row alone.
 fn residual(w: &WeightData, xs: &[f32], n: usize, k: usize, block: usize) -> Result<Vec<f32>> {
-    let mut xr = Vec::with_capacity(2 * n * k);
+    let mut xr = mm_core::host_pool::take(2 * n * k);
     xr.extend_from_slice(xs);
     xr.resize(2 * n * k, 0.0);
     for (xrow, rrow) in xs.chunks_exact(k).zip(xr[n * k..].chunks_exact_mut(k)) {
@@ -129,7 +129,11 @@ fn residual(w: &WeightData, xs: &[f32], n: usize, k: usize, block: usize) -> Res
     }
     let y2 = native_int8(w, &xr, 2 * n)?;
     let (a, b) = y2.split_at(y2.len() / 2);
-    Ok(a.iter().zip(b).map(|(a, b)| a + b).collect())
+    let mut y = mm_core::host_pool::take(a.len());
+    y.extend(a.iter().zip(b).map(|(a, b)| a + b));
+    mm_core::host_pool::recycle(xr);
+    mm_core::host_pool::recycle(y2);
+    Ok(y)
 }
 
 /// The default precision with each row's kind given ([`RowKind`]): prompt
@@ -237,7 +241,7 @@ fn by_kind(
     };
     let yp = prompt(&rows(&pr), pr.len())?;
     let yg = generated(&rows(&gen), gen.len())?;
-    let mut y = vec![0.0f32; n * m];
+    let mut y = mm_core::host_pool::zeroed(n * m);
     for (idx, part) in [(&pr, &yp), (&gen, &yg)] {
         for (&i, src) in idx.iter().zip(part.chunks_exact(m)) {
             y[i * m..(i + 1) * m].copy_from_slice(src);

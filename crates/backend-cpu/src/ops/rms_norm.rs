@@ -13,7 +13,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         )));
     }
     let (xs, ws) = (x.as_slice()?, w.as_slice()?);
-    let mut out = vec![0.0f32; xs.len()];
+    let mut out = mm_core::host_pool::zeroed(xs.len());
     let row = |(o, r): (&mut [f32], &[f32])| {
         let ss: f32 = r.iter().map(|v| v * v).sum::<f32>() / k as f32;
         let inv = 1.0 / (ss + eps).sqrt();

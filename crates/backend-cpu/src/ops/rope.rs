@@ -37,7 +37,7 @@ pub fn rope(
 ) -> Result<Tensor> {
     let (_, width) = check(x, head_dim, positions, inv_freq)?;
     let half = head_dim / 2;
-    let mut out = x.as_slice()?.to_vec();
+    let mut out = mm_core::host_pool::copied(x.as_slice()?);
     let mut cs = vec![(0.0f32, 0.0f32); half];
     for (row, &p) in out.chunks_mut(width).zip(positions) {
         for (c, &f) in cs.iter_mut().zip(inv_freq) {

@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::Result;
 use mm_engine::tokenizer::ChatMessage;
-use mm_engine::{generate, GenerateRequest};
+use mm_engine::{engine_for, generate, GenerateRequest};
 
 use crate::args::ChatArgs;
 use crate::load::load;
@@ -12,6 +12,7 @@ use crate::load::load;
 pub fn run(a: ChatArgs) -> Result<()> {
     let m = load(&a.model)?;
     let guide = super::guide(&a.sampling, &m.tokenizer)?;
+    let mut engine = engine_for(&m.model, m.ctx)?;
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
         history.push(ChatMessage::new("system", s));
@@ -48,11 +49,11 @@ pub fn run(a: ChatArgs) -> Result<()> {
             stop_on_eos: !a.sampling.ignore_eos,
             guide: guide.clone(),
         };
-        // Each turn re-renders the whole conversation; a fresh cache keeps
-        // it exact even when the template rewrites earlier turns.
-        let mut cache = m.new_cache()?;
+        // Each turn re-renders the whole conversation; the engine's prefix
+        // cache serves what the template left unchanged, the rest is
+        // prefilled.
         let mut out = std::io::stdout().lock();
-        let res = generate(&m.model, &m.tokenizer, &mut cache, &req, &mut |s| {
+        let res = generate(&mut engine, &m.tokenizer, &req, &mut |s| {
             out.write_all(s.as_bytes())
                 .and_then(|_| out.flush())
                 .map_err(|e| mm_core::Error::Other(format!("writing stdout: {e}")))

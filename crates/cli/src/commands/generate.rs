@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use mm_engine::{generate, GenerateRequest};
+use mm_engine::{engine_for, generate, GenerateRequest};
 
 use crate::args::GenerateArgs;
 use crate::load::load;
@@ -18,9 +18,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         stop_on_eos: !a.sampling.ignore_eos,
         guide: super::guide(&a.sampling, &m.tokenizer)?,
     };
-    let mut cache = m.new_cache()?;
+    let mut engine = engine_for(&m.model, m.ctx)?;
     let mut out = std::io::stdout().lock();
-    let res = generate(&m.model, &m.tokenizer, &mut cache, &req, &mut |s| {
+    let res = generate(&mut engine, &m.tokenizer, &req, &mut |s| {
         out.write_all(s.as_bytes())
             .and_then(|_| out.flush())
             .map_err(|e| mm_core::Error::Other(format!("writing stdout: {e}")))

@@ -68,8 +68,12 @@ pub(crate) fn guide(
 
 /// Prints a generation's timing line on stderr.
 pub(crate) fn report(s: &mm_engine::GenerateStats) {
+    let cached = match s.cached_tokens {
+        0 => String::new(),
+        c => format!(" ({c} cached)"),
+    };
     eprintln!(
-        "\n[prefill {} tok, {:.1} tok/s | decode {} tok, {:.1} tok/s]",
+        "\n[prefill {} tok{cached}, {:.1} tok/s | decode {} tok, {:.1} tok/s]",
         s.prompt_tokens,
         s.prefill_tok_s(),
         s.generated_tokens,

@@ -179,7 +179,7 @@ where
             x.len()
         )));
     }
-    let mut y = vec![0.0f32; n * m];
+    let mut y = mm_core::host_pool::zeroed(n * m);
     if n == 0 || m == 0 || k == 0 {
         return Ok(y);
     }
@@ -300,7 +300,7 @@ fn tiled(
     let row_bytes = k * elem_bytes(format)?;
     check_simd(simd)?;
     check_shapes("dense matmul", format, w, x, (n, k, m))?;
-    let mut y = vec![0.0f32; n * m];
+    let mut y = mm_core::host_pool::zeroed(n * m);
     if n == 0 || m == 0 || k == 0 {
         return Ok(y);
     }

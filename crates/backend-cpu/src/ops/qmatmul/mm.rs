@@ -459,7 +459,7 @@ pub fn matmul_mm_with(isa: Isa, p: &MmPrepared, x: &[f32], n: usize) -> Result<V
             x.len()
         )));
     }
-    let mut y = vec![0.0f32; n * m];
+    let mut y = mm_core::host_pool::zeroed(n * m);
     if n == 0 || m == 0 {
         return Ok(y);
     }

@@ -348,7 +348,7 @@ pub fn matmul_q_with(
     check_isa(isa)?;
     let row_bytes = format.bytes_for(k)?;
     check_shapes("quantized matmul", format, w, x, (n, k, m))?;
-    let mut y = vec![0.0f32; n * m];
+    let mut y = mm_core::host_pool::zeroed(n * m);
     if n == 0 || m == 0 {
         return Ok(y);
     }
