@@ -351,17 +351,19 @@ mod tests {
     fn json_like_python() {
         let v =
             Value::from_serialize(serde_json::json!({"b": [1, {"x": "é\u{1F600}<&>"}], "a": []}));
+        // Insertion order without sort_keys, as Python's json.dumps (the
+        // workspace's serde_json keeps object order: `preserve_order`).
         let plain = JsonOpts::new(false, None, None, false);
         assert_eq!(
             json_dumps(&v, &plain).unwrap(),
-            r#"{"a": [], "b": [1, {"x": "é😀<&>"}]}"#
+            r#"{"b": [1, {"x": "é😀<&>"}], "a": []}"#
         );
         let ascii = JsonOpts::new(true, None, Some((",".into(), ":".into())), true);
         assert_eq!(
             json_dumps(&v, &ascii).unwrap(),
             r#"{"a":[],"b":[1,{"x":"\u00e9\ud83d\ude00<&>"}]}"#
         );
-        let indented = JsonOpts::new(false, Some("  ".into()), None, false);
+        let indented = JsonOpts::new(false, Some("  ".into()), None, true);
         assert_eq!(
             json_dumps(&v, &indented).unwrap(),
             "{\n  \"a\": [],\n  \"b\": [\n    1,\n    {\n      \"x\": \"é😀<&>\"\n    }\n  ]\n}"
