@@ -51,7 +51,7 @@ fn hessians_are_the_inputs_gram_matrices() {
     let toks = tokens(200);
     let probe: Vec<u32> = toks[..9].to_vec();
     let before = {
-        let mut c = model.new_cache(16).unwrap();
+        let mut c = model.new_cache_with(16, mm_core::KvDType::F32).unwrap();
         model
             .forward(&probe, &mut c, true)
             .unwrap()
@@ -88,7 +88,7 @@ fn hessians_are_the_inputs_gram_matrices() {
     });
     model.set_linear_observer(Some(observer));
     for w in calibration_windows(&toks, 32, 4, 128).unwrap() {
-        let mut c = model.new_cache(32).unwrap();
+        let mut c = model.new_cache_with(32, mm_core::KvDType::F32).unwrap();
         model.forward(w, &mut c, false).unwrap();
     }
     model.set_linear_observer(None);
@@ -130,7 +130,7 @@ fn hessians_are_the_inputs_gram_matrices() {
     }
 
     // The observer is gone and the model computes what it did before.
-    let mut c = model.new_cache(16).unwrap();
+    let mut c = model.new_cache_with(16, mm_core::KvDType::F32).unwrap();
     let after = model
         .forward(&probe, &mut c, true)
         .unwrap()
@@ -282,7 +282,9 @@ fn inputs_of(model: &mut DecoderModel, windows: &[&[u32]], name: &str) -> Vec<(u
     });
     model.set_linear_observer(Some(observer));
     for w in windows {
-        let mut cache = model.new_cache(w.len()).unwrap();
+        let mut cache = model
+            .new_cache_with(w.len(), mm_core::KvDType::F32)
+            .unwrap();
         model.forward(w, &mut cache, false).unwrap();
     }
     model.set_linear_observer(None);
@@ -297,7 +299,9 @@ fn streams_at(model: &DecoderModel, windows: &[&[u32]], l: usize) -> Vec<(Vec<f3
         .iter()
         .map(|w| {
             let positions: Vec<u32> = (0..w.len() as u32).collect();
-            let mut cache = model.new_cache(w.len()).unwrap();
+            let mut cache = model
+                .new_cache_with(w.len(), mm_core::KvDType::F32)
+                .unwrap();
             let mut h = model.embed(w).unwrap();
             for j in 0..l {
                 h = model.forward_layer(j, &h, &positions, &mut cache).unwrap();

@@ -57,7 +57,8 @@ fn refs(w: &[Vec<f32>]) -> [&[f32]; 7] {
 fn layer_out(m: &DecoderModel, l: usize, x: &[f32]) -> Vec<f32> {
     let e = m.config.hidden_size;
     let t = x.len() / e;
-    let mut cache = m.new_cache(t).unwrap();
+    // f32 KV, as the tuning block computes.
+    let mut cache = m.new_cache_with(t, mm_core::KvDType::F32).unwrap();
     let pos: Vec<u32> = (0..t as u32).collect();
     m.forward_layer(
         l,

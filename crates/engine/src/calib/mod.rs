@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use mm_core::{Error, Result, Tensor};
+use mm_core::{Error, KvDType, Result, Tensor};
 use mm_models::{DecoderModel, LinearObserver};
 use mm_quant::gptq::{Gram, Hessian};
 
@@ -172,7 +172,8 @@ pub fn collect_hessians(
     let run = (|| {
         for (k, w) in windows.iter().enumerate() {
             progress(k, windows.len());
-            let mut cache = model.new_cache(w.len())?;
+            // f32 KV: the Hessians of the model's own arithmetic.
+            let mut cache = model.new_cache_with(w.len(), KvDType::F32)?;
             model.forward(w, &mut cache, false)?;
         }
         progress(windows.len(), windows.len());

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use mm_core::{Error, Result, Tensor};
+use mm_core::{Error, KvDType, Result, Tensor};
 use mm_models::{DecoderModel, KvCache, LinearObserver};
 use mm_quant::gptq::{ErrorCross, Hessian};
 
@@ -120,7 +120,9 @@ impl SequentialCalib {
         Ok(Self {
             streams,
             positions: (0..opts.window as u32).collect(),
-            cache: model.new_cache(opts.window)?,
+            // Calibration sees the model's f32 arithmetic, whatever the
+            // backend's default KV type.
+            cache: model.new_cache_with(opts.window, KvDType::F32)?,
             layer: 0,
             reference: None,
         })
