@@ -16,7 +16,7 @@ SRC = r'''
 // S: [N][K/128] half scales; value = (v - 8) * s.
 // One warp per output row; lane l reads 16 bytes (32 values) per step: consecutive lanes, consecutive
 // 16-byte chunks (coalesced). Four lanes share one group of 128.
-template <int M, int ROWS_PER_WARP>
+template <int M, int ROWS_PER_WARP, bool PF>
 __global__ void __launch_bounds__(128) gemv_int4(const uint4* __restrict__ W, const half* __restrict__ S,
     const half* __restrict__ X, half* __restrict__ Y, int N, int K) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -28,14 +28,35 @@ __global__ void __launch_bounds__(128) gemv_int4(const uint4* __restrict__ W, co
   for (int r = 0; r < ROWS_PER_WARP; r++)
 #pragma unroll
     for (int m = 0; m < M; m++) acc[r][m] = 0.f;
+  // PF: the next step's codes and scales are loaded before this step's
+  // arithmetic (two 16-byte loads per lane and row in flight).
+  uint4 wn[ROWS_PER_WARP];
+  half sn[ROWS_PER_WARP];
+  if (PF && lane < kw) {
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+      int row = min(row0 + r, N - 1);
+      wn[r] = __ldcs(W + (size_t)row * kw + lane);
+      sn[r] = S[(size_t)row * ng + lane / 4];
+    }
+  }
   for (int c = lane; c < kw; c += 32) {
     uint4 w[ROWS_PER_WARP];
     half s[ROWS_PER_WARP];
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
       int row = min(row0 + r, N - 1);
-      w[r] = __ldcs(W + (size_t)row * kw + c);
-      s[r] = S[(size_t)row * ng + c / 4];
+      if (PF) {
+        w[r] = wn[r];
+        s[r] = sn[r];
+        if (c + 32 < kw) {
+          wn[r] = __ldcs(W + (size_t)row * kw + c + 32);
+          sn[r] = S[(size_t)row * ng + (c + 32) / 4];
+        }
+      } else {
+        w[r] = __ldcs(W + (size_t)row * kw + c);
+        s[r] = S[(size_t)row * ng + c / 4];
+      }
     }
     // Decode every row's 32 codes once: v = q - 8 as half2 pairs.
     half2 v[ROWS_PER_WARP][16];
@@ -86,17 +107,18 @@ __global__ void __launch_bounds__(128) gemv_int4(const uint4* __restrict__ W, co
 
 void run(torch::Tensor W, torch::Tensor S, torch::Tensor X, torch::Tensor Y, int rpw) {
   int N = W.size(0), K = W.size(1) * 8, M = X.size(0);
-  int rows_per_block = 4 * rpw;
+  int rows_per_block = 4 * (rpw % 10);
   dim3 grid((N + rows_per_block - 1) / rows_per_block);
   auto w = reinterpret_cast<const uint4*>(W.data_ptr<int>());
   auto s = reinterpret_cast<const half*>(S.data_ptr<at::Half>());
   auto x = reinterpret_cast<const half*>(X.data_ptr<at::Half>());
   auto y = reinterpret_cast<half*>(Y.data_ptr<at::Half>());
   auto st = at::cuda::getCurrentCUDAStream();
-#define L(MM, R) gemv_int4<MM, R><<<grid, 128, 0, st>>>(w, s, x, y, N, K)
-  if (rpw == 1) { switch (M) { case 1: L(1,1); break; case 2: L(2,1); break; case 4: L(4,1); break; default: L(8,1); } }
-  else if (rpw == 2) { switch (M) { case 1: L(1,2); break; case 2: L(2,2); break; case 4: L(4,2); break; default: L(8,2); } }
-  else { switch (M) { case 1: L(1,4); break; case 2: L(2,4); break; case 4: L(4,4); break; default: L(8,4); } }
+#define L(MM, R, P) gemv_int4<MM, R, P><<<grid, 128, 0, st>>>(w, s, x, y, N, K)
+#define MS(R, P) switch (M) { case 1: L(1, R, P); break; case 2: L(2, R, P); break; case 4: L(4, R, P); break; default: L(8, R, P); }
+  int pf = rpw >= 10; rpw %= 10;
+  if (pf) { if (rpw == 1) { MS(1, true) } else if (rpw == 2) { MS(2, true) } else { MS(4, true) } }
+  else { if (rpw == 1) { MS(1, false) } else if (rpw == 2) { MS(2, false) } else { MS(4, false) } }
   cudaError_t e = cudaGetLastError(); TORCH_CHECK(e == cudaSuccess, cudaGetErrorString(e));
 }
 '''
@@ -147,7 +169,7 @@ for (N, K) in [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]:
     for M in (1, 2, 4, 8):
         x = torch.randn(M, K, device=dev).half()
         ref = (x.double() @ deq.double().T)
-        for rpw in (1, 2, 4):
+        for rpw in (2, 4, 12, 14):
             y = torch.full((M, N), float("nan"), device=dev, dtype=torch.half)
             ext.run(Wp, s, x, y, rpw)
             torch.cuda.synchronize()
@@ -158,7 +180,7 @@ for (N, K) in [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]:
                 ext.run(Ws[i[0]], Ss[i[0]], x, y, rpw)
             us = bench(f)
             bytes_ = N * K // 2 + N * (K // 128) * 2
-            rows.append(dict(N=N, K=K, M=M, kern=f"int4 rpw{rpw}", us=us, tbs=bytes_ / us / 1e6, err=err))
+            rows.append(dict(N=N, K=K, M=M, kern=("int4 pf R" if rpw >= 10 else "int4 R") + str(rpw % 10), us=us, tbs=bytes_ / us / 1e6, err=err))
         try:
             if M == 1 or True:
                 qq = q.to(torch.uint8)
