@@ -8,8 +8,9 @@ use mm_engine::sched::FinishReason;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::error::ApiError;
-use crate::params::GenParams;
+use crate::error::{from_value, ApiError};
+use crate::params::{gen_params, GenParams};
+use crate::protocol::SamplingFields;
 use crate::routes::AppState;
 use crate::worker::{EventKind, Job, ModelInfo, SeqEvent, Status};
 
@@ -74,6 +75,21 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+}
+
+/// The start of every generation route: the body as the shared sampling
+/// fields and the route's own request type `R`, the model checked (404)
+/// and loaded (503), the sampling settings range-checked (400).
+pub fn parse_request<'a, R: serde::de::DeserializeOwned>(
+    state: &'a AppState,
+    body: &Value,
+) -> Result<(R, &'a ModelInfo, GenParams), ApiError> {
+    let fields: SamplingFields = from_value(body)?;
+    let req: R = from_value(body)?;
+    check_model(state, fields.model.as_deref())?;
+    let info = ready(state)?;
+    let p = gen_params(&fields, info.vocab_size)?;
+    Ok((req, info, p))
 }
 
 /// Compiles the request's `response_format` for the model's tokenizer

@@ -9,14 +9,13 @@ use mm_engine::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::error::{from_value, ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson};
 use crate::gen::{
-    blocking, check_model, collect, compile_guide, finish_str, ready, request_id, submit,
-    Generation,
+    blocking, collect, compile_guide, finish_str, parse_request, request_id, submit, Generation,
 };
 use crate::logprobs::{chat_entry, chat_logprobs};
-use crate::params::{gen_params, top_logprobs};
-use crate::protocol::{ChatRequest, Content, Message, SamplingFields};
+use crate::params::top_logprobs;
+use crate::protocol::{ChatRequest, Content, Message};
 use crate::sse::{self, ChunkFormat};
 
 /// Messages as the chat template takes them: roles system, user and
@@ -75,11 +74,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let fields: SamplingFields = from_value(&body)?;
-    let req: ChatRequest = from_value(&body)?;
-    check_model(&state, fields.model.as_deref())?;
-    let info = ready(&state)?;
-    let mut p = gen_params(&fields, info.vocab_size)?;
+    let (req, info, mut p) = parse_request::<ChatRequest>(&state, &body)?;
     let want = req.logprobs.unwrap_or(false);
     p.logprobs = match req.top_logprobs {
         Some(k) => {

@@ -9,14 +9,13 @@ use mm_engine::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::error::{from_value, ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson};
 use crate::gen::{
-    blocking, check_model, collect, compile_guide, finish_str, ready, request_id, submit,
-    Generation,
+    blocking, collect, compile_guide, finish_str, parse_request, request_id, submit, Generation,
 };
 use crate::logprobs::LegacyLogprobs;
-use crate::params::{gen_params, top_logprobs};
-use crate::protocol::{CompletionRequest, PromptField, SamplingFields};
+use crate::params::top_logprobs;
+use crate::protocol::{CompletionRequest, PromptField};
 use crate::sse::{self, ChunkFormat};
 use crate::worker::ModelInfo;
 
@@ -82,11 +81,7 @@ pub async fn completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let fields: SamplingFields = from_value(&body)?;
-    let req: CompletionRequest = from_value(&body)?;
-    check_model(&state, fields.model.as_deref())?;
-    let info = ready(&state)?;
-    let mut p = gen_params(&fields, info.vocab_size)?;
+    let (req, info, mut p) = parse_request::<CompletionRequest>(&state, &body)?;
     p.logprobs = req
         .logprobs
         .map(|k| top_logprobs("logprobs", k))
