@@ -12,7 +12,7 @@
 //! processes and clock changes on a shared machine).
 use mm_backend_cpu::ops::matmul::dense::{self, Simd};
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense, random_f32};
-use mm_backend_cpu::ops::qmatmul::{matmul_q_with, Isa};
+use mm_backend_cpu::ops::qmatmul::{il, il16, matmul_q_with, Isa};
 use mm_core::WeightFormat as F;
 use std::time::Instant;
 
@@ -250,6 +250,25 @@ fn main() {
                 probe(&label, shape, w.len(), || {
                     matmul_q_with(isa, f, &w, &x, n, k, m).unwrap()
                 });
+            }
+            let wd = mm_core::WeightData::new(f, vec![m, k], mm_core::HostBytes::owned(w.clone()))
+                .expect("weight");
+            if il::supports(&wd) {
+                let p = il::prepare(&wd).expect("interleaved form");
+                for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
+                    probe(
+                        &format!("{} il {}", f.name(), isa.name()),
+                        shape,
+                        w.len(),
+                        || il::matmul_il_with(isa, &p, &x, n).unwrap(),
+                    );
+                    probe(
+                        &format!("{} il16 {}", f.name(), isa.name()),
+                        shape,
+                        w.len(),
+                        || il16::matmul_il16_with(isa, &p, &x, n).unwrap(),
+                    );
+                }
             }
         }
     }

@@ -115,7 +115,8 @@ impl Backend for CpuBackend {
     }
 
     /// Every row gets the arithmetic of its kind whatever the batch: in the
-    /// default precision prompt rows on dequantized f32 panels and
+    /// default precision prompt rows with 16-bit activations (or on
+    /// dequantized f32 panels) and
     /// generated rows through the two 8-bit passes
     /// ([`ops::matmul::matmul_kinds`]); dense weights and the exact mode
     /// through the dense kernels' tiles or decode kernel

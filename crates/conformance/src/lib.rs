@@ -150,7 +150,8 @@ pub fn check_matmul_formats(
         let (m, k) = w.dims2()?;
         let dense = mm_quant::dequantize_ref(w)?;
         // Decode (1), small batches (5, 19) and a prefill (40: the CPU's
-        // default precision runs dequantized panels from 24 rows).
+        // default precision runs its prefill path, 16-bit activations or
+        // dequantized panels, from 24 rows).
         for n in [1usize, 5, 19, 40] {
             let x = randv(&mut rng, n * k);
             let out = b.matmul(&up(b, vec![n, k], x.clone())?, w, None)?;

@@ -415,12 +415,16 @@ async fn concurrent_greedy_requests_equal_their_solo_runs() {
             "request {i} differs from its solo run"
         );
     }
-    let (_, m) = get(&format!("{}/metrics", s.url)).await;
+    // The model thread publishes its gauges after the step that sent the
+    // last answers, so a scrape right after them may see that step's state.
+    let m = wait_metrics(&s.url, 30, "every block freed", |m| {
+        metric(m, "vllm:kv_cache_usage_perc", &[]) == Some(0.0)
+    })
+    .await;
     let pre = metric(&m, "vllm:num_preemptions_total", &[]).unwrap();
     assert!(
         pre > 0.0,
         "16 blocks of 16 for 12 sequences of ~64 tokens preempt:\n{m}"
     );
-    assert_eq!(metric(&m, "vllm:kv_cache_usage_perc", &[]), Some(0.0));
     s.shutdown().await;
 }

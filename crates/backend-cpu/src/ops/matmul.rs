@@ -8,8 +8,10 @@
 //! ([`super::qmatmul::mm`]). Dense weights (F32, F16, BF16) on their
 //! stored bytes in [`dense`] (F16/BF16 widened in registers, no f32 copy),
 //! in both modes; other formats in the exact mode over their f32 values.
-//! Prefill in the default precision runs quantized weights through
-//! dequantized f32 panels and the dense tiles ([`ActPrecision`]).
+//! Prefill in the default precision runs quantized weights with 16-bit
+//! activations on x86 where the format has a row-interleaved form
+//! ([`super::qmatmul::il16`]), elsewhere through dequantized f32 panels and
+//! the dense tiles ([`ActPrecision`]).
 
 pub mod dense;
 
@@ -66,17 +68,21 @@ fn check(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<(usize, us
 /// d_r·q_r`, about 15 significant bits, through the same kernels (the
 /// remainder rows ride along the activation rows, so a decode step still
 /// reads every weight once). From [`PANEL_ROWS`] activation rows on
-/// (prefill), the weight is instead dequantized a panel of rows at a time
-/// and multiplied with f32 activations ([`dense::matmul_panels_with`]):
-/// exact activations, and faster than two integer passes once a panel
-/// feeds that many rows. Formats whose kernels take f32 activations (nf4,
-/// fp8) run once either way.
+/// (prefill) one pass suffices: on x86, formats with a row-interleaved form
+/// (Q4_0, Q4_1, Q8_0, int4/int8, fp4, mxfp4) multiply 16-bit activations
+/// with `vpmaddwd` ([`super::qmatmul::il16`]: about 16 significant bits, as
+/// the two 8-bit passes, at about twice the f32 FMA rate); other formats
+/// and CPUs dequantize the weight a panel of rows at a time and multiply it
+/// with f32 activations ([`dense::matmul_panels_with`]): exact activations,
+/// and faster than two integer passes once a panel feeds that many rows.
+/// Formats whose kernels take f32 activations (nf4, fp8) run once either
+/// way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ActPrecision {
     /// One 8-bit pass (llama.cpp's precision, the fastest prefill).
     Int8,
-    /// 8-bit activations plus their 8-bit remainder; f32 activations on
-    /// dequantized panels for prefill (the default).
+    /// 8-bit activations plus their 8-bit remainder; for prefill 16-bit
+    /// activations or f32 activations on dequantized panels (the default).
     #[default]
     Int8Residual,
 }
@@ -137,7 +143,8 @@ fn residual(w: &WeightData, xs: &[f32], n: usize, k: usize, block: usize) -> Res
 }
 
 /// The default precision with each row's kind given ([`RowKind`]): prompt
-/// rows on dequantized f32 panels, generated rows through the two 8-bit
+/// rows through [`matmul_panels`] (16-bit activations or f32 panels),
+/// generated rows through the two 8-bit
 /// passes, whatever their number, so a row gets the same arithmetic in any
 /// batch (bit for bit: the kernels of either path compute each row on its
 /// own). Formats without an 8-bit kernel run [`matmul_with`].
@@ -251,16 +258,23 @@ fn by_kind(
 }
 
 /// Activation rows from which [`ActPrecision::Int8Residual`] multiplies a
-/// quantized weight through dequantized f32 panels instead of two 8-bit
-/// passes: with enough rows sharing each dequantized panel, f32 FMAs on
-/// it outrun the doubled integer dot products (SmolLM2's linears, Q4_0,
-/// AVX2, 2 threads: even at 16 rows, 1.4× faster at 32, `qprobe smol N
-/// Q4_0`), and the activations stay exact.
+/// quantized weight through its prefill path ([`matmul_panels`]) instead
+/// of two 8-bit passes: with enough rows sharing each decoded panel, one
+/// pass outruns the doubled integer dot products (SmolLM2's linears, Q4_0,
+/// AVX2, 2 threads, `qprobe smol N Q4_0`: f32 panels even at 16 rows and
+/// 1.4× faster at 32; 16-bit activations 419 tok/s at 24 rows against the
+/// two passes' 356 at 16).
 const PANEL_ROWS: usize = 24;
 
-/// `x[n, k] · wᵀ` with f32 activations over `w` dequantized a panel of
-/// rows at a time ([`dense::matmul_panels_with`]).
+/// `x[n, k] · wᵀ` for prefill: 16-bit activations over the interleaved
+/// form on x86 ([`il16`](super::qmatmul::il16)), else f32 activations over
+/// `w` dequantized a panel of rows at a time
+/// ([`dense::matmul_panels_with`]).
 fn matmul_panels(w: &WeightData, x: &[f32], n: usize, k: usize, m: usize) -> Result<Vec<f32>> {
+    use super::qmatmul::{il, il16, Isa};
+    if il::active(Isa::detect(), w) {
+        return il16::matmul_il16(&*il_prepared(w)?, x, n);
+    }
     let failed = std::sync::Mutex::new(None);
     let y = dense::matmul_panels_with(dense::Simd::detect(), x, n, k, m, |j0, j1, panel| {
         if let Err(e) = mm_quant::dequantize_rows_into(w, j0..j1, panel) {

@@ -33,6 +33,7 @@ pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 mod aarch64_mm;
 pub mod il;
+pub mod il16;
 pub mod mm;
 pub mod q8;
 pub mod scalar;
@@ -41,6 +42,8 @@ pub mod testing;
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_il;
+#[cfg(target_arch = "x86_64")]
+mod x86_il16;
 #[cfg(target_arch = "x86_64")]
 mod x86_mm;
 
