@@ -303,8 +303,10 @@ pub fn check_rope(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
 pub fn check_paged_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     // (heads, kv heads, head_dim, block size, window, [(q_len, kv_len)])
-    let cases: [(usize, usize, usize, usize, Option<usize>, &[(usize, usize)]); 5] = [
+    let cases: [(usize, usize, usize, usize, Option<usize>, &[(usize, usize)]); 6] = [
         (4, 2, 32, 4, None, &[(1, 9), (1, 1), (3, 7)]),
+        // More query heads per kv head than one CPU task takes (12).
+        (16, 1, 16, 8, None, &[(3, 10), (1, 5)]),
         (9, 3, 64, 16, None, &[(40, 40), (1, 33), (12, 50)]),
         (8, 1, 16, 8, Some(5), &[(1, 20), (9, 30), (2, 2)]),
         (6, 3, 32, 4, Some(7), &[(40, 45), (1, 12)]),

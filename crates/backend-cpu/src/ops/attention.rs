@@ -9,17 +9,22 @@
 //! position (only the last `window` of them with a sliding window). Query
 //! head `h` reads kv head `h / (h_q / h_kv)`.
 //!
-//! Strategy: one task per (up to 4 consecutive query rows of a sequence,
-//! head), every row the same way, whether it decodes one token or is one
-//! of a prompt chunk's rows: scores 2–4 keys at a time (each an FMA chain
-//! over the head dimension in SIMD lanes, summed across lanes with one
-//! fixed reduction; a key loaded once for all the task's rows), read straight from
+//! Strategy: one task per (consecutive query rows of a sequence, query
+//! heads of one kv head): up to [`VECS`] query vectors, e.g. 2 rows × the
+//! 3 query heads of a kv head, every vector the same way, whether it
+//! decodes one token or is one of a prompt chunk's rows: scores 1–4 keys
+//! at a time (each an FMA chain over the head dimension in SIMD lanes,
+//! summed across lanes by one fixed reduction per vector; a key loaded, and
+//! widened, once for all the task's vectors), read straight from
 //! their slots (f16 widened in registers); a max-subtracted softmax; the
 //! value rows weighted and summed in key order, a register block of the
-//! head dimension at a time. A row's output is therefore the
+//! head dimension at a time, with no per-row range test over the keys all
+//! the task's rows see. A row's output is therefore the
 //! same bits whatever else is in the batch and however its prompt was
 //! chunked (batch invariance), at the cost of the GEMM-shaped prefill
-//! path this replaced (attention is a few percent of a SmolLM2 prefill).
+//! path this replaced (attention is about 13% of a SmolLM2 pp512 profile;
+//! 12 vectors a task measured slower than 6: more accumulators than
+//! registers).
 
 use mm_core::{Error, KvStorage, KvStore, PagedBatch, PagedParams, Result, Tensor};
 
@@ -55,14 +60,14 @@ fn check(q: &Tensor, k: &KvStore, v: &KvStore, b: &PagedBatch, p: &PagedParams) 
     Ok(n)
 }
 
-/// One task: 1 to 4 consecutive query rows of one head of one sequence.
-/// Row `i` reads the keys `slots[ranges[i].0..ranges[i].1]` (byte offset
-/// `off` into each slot's row of `kw` values) and writes `d` values at
-/// `out[i]`.
+/// One task: 1 to [`VECS`] query vectors (rows × heads) of one sequence
+/// that share a kv head. Vector `i` reads the keys
+/// `slots[ranges[i].0..ranges[i].1]` (byte offset `off` into each slot's
+/// row of `kw` values) and writes `d` values at `out[i]`.
 struct Task<'a> {
-    q: [&'a [f32]; ROWS],
-    ranges: [(usize, usize); ROWS],
-    out: [*mut f32; ROWS],
+    q: [&'a [f32]; VECS],
+    ranges: [(usize, usize); VECS],
+    out: [*mut f32; VECS],
     k: *const u8,
     v: *const u8,
     slots: &'a [u32],
@@ -112,60 +117,84 @@ pub fn paged_attention(
         .iter()
         .map(|s| (0..s.kv_len).map(|t| batch.slot(s, t) as u32).collect())
         .collect();
-    // Tasks: (span, first row, rows (1 to 4), head), a head's rows after
-    // each other so that the running tasks share one kv head's keys and
-    // values in L2 (all heads at once would not fit on a long prompt).
-    let mut tasks = Vec::with_capacity(n.div_ceil(ROWS) * h + batch.seqs.len() * h);
+    // Tasks: (span, first row, rows, first head, heads), the heads one kv
+    // head's (all of its group, up to VECS), rows × heads ≤ VECS; a kv
+    // head's tasks after each other so that the running tasks share its
+    // keys and values in L2 (all heads at once would not fit on a long
+    // prompt).
+    let hpt = group.min(VECS);
+    let rpt = (VECS / hpt).max(1);
+    let mut tasks = Vec::with_capacity((n.div_ceil(rpt) + batch.seqs.len()) * h.div_ceil(hpt));
     for (si, s) in batch.seqs.iter().enumerate() {
-        for head in 0..h {
-            for r in (s.q_start..s.q_start + s.q_len).step_by(ROWS) {
-                let rows = (s.q_start + s.q_len - r).min(ROWS);
-                tasks.push((si, r, rows, head));
+        let mut h0 = 0;
+        while h0 < h {
+            // Chunks of heads never straddle two kv heads.
+            let hc = hpt.min(group - h0 % group);
+            for r in (s.q_start..s.q_start + s.q_len).step_by(rpt) {
+                let rows = (s.q_start + s.q_len - r).min(rpt);
+                tasks.push((si, r, rows, h0, hc));
             }
+            h0 += hc;
         }
     }
     let simd = Simd::detect();
     let mut out = mm_core::host_pool::zeroed(n * h * d);
     let op = Ptr(out.as_mut_ptr());
     crate::pool::for_each(tasks.len(), |ti| {
-        let (si, r0, rows, head) = tasks[ti];
+        let (si, r0, rows, h0, hc) = tasks[ti];
         let s = &batch.seqs[si];
         let range = |r: usize| {
             let len = s.kv_len - s.q_len + (r - s.q_start) + 1;
             (p.window.map_or(0, |w| len.saturating_sub(w)), len)
         };
-        // Rows past `rows` repeat the last one (never computed).
-        let row = |i: usize| r0 + i.min(rows - 1);
+        // Vector i is (row r0 + i / hc, head h0 + i % hc); vectors past
+        // rows × hc repeat the last one (computed again, written with the
+        // same values by this task alone).
+        let count = rows * hc;
+        let vec = |i: usize| {
+            let i = i.min(count - 1);
+            (r0 + i / hc, h0 + i % hc)
+        };
         let t = Task {
-            q: std::array::from_fn(|i| &qs[(row(i) * h + head) * d..][..d]),
-            ranges: std::array::from_fn(|i| range(row(i))),
-            // SAFETY: rows r0..r0+rows of head `head` are inside `out` and
-            // belong to this task only.
-            out: std::array::from_fn(|i| unsafe { op.get().add((row(i) * h + head) * d) }),
+            q: std::array::from_fn(|i| {
+                let (r, hd) = vec(i);
+                &qs[(r * h + hd) * d..][..d]
+            }),
+            ranges: std::array::from_fn(|i| range(vec(i).0)),
+            // SAFETY: rows r0..r0+rows of heads h0..h0+hc are inside `out`
+            // and belong to this task only.
+            out: std::array::from_fn(|i| {
+                let (r, hd) = vec(i);
+                unsafe { op.get().add((r * h + hd) * d) }
+            }),
             k: kp.get(),
             v: vp.get(),
             slots: &slots[si],
             kw,
-            off: (head / group) * d,
+            off: (h0 / group) * d,
             scale: p.scale,
         };
-        attend(simd, f16, rows, &t);
+        attend(simd, f16, count, &t);
     });
     Tensor::from_vec(vec![n, h * d], out)
 }
 
-/// Query rows per task (they share every key and value load).
-const ROWS: usize = 4;
+/// Query vectors per task at most (they share every key and value load).
+const VECS: usize = 6;
 
-/// Runs [`attend_on`] for `rows` rows and the store's element type.
-fn attend(simd: Simd, f16: bool, rows: usize, t: &Task) {
+/// Runs [`attend_on`] for `count` query vectors (rounded up to a compiled
+/// size: 1, 2, 3, 4, 6, 8 or 12) and the store's element type.
+fn attend(simd: Simd, f16: bool, count: usize, t: &Task) {
     macro_rules! go {
         ($s:ty, $e:ty) => {
-            match rows {
+            match count {
                 1 => attend_on::<$s, $e, 1, 4, 4>(t),
                 2 => attend_on::<$s, $e, 2, 4, 4>(t),
                 3 => attend_on::<$s, $e, 3, 2, 2>(t),
-                _ => attend_on::<$s, $e, 4, 2, 2>(t),
+                4 => attend_on::<$s, $e, 4, 2, 2>(t),
+                5 | 6 => attend_on::<$s, $e, 6, 2, 2>(t),
+                7 | 8 => attend_on::<$s, $e, 8, 1, 1>(t),
+                _ => attend_on::<$s, $e, 12, 1, 1>(t),
             }
         };
     }
@@ -175,9 +204,9 @@ fn attend(simd: Simd, f16: bool, rows: usize, t: &Task) {
     unsafe {
         match (simd, f16) {
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2 | Simd::Avx512, false) => x86_avx2::<F32>(rows, t),
+            (Simd::Avx2 | Simd::Avx512, false) => x86_avx2::<F32>(count, t),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2 | Simd::Avx512, true) => x86_avx2::<F16>(rows, t),
+            (Simd::Avx2 | Simd::Avx512, true) => x86_avx2::<F16>(count, t),
             #[cfg(target_arch = "aarch64")]
             (Simd::Neon, false) => go!(super::matmul::dense::aarch64::Neon, F32),
             #[cfg(target_arch = "aarch64")]
@@ -192,13 +221,16 @@ fn attend(simd: Simd, f16: bool, rows: usize, t: &Task) {
 /// architecture keeps results identical across them).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn x86_avx2<E: Elem>(rows: usize, t: &Task) {
+unsafe fn x86_avx2<E: Elem>(count: usize, t: &Task) {
     use super::matmul::dense::x86::Avx2;
-    match rows {
+    match count {
         1 => attend_on::<Avx2, E, 1, 4, 4>(t),
         2 => attend_on::<Avx2, E, 2, 4, 4>(t),
         3 => attend_on::<Avx2, E, 3, 2, 2>(t),
-        _ => attend_on::<Avx2, E, 4, 2, 2>(t),
+        4 => attend_on::<Avx2, E, 4, 2, 2>(t),
+        5 | 6 => attend_on::<Avx2, E, 6, 2, 2>(t),
+        7 | 8 => attend_on::<Avx2, E, 8, 1, 1>(t),
+        _ => attend_on::<Avx2, E, 12, 1, 1>(t),
     }
 }
 
@@ -250,12 +282,7 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize, const KQ: usize, const B:
             }
             e += S::L;
         }
-        for (r, a) in acc.iter().enumerate() {
-            let s4 = S::sum4(a[0], a[1 % KQ], a[2 % KQ], a[3 % KQ]);
-            for j in 0..KQ {
-                keep(&mut scores, r, key + j, kr[j], s4[j]);
-            }
-        }
+        reduce::<S, R, KQ>(&acc, |r, j, s| keep(&mut scores, r, key + j, kr[j], s));
         key += KQ;
     }
     while key < hi {
@@ -269,9 +296,8 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize, const KQ: usize, const B:
             }
             e += S::L;
         }
-        for (r, &a) in acc.iter().enumerate() {
-            keep(&mut scores, r, key, kr, S::sum4(a, a, a, a)[0]);
-        }
+        let acc = acc.map(|a| [a]);
+        reduce::<S, R, 1>(&acc, |r, _, s| keep(&mut scores, r, key, kr, s));
         key += 1;
     }
     for sc in scores.iter_mut() {
@@ -302,6 +328,27 @@ unsafe fn attend_on<S: Lanes, E: Elem, const R: usize, const KQ: usize, const B:
     }
 }
 
+/// The lane sums of the `R × KQ` score accumulators, four at a time
+/// through [`Lanes::sum4`] (which sums each register by the same tree
+/// whatever its neighbours, so any grouping gives the same bits), handed
+/// to `put(r, j, sum)`.
+#[inline(always)]
+unsafe fn reduce<S: Lanes, const R: usize, const KQ: usize>(
+    acc: &[[S::V; KQ]; R],
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    let n = R * KQ;
+    let at = |i: usize| acc[i.min(n - 1) / KQ][i.min(n - 1) % KQ];
+    let mut i = 0;
+    while i < n {
+        let s4 = S::sum4(at(i), at(i + 1), at(i + 2), at(i + 3));
+        for (o, &s) in s4.iter().enumerate().take(n - i) {
+            put((i + o) / KQ, (i + o) % KQ, s);
+        }
+        i += 4;
+    }
+}
+
 /// `out[r][e0 .. e0 + B·L] = Σ_key w[r][key] · V[key][e0 ..]` for the `R`
 /// rows of `t`, keys `lo..hi` in order (each row only its own keys).
 ///
@@ -316,24 +363,57 @@ unsafe fn values<S: Lanes, E: Elem, const R: usize, const B: usize>(
     e0: usize,
 ) {
     let mut acc = [[S::zero(); B]; R];
-    for key in lo..hi {
-        let vr =
-            t.v.add((t.slots[key] as usize * t.kw + t.off + e0) * E::BYTES);
-        let vv: [S::V; B] = std::array::from_fn(|i| E::load::<S>(vr.add(i * S::L * E::BYTES)));
-        for (r, a) in acc.iter_mut().enumerate() {
-            let (ra, rz) = t.ranges[r];
-            if key < ra || key >= rz {
-                continue;
-            }
-            let w = S::splat(scores[r][key - ra]);
-            for (a, &v) in a.iter_mut().zip(&vv) {
-                *a = S::fma(v, w, *a);
-            }
+    // Keys every row sees need no per-row test; each row still sums its
+    // keys in increasing order.
+    let ca = (0..R).map(|r| t.ranges[r].0).max().unwrap_or(0);
+    let cz = (0..R).map(|r| t.ranges[r].1).min().unwrap_or(0);
+    if ca < cz {
+        for key in lo..ca {
+            value_step::<S, E, R, B, true>(t, scores, &mut acc, key, e0);
+        }
+        for key in ca..cz {
+            value_step::<S, E, R, B, false>(t, scores, &mut acc, key, e0);
+        }
+        for key in cz..hi {
+            value_step::<S, E, R, B, true>(t, scores, &mut acc, key, e0);
+        }
+    } else {
+        for key in lo..hi {
+            value_step::<S, E, R, B, true>(t, scores, &mut acc, key, e0);
         }
     }
     for (r, a) in acc.iter().enumerate() {
         for (i, &a) in a.iter().enumerate() {
             S::store(t.out[r].add(e0 + i * S::L), a);
+        }
+    }
+}
+
+/// Adds value row `key` (from `e0`, `B` registers), weighted, into the
+/// accumulators of every row that sees it (`CHECK`: test each row's range;
+/// without it every row must see `key`).
+///
+/// # Safety
+/// As [`values`].
+#[inline(always)]
+unsafe fn value_step<S: Lanes, E: Elem, const R: usize, const B: usize, const CHECK: bool>(
+    t: &Task,
+    scores: &[Vec<f32>; R],
+    acc: &mut [[S::V; B]; R],
+    key: usize,
+    e0: usize,
+) {
+    let vr =
+        t.v.add((t.slots[key] as usize * t.kw + t.off + e0) * E::BYTES);
+    let vv: [S::V; B] = std::array::from_fn(|i| E::load::<S>(vr.add(i * S::L * E::BYTES)));
+    for (r, a) in acc.iter_mut().enumerate() {
+        let (ra, rz) = t.ranges[r];
+        if CHECK && (key < ra || key >= rz) {
+            continue;
+        }
+        let w = S::splat(*scores[r].get_unchecked(key - ra));
+        for (a, &v) in a.iter_mut().zip(&vv) {
+            *a = S::fma(v, w, *a);
         }
     }
 }
