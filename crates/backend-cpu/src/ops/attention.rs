@@ -23,8 +23,7 @@
 //! same bits whatever else is in the batch and however its prompt was
 //! chunked (batch invariance), at the cost of the GEMM-shaped prefill
 //! path this replaced (attention is about 13% of a SmolLM2 pp512 profile;
-//! 12 vectors a task measured slower than 6: more accumulators than
-//! registers).
+//! 12 vectors a task measured slower than 6: 15–16% of it against 13%).
 
 use mm_core::{Error, KvStorage, KvStore, PagedBatch, PagedParams, Result, Tensor};
 
@@ -179,11 +178,12 @@ pub fn paged_attention(
     Tensor::from_vec(vec![n, h * d], out)
 }
 
-/// Query vectors per task at most (they share every key and value load).
+/// Query vectors per task at most (they share every key and value load;
+/// `attend` compiles kernels up to this count).
 const VECS: usize = 6;
 
-/// Runs [`attend_on`] for `count` query vectors (rounded up to a compiled
-/// size: 1, 2, 3, 4, 6, 8 or 12) and the store's element type.
+/// Runs [`attend_on`] for `count` (1 to [`VECS`]) query vectors, rounded up
+/// to a compiled size (1, 2, 3, 4 or 6), and the store's element type.
 fn attend(simd: Simd, f16: bool, count: usize, t: &Task) {
     macro_rules! go {
         ($s:ty, $e:ty) => {
@@ -192,9 +192,7 @@ fn attend(simd: Simd, f16: bool, count: usize, t: &Task) {
                 2 => attend_on::<$s, $e, 2, 4, 4>(t),
                 3 => attend_on::<$s, $e, 3, 2, 2>(t),
                 4 => attend_on::<$s, $e, 4, 2, 2>(t),
-                5 | 6 => attend_on::<$s, $e, 6, 2, 2>(t),
-                7 | 8 => attend_on::<$s, $e, 8, 1, 1>(t),
-                _ => attend_on::<$s, $e, 12, 1, 1>(t),
+                _ => attend_on::<$s, $e, 6, 2, 2>(t),
             }
         };
     }
@@ -228,9 +226,7 @@ unsafe fn x86_avx2<E: Elem>(count: usize, t: &Task) {
         2 => attend_on::<Avx2, E, 2, 4, 4>(t),
         3 => attend_on::<Avx2, E, 3, 2, 2>(t),
         4 => attend_on::<Avx2, E, 4, 2, 2>(t),
-        5 | 6 => attend_on::<Avx2, E, 6, 2, 2>(t),
-        7 | 8 => attend_on::<Avx2, E, 8, 1, 1>(t),
-        _ => attend_on::<Avx2, E, 12, 1, 1>(t),
+        _ => attend_on::<Avx2, E, 6, 2, 2>(t),
     }
 }
 

@@ -71,7 +71,7 @@ fn check(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<(usize, us
 /// (prefill) one pass suffices: on x86, formats with a row-interleaved form
 /// (Q4_0, Q4_1, Q8_0, int4/int8, fp4, mxfp4) multiply 16-bit activations
 /// with `vpmaddwd` ([`super::qmatmul::il16`]: about 16 significant bits, as
-/// the two 8-bit passes, at about twice the f32 FMA rate); other formats
+/// the two 8-bit passes, 1.4× the f32 panels on SmolLM2's linears); other formats
 /// and CPUs dequantize the weight a panel of rows at a time and multiply it
 /// with f32 activations ([`dense::matmul_panels_with`]): exact activations,
 /// and faster than two integer passes once a panel feeds that many rows.
@@ -262,8 +262,8 @@ fn by_kind(
 /// of two 8-bit passes: with enough rows sharing each decoded panel, one
 /// pass outruns the doubled integer dot products (SmolLM2's linears, Q4_0,
 /// AVX2, 2 threads, `qprobe smol N Q4_0`: f32 panels even at 16 rows and
-/// 1.4× faster at 32; 16-bit activations 419 tok/s at 24 rows against the
-/// two passes' 356 at 16).
+/// 1.4× faster at 32; 16-bit activations 1.25–1.36× the two passes at 24
+/// rows and 1.2–1.4× at 32).
 const PANEL_ROWS: usize = 24;
 
 /// `x[n, k] · wᵀ` for prefill: 16-bit activations over the interleaved

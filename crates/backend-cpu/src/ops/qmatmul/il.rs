@@ -466,8 +466,10 @@ pub fn matmul_il(p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
     matmul_il_with(Isa::detect(), p, x, n)
 }
 
-/// [`matmul_il`] with a chosen ISA (tests and benchmarks).
-pub fn matmul_il_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
+/// The zeroed output `y[n, m]` of a matmul of `n` rows `x` over `p` with
+/// `isa`, after checking both, and whether there is anything to compute
+/// (false in `.1`: no rows or no outputs).
+pub(super) fn output(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<(Vec<f32>, bool)> {
     check_isa(isa)?;
     let (k, m) = (p.cols, p.rows);
     if x.len() != n * k {
@@ -477,10 +479,16 @@ pub fn matmul_il_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<V
             x.len()
         )));
     }
-    let mut y = mm_core::host_pool::zeroed(n * m);
-    if n == 0 || m == 0 {
+    Ok((mm_core::host_pool::zeroed(n * m), n > 0 && m > 0))
+}
+
+/// [`matmul_il`] with a chosen ISA (tests and benchmarks).
+pub fn matmul_il_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let (mut y, work) = output(isa, p, x, n)?;
+    if !work {
         return Ok(y);
     }
+    let (k, m) = (p.cols, p.rows);
     with_act_rows(isa, ActKind::Q8_0, false, x, n, k, |xs| {
         compute_tiled(p.row_bytes(), GROUP, n, m, &mut y, |j0, j1, i0, out| {
             let nr = out.len() / (j1 - j0);

@@ -3,11 +3,12 @@
 //! metal-marlin int4/int8 (sym, asym), fp4 and mxfp4 on x86.
 //!
 //! **Why.** Prefill is compute-bound. On AVX2 an f32 FMA does 8
-//! multiply-adds; `vpmaddwd` does 16 (i16 × i16, pairs summed into i32)
-//! and, with its `vpaddd`, issues about 2.6 times per cycle on Zen 3
-//! against 2 FMAs (measured: 134 against 51 G multiply-adds/s a core). So
-//! integer weights times 16-bit activations run about twice as fast as the
-//! dequantized f32 panels they replace, while the activations keep about
+//! multiply-adds; `vpmaddwd` does 16 (i16 × i16, pairs summed into i32).
+//! One Zen 3 core sustains 57–79 G multiply-adds/s of `vpmaddwd` +
+//! `vpaddd` against 38–51 G/s of FMA, 1.4–1.6× (`cargo run --release -p
+//! mm-backend-cpu --example isa_peak`). On SmolLM2's linears this path
+//! runs 1.4× the dequantized f32 panels it replaces (docs/BENCHMARKS.md),
+//! while the activations keep about
 //! 16 significant bits: the precision of decode's two 8-bit passes
 //! ([`ActPrecision::Int8Residual`](crate::ops::matmul::ActPrecision)), in
 //! one pass.
@@ -34,10 +35,10 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mm_core::{Error, Result};
+use mm_core::Result;
 
 use super::il::{group_params, IlPrepared, LANES};
-use super::{check_isa, compute_tiled, Isa};
+use super::{compute_tiled, Isa};
 
 /// Activation rows per tiled task: a multiple of the kernel's [`TILE`].
 pub const GROUP: usize = 60;
@@ -325,19 +326,11 @@ pub fn matmul_il16(p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
 
 /// [`matmul_il16`] with a chosen ISA (tests and benchmarks).
 pub fn matmul_il16_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
-    check_isa(isa)?;
-    let (k, m) = (p.cols, p.rows);
-    if x.len() != n * k {
-        return Err(Error::Invalid(format!(
-            "{} matmul: {} inputs for [{n}, {k}]",
-            p.format.name(),
-            x.len()
-        )));
-    }
-    let mut y = mm_core::host_pool::zeroed(n * m);
-    if n == 0 || m == 0 {
+    let (mut y, work) = super::il::output(isa, p, x, n)?;
+    if !work {
         return Ok(y);
     }
+    let (k, m) = (p.cols, p.rows);
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let run = |act: &Act16, y: &mut [f32]| {
         compute_tiled(2 * k, GROUP, n, m, y, |j0, j1, i0, out| {
