@@ -11,9 +11,15 @@ KL(transformers || engine) over the stored positions, for:
     `llama_cpp` module is importable (install or build it yourself, outside
     this repository; LLAMA_CPP_LIB_PATH may point at a libllama build).
 
+With --reference exact the reference is metal-marlin's own `--exact` logits
+of --gguf (f32 activations, f32 KV cache) over the same prompts and
+positions instead of the fixtures: for files the fixtures were not made
+from (an F16 or BF16 GGUF of the same model).
+
 Usage:
   scripts/faithfulness.py [--bin target/release/metal-marlin] [--gguf PATH]
                           [--threads 2] [--mode NAME=FLAGS ...] [--json]
+                          [--reference transformers|exact]
 Needs numpy. The GGUF defaults to the cached default model.
 """
 import argparse
@@ -35,14 +41,18 @@ def log_softmax(x):
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def compare(case, got):
-    """(top-1 hits, positions, per-position KL) of full-sequence logits `got`."""
+def compare(case, got, want=None):
+    """(top-1 hits, positions, per-position KL) of full-sequence logits `got`
+    against the fixture's logits, or against full-sequence logits `want`."""
     f, n = case["first_position"], case["logits_shape"][0]
-    want = np.load(os.path.join(FIX, case["logits_file"]))
+    if want is None:
+        want = np.load(os.path.join(FIX, case["logits_file"]))
+    else:
+        want = want[f:f + n]
     got = got[f:f + n]
     lw, lg = log_softmax(want), log_softmax(got)
     kl = (np.exp(lw) * (lw - lg)).sum(-1)
-    top1 = int((got.argmax(-1) == np.array(case["argmax"])).sum())
+    top1 = int((got.argmax(-1) == want.argmax(-1)).sum())
     return top1, n, kl
 
 
@@ -80,23 +90,29 @@ def main():
     ap.add_argument("--mode", action="append", default=[],
                     help="NAME=FLAGS: another metal-marlin mode to measure")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--reference", choices=["transformers", "exact"], default="transformers")
     a = ap.parse_args()
     ref = json.load(open(os.path.join(FIX, "reference.json")))
-    engines = [("metal-marlin default", None), ("metal-marlin --exact", ["--exact"])]
+    engines = [("metal-marlin default", None)]
+    if a.reference == "transformers":
+        engines.append(("metal-marlin --exact", ["--exact"]))
     for m in a.mode:
         name, _, flags = m.partition("=")
         engines.append(("metal-marlin " + name, flags.split()))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        want = [None] * len(ref["logits"])
+        if a.reference == "exact":
+            want = [ours(a.bin, a.gguf, a.threads, ["--exact"], c, tmp) for c in ref["logits"]]
         for name, flags in engines:
-            rows.append((name, [compare(c, ours(a.bin, a.gguf, a.threads, flags or [], c, tmp))
-                                for c in ref["logits"]]))
+            rows.append((name, [compare(c, ours(a.bin, a.gguf, a.threads, flags or [], c, tmp), w)
+                                for c, w in zip(ref["logits"], want)]))
         peer = llama_cpp_logits(a.gguf, a.threads)
         if peer is None:
             print("llama_cpp not importable: llama.cpp row skipped", file=sys.stderr)
         else:
             rows.append((f"llama.cpp (llama-cpp-python {peer.version})",
-                         [compare(c, peer(c)) for c in ref["logits"]]))
+                         [compare(c, peer(c), w) for c, w in zip(ref["logits"], want)]))
     keys = [c["key"] for c in ref["logits"]]
     table = []
     for name, res in rows:

@@ -12,7 +12,7 @@
 //! processes and clock changes on a shared machine).
 use mm_backend_cpu::ops::matmul::dense::{self, Simd};
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense, random_f32};
-use mm_backend_cpu::ops::qmatmul::{il, il16, matmul_q_with, Isa};
+use mm_backend_cpu::ops::qmatmul::{dense16, il, il16, matmul_q_with, Isa};
 use mm_core::WeightFormat as F;
 use std::time::Instant;
 
@@ -165,6 +165,26 @@ fn smol(n: usize, names: &str) {
             println!(
                 "smol {} {} n={n}: {:.2} ms/step ({:.0} tok/s), cpu {:.2} ms, {:.1} GB/s of weights, {:.1} GMAC/s",
                 f.name(), s.name(), wall * 1e3, n as f64 / wall, cpu * 1e3, bytes as f64 / wall / 1e9,
+                (bytes / f.block().1 * n) as f64 / wall / 1e9
+            );
+        }
+        // Prompt rows of the default precision: 16-bit operands.
+        for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
+            let step = || {
+                for (k, m, w) in &ws {
+                    std::hint::black_box(
+                        dense16::matmul_dense16_with(isa, f, w, &x[..n * k], n, *k, *m).unwrap(),
+                    );
+                }
+            };
+            let (wall, cpu) = time_steps(step);
+            println!(
+                "smol {} dense16 {} n={n}: {:.2} ms/step ({:.0} tok/s), cpu {:.2} ms, {:.1} GMAC/s",
+                f.name(),
+                isa.name(),
+                wall * 1e3,
+                n as f64 / wall,
+                cpu * 1e3,
                 (bytes / f.block().1 * n) as f64 / wall / 1e9
             );
         }

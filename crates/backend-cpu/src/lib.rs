@@ -26,8 +26,10 @@ pub use prepared::{dense_f32, il_prepared, mm_prepared};
 /// [`CpuBackend::with_activations`] asks for one pass. `exact()` instead
 /// dequantizes every quantized weight once to f32 and keeps activations in
 /// f32: slower, but numerically the reference (what transformers computes).
-/// Dense weights (F32, F16, BF16) run the same kernels in both modes, on
-/// their stored values (`ops::matmul::dense`).
+/// Dense weights (F32, F16, BF16) run on their stored values
+/// (`ops::matmul::dense`) in both modes, except that the default mode
+/// multiplies their prompt rows on AVX2 with 16-bit operands (weights
+/// rounded to 14 bits per 32-block, `ops::qmatmul::dense16`).
 #[derive(Default, Debug, Clone, Copy)]
 pub struct CpuBackend {
     exact: bool,
@@ -107,7 +109,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
-        if self.native(w) {
+        if self.native(w) || (!self.exact && w.format.is_dense()) {
             ops::matmul::matmul_with(x, w, bias, self.act)
         } else {
             ops::matmul::matmul_dense(x, w, bias)
@@ -120,8 +122,9 @@ impl Backend for CpuBackend {
     /// generated rows through the two 8-bit passes
     /// ([`ops::matmul::matmul_kinds`]); dense weights and the exact mode
     /// through the dense kernels' tiles or decode kernel
-    /// ([`ops::matmul::matmul_dense_kinds`]); one 8-bit pass computes each
-    /// row on its own anyway.
+    /// ([`ops::matmul::matmul_dense_kinds`]; in the default mode dense
+    /// prompt rows with 16-bit operands on AVX2); one 8-bit pass computes
+    /// each row on its own anyway.
     fn matmul_rows(
         &self,
         x: &Tensor,
@@ -130,7 +133,8 @@ impl Backend for CpuBackend {
         kinds: &[RowKind],
     ) -> Result<Tensor> {
         if !self.native(w) {
-            ops::matmul::matmul_dense_kinds(x, w, bias, kinds)
+            let fast = !self.exact && w.format.is_dense();
+            ops::matmul::matmul_dense_kinds(x, w, bias, kinds, fast)
         } else if self.act == ActPrecision::Int8Residual {
             ops::matmul::matmul_kinds(x, w, bias, kinds)
         } else {

@@ -128,3 +128,29 @@ pub trait Backend: Send + Sync {
     /// `a + b`, elementwise, same shapes.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 }
+
+/// `(n, k, m)` of `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias[m])`, or an error
+/// naming the mismatch: every backend's matmul checks its input with this.
+pub fn matmul_dims(
+    x: &Tensor,
+    w: &WeightData,
+    bias: Option<&Tensor>,
+) -> Result<(usize, usize, usize)> {
+    let (n, k) = x.dims2()?;
+    let (m, kw) = w.dims2()?;
+    if k != kw {
+        return Err(crate::Error::Invalid(format!(
+            "matmul: x has {k} columns, weight {:?} expects {kw}",
+            w.shape
+        )));
+    }
+    if let Some(b) = bias {
+        if b.numel() != m {
+            return Err(crate::Error::Invalid(format!(
+                "matmul: bias has {} values, expected {m}",
+                b.numel()
+            )));
+        }
+    }
+    Ok((n, k, m))
+}

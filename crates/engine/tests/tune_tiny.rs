@@ -19,7 +19,9 @@ fn model(name: &str) -> DecoderModel {
         .join("../../tests/fixtures/tiny")
         .join(name);
     let src = open_source(&dir).unwrap();
-    let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
+    // The f32 path: the tuning block computes in f32 (the default
+    // precision rounds dense prompt rows to 16-bit operands).
+    let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::exact());
     load_model(src.as_ref(), &Device::new(cpu.clone(), cpu), &|_, _| {}).unwrap()
 }
 

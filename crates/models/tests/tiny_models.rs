@@ -1,7 +1,12 @@
 //! Every architecture against transformers: tiny random-weight models saved
 //! in bf16 by `scripts/make_fixtures.py`, with reference logits computed by
-//! transformers in f32. Tolerance: max |Δlogit| ≤ 1e-3 · max |logit|, and the
-//! 16-token greedy continuation identical.
+//! transformers in f32. The exact path (`CpuBackend::exact()`, the
+//! verification mode): max |Δlogit| ≤ 1e-3 · max |logit| (measured ≤ 1e-6
+//! relative), and the 16-token greedy continuation identical. The default
+//! path, the same checks within 2e-3 (measured: up to 1.14e-3): its f16
+//! KV cache alone is off by up to 0.57e-3 · max |logit| on these 64-wide
+//! random models, and its prompt rows' 16-bit operands (dense weights on
+//! AVX2) move the logits by up to 1.0e-3 more.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +21,11 @@ fn fixtures() -> PathBuf {
 }
 
 fn cpu() -> Device {
-    let b: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
+    cpu_with(CpuBackend::new())
+}
+
+fn cpu_with(b: CpuBackend) -> Device {
+    let b: Arc<dyn mm_core::Backend> = Arc::new(b);
     Device::new(b.clone(), b)
 }
 
@@ -29,14 +38,23 @@ fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Loads `dir` and checks logits and greedy continuation against its reference.
+/// Loads `dir` and checks logits and greedy continuation against its
+/// reference, on the exact and on the default path.
 fn check_model(dir: &Path, reference_dir: &Path) {
+    let exact = cpu_with(CpuBackend::exact());
+    check_model_on(dir, reference_dir, (&exact, "exact"), 1e-3);
+    check_model_on(dir, reference_dir, (&cpu(), "default"), 2e-3);
+}
+
+/// [`check_model`] on `device` (and its label): max |Δlogit| ≤ `tol` ·
+/// max |logit|.
+fn check_model_on(dir: &Path, reference_dir: &Path, (device, label): (&Device, &str), tol: f32) {
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(reference_dir.join("reference.json")).unwrap(),
     )
     .unwrap();
     let src = open_source(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let model = load_model(src.as_ref(), &cpu(), &|_, _| {}).unwrap();
+    let model = load_model(src.as_ref(), device, &|_, _| {}).unwrap();
     let input = ids(&reference, "input_ids");
     let (shape, want) = read_npy(&reference_dir.join("logits.npy")).unwrap();
     let mut cache = model.new_cache(256).unwrap();
@@ -49,9 +67,9 @@ fn check_model(dir: &Path, reference_dir: &Path) {
         .zip(&want)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(
-        max_err <= 1e-3 * max_ref,
-        "{}: max |Δlogit| {max_err:.3e} > 1e-3 × {max_ref:.3}",
-        dir.display()
+        max_err <= tol * max_ref,
+        "{} ({label}): max |Δlogit| {max_err:.3e} > {tol:.0e} × {max_ref:.3}",
+        dir.display(),
     );
 
     // Greedy continuation, one token at a time through the KV cache.
@@ -76,7 +94,7 @@ fn check_model(dir: &Path, reference_dir: &Path) {
     assert_eq!(
         out,
         expect,
-        "{}: greedy continuation differs",
+        "{} ({label}): greedy continuation differs",
         dir.display()
     );
 }

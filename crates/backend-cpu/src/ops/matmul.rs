@@ -7,7 +7,9 @@
 //! metal-marlin formats on their codes repacked once at load
 //! ([`super::qmatmul::mm`]). Dense weights (F32, F16, BF16) on their
 //! stored bytes in [`dense`] (F16/BF16 widened in registers, no f32 copy),
-//! in both modes; other formats in the exact mode over their f32 values.
+//! in both modes, except prompt rows in the default mode on AVX2, which
+//! multiply 15-bit activations by the weights rounded to 14-bit codes
+//! ([`dense16`]); other formats in the exact mode over their f32 values.
 //! Prefill in the default precision runs quantized weights with 16-bit
 //! activations on x86 where the format has a row-interleaved form
 //! ([`super::qmatmul::il16`]), elsewhere through dequantized f32 panels and
@@ -17,6 +19,7 @@ pub mod dense;
 
 use mm_core::{Error, Result, RowKind, Tensor, WeightData, WeightFormat};
 
+use super::qmatmul::dense16;
 use crate::{dense_f32, il_prepared, mm_prepared};
 
 /// Dot product with eight accumulators (vectorizes to AVX/NEON).
@@ -37,25 +40,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-fn check(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<(usize, usize, usize)> {
-    let (n, k) = x.dims2()?;
-    let (m, kw) = w.dims2()?;
-    if k != kw {
-        return Err(Error::Invalid(format!(
-            "matmul: x has {k} columns, weight {:?} expects {kw}",
-            w.shape
-        )));
-    }
-    if let Some(b) = bias {
-        if b.numel() != m {
-            return Err(Error::Invalid(format!(
-                "matmul: bias has {} values, expected {m}",
-                b.numel()
-            )));
-        }
-    }
-    Ok((n, k, m))
-}
+use mm_core::backend::matmul_dims as check;
 
 /// How the native quantized kernels see the activations.
 ///
@@ -94,7 +79,8 @@ pub fn matmul(x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tenso
 }
 
 /// Fast CPU matmul with the given activation precision; dense weights run
-/// [`matmul_dense`].
+/// [`matmul_dense`], from [`PANEL_ROWS`] rows with 16-bit operands where
+/// [`dense16`] is active.
 pub fn matmul_with(
     x: &Tensor,
     w: &WeightData,
@@ -103,7 +89,9 @@ pub fn matmul_with(
 ) -> Result<Tensor> {
     let (n, k, m) = check(x, w, bias)?;
     let xs = x.as_slice()?;
-    if prec == ActPrecision::Int8Residual && n >= PANEL_ROWS && int8_block(w).is_some() {
+    let panels = (prec == ActPrecision::Int8Residual && int8_block(w).is_some())
+        || dense16::active(w.format, k);
+    if n >= PANEL_ROWS && panels {
         let mut y = matmul_panels(w, xs, n, k, m)?;
         add_bias(&mut y, bias, m)?;
         return Tensor::from_vec(vec![n, m], y);
@@ -182,12 +170,14 @@ pub fn matmul_kinds(
 /// [`matmul_dense`] with each row's kind: every row gets the dense
 /// kernels' arithmetic of its kind whatever the row count
 /// ([`dense::matmul_kind_with`]): batch invariance of dense weights and
-/// of the exact mode.
+/// of the exact mode. With `fast` (the default precision), prompt rows of
+/// dense weights take 16-bit operands where [`dense16`] is active.
 pub fn matmul_dense_kinds(
     x: &Tensor,
     w: &WeightData,
     bias: Option<&Tensor>,
     kinds: &[RowKind],
+    fast: bool,
 ) -> Result<Tensor> {
     let (n, k, m) = check(x, w, bias)?;
     let xs = x.as_slice()?;
@@ -202,14 +192,15 @@ pub fn matmul_dense_kinds(
     let run = |kind: RowKind| {
         move |xs: &[f32], n: usize| dense::matmul_kind_with(simd, format, bytes, xs, n, k, m, kind)
     };
-    let mut y = by_kind(
-        xs,
-        k,
-        m,
-        kinds,
-        run(RowKind::Prompt),
-        run(RowKind::Generated),
-    )?;
+    let sixteen = fast && dense16::active(format, k);
+    let prompt = |xs: &[f32], n: usize| {
+        if sixteen {
+            dense16::matmul_dense16(format, bytes, xs, n, k, m)
+        } else {
+            run(RowKind::Prompt)(xs, n)
+        }
+    };
+    let mut y = by_kind(xs, k, m, kinds, prompt, run(RowKind::Generated))?;
     add_bias(&mut y, bias, m)?;
     Tensor::from_vec(vec![n, m], y)
 }
@@ -267,13 +258,17 @@ fn by_kind(
 const PANEL_ROWS: usize = 24;
 
 /// `x[n, k] · wᵀ` for prefill: 16-bit activations over the interleaved
-/// form on x86 ([`il16`](super::qmatmul::il16)), else f32 activations over
+/// form on x86 ([`il16`](super::qmatmul::il16)) or over dense weights
+/// rounded to 14 bits ([`dense16`]), else f32 activations over
 /// `w` dequantized a panel of rows at a time
 /// ([`dense::matmul_panels_with`]).
 fn matmul_panels(w: &WeightData, x: &[f32], n: usize, k: usize, m: usize) -> Result<Vec<f32>> {
     use super::qmatmul::{il, il16, Isa};
     if il::active(Isa::detect(), w) {
         return il16::matmul_il16(&*il_prepared(w)?, x, n);
+    }
+    if dense16::active(w.format, k) {
+        return dense16::matmul_dense16(w.format, &w.bytes, x, n, k, m);
     }
     let failed = std::sync::Mutex::new(None);
     let y = dense::matmul_panels_with(dense::Simd::detect(), x, n, k, m, |j0, j1, panel| {

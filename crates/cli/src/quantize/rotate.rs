@@ -80,7 +80,9 @@ impl RotatedSource {
         // A tied model ignores any lm_head.weight it carries.
         let has_head = inner.contains("lm_head.weight") && !config.tie_word_embeddings;
         config.tie_word_embeddings = false;
-        let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::new());
+        // f32 arithmetic: rotating weights must not round them (the default
+        // precision multiplies dense prompt rows with 16-bit operands).
+        let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::exact());
         Ok(Self {
             inner,
             config,

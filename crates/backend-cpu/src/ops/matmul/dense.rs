@@ -117,7 +117,7 @@ impl Simd {
 }
 
 /// Bytes per stored value of a dense format; an error for other formats.
-fn elem_bytes(format: WeightFormat) -> Result<usize> {
+pub(crate) fn elem_bytes(format: WeightFormat) -> Result<usize> {
     match format {
         WeightFormat::F32 => Ok(4),
         WeightFormat::F16 | WeightFormat::BF16 => Ok(2),

@@ -27,7 +27,9 @@
 //!
 //! **Dot product**: per 32-block the exact integer `Σ c·q` (at most
 //! 32·255·32767 < 2³¹), then `acc = fma(f32(Σ), d·d_x, acc)` and, for
-//! Q4_1, `acc = fma(m, s, acc)`. The scalar twin [`tile_ref`] performs the
+//! Q4_1, `acc = fma(m, s, acc)`. A `split` panel (dense weights' wider
+//! codes, `dense16.rs`) takes the sum as two of 16 products, each
+//! converted and added by its own FMA. The scalar twin [`tile_ref`] performs the
 //! same f32 operations in the same order, so the AVX2 kernel
 //! (`x86_il16.rs`) matches it bit for bit, and every activation row's
 //! result depends on that row alone (batch invariance).
@@ -45,8 +47,9 @@ pub const GROUP: usize = 60;
 /// Activation rows of one register tile (12 i32 accumulators: 6 rows × 2
 /// halves of 8 weight rows).
 pub const TILE: usize = 6;
-/// Largest activation code (16-bit, symmetric).
-const QMAX: f32 = 32767.0;
+/// Largest activation code over the interleaved formats (16-bit,
+/// symmetric; their weight codes have |c| ≤ 255).
+pub const QMAX: f32 = 32767.0;
 
 /// Activations quantized to 16 bits in 32-blocks (see the module docs).
 #[derive(Default)]
@@ -62,9 +65,10 @@ pub struct Act16 {
 }
 
 impl Act16 {
-    /// Quantizes `x[n, k]` (`k` a multiple of 32), rows in parallel, with
-    /// `isa`'s code (the same arithmetic at every level).
-    pub fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, k: usize) {
+    /// Quantizes `x[n, k]` (`k` a multiple of 32) to codes up to ±`qmax`,
+    /// rows in parallel, with `isa`'s code (the same arithmetic at every
+    /// level).
+    pub fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, k: usize, qmax: f32) {
         assert!(k % 32 == 0 && x.len() == n * k, "bad activation shape");
         let nb = k / 32;
         self.n = n;
@@ -90,7 +94,7 @@ impl Act16 {
                         std::slice::from_raw_parts_mut(rows.2.add(i * nb), nb),
                     )
                 };
-                quantize_row(isa, &x[i * k..(i + 1) * k], q, d, s);
+                quantize_row(isa, &x[i * k..(i + 1) * k], q, d, s, qmax);
             }
         });
     }
@@ -102,14 +106,14 @@ unsafe impl Sync for RowPtrs {}
 
 /// One row of [`Act16`] with `isa` (AVX2 compiles the same code for 8
 /// lanes; results are identical).
-fn quantize_row(isa: Isa, x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+fn quantize_row(isa: Isa, x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32], qmax: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: the caller checked that the ISA runs here.
-            unsafe { super::x86_il16::quantize_row(x, q, d, s) }
+            unsafe { super::x86_il16::quantize_row(x, q, d, s, qmax) }
         }
-        _ => quantize_row_ref(x, q, d, s),
+        _ => quantize_row_ref(x, q, d, s, qmax),
     }
 }
 
@@ -117,7 +121,7 @@ fn quantize_row(isa: Isa, x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]
 /// `x86_il16::quantize_row`). A block holding a NaN or an infinity gets
 /// `d = s = NaN` (and codes 0), so the outputs it feeds are NaN, as they
 /// would be in f32.
-pub fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+pub fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32], qmax: f32) {
     for (b, (xb, qb)) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).enumerate() {
         if !xb.iter().all(|v| v.is_finite()) {
             qb.fill(0);
@@ -125,7 +129,7 @@ pub fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) 
             continue;
         }
         let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let (db, id) = act_scales(amax);
+        let (db, id) = scales(amax, qmax);
         let mut sum = 0i32;
         for (o, v) in qb.iter_mut().zip(xb) {
             *o = (v * id).round_ties_even() as i16;
@@ -136,12 +140,14 @@ pub fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) 
     }
 }
 
-/// A block's scale `d` and its inverse for the codes, from its largest
-/// magnitude.
+/// `(amax/qmax, qmax/amax)`: the scale of a block whose codes reach
+/// ±`qmax`, and its inverse. A block too small for the inverse to be
+/// finite (amax under ~1e-34) or all zero gets `(0, 0)`: zero codes.
 #[inline(always)]
-pub(super) fn act_scales(amax: f32) -> (f32, f32) {
-    if amax > 0.0 {
-        (amax / QMAX, QMAX / amax)
+pub(super) fn scales(amax: f32, qmax: f32) -> (f32, f32) {
+    let inv = qmax / amax;
+    if amax > 0.0 && inv.is_finite() {
+        (amax / qmax, inv)
     } else {
         (0.0, 0.0)
     }
@@ -154,12 +160,19 @@ pub struct Panel16 {
     tag: (u64, usize),
     pub nb: usize,
     pub min: bool,
+    /// Each 32-block's integer sum is taken as two sums of 16 products,
+    /// each converted and scaled on its own (dense weights' wider codes,
+    /// `dense16.rs`).
+    pub split: bool,
     /// `2 · nb · 16` vectors of 16 codes.
     pub codes: Vec<i16>,
     /// `2 · nb · 8` scales.
     pub d: Vec<f32>,
     /// `2 · nb · 8` mins (Q4_1), else empty.
     pub m: Vec<f32>,
+    /// Row-major codes of a dense group before their transpose into
+    /// `codes` (`dense16.rs`'s AVX2 decode).
+    pub(super) scratch: Vec<i16>,
 }
 
 impl Panel16 {
@@ -169,6 +182,7 @@ impl Panel16 {
         let nb = p.nb;
         self.nb = nb;
         self.min = p.min;
+        self.split = false;
         self.codes.resize(2 * nb * 256, 0);
         self.d.resize(2 * nb * 8, 0.0);
         self.m.resize(if p.min { 2 * nb * 8 } else { 0 }, 0.0);
@@ -262,16 +276,21 @@ pub fn tile_ref(
         for j in 0..rows {
             let (h, jj) = (j / 8, j % 8);
             let mut acc = 0.0f32;
+            // Pairs per integer sum: 8 (split) or all 16.
+            let per = if panel.split { 8 } else { 16 };
             for b in 0..nb {
                 let codes = &panel.codes[(h * nb + b) * 256..];
-                let mut dot = 0i32;
-                for pair in 0..16 {
-                    let c = &codes[16 * pair + 2 * jj..];
-                    let q = &xq[32 * b + 2 * pair..];
-                    dot += c[0] as i32 * q[0] as i32 + c[1] as i32 * q[1] as i32;
-                }
                 let at = (h * nb + b) * 8 + jj;
-                acc = (dot as f32).mul_add(panel.d[at] * dx[b], acc);
+                let scale = panel.d[at] * dx[b];
+                for p0 in (0..16).step_by(per) {
+                    let mut dot = 0i32;
+                    for pair in p0..p0 + per {
+                        let c = &codes[16 * pair + 2 * jj..];
+                        let q = &xq[32 * b + 2 * pair..];
+                        dot += c[0] as i32 * q[0] as i32 + c[1] as i32 * q[1] as i32;
+                    }
+                    acc = (dot as f32).mul_add(scale, acc);
+                }
                 if panel.min {
                     acc = panel.m[at].mul_add(sx[b], acc);
                 }
@@ -326,11 +345,33 @@ pub fn matmul_il16(p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
 
 /// [`matmul_il16`] with a chosen ISA (tests and benchmarks).
 pub fn matmul_il16_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result<Vec<f32>> {
-    let (mut y, work) = super::il::output(isa, p, x, n)?;
+    let (y, work) = super::il::output(isa, p, x, n)?;
     if !work {
         return Ok(y);
     }
-    let (k, m) = (p.cols, p.rows);
+    Ok(matmul16(isa, x, n, p.cols, p.rows, QMAX, y, |panel, g| {
+        panel.fill(isa, p, g)
+    }))
+}
+
+/// The threading of every 16-bit-activation matmul: quantizes `x[n, k]`
+/// ([`Act16`], codes up to ±`qmax`), then fills `y[n, m]` (zeroed) by tiles, each task decoding
+/// the row groups it sweeps with `fill(panel, g)` (16 weight rows from
+/// `16·g`) once per call into its thread's panel.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul16<F>(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    qmax: f32,
+    mut y: Vec<f32>,
+    fill: F,
+) -> Vec<f32>
+where
+    F: Fn(&mut Panel16, usize) + Sync,
+{
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let run = |act: &Act16, y: &mut [f32]| {
         compute_tiled(2 * k, GROUP, n, m, y, |j0, j1, i0, out| {
@@ -357,14 +398,14 @@ pub fn matmul_il16_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result
                 PANEL.with(|cell| match cell.try_borrow_mut() {
                     Ok(mut panel) => {
                         if panel.tag != (call, g) {
-                            panel.fill(isa, p, g);
+                            fill(&mut panel, g);
                             panel.tag = (call, g);
                         }
                         sweep(&panel, g, out)
                     }
                     Err(_) => {
                         let mut panel = Panel16::default();
-                        panel.fill(isa, p, g);
+                        fill(&mut panel, g);
                         sweep(&panel, g, out)
                     }
                 });
@@ -373,16 +414,16 @@ pub fn matmul_il16_with(isa: Isa, p: &IlPrepared, x: &[f32], n: usize) -> Result
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut act) => {
-            act.quantize(isa, x, n, k);
+            act.quantize(isa, x, n, k, qmax);
             run(&act, &mut y)
         }
         Err(_) => {
             let mut act = Act16::default();
-            act.quantize(isa, x, n, k);
+            act.quantize(isa, x, n, k, qmax);
             run(&act, &mut y)
         }
     });
-    Ok(y)
+    y
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 mod aarch64_mm;
+pub mod dense16;
 pub mod il;
 pub mod il16;
 pub mod mm;

@@ -92,7 +92,7 @@ fn activation_codes_and_sums() {
     x[40] = 0.0;
     x[32..64].iter_mut().for_each(|v| *v = 0.0);
     let (mut q, mut d, mut s) = (vec![0i16; 64], vec![0.0; 2], vec![0.0; 2]);
-    quantize_row_ref(&x, &mut q, &mut d, &mut s);
+    quantize_row_ref(&x, &mut q, &mut d, &mut s, QMAX);
     let amax = x[..32].iter().fold(0.0f32, |a, v| a.max(v.abs()));
     assert_eq!(q[..32].iter().map(|v| v.unsigned_abs()).max(), Some(32767));
     assert_eq!(d[0], amax / 32767.0);
@@ -132,11 +132,11 @@ fn simd_quantizer_matches_its_twin() {
         *v = (i as f32 - 16.0) * 0.5; // exact ties after scaling
     }
     let mut twin = Act16::default();
-    twin.quantize(Isa::Scalar, &x, 3, k);
+    twin.quantize(Isa::Scalar, &x, 3, k, QMAX);
     assert!(twin.d[1].is_nan() && twin.s[3].is_nan() && twin.q[32..64].iter().all(|&v| v == 0));
     for &isa in Isa::available().iter().filter(|&&i| i != Isa::Scalar) {
         let mut a = Act16::default();
-        a.quantize(isa, &x, 3, k);
+        a.quantize(isa, &x, 3, k, QMAX);
         assert_eq!(a.q, twin.q, "{}", isa.name());
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a.d), bits(&twin.d), "{}", isa.name());
