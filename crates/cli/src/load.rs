@@ -33,13 +33,27 @@ pub fn device(kind: DeviceKind, p: PrecisionArgs) -> Result<Device> {
     });
     match kind {
         DeviceKind::Cpu => Ok(Device::new(cpu.clone(), cpu)),
-        DeviceKind::Cuda => {
-            bail!("this build has no CUDA backend (rebuild with `--features cuda`)")
-        }
+        DeviceKind::Cuda => cuda(cpu, p.exact),
         DeviceKind::Wgpu => {
             bail!("this build has no wgpu backend (rebuild with `--features wgpu`)")
         }
     }
+}
+
+/// GPU 0 as the primary backend, the CPU running what it does not.
+#[cfg(feature = "cuda")]
+fn cuda(cpu: Arc<dyn mm_core::Backend>, exact: bool) -> Result<Device> {
+    let mut gpu = mm_backend_cuda::CudaBackend::new(0).context("--device cuda")?;
+    if exact {
+        gpu = gpu.exact();
+    }
+    tracing::info!("GPU: {}", gpu.describe());
+    Ok(Device::new(Arc::new(gpu), cpu))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_cpu: Arc<dyn mm_core::Backend>, _exact: bool) -> Result<Device> {
+    bail!("this build has no CUDA backend (rebuild with `--features cuda`)")
 }
 
 /// Opens the checkpoint only (for `info`).

@@ -1,0 +1,52 @@
+// Helpers shared by every kernel file; compile.rs prepends this text to
+// each file before NVRTC sees it, so the kernels need no CUDA headers
+// (NVRTC's builtin ones differ across versions).
+//
+// Element types of stored weights: f32, f16 and bf16 (raw 16-bit
+// patterns), widened in registers.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) {
+    return __uint_as_float(((u32)h) << 16);
+}
+
+// Element i of a weight of element type T: 0 f32, 1 f16, 2 bf16.
+template <int T>
+__device__ __forceinline__ float load_w(const void* w, u64 i) {
+    if (T == 0) return ((const float*)w)[i];
+    if (T == 1) return f16_to_f32(((const u16*)w)[i]);
+    return bf16_to_f32(((const u16*)w)[i]);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over a block of up to 1024 threads (a multiple of 32); every thread
+// gets the result. `part` is 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* part) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) part[0] = v;
+    }
+    __syncthreads();
+    v = part[0];
+    __syncthreads();
+    return v;
+}

@@ -1,0 +1,141 @@
+//! Device memory: activation buffers ([`CudaBuffer`], the core's
+//! `DeviceBuffer`) and weights uploaded once ([`DeviceWeight`]).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use mm_core::tensor::DeviceBuffer;
+use mm_core::{Error, Result, Storage, Tensor, WeightData, WeightFormat};
+
+use crate::runtime::{driver_err, Runtime};
+
+/// f32 values on the GPU, owned by a tensor.
+pub struct CudaBuffer {
+    pub(crate) data: CudaSlice<f32>,
+    stream: Arc<CudaStream>,
+}
+
+impl std::fmt::Debug for CudaBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBuffer({} f32)", self.data.len())
+    }
+}
+
+impl DeviceBuffer for CudaBuffer {
+    fn backend(&self) -> &str {
+        "cuda"
+    }
+
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    fn to_host(&self) -> Result<Vec<f32>> {
+        self.stream
+            .clone_dtoh(&self.data)
+            .map_err(|e| driver_err("copying a tensor to the host", e))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// An uninitialized buffer of `n` (> 0) f32: every op writes all of its
+/// output.
+pub(crate) fn alloc(rt: &Runtime, n: usize, what: &str) -> Result<CudaSlice<f32>> {
+    // SAFETY: the kernel that receives the buffer writes every element
+    // before anything reads it.
+    unsafe { rt.stream.alloc::<f32>(n) }.map_err(|e| oom(rt, n * 4, what, e))
+}
+
+/// An error naming what did not fit, with the GPU's free memory.
+pub(crate) fn oom(rt: &Runtime, bytes: usize, what: &str, e: cudarc::driver::DriverError) -> Error {
+    let free = rt
+        .ctx
+        .mem_get_info()
+        .map(|(free, total)| format!("{} MiB free of {} MiB", free >> 20, total >> 20))
+        .unwrap_or_else(|_| "free memory unknown".into());
+    Error::Backend {
+        backend: "cuda".into(),
+        reason: format!(
+            "allocating {} MiB for {what} failed ({free}): {e:?}",
+            bytes >> 20
+        ),
+    }
+}
+
+/// Wraps a finished device buffer as a tensor of `shape` (ops return
+/// empty outputs as host tensors: no zero-size allocations).
+pub(crate) fn tensor(rt: &Runtime, shape: Vec<usize>, data: CudaSlice<f32>) -> Result<Tensor> {
+    Tensor::from_device(
+        shape,
+        Arc::new(CudaBuffer {
+            data,
+            stream: rt.stream.clone(),
+        }),
+    )
+}
+
+/// A tensor's values on this GPU: its own buffer, or a fresh upload of a
+/// host (or other backend's) tensor.
+pub(crate) enum OnDevice<'a> {
+    Here(&'a CudaSlice<f32>),
+    Copied(CudaSlice<f32>),
+}
+
+impl OnDevice<'_> {
+    pub fn slice(&self) -> &CudaSlice<f32> {
+        match self {
+            OnDevice::Here(s) => s,
+            OnDevice::Copied(s) => s,
+        }
+    }
+}
+
+pub(crate) fn on_device<'a>(rt: &Runtime, t: &'a Tensor) -> Result<OnDevice<'a>> {
+    if let Storage::Device(b) = t.storage() {
+        if let Some(c) = b.as_any().downcast_ref::<CudaBuffer>() {
+            return Ok(OnDevice::Here(&c.data));
+        }
+    }
+    let host = t.to_vec()?;
+    upload(rt, &host, "an input tensor").map(OnDevice::Copied)
+}
+
+pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(
+    rt: &Runtime,
+    host: &[T],
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    if host.is_empty() {
+        // SAFETY: a one-element scratch buffer nothing reads.
+        return unsafe { rt.stream.alloc::<T>(1) }.map_err(|e| oom(rt, 1, what, e));
+    }
+    rt.stream
+        .clone_htod(host)
+        .map_err(|e| oom(rt, std::mem::size_of_val(host), what, e))
+}
+
+/// A dense weight's stored bytes on the GPU, uploaded once and cached in
+/// the weight.
+pub struct DeviceWeight {
+    pub format: WeightFormat,
+    pub bytes: CudaSlice<u8>,
+}
+
+// SAFETY: the slice is only read by kernels on the runtime's stream after
+// upload; cudarc slices are plain device pointers plus their stream.
+unsafe impl Sync for DeviceWeight {}
+unsafe impl Send for DeviceWeight {}
+
+pub(crate) fn weight(rt: &Runtime, w: &WeightData) -> Result<Arc<DeviceWeight>> {
+    w.prepared(|w| {
+        let what = format!("a {} weight {:?}", w.format.name(), w.shape);
+        Ok(DeviceWeight {
+            format: w.format,
+            bytes: upload(rt, &w.bytes, &what)?,
+        })
+    })
+}

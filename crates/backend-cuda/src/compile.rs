@@ -1,0 +1,133 @@
+//! Kernel sources and their compilation: each `kernels/*.cu` file, with
+//! `kernels/prelude.cuh` prepended, is compiled by NVRTC for the GPU's
+//! exact architecture at first use and cached on disk as PTX, keyed by
+//! the source's hash, the architecture and the NVRTC version (a changed
+//! kernel, GPU or NVRTC never loads a stale file).
+//!
+//! Cache directory: `$METAL_MARLIN_CACHE/cuda` (default
+//! `~/.cache/metal-marlin/cuda`); a cache that cannot be written is
+//! skipped (compiled again next time), never an error.
+
+use std::path::PathBuf;
+
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use mm_core::{Error, Result};
+use sha2::{Digest, Sha256};
+
+/// One kernel file and the functions it defines.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub src: &'static str,
+    pub functions: &'static [&'static str],
+}
+
+const PRELUDE: &str = include_str!("../kernels/prelude.cuh");
+
+macro_rules! kernel {
+    ($name:literal, [$($f:literal),* $(,)?]) => {
+        Kernel {
+            name: $name,
+            src: include_str!(concat!("../kernels/", $name, ".cu")),
+            functions: &[$($f),*],
+        }
+    };
+}
+
+pub const RMS_NORM: Kernel = kernel!("rms_norm", ["rms_norm_f32"]);
+pub const ACTIVATION: Kernel = kernel!("activation", ["silu_mul_f32", "add_f32"]);
+pub const ROPE: Kernel = kernel!("rope", ["rope_f32"]);
+pub const EMBEDDING: Kernel = kernel!(
+    "embedding",
+    ["embedding_f32", "embedding_f16", "embedding_bf16"]
+);
+pub const MATMUL: Kernel = kernel!("matmul", ["matmul_f32", "matmul_f16", "matmul_bf16"]);
+
+/// Every kernel file of the backend (CI compiles them all).
+pub const ALL: &[Kernel] = &[RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL];
+
+/// The NVRTC version `(major, minor)`, or an error naming the missing
+/// library.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    crate::runtime::require_lib("nvrtc")?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: plain out-parameters; the library was found above.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if r != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(Error::Other(format!("nvrtcVersion failed: {r:?}")));
+    }
+    Ok((major, minor))
+}
+
+fn options(arch: u32) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture=sm_{arch}"),
+        "--std=c++17".into(),
+        // IEEE division and square root, as the CPU references compute.
+        "--prec-div=true".into(),
+        "--prec-sqrt=true".into(),
+        "--ftz=false".into(),
+    ]
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("METAL_MARLIN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("metal-marlin")))?;
+    Some(base.join("cuda"))
+}
+
+/// The PTX of `k` for `sm_{arch}`: from the disk cache, else compiled.
+pub fn ptx(k: &Kernel, arch: u32) -> Result<String> {
+    let (major, minor) = nvrtc_version()?;
+    let opts = options(arch);
+    let mut h = Sha256::new();
+    for part in [
+        PRELUDE,
+        k.src,
+        &opts.join(" "),
+        &format!("nvrtc {major}.{minor}"),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let hash: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file = cache_dir().map(|d| d.join(format!("{}-sm{arch}-{hash}.ptx", k.name)));
+    if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        return Ok(text);
+    }
+    let text = compile(k, arch)?;
+    if let Some(f) = &file {
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        let saved = f.parent().map(std::fs::create_dir_all).transpose().is_ok()
+            && std::fs::write(&tmp, &text).is_ok()
+            && std::fs::rename(&tmp, f).is_ok();
+        if !saved {
+            std::fs::remove_file(&tmp).ok();
+            tracing::debug!("kernel cache {} not writable", f.display());
+        }
+    }
+    Ok(text)
+}
+
+/// Compiles `k` for `sm_{arch}` with NVRTC (no cache); the error carries
+/// NVRTC's log.
+pub fn compile(k: &Kernel, arch: u32) -> Result<String> {
+    crate::runtime::require_lib("nvrtc")?;
+    let src = format!("{PRELUDE}\n#line 1 \"{}.cu\"\n{}", k.name, k.src);
+    let opts = CompileOptions {
+        options: options(arch),
+        name: Some(format!("{}.cu", k.name)),
+        ..Default::default()
+    };
+    let ptx: Ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
+        Error::Other(format!(
+            "NVRTC could not compile kernels/{}.cu for sm_{arch}: {e:?}",
+            k.name
+        ))
+    })?;
+    Ok(ptx.to_src())
+}

@@ -1,0 +1,165 @@
+//! The CUDA backend (feature `cuda` of the CLI): NVIDIA GPUs through the
+//! driver API, loaded at run time with cudarc (no CUDA toolkit needed to
+//! build), kernels in `kernels/*.cu` compiled by NVRTC for the GPU's exact
+//! architecture at first use and cached on disk ([`compile`]).
+//!
+//! Status: activations live on the GPU as f32 tensors; on the GPU run
+//! RMSNorm, RoPE, SiLU·mul, residual adds, embeddings of dense tables and
+//! matmuls of dense (F32/F16/BF16) weights. Attention, the KV cache and
+//! quantized weights are not here yet: [`mm_core::Device`] sends those ops
+//! to the CPU backend (copying their inputs), so every model runs, with
+//! the unsupported part on the CPU. Each op is checked against the CPU
+//! references by the conformance suite on the GPU (`tests/conformance.rs`,
+//! `scripts/test-cuda.sh`).
+
+pub mod buffer;
+pub mod compile;
+pub mod ops;
+pub mod runtime;
+
+use std::sync::Arc;
+
+use mm_core::backend::{Backend, Op};
+use mm_core::{Error, KvStore, PagedBatch, PagedParams, Result, Tensor, WeightData, WeightFormat};
+
+pub use runtime::Runtime;
+
+/// One GPU as a metal-marlin backend.
+#[derive(Debug, Clone)]
+pub struct CudaBackend {
+    rt: Arc<Runtime>,
+    exact: bool,
+}
+
+impl CudaBackend {
+    /// GPU `ordinal`; a clear error without a driver, NVRTC or that GPU.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(Self {
+            rt: Runtime::new(ordinal)?,
+            exact: false,
+        })
+    }
+
+    /// The verification mode: the KV cache in f32, as the CPU's exact
+    /// path (the kernels compute in f32 either way).
+    pub fn exact(self) -> Self {
+        Self {
+            exact: true,
+            ..self
+        }
+    }
+
+    /// The GPU's runtime (context, stream, kernels).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
+    /// A one-line description: name and architecture.
+    pub fn describe(&self) -> String {
+        format!("{} (sm_{})", self.rt.name, self.rt.arch)
+    }
+
+    fn unsupported(op: &str) -> Error {
+        Error::Backend {
+            backend: "cuda".into(),
+            reason: format!("{op} does not run on the GPU yet (the device runs it on the CPU)"),
+        }
+    }
+}
+
+fn dense(f: Option<WeightFormat>) -> bool {
+    matches!(
+        f,
+        Some(WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16)
+    )
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &str {
+        "cuda"
+    }
+
+    /// f32 in the exact mode, else f16 (as the CPU backend).
+    fn default_kv_dtype(&self) -> mm_core::KvDType {
+        if self.exact {
+            mm_core::KvDType::F32
+        } else {
+            mm_core::KvDType::F16
+        }
+    }
+
+    fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool {
+        match op {
+            Op::Matmul | Op::Embedding => dense(format),
+            Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
+            Op::Attention | Op::WriteKv => false,
+        }
+    }
+
+    /// Uploads a dense weight once (others stay on the host for the CPU).
+    fn prepare(&self, w: &WeightData) -> Result<()> {
+        if dense(Some(w.format)) {
+            buffer::weight(&self.rt, w)?;
+        }
+        Ok(())
+    }
+
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        if let mm_core::Storage::Device(b) = t.storage() {
+            if b.as_any().is::<buffer::CudaBuffer>() {
+                return Ok(t.clone());
+            }
+        }
+        if t.numel() == 0 {
+            return Ok(Tensor::zeros(t.shape().to_vec()));
+        }
+        let data = buffer::upload(&self.rt, &t.to_vec()?, "a tensor")?;
+        buffer::tensor(&self.rt, t.shape().to_vec(), data)
+    }
+
+    fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
+        ops::matmul::matmul(&self.rt, x, w, bias)
+    }
+
+    fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor> {
+        ops::embedding::embedding(&self.rt, ids, table)
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        ops::rms_norm::rms_norm(&self.rt, x, w, eps)
+    }
+
+    fn rope(
+        &self,
+        x: &Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+        mscale: f32,
+    ) -> Result<Tensor> {
+        ops::rope::rope(&self.rt, x, head_dim, positions, inv_freq, mscale)
+    }
+
+    fn write_kv(&self, _store: &mut KvStore, _slots: &[u32], _src: &Tensor) -> Result<()> {
+        Err(Self::unsupported("write_kv"))
+    }
+
+    fn paged_attention(
+        &self,
+        _q: &Tensor,
+        _k: &KvStore,
+        _v: &KvStore,
+        _batch: &PagedBatch,
+        _p: &PagedParams,
+    ) -> Result<Tensor> {
+        Err(Self::unsupported("paged attention"))
+    }
+
+    fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        ops::activation::silu_mul(&self.rt, gate, up)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        ops::activation::add(&self.rt, a, b)
+    }
+}

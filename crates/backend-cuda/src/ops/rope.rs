@@ -1,0 +1,61 @@
+//! Rotary embedding (`kernels/rope.cu`): a copy of `x` rotated in place,
+//! one thread per rotated pair.
+
+use cudarc::driver::PushKernelArg;
+use mm_core::{Error, Result, Tensor};
+
+use crate::buffer::{alloc, on_device, tensor, upload};
+use crate::compile::ROPE;
+use crate::runtime::{driver_err, Runtime};
+
+pub fn rope(
+    rt: &Runtime,
+    x: &Tensor,
+    head_dim: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+    mscale: f32,
+) -> Result<Tensor> {
+    let (n, width) = x.dims2()?;
+    if head_dim == 0 || head_dim % 2 != 0 || width % head_dim != 0 {
+        return Err(Error::Invalid(format!(
+            "rope: head_dim {head_dim} must be even and divide the width {width}"
+        )));
+    }
+    if positions.len() != n || inv_freq.len() != head_dim / 2 {
+        return Err(Error::Invalid(format!(
+            "rope: {} positions for {n} rows, {} frequencies for head_dim {head_dim}",
+            positions.len(),
+            inv_freq.len()
+        )));
+    }
+    if n == 0 || width == 0 {
+        return Ok(Tensor::zeros(vec![n, width]));
+    }
+    let xd = on_device(rt, x)?;
+    let mut y = alloc(rt, n * width, "rope output")?;
+    rt.stream
+        .memcpy_dtod(xd.slice(), &mut y)
+        .map_err(|e| driver_err("rope copy", e))?;
+    let pos = upload(rt, positions, "rope positions")?;
+    let freq = upload(rt, inv_freq, "rope frequencies")?;
+    let f = rt.function(&ROPE, "rope_f32")?;
+    let (ni, wi, hi) = (
+        super::dim(n, "rope rows")?,
+        super::dim(width, "rope width")?,
+        super::dim(head_dim, "rope head_dim")?,
+    );
+    let mut l = rt.stream.launch_builder(&f);
+    l.arg(&mut y)
+        .arg(&pos)
+        .arg(&freq)
+        .arg(&ni)
+        .arg(&wi)
+        .arg(&hi)
+        .arg(&mscale);
+    // SAFETY: y holds n·width values, pos n, freq head_dim/2; one thread
+    // per pair, the kernel checks its index.
+    unsafe { l.launch(super::grid((n * width / 2).div_ceil(256), 256)) }
+        .map_err(|e| driver_err("rope", e))?;
+    tensor(rt, vec![n, width], y)
+}

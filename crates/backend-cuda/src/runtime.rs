@@ -1,0 +1,128 @@
+//! The CUDA driver, context, stream and loaded kernels of one GPU.
+//!
+//! The driver (`libcuda`) and NVRTC are loaded at run time (cudarc's
+//! dynamic loading): builds need no CUDA toolkit, and a machine without
+//! them gets an error naming what is missing ([`require_lib`]) instead of
+//! cudarc's panic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use mm_core::{Error, Result};
+
+use crate::compile::{self, Kernel};
+
+/// Fails with a clear message unless the shared library `name` ("cuda",
+/// "nvrtc") can be loaded the way cudarc will look for it.
+pub fn require_lib(name: &str) -> Result<()> {
+    static FOUND: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+    if found.iter().any(|f| f == name) {
+        return Ok(());
+    }
+    let candidates = cudarc::get_lib_name_candidates(name);
+    // SAFETY: loading a system library runs its initializers, as cudarc
+    // itself would on first use.
+    if candidates
+        .iter()
+        .any(|c| unsafe { libloading::Library::new(c) }.is_ok())
+    {
+        found.push(name.to_string());
+        return Ok(());
+    }
+    let what = match name {
+        "cuda" => "the NVIDIA driver library (libcuda.so): no NVIDIA driver is installed",
+        "nvrtc" => "NVRTC (libnvrtc.so), which compiles the kernels: install the CUDA 13 runtime compiler or put its directory on LD_LIBRARY_PATH",
+        _ => "a CUDA library",
+    };
+    Err(Error::Backend {
+        backend: "cuda".into(),
+        reason: format!("cannot load {what} (tried {})", candidates.join(", ")),
+    })
+}
+
+pub(crate) fn driver_err(what: &str, e: cudarc::driver::DriverError) -> Error {
+    Error::Backend {
+        backend: "cuda".into(),
+        reason: format!("{what}: {e:?}"),
+    }
+}
+
+/// One GPU: its context, the stream every op runs on, and the kernel
+/// modules loaded so far.
+pub struct Runtime {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    /// Compute capability as `10·major + minor` (90 for H100).
+    pub arch: u32,
+    pub name: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cuda:{} ({}, sm_{})",
+            self.ctx.ordinal(),
+            self.name,
+            self.arch
+        )
+    }
+}
+
+impl Runtime {
+    /// Opens GPU `ordinal`; errors name a missing driver or NVRTC, a
+    /// missing GPU, or a driver failure.
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        require_lib("cuda")?;
+        require_lib("nvrtc")?;
+        let count = CudaContext::device_count().map_err(|e| driver_err("counting GPUs", e))?;
+        if ordinal >= count as usize {
+            return Err(Error::Backend {
+                backend: "cuda".into(),
+                reason: format!("GPU {ordinal} requested, the driver sees {count}"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("opening the GPU", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| driver_err("reading the compute capability", e))?;
+        let name = ctx
+            .name()
+            .map_err(|e| driver_err("reading the GPU name", e))?;
+        let stream = ctx.default_stream();
+        Ok(Arc::new(Self {
+            ctx,
+            stream,
+            arch: (10 * major + minor) as u32,
+            name,
+            modules: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Function `name` of kernel file `k`, compiled (or read from the
+    /// cache) and loaded on first use.
+    pub fn function(&self, k: &Kernel, name: &str) -> Result<CudaFunction> {
+        let module = {
+            let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match mods.get(k.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = compile::ptx(k, self.arch)?;
+                    let m = self
+                        .ctx
+                        .load_module(Ptx::from_src(ptx))
+                        .map_err(|e| driver_err(&format!("loading kernels/{}.cu", k.name), e))?;
+                    mods.insert(k.name, m.clone());
+                    m
+                }
+            }
+        };
+        module
+            .load_function(name)
+            .map_err(|e| driver_err(&format!("kernel {name} of kernels/{}.cu", k.name), e))
+    }
+}

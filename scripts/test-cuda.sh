@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# CUDA tests in two halves, for a GPU machine without Rust:
+#
+#   scripts/test-cuda.sh build   # here: builds the CUDA test binaries and the
+#                                # CLI with --features cuda, stripped, into
+#                                # target/cuda-bundle (carry that directory)
+#   scripts/test-cuda.sh run     # on the GPU machine, from the repository root:
+#                                # every CUDA test with MM_REQUIRE_CUDA=1, then
+#                                # end-to-end logits, GPU against the CPU's
+#                                # exact path, on the tiny fixtures
+#
+# `run` fails on any test failure and when no GPU is usable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=target/cuda-bundle
+
+case "${1:-}" in
+build)
+    rm -rf "$B" && mkdir -p "$B"
+    cargo build --release --features cuda -p metal-marlin
+    cp target/release/metal-marlin "$B/"
+    cargo test --release -p mm-backend-cuda --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
+        print(m["target"]["name"], m["executable"])' |
+        while read -r name exe; do cp "$exe" "$B/test-$name"; done
+    strip "$B"/*
+    ls -la "$B"
+    ;;
+run)
+    export MM_REQUIRE_CUDA=1
+    for t in "$B"/test-*; do
+        echo "== $t"
+        "$t" --test-threads=1
+    done
+    echo "== end to end: logits on the GPU against the CPU's --exact path"
+    for m in tests/fixtures/tiny/*/; do
+        ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$m/reference.json'))['input_ids'])))")
+        "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cuda --exact --out /tmp/mm-gpu.npy >/dev/null
+        "$B/metal-marlin" logits -m "$m" --ids "$ids" --exact --out /tmp/mm-cpu.npy >/dev/null
+        python3 - "$m" <<'PY'
+import sys
+import numpy as np
+a, b = np.load("/tmp/mm-gpu.npy").astype(np.float64), np.load("/tmp/mm-cpu.npy").astype(np.float64)
+def logsm(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+la, lb = logsm(a), logsm(b)
+kl = (np.exp(lb) * (lb - la)).sum(-1)
+top1 = (a.argmax(-1) == b.argmax(-1)).mean()
+err = np.abs(a - b).max() / np.abs(b).max()
+print(f"{sys.argv[1]}: top-1 {top1:.0%}, mean KL {kl.mean():.2e}, max |dlogit|/max|logit| {err:.1e}")
+assert top1 == 1.0 and kl.mean() <= 1e-6 and err <= 1e-4, "GPU logits differ from the CPU's"
+PY
+    done
+    ;;
+*)
+    echo "usage: $0 build|run" >&2
+    exit 2
+    ;;
+esac
