@@ -154,3 +154,29 @@ pub fn matmul_dims(
     }
     Ok((n, k, m))
 }
+
+/// `(n, width)` of a RoPE input `x[n, width]` with its `head_dim`,
+/// `positions[n]` and `inv_freq[head_dim/2]`, or an error naming them:
+/// every backend's rope checks its input with this.
+pub fn rope_dims(
+    x: &Tensor,
+    head_dim: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Result<(usize, usize)> {
+    let (n, width) = x.dims2()?;
+    if head_dim == 0
+        || head_dim % 2 != 0
+        || width % head_dim != 0
+        || inv_freq.len() * 2 != head_dim
+        || positions.len() != n
+    {
+        return Err(crate::Error::Invalid(format!(
+            "rope: x {:?}, head_dim {head_dim}, {} inv_freq, {} positions do not fit together",
+            x.shape(),
+            inv_freq.len(),
+            positions.len()
+        )));
+    }
+    Ok((n, width))
+}

@@ -2,30 +2,9 @@
 //! head of width d, element i pairs with element i + d/2. Angles are
 //! `position * inv_freq[i]` computed in f32 as transformers does.
 
-use mm_core::{Error, Result, Tensor};
+use mm_core::{Result, Tensor};
 
-fn check(
-    x: &Tensor,
-    head_dim: usize,
-    positions: &[u32],
-    inv_freq: &[f32],
-) -> Result<(usize, usize)> {
-    let (n, width) = x.dims2()?;
-    if head_dim == 0
-        || head_dim % 2 != 0
-        || width % head_dim != 0
-        || inv_freq.len() * 2 != head_dim
-        || positions.len() != n
-    {
-        return Err(Error::Invalid(format!(
-            "rope: x {:?}, head_dim {head_dim}, {} inv_freq, {} positions do not fit together",
-            x.shape(),
-            inv_freq.len(),
-            positions.len()
-        )));
-    }
-    Ok((n, width))
-}
+use mm_core::backend::rope_dims as check;
 
 /// Fast CPU RoPE: cos/sin once per (position, frequency), reused by every head.
 pub fn rope(

@@ -2,7 +2,7 @@
 //! one thread per rotated pair.
 
 use cudarc::driver::PushKernelArg;
-use mm_core::{Error, Result, Tensor};
+use mm_core::{Result, Tensor};
 
 use crate::buffer::{alloc, on_device, tensor, upload};
 use crate::compile::ROPE;
@@ -16,19 +16,7 @@ pub fn rope(
     inv_freq: &[f32],
     mscale: f32,
 ) -> Result<Tensor> {
-    let (n, width) = x.dims2()?;
-    if head_dim == 0 || head_dim % 2 != 0 || width % head_dim != 0 {
-        return Err(Error::Invalid(format!(
-            "rope: head_dim {head_dim} must be even and divide the width {width}"
-        )));
-    }
-    if positions.len() != n || inv_freq.len() != head_dim / 2 {
-        return Err(Error::Invalid(format!(
-            "rope: {} positions for {n} rows, {} frequencies for head_dim {head_dim}",
-            positions.len(),
-            inv_freq.len()
-        )));
-    }
+    let (n, width) = mm_core::backend::rope_dims(x, head_dim, positions, inv_freq)?;
     if n == 0 || width == 0 {
         return Ok(Tensor::zeros(vec![n, width]));
     }
