@@ -7,7 +7,20 @@
 #   scripts/test-cuda.sh run     # on the GPU machine, from the repository root:
 #                                # every CUDA test with MM_REQUIRE_CUDA=1, then
 #                                # end-to-end logits, GPU against the CPU's
-#                                # exact path, on the tiny fixtures
+#                                # exact path, on the tiny fixtures as stored
+#                                # and quantized by us to several formats
+#   scripts/test-cuda.sh model [1b|8b]
+#                                # on the GPU machine: a random Llama-shape
+#                                # model made by transformers; our GPU logits
+#                                # (bf16 as stored, --exact) against
+#                                # transformers' f32 ones on the same GPU;
+#                                # then bench -p 512 -n 128 of it as bf16 and
+#                                # quantized by us to int4, and transformers
+#                                # bf16 speed, in one run
+#   scripts/test-cuda.sh bench [--quick]
+#                                # on the GPU machine: the quantized matmul
+#                                # kernels and their peers (cuBLAS fp16,
+#                                # PyTorch int4) in one run, as a table
 #
 # `run` fails on any test failure and when no GPU is usable.
 set -euo pipefail
@@ -19,12 +32,14 @@ build)
     rm -rf "$B" && mkdir -p "$B"
     cargo build --release --features cuda -p metal-marlin
     cp target/release/metal-marlin "$B/"
+    cargo build --release -p mm-backend-cuda --example qmatmul_bench
+    cp target/release/examples/qmatmul_bench "$B/"
     cargo test --release -p mm-backend-cuda --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["lib"], ["test"]):
         print(m["target"]["name"], m["executable"])' |
         while read -r name exe; do cp "$exe" "$B/test-$name"; done
     strip "$B"/*
@@ -37,10 +52,21 @@ run)
         "$t" --test-threads=1
     done
     echo "== end to end: logits on the GPU against the CPU's --exact path"
-    for m in tests/fixtures/tiny/*/; do
+    models=(tests/fixtures/tiny/*/)
+    q=$(mktemp -d)
+    for f in int4 int4-asym nf4 int8 fp8 mxfp4 int3; do
+        for m in tests/fixtures/tiny/llama tests/fixtures/tiny/qwen3; do
+            out="$q/$(basename "$m")-$f"
+            "$B/metal-marlin" quantize "$m" --out "$out" --format "$f" --group-size 32 \
+                --group-fallback >/dev/null
+            cp "$m/reference.json" "$out/"
+            models+=("$out/")
+        done
+    done
+    for m in "${models[@]}"; do
         ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$m/reference.json'))['input_ids'])))")
         "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cuda --exact --out /tmp/mm-gpu.npy >/dev/null
-        "$B/metal-marlin" logits -m "$m" --ids "$ids" --exact --out /tmp/mm-cpu.npy >/dev/null
+        "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cpu --exact --out /tmp/mm-cpu.npy >/dev/null
         python3 - "$m" <<'PY'
 import sys
 import numpy as np
@@ -57,8 +83,26 @@ assert top1 == 1.0 and kl.mean() <= 1e-6 and err <= 1e-4, "GPU logits differ fro
 PY
     done
     ;;
+model)
+    d=/tmp/mm-random-${2:-1b}
+    [ -d "$d" ] || python3 scripts/cuda/random_llama.py make "$d" --shape "${2:-1b}"
+    ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$d/reference.json'))['input_ids'])))")
+    "$B/metal-marlin" logits -m "$d" --ids "$ids" --device cuda --exact --out /tmp/mm-gpu.npy
+    python3 scripts/cuda/random_llama.py compare "$d" /tmp/mm-gpu.npy
+    [ -d "$d-int4" ] || "$B/metal-marlin" quantize "$d" --out "$d-int4" --format int4 >/dev/null
+    for m in "$d" "$d-int4"; do
+        echo "== bench $m"
+        "$B/metal-marlin" bench -m "$m" --device cuda -p 512 -n 128 -r 3
+    done
+    python3 scripts/cuda/random_llama.py speed "$d"
+    ;;
+bench)
+    "$B/qmatmul_bench" ${2:-} | tee "${OUT:-/tmp}/qmatmul.txt"
+    python3 scripts/cuda/peers.py measure ${2:-} >/dev/null
+    python3 scripts/cuda/peers.py table "${OUT:-/tmp}/qmatmul.jsonl" "${OUT:-/tmp}/peers.jsonl"
+    ;;
 *)
-    echo "usage: $0 build|run" >&2
+    echo "usage: $0 build|run|model [1b|8b]|bench [--quick]" >&2
     exit 2
     ;;
 esac

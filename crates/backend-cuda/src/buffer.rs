@@ -139,3 +139,89 @@ pub(crate) fn weight(rt: &Runtime, w: &WeightData) -> Result<Arc<DeviceWeight>> 
         })
     })
 }
+
+/// One layer's keys or values on the GPU (a [`mm_core::KvStore`]'s device
+/// storage): `len` values of `dtype`, zeroed at allocation as host stores.
+pub struct KvBuffer {
+    pub(crate) data: CudaSlice<u8>,
+    pub(crate) dtype: mm_core::KvDType,
+    len: usize,
+    stream: Arc<CudaStream>,
+}
+
+impl std::fmt::Debug for KvBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KvBuffer({} {})", self.len, self.dtype.name())
+    }
+}
+
+impl DeviceBuffer for KvBuffer {
+    fn backend(&self) -> &str {
+        "cuda"
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The values widened to f32 (for inspection and tests).
+    fn to_host(&self) -> Result<Vec<f32>> {
+        let bytes = self
+            .stream
+            .clone_dtoh(&self.data)
+            .map_err(|e| driver_err("copying a KV store to the host", e))?;
+        Ok(match self.dtype {
+            mm_core::KvDType::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            mm_core::KvDType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A zeroed KV store of `slots × width` values on the GPU.
+pub(crate) fn kv_store(
+    rt: &Runtime,
+    slots: usize,
+    width: usize,
+    dtype: mm_core::KvDType,
+) -> Result<mm_core::KvStore> {
+    let len = slots
+        .checked_mul(width)
+        .ok_or_else(|| Error::Invalid(format!("KV store of {slots} slots × {width} overflows")))?;
+    let bytes = len.max(1) * dtype.bytes();
+    let what = format!("a KV store of {slots} slots × {width} {}", dtype.name());
+    let data = rt
+        .stream
+        .alloc_zeros::<u8>(bytes)
+        .map_err(|e| oom(rt, bytes, &what, e))?;
+    let buf = KvBuffer {
+        data,
+        dtype,
+        len,
+        stream: rt.stream.clone(),
+    };
+    mm_core::KvStore::device(slots, width, dtype, Arc::new(buf))
+}
+
+/// The GPU buffer of a store this backend made, or an error naming where
+/// the store lives.
+pub(crate) fn kv_buffer<'a>(s: &'a mm_core::KvStore, op: &str) -> Result<&'a KvBuffer> {
+    match &s.storage {
+        mm_core::KvStorage::Device(b) => b.as_any().downcast_ref::<KvBuffer>(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Error::Invalid(format!(
+            "{op}: the KV store is not one of this GPU's (make it with the cuda backend's kv_store)"
+        ))
+    })
+}

@@ -42,9 +42,62 @@ pub const EMBEDDING: Kernel = kernel!(
     ["embedding_f32", "embedding_f16", "embedding_bf16"]
 );
 pub const MATMUL: Kernel = kernel!("matmul", ["matmul_f32", "matmul_f16", "matmul_bf16"]);
+/// The quantized matmul's instances: code bits, parameter mode, weight
+/// rows per warp, activation rows per warp.
+pub const QMATMUL: Kernel = kernel!(
+    "qmatmul",
+    [
+        "qmatmul_b4_p0_r2_n1",
+        "qmatmul_b4_p0_r2_n4",
+        "qmatmul_b4_p0_r2_n8",
+        "qmatmul_b4_p1_r2_n1",
+        "qmatmul_b4_p1_r2_n4",
+        "qmatmul_b4_p1_r2_n8",
+        "qmatmul_b4_p2_r2_n1",
+        "qmatmul_b4_p2_r2_n4",
+        "qmatmul_b4_p2_r2_n8",
+        "qmatmul_b4_p3_r2_n1",
+        "qmatmul_b4_p3_r2_n4",
+        "qmatmul_b4_p3_r2_n8",
+        "qmatmul_b4_p4_r2_n1",
+        "qmatmul_b4_p4_r2_n4",
+        "qmatmul_b4_p4_r2_n8",
+        "qmatmul_b8_p0_r2_n1",
+        "qmatmul_b8_p0_r2_n4",
+        "qmatmul_b8_p0_r2_n8",
+        "qmatmul_b8_p1_r2_n1",
+        "qmatmul_b8_p1_r2_n4",
+        "qmatmul_b8_p1_r2_n8",
+        "qmatmul_b8_p2_r2_n1",
+        "qmatmul_b8_p2_r2_n4",
+        "qmatmul_b8_p2_r2_n8",
+        "qmatmul_b8_p3_r2_n1",
+        "qmatmul_b8_p3_r2_n4",
+        "qmatmul_b8_p3_r2_n8",
+        "qmatmul_b8_p4_r2_n1",
+        "qmatmul_b8_p4_r2_n4",
+        "qmatmul_b8_p4_r2_n8",
+    ]
+);
+pub const WRITE_KV: Kernel = kernel!("write_kv", ["write_kv_f32", "write_kv_f16"]);
+pub const ATTENTION: Kernel = kernel!(
+    "attention",
+    [
+        "attention_f32_d32",
+        "attention_f32_d64",
+        "attention_f32_d128",
+        "attention_f32_d256",
+        "attention_f16_d32",
+        "attention_f16_d64",
+        "attention_f16_d128",
+        "attention_f16_d256",
+    ]
+);
 
 /// Every kernel file of the backend (CI compiles them all).
-pub const ALL: &[Kernel] = &[RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL];
+pub const ALL: &[Kernel] = &[
+    RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL, QMATMUL, WRITE_KV, ATTENTION,
+];
 
 /// The NVRTC version `(major, minor)`, or an error naming the missing
 /// library.

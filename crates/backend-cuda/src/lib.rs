@@ -15,12 +15,15 @@
 pub mod buffer;
 pub mod compile;
 pub mod ops;
+pub mod qlayout;
 pub mod runtime;
 
 use std::sync::Arc;
 
 use mm_core::backend::{Backend, Op};
-use mm_core::{Error, KvStore, PagedBatch, PagedParams, Result, Tensor, WeightData, WeightFormat};
+use mm_core::{
+    KvDType, KvStore, PagedBatch, PagedParams, Result, Tensor, WeightData, WeightFormat,
+};
 
 pub use runtime::Runtime;
 
@@ -58,13 +61,6 @@ impl CudaBackend {
     pub fn describe(&self) -> String {
         format!("{} (sm_{})", self.rt.name, self.rt.arch)
     }
-
-    fn unsupported(op: &str) -> Error {
-        Error::Backend {
-            backend: "cuda".into(),
-            reason: format!("{op} does not run on the GPU yet (the device runs it on the CPU)"),
-        }
-    }
 }
 
 fn dense(f: Option<WeightFormat>) -> bool {
@@ -90,16 +86,20 @@ impl Backend for CudaBackend {
 
     fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool {
         match op {
-            Op::Matmul | Op::Embedding => dense(format),
+            Op::Matmul => dense(format) || format.is_some_and(qlayout::supports),
+            Op::Embedding => dense(format),
             Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
-            Op::Attention | Op::WriteKv => false,
+            Op::Attention | Op::WriteKv => true,
         }
     }
 
-    /// Uploads a dense weight once (others stay on the host for the CPU).
+    /// Uploads a weight once: dense as stored, quantized in the GPU layout
+    /// ([`qlayout`]); formats without one stay on the host for the CPU.
     fn prepare(&self, w: &WeightData) -> Result<()> {
         if dense(Some(w.format)) {
             buffer::weight(&self.rt, w)?;
+        } else if qlayout::supports(w.format) {
+            ops::qmatmul::prepare(&self.rt, w)?;
         }
         Ok(())
     }
@@ -118,7 +118,11 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
-        ops::matmul::matmul(&self.rt, x, w, bias)
+        if dense(Some(w.format)) {
+            ops::matmul::matmul(&self.rt, x, w, bias)
+        } else {
+            ops::qmatmul::qmatmul(&self.rt, x, w, bias)
+        }
     }
 
     fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor> {
@@ -140,19 +144,24 @@ impl Backend for CudaBackend {
         ops::rope::rope(&self.rt, x, head_dim, positions, inv_freq, mscale)
     }
 
-    fn write_kv(&self, _store: &mut KvStore, _slots: &[u32], _src: &Tensor) -> Result<()> {
-        Err(Self::unsupported("write_kv"))
+    /// A zeroed store in GPU memory.
+    fn kv_store(&self, slots: usize, width: usize, dtype: KvDType) -> Result<KvStore> {
+        buffer::kv_store(&self.rt, slots, width, dtype)
+    }
+
+    fn write_kv(&self, store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()> {
+        ops::write_kv::write_kv(&self.rt, store, slots, src)
     }
 
     fn paged_attention(
         &self,
-        _q: &Tensor,
-        _k: &KvStore,
-        _v: &KvStore,
-        _batch: &PagedBatch,
-        _p: &PagedParams,
+        q: &Tensor,
+        k: &KvStore,
+        v: &KvStore,
+        batch: &PagedBatch,
+        p: &PagedParams,
     ) -> Result<Tensor> {
-        Err(Self::unsupported("paged attention"))
+        ops::attention::paged_attention(&self.rt, q, k, v, batch, p)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

@@ -93,7 +93,11 @@ impl Runtime {
         let name = ctx
             .name()
             .map_err(|e| driver_err("reading the GPU name", e))?;
-        let stream = ctx.default_stream();
+        // A stream of its own (not the legacy default stream), so that
+        // work on it can be captured as a CUDA graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_err("creating a stream", e))?;
         Ok(Arc::new(Self {
             ctx,
             stream,

@@ -66,6 +66,8 @@ pub enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceKind {
+    /// A GPU when this build has its backend and one is usable, else the CPU.
+    Auto,
     Cpu,
     Cuda,
     Wgpu,
@@ -92,7 +94,7 @@ pub struct ModelArgs {
     /// HF model directory, .gguf file, or hub id (default: SmolLM2-135M-Instruct).
     #[arg(short, long)]
     pub model: Option<String>,
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceKind,
     /// KV-cache length (default: the model's context length, at most 4096).
     #[arg(long)]
@@ -192,7 +194,7 @@ pub struct EvalArgs {
     /// HF model directory, .gguf file, or hub id (default: SmolLM2-135M-Instruct).
     #[arg(short, long)]
     pub model: Option<String>,
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceKind,
     #[command(flatten)]
     pub precision: PrecisionArgs,
@@ -219,7 +221,7 @@ pub struct BenchArgs {
     /// HF model directory, .gguf file, or hub id (default: SmolLM2-135M-Instruct).
     #[arg(short, long)]
     pub model: Option<String>,
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceKind,
     #[command(flatten)]
     pub precision: PrecisionArgs,
@@ -249,7 +251,7 @@ pub struct ServeArgs {
     /// The model (same as MODEL).
     #[arg(short, long)]
     pub model: Option<String>,
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceKind,
     /// `--exact` also stores the KV cache in f32 (default f16).
     #[command(flatten)]

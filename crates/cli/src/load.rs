@@ -32,6 +32,15 @@ pub fn device(kind: DeviceKind, p: PrecisionArgs) -> Result<Device> {
         _ => CpuBackend::new(),
     });
     match kind {
+        DeviceKind::Auto => match cuda(cpu.clone(), p.exact) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                if cfg!(feature = "cuda") {
+                    tracing::info!("no usable GPU, running on the CPU: {e:#}");
+                }
+                Ok(Device::new(cpu.clone(), cpu))
+            }
+        },
         DeviceKind::Cpu => Ok(Device::new(cpu.clone(), cpu)),
         DeviceKind::Cuda => cuda(cpu, p.exact),
         DeviceKind::Wgpu => {

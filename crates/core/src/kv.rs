@@ -121,6 +121,27 @@ impl KvStore {
         self.slots * self.width * self.dtype.bytes()
     }
 
+    /// Checks a write of `rows` rows of `width` values into `slots` (one
+    /// slot per row, each inside the store), or an error naming the
+    /// mismatch: every backend's `write_kv` checks with this before it
+    /// writes anything, so a bad slot list leaves the store untouched.
+    pub fn check_write(&self, slots: &[u32], rows: usize, width: usize) -> Result<()> {
+        if width != self.width || rows != slots.len() {
+            return Err(Error::Invalid(format!(
+                "write_kv: {rows} rows of {width} values for {} slots of a store {} wide",
+                slots.len(),
+                self.width
+            )));
+        }
+        if let Some(s) = slots.iter().find(|&&s| s as usize >= self.slots) {
+            return Err(Error::Invalid(format!(
+                "write_kv: slot {s} is past the store's {} slots",
+                self.slots
+            )));
+        }
+        Ok(())
+    }
+
     /// Row `slot` widened to f32 into `out` (host stores only).
     pub fn read_row(&self, slot: usize, out: &mut [f32]) -> Result<()> {
         let w = self.width;

@@ -11,7 +11,7 @@ use mm_core::{Error, KvStorage, KvStore, Result, Tensor};
 /// Writes row `i` of `src` into slot `slots[i]` of `store`.
 pub fn write_kv(store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()> {
     let (rows, w) = src.dims2()?;
-    check(store, slots, rows, w)?;
+    store.check_write(slots, rows, w)?;
     let s = src.as_slice()?;
     match &mut store.storage {
         KvStorage::F32(v) => {
@@ -31,23 +31,6 @@ pub fn write_kv(store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()> 
                 b.backend()
             )))
         }
-    }
-    Ok(())
-}
-
-fn check(store: &KvStore, slots: &[u32], rows: usize, w: usize) -> Result<()> {
-    if w != store.width() || rows != slots.len() {
-        return Err(Error::Invalid(format!(
-            "write_kv: {rows} rows of {w} values for {} slots of a store {} wide",
-            slots.len(),
-            store.width()
-        )));
-    }
-    if let Some(s) = slots.iter().find(|&&s| s as usize >= store.slots()) {
-        return Err(Error::Invalid(format!(
-            "write_kv: slot {s} is past the store's {} slots",
-            store.slots()
-        )));
     }
     Ok(())
 }

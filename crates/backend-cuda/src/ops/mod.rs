@@ -3,10 +3,13 @@
 //! its `kernels/<op>.cu` file.
 
 pub mod activation;
+pub mod attention;
 pub mod embedding;
 pub mod matmul;
+pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod write_kv;
 
 use cudarc::driver::LaunchConfig;
 

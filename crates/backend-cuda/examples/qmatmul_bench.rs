@@ -1,0 +1,199 @@
+//! Times the quantized matmul kernels on the GPU at Llama-3 8B/70B shapes
+//! (`scripts/test-cuda.sh bench` runs it beside the PyTorch/cuBLAS peers).
+//!
+//! Weights are random codes and scales in each format's GPU layout,
+//! rotated through enough copies that the working set is at least 4× the
+//! L2 cache; 20 launches are captured in one CUDA graph and the median of
+//! 30 replays is taken per launch. Bytes counted: the codes and group
+//! parameters the kernel reads (activations and output are extra).
+//! Before timing, each shape's output is checked against a float64
+//! reference of the layout's values on a few rows.
+//!
+//! `qmatmul_bench [--quick]` prints one line per case and writes JSON
+//! lines to `$OUT/qmatmul.jsonl` when OUT is set.
+
+use std::io::Write;
+
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use mm_backend_cuda::ops::qmatmul::{launch, upload_layout, DeviceQWeight};
+use mm_backend_cuda::qlayout::QLayout;
+use mm_backend_cuda::Runtime;
+use mm_core::weight::{MmFormat, MmKind};
+use mm_core::{HostBytes, WeightData, WeightFormat};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn random_weight(f: WeightFormat, m: usize, k: usize, seed: u64) -> WeightData {
+    let mut rng = StdRng::seed_from_u64(seed);
+    match f {
+        WeightFormat::Mm(mf) => {
+            let groups = mf.groups_per_row(k);
+            let codes: Vec<u8> = (0..m * mf.code_bytes(k)).map(|_| rng.gen()).collect();
+            let scales: Vec<u8> = (0..m * groups)
+                .flat_map(|_| half::f16::from_f32(rng.gen_range(1e-3..2e-2)).to_le_bytes())
+                .collect();
+            let zeros = mf
+                .kind
+                .has_zeros()
+                .then(|| HostBytes::owned((0..m * groups).map(|_| rng.gen()).collect()));
+            WeightData::new_mm(
+                mf,
+                vec![m, k],
+                HostBytes::owned(codes),
+                HostBytes::owned(scales),
+                zeros,
+            )
+            .expect("weight parts")
+        }
+        _ => {
+            let bytes = mm_backend_cpu::ops::qmatmul::testing::random_blocks(f, m, k, seed);
+            WeightData::new(f, vec![m, k], HostBytes::owned(bytes)).expect("weight bytes")
+        }
+    }
+}
+
+fn median_us(rt: &Runtime, reps: usize, mut f: impl FnMut() -> mm_core::Result<()>) -> f64 {
+    let s = &rt.stream;
+    for _ in 0..3 {
+        f().expect("launch");
+    }
+    s.synchronize().expect("sync");
+    s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .expect("capture");
+    for _ in 0..reps {
+        f().expect("launch");
+    }
+    let g = s
+        .end_capture(CUgraphInstantiate_flags(0))
+        .expect("end capture")
+        .expect("a graph");
+    let mut ts = Vec::new();
+    for i in 0..33 {
+        let a = s
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .expect("event");
+        g.launch().expect("replay");
+        let b = s
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .expect("event");
+        let ms = a.elapsed_ms(&b).expect("elapsed");
+        if i >= 3 {
+            ts.push(ms as f64 * 1e3 / reps as f64);
+        }
+    }
+    ts.sort_by(f64::total_cmp);
+    ts[ts.len() / 2]
+}
+
+/// ‖y − ref‖/‖ref‖ on the first rows of the output, float64 reference
+/// over the layout's values.
+fn check(rt: &Runtime, l: &QLayout, q: &DeviceQWeight, n: usize) -> f64 {
+    let mut rng = StdRng::seed_from_u64(1);
+    let k = l.cols;
+    let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let xd = rt.stream.clone_htod(&x).expect("upload");
+    let mut y = rt.stream.alloc_zeros::<f32>(n * l.rows).expect("alloc");
+    launch(rt, q, &xd, None, &mut y, n).expect("launch");
+    let y = rt.stream.clone_dtoh(&y).expect("download");
+    let rows = l.rows.min(64);
+    let sub = QLayout {
+        rows,
+        codes: l.codes[..rows * l.kp * l.bits as usize / 8].to_vec(),
+        ..l.clone()
+    };
+    let w = sub.dequantize();
+    let (mut num, mut den) = (0f64, 0f64);
+    for a in 0..n {
+        for r in 0..rows {
+            let want: f64 = (0..k)
+                .map(|c| x[a * k + c] as f64 * w[r * k + c] as f64)
+                .sum();
+            let got = y[a * l.rows + r] as f64;
+            num += (got - want).powi(2);
+            den += want * want;
+        }
+    }
+    (num / den).sqrt()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rt = Runtime::new(0).unwrap_or_else(|e| {
+        eprintln!("qmatmul_bench: {e}");
+        std::process::exit(2)
+    });
+    let l2 = 50usize << 20;
+    let mut out = std::env::var_os("OUT").map(|d| {
+        std::fs::File::create(std::path::Path::new(&d).join("qmatmul.jsonl")).expect("jsonl")
+    });
+    let int4 = WeightFormat::Mm(MmFormat::new(MmKind::IntSym(4), 128).unwrap());
+    let int8 = WeightFormat::Mm(MmFormat::new(MmKind::IntSym(8), 128).unwrap());
+    let fp8 = WeightFormat::Mm(MmFormat::new(MmKind::Fp8E4M3, 128).unwrap());
+    let shapes: &[(usize, usize)] = if quick {
+        &[(14336, 4096), (28672, 8192)]
+    } else {
+        &[
+            (6144, 4096),
+            (4096, 4096),
+            (14336, 4096),
+            (4096, 14336),
+            (10240, 8192),
+            (8192, 8192),
+            (28672, 8192),
+            (8192, 28672),
+        ]
+    };
+    let ms_all: &[usize] = if quick {
+        &[1, 8]
+    } else {
+        &[1, 2, 4, 8, 16, 32, 64, 128, 512]
+    };
+    println!("GPU {} (sm_{})", rt.name, rt.arch);
+    println!(
+        "{:>6} {:>6} {:>4} {:>10} {:>9} {:>7} {:>9}",
+        "N", "K", "M", "format", "us", "TB/s", "rel err"
+    );
+    for &(m, k) in shapes {
+        let formats = [
+            int4,
+            WeightFormat::Q4_0,
+            WeightFormat::Q4K,
+            WeightFormat::Q8_0,
+            int8,
+            fp8,
+            WeightFormat::Q6K,
+        ];
+        for (fi, &f) in formats.iter().enumerate() {
+            // int4 at every M, the others at decode sizes.
+            let mlist: Vec<usize> = if fi == 0 { ms_all.to_vec() } else { vec![1] };
+            let l = QLayout::from_weight(&random_weight(f, m, k, 7 + fi as u64)).expect("layout");
+            let first = upload_layout(&rt, &l, "bench weight").expect("upload");
+            let bytes = first.bytes;
+            let copies = (4 * l2).div_ceil(bytes).clamp(1, 8);
+            let mut ws = vec![first];
+            for _ in 1..copies {
+                ws.push(upload_layout(&rt, &l, "bench weight").expect("upload"));
+            }
+            let err = check(&rt, &l, &ws[0], 1);
+            for &n in &mlist {
+                let mut rng = StdRng::seed_from_u64(n as u64);
+                let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let xd = rt.stream.clone_htod(&x).expect("upload");
+                let mut y = rt.stream.alloc_zeros::<f32>(n * m).expect("alloc");
+                let mut i = 0;
+                let us = median_us(&rt, 20, || {
+                    i = (i + 1) % ws.len();
+                    launch(&rt, &ws[i], &xd, None, &mut y, n)
+                });
+                let tbs = bytes as f64 / us / 1e6;
+                println!(
+                    "{m:>6} {k:>6} {n:>4} {:>10} {us:>9.1} {tbs:>7.2} {err:>9.1e}",
+                    f.name()
+                );
+                if let Some(o) = out.as_mut() {
+                    writeln!(o, "{{\"N\":{m},\"K\":{k},\"M\":{n},\"format\":\"{}\",\"us\":{us:.3},\"bytes\":{bytes},\"err\":{err:.3e}}}", f.name()).ok();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)` for quantized weights
+//! (`kernels/qmatmul.cu`): the weight repacked once into the GPU layout
+//! of [`crate::qlayout`] and uploaded; f32 activations and sums.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use mm_core::{Error, Result, Tensor, WeightData};
+
+use crate::buffer::{alloc, on_device, tensor, upload};
+use crate::compile::QMATMUL;
+use crate::qlayout::QLayout;
+use crate::runtime::{driver_err, Runtime};
+
+/// Warps per block (`QWARPS` in the kernel) and weight rows per warp.
+const WARPS: usize = 4;
+const R: usize = 2;
+
+/// A quantized weight in the GPU layout, on the GPU.
+pub struct DeviceQWeight {
+    pub rows: usize,
+    pub cols: usize,
+    pub kp: usize,
+    pub bits: u32,
+    pub group: usize,
+    pub mode: u32,
+    pub codes: CudaSlice<u8>,
+    pub params: CudaSlice<u8>,
+    pub lut: CudaSlice<f32>,
+    /// Bytes the GPU reads per pass over the weight (codes + parameters).
+    pub bytes: usize,
+}
+
+// SAFETY: as `DeviceWeight`: read-only device memory after the upload.
+unsafe impl Sync for DeviceQWeight {}
+unsafe impl Send for DeviceQWeight {}
+
+/// The weight's GPU form, built and uploaded on first use, cached in it.
+pub fn prepare(rt: &Runtime, w: &WeightData) -> Result<std::sync::Arc<DeviceQWeight>> {
+    w.prepared(|w| {
+        let what = format!("a {} weight {:?}", w.format.name(), w.shape);
+        upload_layout(rt, &QLayout::from_weight(w)?, &what)
+    })
+}
+
+/// Uploads a weight already in the GPU layout (`what` names it in errors).
+pub fn upload_layout(rt: &Runtime, l: &QLayout, what: &str) -> Result<DeviceQWeight> {
+    let unit = 128 / l.bits as usize;
+    if l.group % unit != 0 {
+        return Err(Error::Other(format!(
+            "cuda layout of {what}: groups of {} split a unit of {unit} codes",
+            l.group
+        )));
+    }
+    let params = l.params.bytes();
+    Ok(DeviceQWeight {
+        rows: l.rows,
+        cols: l.cols,
+        kp: l.kp,
+        bits: l.bits,
+        group: l.group,
+        mode: l.params.mode(),
+        bytes: l.codes.len() + params.len(),
+        codes: upload(rt, &l.codes, what)?,
+        params: upload(rt, &params, what)?,
+        lut: upload(rt, &l.lut, what)?,
+    })
+}
+
+pub fn qmatmul(rt: &Runtime, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, _, m) = mm_core::backend::matmul_dims(x, w, bias)?;
+    if n == 0 || m == 0 {
+        return Ok(Tensor::zeros(vec![n, m]));
+    }
+    let q = prepare(rt, w)?;
+    let xd = on_device(rt, x)?;
+    let bd = bias.map(|b| on_device(rt, b)).transpose()?;
+    let mut y = alloc(rt, n * m, "matmul output")?;
+    launch(
+        rt,
+        &q,
+        xd.slice(),
+        bd.as_ref().map(|b| b.slice()),
+        &mut y,
+        n,
+    )?;
+    tensor(rt, vec![n, m], y)
+}
+
+/// Launches the kernel: `y[n, rows] = x[n, cols] · wᵀ (+ bias)`, all on
+/// the GPU (`y` holds n·rows values; nothing allocated, so a caller may
+/// capture it in a graph).
+pub fn launch(
+    rt: &Runtime,
+    q: &DeviceQWeight,
+    x: &CudaSlice<f32>,
+    bias: Option<&CudaSlice<f32>>,
+    y: &mut CudaSlice<f32>,
+    n: usize,
+) -> Result<()> {
+    let (k, m) = (q.cols, q.rows);
+    if x.len() < n * k || y.len() < n * m || bias.is_some_and(|b| b.len() < m) {
+        return Err(Error::Invalid(format!(
+            "quantized matmul of {n} rows by a {m}x{k} weight: buffers of {}, {} and {:?} values",
+            x.len(),
+            y.len(),
+            bias.map(|b| b.len())
+        )));
+    }
+    let nr = match n {
+        1 => 1,
+        2..=4 => 4,
+        _ => 8,
+    };
+    let name = format!("qmatmul_b{}_p{}_r{R}_n{nr}", q.bits, q.mode);
+    let f = rt.function(&QMATMUL, &name)?;
+    let dims = [
+        super::dim(n, "matmul rows")?,
+        super::dim(k, "matmul k")?,
+        super::dim(m, "matmul m")?,
+        super::dim(q.kp, "matmul padded k")?,
+        super::dim(q.group, "group")?,
+    ];
+    let null = 0u64;
+    let mut l = rt.stream.launch_builder(&f);
+    l.arg(&q.codes).arg(&q.params).arg(&q.lut).arg(x);
+    match bias {
+        Some(b) => l.arg(b),
+        None => l.arg(&null),
+    };
+    l.arg(y);
+    for d in &dims {
+        l.arg(d);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (
+            m.div_ceil(WARPS * R) as u32,
+            super::dim(n.div_ceil(nr), "matmul row groups")? as u32,
+            1,
+        ),
+        block_dim: (32 * WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: codes hold m rows of kp codes, params m·kp/group entries,
+    // lut 2^bits values; x, bias and y were checked above; the kernel
+    // checks its row and column indices.
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("quantized matmul", e))?;
+    Ok(())
+}
