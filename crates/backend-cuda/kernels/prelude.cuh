@@ -11,6 +11,24 @@ typedef unsigned long long u64;
 
 #define INFINITY __int_as_float(0x7f800000)
 
+// Files compiled one function at a time (Kernel::split in compile.rs) get
+// -DMM_ONLY="name"; a function whose body is guarded by
+// `if constexpr (mm_selected("name"))` then instantiates its templates
+// only when it is the one asked for (or when MM_ONLY is not set).
+#ifndef MM_ONLY
+#define MM_ONLY ""
+#endif
+__host__ __device__ constexpr bool mm_streq(const char* a, const char* b) {
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+__host__ __device__ constexpr bool mm_selected(const char* name) {
+    return MM_ONLY[0] == 0 || mm_streq(MM_ONLY, name);
+}
+
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

@@ -153,7 +153,8 @@ __device__ void qgemv(const unsigned char* __restrict__ codes, const void* __res
                                           const float* lut, const float* x,                  \
                                           const float* bias, float* y, int n, int k, int m,  \
                                           int kp, int group) {                               \
-        qgemv<BITS, P, R, NR>(codes, prm, lut, x, bias, y, n, k, m, kp, group);              \
+        if constexpr (mm_selected("qmatmul_b" #BITS "_p" #P "_r" #R "_n" #NR))              \
+            qgemv<BITS, P, R, NR>(codes, prm, lut, x, bias, y, n, k, m, kp, group);          \
     }
 
 #define QMATMUL_ROWS(BITS, P) \

@@ -20,6 +20,9 @@ pub struct Kernel {
     pub name: &'static str,
     pub src: &'static str,
     pub functions: &'static [&'static str],
+    /// Compiled one function at a time (`MM_ONLY`, see the prelude): for
+    /// files of many template instances, of which a model uses a few.
+    pub split: bool,
 }
 
 const PRELUDE: &str = include_str!("../kernels/prelude.cuh");
@@ -30,6 +33,13 @@ macro_rules! kernel {
             name: $name,
             src: include_str!(concat!("../kernels/", $name, ".cu")),
             functions: &[$($f),*],
+            split: false,
+        }
+    };
+    (split $name:literal, [$($f:literal),* $(,)?]) => {
+        Kernel {
+            split: true,
+            ..kernel!($name, [$($f),*])
         }
     };
 }
@@ -45,7 +55,7 @@ pub const MATMUL: Kernel = kernel!("matmul", ["matmul_f32", "matmul_f16", "matmu
 /// The quantized matmul's instances: code bits, parameter mode, weight
 /// rows per warp, activation rows per warp.
 pub const QMATMUL: Kernel = kernel!(
-    "qmatmul",
+    split "qmatmul",
     [
         "qmatmul_b4_p0_r2_n1",
         "qmatmul_b4_p0_r2_n4",
@@ -112,15 +122,19 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     Ok((major, minor))
 }
 
-fn options(arch: u32) -> Vec<String> {
-    vec![
+fn options(arch: u32, only: Option<&str>) -> Vec<String> {
+    let mut o = vec![
         format!("--gpu-architecture=sm_{arch}"),
         "--std=c++17".into(),
         // IEEE division and square root, as the CPU references compute.
         "--prec-div=true".into(),
         "--prec-sqrt=true".into(),
         "--ftz=false".into(),
-    ]
+    ];
+    if let Some(f) = only {
+        o.push(format!("-DMM_ONLY=\"{f}\""));
+    }
+    o
 }
 
 fn cache_dir() -> Option<PathBuf> {
@@ -130,10 +144,11 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("cuda"))
 }
 
-/// The PTX of `k` for `sm_{arch}`: from the disk cache, else compiled.
-pub fn ptx(k: &Kernel, arch: u32) -> Result<String> {
+/// The PTX of `k` for `sm_{arch}` (of its function `only` alone, for a
+/// split file): from the disk cache, else compiled.
+pub fn ptx(k: &Kernel, arch: u32, only: Option<&str>) -> Result<String> {
     let (major, minor) = nvrtc_version()?;
-    let opts = options(arch);
+    let opts = options(arch, only);
     let mut h = Sha256::new();
     for part in [
         PRELUDE,
@@ -148,11 +163,17 @@ pub fn ptx(k: &Kernel, arch: u32) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let file = cache_dir().map(|d| d.join(format!("{}-sm{arch}-{hash}.ptx", k.name)));
+    let file = cache_dir().map(|d| {
+        d.join(format!(
+            "{}{}-sm{arch}-{hash}.ptx",
+            k.name,
+            only.map_or(String::new(), |f| format!("-{f}"))
+        ))
+    });
     if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
         return Ok(text);
     }
-    let text = compile(k, arch)?;
+    let text = compile_only(k, arch, only)?;
     if let Some(f) = &file {
         let tmp = f.with_extension(format!("tmp{}", std::process::id()));
         let saved = f.parent().map(std::fs::create_dir_all).transpose().is_ok()
@@ -166,13 +187,19 @@ pub fn ptx(k: &Kernel, arch: u32) -> Result<String> {
     Ok(text)
 }
 
-/// Compiles `k` for `sm_{arch}` with NVRTC (no cache); the error carries
-/// NVRTC's log.
+/// Compiles every function of `k` for `sm_{arch}` with NVRTC (no cache);
+/// the error carries NVRTC's log.
 pub fn compile(k: &Kernel, arch: u32) -> Result<String> {
+    compile_only(k, arch, None)
+}
+
+/// [`compile`], of function `only` alone when given (the others compile
+/// to empty bodies).
+pub fn compile_only(k: &Kernel, arch: u32, only: Option<&str>) -> Result<String> {
     crate::runtime::require_lib("nvrtc")?;
     let src = format!("{PRELUDE}\n#line 1 \"{}.cu\"\n{}", k.name, k.src);
     let opts = CompileOptions {
-        options: options(arch),
+        options: options(arch, only),
         name: Some(format!("{}.cu", k.name)),
         ..Default::default()
     };

@@ -58,7 +58,7 @@ pub struct Runtime {
     /// Compute capability as `10·major + minor` (90 for H100).
     pub arch: u32,
     pub name: String,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<String, Arc<CudaModule>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -112,15 +112,20 @@ impl Runtime {
     pub fn function(&self, k: &Kernel, name: &str) -> Result<CudaFunction> {
         let module = {
             let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-            match mods.get(k.name) {
+            let only = k.split.then_some(name);
+            let key = match only {
+                Some(f) => format!("{}/{f}", k.name),
+                None => k.name.to_string(),
+            };
+            match mods.get(&key) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = compile::ptx(k, self.arch)?;
+                    let ptx = compile::ptx(k, self.arch, only)?;
                     let m = self
                         .ctx
                         .load_module(Ptx::from_src(ptx))
                         .map_err(|e| driver_err(&format!("loading kernels/{}.cu", k.name), e))?;
-                    mods.insert(k.name, m.clone());
+                    mods.insert(key, m.clone());
                     m
                 }
             }
