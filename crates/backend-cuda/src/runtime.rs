@@ -5,10 +5,11 @@
 //! them gets an error naming what is missing ([`require_lib`]) instead of
 //! cudarc's panic.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
 use cudarc::nvrtc::Ptx;
 use mm_core::{Error, Result};
 
@@ -59,6 +60,8 @@ pub struct Runtime {
     pub arch: u32,
     pub name: String,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    /// The last upload under each key ([`Runtime::upload_cached`]).
+    uploads: Mutex<HashMap<&'static str, (Vec<u8>, Arc<dyn Any + Send + Sync>)>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -93,6 +96,11 @@ impl Runtime {
         let name = ctx
             .name()
             .map_err(|e| driver_err("reading the GPU name", e))?;
+        // Every op runs on one stream, in order: cudarc's per-buffer event
+        // tracking (for several streams) would only add two driver calls
+        // per kernel argument and break graph capture.
+        // SAFETY: no buffer is ever used on a second stream.
+        unsafe { ctx.disable_event_tracking() };
         // A stream of its own (not the legacy default stream), so that
         // work on it can be captured as a CUDA graph.
         let stream = ctx
@@ -104,6 +112,7 @@ impl Runtime {
             arch: (10 * major + minor) as u32,
             name,
             modules: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -133,5 +142,28 @@ impl Runtime {
         module
             .load_function(name)
             .map_err(|e| driver_err(&format!("kernel {name} of kernels/{}.cu", k.name), e))
+    }
+
+    /// `data` on the GPU, reusing the previous upload under `key` when it
+    /// held the same values: a step's metadata (positions, block tables,
+    /// KV slots) is the same for every layer, so it crosses the bus once
+    /// per step instead of once per layer.
+    pub fn upload_cached<T: DeviceRepr + bytemuck::Pod + Send + Sync>(
+        &self,
+        key: &'static str,
+        data: &[T],
+    ) -> Result<Arc<CudaSlice<T>>> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let mut ups = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((old, buf)) = ups.get(key) {
+            if old.as_slice() == bytes {
+                if let Ok(b) = buf.clone().downcast::<CudaSlice<T>>() {
+                    return Ok(b);
+                }
+            }
+        }
+        let b = Arc::new(crate::buffer::upload(self, data, key)?);
+        ups.insert(key, (bytes.to_vec(), b.clone()));
+        Ok(b)
     }
 }

@@ -5,7 +5,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use mm_core::{Error, KvDType, KvStore, PagedBatch, PagedParams, Result, Tensor};
 
-use crate::buffer::{alloc, kv_buffer, on_device, tensor, upload};
+use crate::buffer::{alloc, kv_buffer, on_device, tensor};
 use crate::compile::ATTENTION;
 use crate::runtime::{driver_err, Runtime};
 
@@ -64,9 +64,9 @@ pub fn paged_attention(
         }
     }
     let qd = on_device(rt, q)?;
-    let tables = upload(rt, &batch.block_tables, "block tables")?;
-    let pos = upload(rt, &pos, "query positions")?;
-    let table0 = upload(rt, &table0, "block-table starts")?;
+    let tables = rt.upload_cached("block tables", &batch.block_tables)?;
+    let pos = rt.upload_cached("query positions", &pos)?;
+    let table0 = rt.upload_cached("block-table starts", &table0)?;
     let mut y = alloc(rt, rows * qw, "attention output")?;
     let elem = match k.dtype() {
         KvDType::F32 => "f32",
@@ -87,9 +87,9 @@ pub fn paged_attention(
     l.arg(qd.slice())
         .arg(&kb.data)
         .arg(&vb.data)
-        .arg(&tables)
-        .arg(&pos)
-        .arg(&table0)
+        .arg(tables.as_ref())
+        .arg(pos.as_ref())
+        .arg(table0.as_ref())
         .arg(&mut y);
     for x in &dims {
         l.arg(x);

@@ -4,7 +4,7 @@
 use cudarc::driver::PushKernelArg;
 use mm_core::{Result, Tensor};
 
-use crate::buffer::{alloc, on_device, tensor, upload};
+use crate::buffer::{alloc, on_device, tensor};
 use crate::compile::ROPE;
 use crate::runtime::{driver_err, Runtime};
 
@@ -25,8 +25,8 @@ pub fn rope(
     rt.stream
         .memcpy_dtod(xd.slice(), &mut y)
         .map_err(|e| driver_err("rope copy", e))?;
-    let pos = upload(rt, positions, "rope positions")?;
-    let freq = upload(rt, inv_freq, "rope frequencies")?;
+    let pos = rt.upload_cached("rope positions", positions)?;
+    let freq = rt.upload_cached("rope frequencies", inv_freq)?;
     let f = rt.function(&ROPE, "rope_f32")?;
     let (ni, wi, hi) = (
         super::dim(n, "rope rows")?,
@@ -35,8 +35,8 @@ pub fn rope(
     );
     let mut l = rt.stream.launch_builder(&f);
     l.arg(&mut y)
-        .arg(&pos)
-        .arg(&freq)
+        .arg(pos.as_ref())
+        .arg(freq.as_ref())
         .arg(&ni)
         .arg(&wi)
         .arg(&hi)

@@ -5,7 +5,7 @@
 use cudarc::driver::PushKernelArg;
 use mm_core::{KvDType, KvStore, Result, Tensor};
 
-use crate::buffer::{kv_buffer, on_device, upload};
+use crate::buffer::{kv_buffer, on_device};
 use crate::compile::WRITE_KV;
 use crate::runtime::{driver_err, Runtime};
 
@@ -17,7 +17,7 @@ pub fn write_kv(rt: &Runtime, store: &mut KvStore, slots: &[u32], src: &Tensor) 
     }
     let buf = kv_buffer(store, "write_kv")?;
     let xd = on_device(rt, src)?;
-    let sl = upload(rt, slots, "KV slots")?;
+    let sl = rt.upload_cached("KV slots", slots)?;
     let name = match buf.dtype {
         KvDType::F32 => "write_kv_f32",
         KvDType::F16 => "write_kv_f16",
@@ -28,7 +28,11 @@ pub fn write_kv(rt: &Runtime, store: &mut KvStore, slots: &[u32], src: &Tensor) 
         super::dim(width, "write_kv width")?,
     );
     let mut l = rt.stream.launch_builder(&f);
-    l.arg(&buf.data).arg(&sl).arg(xd.slice()).arg(&ri).arg(&wi);
+    l.arg(&buf.data)
+        .arg(sl.as_ref())
+        .arg(xd.slice())
+        .arg(&ri)
+        .arg(&wi);
     // SAFETY: the store holds slots × width values and every slot was
     // checked against it; src holds rows × width.
     unsafe { l.launch(super::cover(rows * width, 256)) }.map_err(|e| driver_err("write_kv", e))?;
