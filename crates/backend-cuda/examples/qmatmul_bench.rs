@@ -6,8 +6,10 @@
 //! L2 cache; 20 launches are captured in one CUDA graph and the median of
 //! 30 replays is taken per launch. Bytes counted: the codes and group
 //! parameters the kernel reads (activations and output are extra).
-//! Before timing, each shape's output is checked against a float64
-//! reference of the layout's values on a few rows.
+//! M ≤ 8 runs the decode kernel (f32, `qmatmul`), larger M the prompt
+//! kernel (tensor cores, f16 operands, `tc_matmul`), as the backend does.
+//! Before timing, each shape's output (M = 1 and 16) is checked against a
+//! float64 reference of the layout's values on its first 64 rows.
 //!
 //! `qmatmul_bench [--quick]` prints one line per case and writes JSON
 //! lines to `$OUT/qmatmul.jsonl` when OUT is set.
@@ -15,7 +17,9 @@
 use std::io::Write;
 
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use mm_backend_cuda::ops::qmatmul::{launch, upload_layout, DeviceQWeight};
+use mm_backend_cuda::ops::matmul::Prepared;
+use mm_backend_cuda::ops::qmatmul::upload_layout;
+use mm_backend_cuda::ops::{qmatmul, tc_matmul};
 use mm_backend_cuda::qlayout::QLayout;
 use mm_backend_cuda::Runtime;
 use mm_core::weight::{MmFormat, MmKind};
@@ -87,13 +91,13 @@ fn median_us(rt: &Runtime, reps: usize, mut f: impl FnMut() -> mm_core::Result<(
 
 /// ‖y − ref‖/‖ref‖ on the first rows of the output, float64 reference
 /// over the layout's values.
-fn check(rt: &Runtime, l: &QLayout, q: &DeviceQWeight, n: usize) -> f64 {
+fn check(rt: &Runtime, l: &QLayout, q: &Prepared, n: usize) -> f64 {
     let mut rng = StdRng::seed_from_u64(1);
     let k = l.cols;
     let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let xd = rt.stream.clone_htod(&x).expect("upload");
     let mut y = rt.stream.alloc_zeros::<f32>(n * l.rows).expect("alloc");
-    launch(rt, q, &xd, None, &mut y, n).expect("launch");
+    run(rt, q, &xd, &mut y, n, l.cols, l.rows).expect("launch");
     let y = rt.stream.clone_dtoh(&y).expect("download");
     let rows = l.rows.min(64);
     let sub = QLayout {
@@ -114,6 +118,23 @@ fn check(rt: &Runtime, l: &QLayout, q: &DeviceQWeight, n: usize) -> f64 {
         }
     }
     (num / den).sqrt()
+}
+
+/// The kernel the backend runs for `n` rows: decode (f32) up to 8 rows,
+/// the tensor cores beyond.
+fn run(
+    rt: &Runtime,
+    q: &Prepared,
+    x: &cudarc::driver::CudaSlice<f32>,
+    y: &mut cudarc::driver::CudaSlice<f32>,
+    n: usize,
+    k: usize,
+    m: usize,
+) -> mm_core::Result<()> {
+    match q {
+        Prepared::Quant(w) if n <= 8 => qmatmul::launch(rt, w, x, None, None, y, n),
+        _ => tc_matmul::launch(rt, q, x, None, None, y, n, k, m),
+    }
 }
 
 fn main() {
@@ -167,14 +188,24 @@ fn main() {
             // int4 at every M, the others at decode sizes.
             let mlist: Vec<usize> = if fi == 0 { ms_all.to_vec() } else { vec![1] };
             let l = QLayout::from_weight(&random_weight(f, m, k, 7 + fi as u64)).expect("layout");
-            let first = upload_layout(&rt, &l, "bench weight").expect("upload");
-            let bytes = first.bytes;
+            let up = || {
+                Prepared::Quant(
+                    upload_layout(&rt, &l, "bench weight")
+                        .expect("upload")
+                        .into(),
+                )
+            };
+            let first = up();
+            let Prepared::Quant(w0) = &first else {
+                unreachable!()
+            };
+            let bytes = w0.bytes;
             let copies = (4 * l2).div_ceil(bytes).clamp(1, 8);
             let mut ws = vec![first];
             for _ in 1..copies {
-                ws.push(upload_layout(&rt, &l, "bench weight").expect("upload"));
+                ws.push(up());
             }
-            let err = check(&rt, &l, &ws[0], 1);
+            let errs = [check(&rt, &l, &ws[0], 1), check(&rt, &l, &ws[0], 16)];
             for &n in &mlist {
                 let mut rng = StdRng::seed_from_u64(n as u64);
                 let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -183,15 +214,17 @@ fn main() {
                 let mut i = 0;
                 let us = median_us(&rt, 20, || {
                     i = (i + 1) % ws.len();
-                    launch(&rt, &ws[i], &xd, None, &mut y, n)
+                    run(&rt, &ws[i], &xd, &mut y, n, k, m)
                 });
                 let tbs = bytes as f64 / us / 1e6;
+                let err = errs[usize::from(n > 8)];
+                let tflops = 2.0 * (n * m * k) as f64 / us / 1e6;
                 println!(
                     "{m:>6} {k:>6} {n:>4} {:>10} {us:>9.1} {tbs:>7.2} {err:>9.1e}",
                     f.name()
                 );
                 if let Some(o) = out.as_mut() {
-                    writeln!(o, "{{\"N\":{m},\"K\":{k},\"M\":{n},\"format\":\"{}\",\"us\":{us:.3},\"bytes\":{bytes},\"err\":{err:.3e}}}", f.name()).ok();
+                    writeln!(o, "{{\"N\":{m},\"K\":{k},\"M\":{n},\"format\":\"{}\",\"us\":{us:.3},\"bytes\":{bytes},\"tflops\":{tflops:.2},\"err\":{err:.3e}}}", f.name()).ok();
                 }
             }
         }

@@ -77,3 +77,27 @@ __device__ __forceinline__ float block_sum(float v, float* part) {
     __syncthreads();
     return v;
 }
+
+// Scale and offset of group entry i of a quantized weight's parameters,
+// stored in mode P (see src/qlayout.rs): 0 f16 s; 1 f16 (s, o); 2 f16
+// (s, z) with o = -s*z; 3 f32 (s, o); 4 f32 s.
+template <int P>
+__device__ __forceinline__ void group_params(const void* prm, u64 i, float& s, float& o) {
+    if (P == 0) {
+        s = f16_to_f32(((const u16*)prm)[i]);
+        o = 0.f;
+    } else if (P == 1 || P == 2) {
+        const u32 v = ((const u32*)prm)[i];
+        s = f16_to_f32((u16)(v & 0xffffu));
+        const float t = f16_to_f32((u16)(v >> 16));
+        o = P == 1 ? t : -s * t;
+    } else if (P == 3) {
+        const float2 v = ((const float2*)prm)[i];
+        s = v.x;
+        o = v.y;
+    } else {
+        s = ((const float*)prm)[i];
+        o = 0.f;
+    }
+}
+

@@ -11,33 +11,14 @@
 // rows, lanes over consecutive 16-byte units of codes (coalesced 512-byte
 // warp loads, the next unit's codes loaded before this unit's arithmetic),
 // up to NR activation rows per warp (blockIdx.y picks the row group) so
-// each decoded code serves NR rows; codes decoded through the table in
+// each decoded code serves NR rows (`rows`, optional, lists which rows of
+// x and y the launch computes); codes decoded through the table in
 // shared memory; per group Σ lut·x and Σ x in f32, then s and o applied
 // once; a warp reduction at the end. Group sizes are multiples of the
 // unit (32 codes of 4 bits, 16 of 8 bits) or whole rows.
 // Not yet: tensor cores for large n (mma.m16n8k16), f16 activations.
 
 #define QWARPS 4
-
-template <int P>
-__device__ __forceinline__ void group_params(const void* prm, u64 i, float& s, float& o) {
-    if (P == 0) {
-        s = f16_to_f32(((const u16*)prm)[i]);
-        o = 0.f;
-    } else if (P == 1 || P == 2) {
-        const u32 v = ((const u32*)prm)[i];
-        s = f16_to_f32((u16)(v & 0xffffu));
-        const float t = f16_to_f32((u16)(v >> 16));
-        o = P == 1 ? t : -s * t;
-    } else if (P == 3) {
-        const float2 v = ((const float2*)prm)[i];
-        s = v.x;
-        o = v.y;
-    } else {
-        s = ((const float*)prm)[i];
-        o = 0.f;
-    }
-}
 
 __device__ __forceinline__ u32 word_of(const uint4& w, int q) {
     return q == 0 ? w.x : q == 1 ? w.y : q == 2 ? w.z : w.w;
@@ -46,8 +27,8 @@ __device__ __forceinline__ u32 word_of(const uint4& w, int q) {
 template <int BITS, int P, int R, int NR>
 __device__ void qgemv(const unsigned char* __restrict__ codes, const void* __restrict__ prm,
                       const float* __restrict__ lut_g, const float* __restrict__ x,
-                      const float* __restrict__ bias, float* __restrict__ y, int n, int k, int m,
-                      int kp, int group) {
+                      const u32* __restrict__ rows, const float* __restrict__ bias,
+                      float* __restrict__ y, int n, int k, int m, int kp, int group) {
     constexpr int CPW = 32 / BITS;  // codes per 32-bit word
     constexpr int UE = 4 * CPW;     // codes per 16-byte unit
     constexpr u32 MASK = (1u << BITS) - 1;
@@ -96,7 +77,7 @@ __device__ void qgemv(const unsigned char* __restrict__ codes, const void* __res
             float xv[NR][CPW];
 #pragma unroll
             for (int a = 0; a < NR; a++) {
-                const float* xr = x + (u64)(r0 + a) * k;
+                const float* xr = a < nr ? x + (u64)(rows ? rows[r0 + a] : r0 + a) * k : x;
                 if (a < nr && vec_x && c0 + CPW <= k) {
 #pragma unroll
                     for (int i = 0; i < CPW; i += 4) {
@@ -143,18 +124,19 @@ __device__ void qgemv(const unsigned char* __restrict__ codes, const void* __res
         for (int a = 0; a < NR; a++) {
             const float v = warp_sum(acc[r][a]);
             if (lane == 0 && a < nr && j0 + r < m)
-                y[(u64)(r0 + a) * m + j0 + r] = v + (bias ? bias[j0 + r] : 0.f);
+                y[(u64)(rows ? rows[r0 + a] : r0 + a) * m + j0 + r] =
+                    v + (bias ? bias[j0 + r] : 0.f);
         }
 }
 
 #define QMATMUL(BITS, P, R, NR)                                                              \
     extern "C" __global__ void __launch_bounds__(QWARPS * 32)                                \
     qmatmul_b##BITS##_p##P##_r##R##_n##NR(const unsigned char* codes, const void* prm,       \
-                                          const float* lut, const float* x,                  \
+                                          const float* lut, const float* x, const u32* rows, \
                                           const float* bias, float* y, int n, int k, int m,  \
                                           int kp, int group) {                               \
         if constexpr (mm_selected("qmatmul_b" #BITS "_p" #P "_r" #R "_n" #NR))              \
-            qgemv<BITS, P, R, NR>(codes, prm, lut, x, bias, y, n, k, m, kp, group);          \
+            qgemv<BITS, P, R, NR>(codes, prm, lut, x, rows, bias, y, n, k, m, kp, group);    \
     }
 
 #define QMATMUL_ROWS(BITS, P) \

@@ -89,6 +89,25 @@ pub const QMATMUL: Kernel = kernel!(
         "qmatmul_b8_p4_r2_n8",
     ]
 );
+pub const TC_MATMUL: Kernel = kernel!(
+    split "tc_matmul",
+    [
+        "x_row_scales",
+        "tc_matmul_f16",
+        "tc_matmul_bf16",
+        "tc_matmul_f32",
+        "tc_matmul_b4_p0",
+        "tc_matmul_b4_p1",
+        "tc_matmul_b4_p2",
+        "tc_matmul_b4_p3",
+        "tc_matmul_b4_p4",
+        "tc_matmul_b8_p0",
+        "tc_matmul_b8_p1",
+        "tc_matmul_b8_p2",
+        "tc_matmul_b8_p3",
+        "tc_matmul_b8_p4",
+    ]
+);
 pub const WRITE_KV: Kernel = kernel!("write_kv", ["write_kv_f32", "write_kv_f16"]);
 pub const ATTENTION: Kernel = kernel!(
     "attention",
@@ -106,7 +125,7 @@ pub const ATTENTION: Kernel = kernel!(
 
 /// Every kernel file of the backend (CI compiles them all).
 pub const ALL: &[Kernel] = &[
-    RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL, QMATMUL, WRITE_KV, ATTENTION,
+    RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL, QMATMUL, TC_MATMUL, WRITE_KV, ATTENTION,
 ];
 
 /// The NVRTC version `(major, minor)`, or an error naming the missing

@@ -43,8 +43,8 @@ impl CudaBackend {
         })
     }
 
-    /// The verification mode: the KV cache in f32, as the CPU's exact
-    /// path (the kernels compute in f32 either way).
+    /// The verification mode: every matmul row in f32 (no tensor cores)
+    /// and the KV cache in f32, as the CPU's exact path.
     pub fn exact(self) -> Self {
         Self {
             exact: true,
@@ -117,12 +117,22 @@ impl Backend for CudaBackend {
         buffer::tensor(&self.rt, t.shape().to_vec(), data)
     }
 
+    /// See [`ops::matmul`]: more than 8 rows on the tensor cores (f16
+    /// operands) unless exact.
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
-        if dense(Some(w.format)) {
-            ops::matmul::matmul(&self.rt, x, w, bias)
-        } else {
-            ops::qmatmul::qmatmul(&self.rt, x, w, bias)
-        }
+        ops::matmul::matmul(&self.rt, x, w, bias, None, self.exact)
+    }
+
+    /// Prompt rows on the tensor cores (f16 operands), generated rows with
+    /// f32 kernels; every row in f32 when exact.
+    fn matmul_rows(
+        &self,
+        x: &Tensor,
+        w: &WeightData,
+        bias: Option<&Tensor>,
+        kinds: &[mm_core::RowKind],
+    ) -> Result<Tensor> {
+        ops::matmul::matmul(&self.rt, x, w, bias, Some(kinds), self.exact)
     }
 
     fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor> {

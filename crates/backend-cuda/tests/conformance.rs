@@ -25,14 +25,18 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
+/// The exact mode (f32 everywhere) at the f32 tolerance; the default mode
+/// alike but for matmuls of more than 8 rows, on the tensor cores.
 #[test]
 fn cuda_backend_conforms() {
     let Some(b) = gpu() else { return };
     eprintln!("GPU: {}", b.describe());
-    let r = run_supported(&b, Tolerance::F32, &[]);
-    assert!(r.fails.is_empty(), "{}", r.fails.join("\n"));
+    let r = run_supported(&b.clone().exact(), Tolerance::F32, &[]);
+    assert!(r.fails.is_empty(), "exact: {}", r.fails.join("\n"));
     // Every op of the suite runs on the GPU (quantized weights apart: below).
     assert!(r.skipped.is_empty(), "ops not run: {:?}", r.skipped);
+    let r = run_supported(&b, Tolerance::F32, &[("matmul", Tolerance::F16_OPERANDS)]);
+    assert!(r.fails.is_empty(), "default: {}", r.fails.join("\n"));
 }
 
 /// Every kernel file compiles for Ampere and Hopper.
@@ -77,15 +81,18 @@ fn bad_input_is_an_error() {
 }
 
 /// Quantized weights on the GPU: every GGML and metal-marlin format with a
-/// GPU layout, at the f32 tolerance (the kernels take f32 activations and
-/// sum in f32, unlike the CPU's 8-bit activation kernels).
+/// GPU layout; exact at the f32 tolerance (f32 activations and sums,
+/// unlike the CPU's 8-bit activation kernels), the default mode (prompt
+/// rows on the tensor cores) at the f16-operand one.
 #[test]
 fn cuda_quantized_matmul_conforms() {
     use mm_core::backend::{Backend, Op};
     use mm_core::WeightFormat;
     let Some(b) = gpu() else { return };
-    let fails = mm_conformance::run_quantized(&b, Tolerance::F32);
-    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    let fails = mm_conformance::run_quantized(&b.clone().exact(), Tolerance::F32);
+    assert!(fails.is_empty(), "exact: {}", fails.join("\n"));
+    let fails = mm_conformance::run_quantized(&b, Tolerance::F16_OPERANDS);
+    assert!(fails.is_empty(), "default: {}", fails.join("\n"));
     let left: Vec<_> = WeightFormat::GGML_BLOCK
         .into_iter()
         .filter(|&f| !b.supports(Op::Matmul, Some(f)))

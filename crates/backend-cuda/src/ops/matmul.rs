@@ -1,35 +1,131 @@
-//! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)` for dense weights
-//! (`kernels/matmul.cu`): the weight uploaded once, f32 activations and
-//! sums. Quantized formats are not on the GPU yet (the device sends them
-//! to the CPU backend).
+//! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)` for every weight the GPU takes:
+//! dense (F32/F16/BF16, `kernels/matmul.cu`, the stored bytes uploaded
+//! once) and quantized ([`super::qmatmul`], the GPU layout).
+//!
+//! Which kernel computes a row: in the exact mode every row takes the f32
+//! kernels; otherwise prompt rows go to the tensor cores
+//! ([`super::tc_matmul`], f16 operands) and generated rows to the f32
+//! kernels, so a row's arithmetic depends on its kind only, never on the
+//! batch around it. Without kinds (`Backend::matmul`), more than
+//! [`SIMT_ROWS`] rows count as a prompt.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
-use mm_core::{Error, Result, Tensor, WeightData};
+use std::sync::Arc;
 
-use crate::buffer::{alloc, on_device, tensor, weight};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use mm_core::{Error, Result, RowKind, Tensor, WeightData};
+
+use crate::buffer::{alloc, on_device, tensor, weight, DeviceWeight};
 use crate::compile::MATMUL;
+use crate::ops::qmatmul::{self, DeviceQWeight};
 use crate::runtime::{driver_err, Runtime};
 
 /// Activation rows per warp (`ROWS` in the kernel).
 const ROWS: usize = 8;
 /// Warps (weight rows) per block.
 const WARPS: usize = 8;
+/// Calls of more rows than this without row kinds run as a prompt.
+pub const SIMT_ROWS: usize = 8;
 
-pub fn matmul(rt: &Runtime, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
+/// A weight's GPU form.
+pub enum Prepared {
+    Dense(Arc<DeviceWeight>),
+    Quant(Arc<DeviceQWeight>),
+}
+
+fn prepared(rt: &Runtime, w: &WeightData) -> Result<Prepared> {
+    if w.format.is_dense() {
+        Ok(Prepared::Dense(weight(rt, w)?))
+    } else {
+        Ok(Prepared::Quant(qmatmul::prepare(rt, w)?))
+    }
+}
+
+pub fn matmul(
+    rt: &Runtime,
+    x: &Tensor,
+    w: &WeightData,
+    bias: Option<&Tensor>,
+    kinds: Option<&[RowKind]>,
+    exact: bool,
+) -> Result<Tensor> {
     let (n, k, m) = mm_core::backend::matmul_dims(x, w, bias)?;
-    let Some(suffix) = super::embedding::elem(w.format) else {
+    if kinds.is_some_and(|ks| ks.len() != n) {
+        return Err(Error::Invalid(format!(
+            "matmul: {} row kinds for {n} rows",
+            kinds.map_or(0, |k| k.len())
+        )));
+    }
+    if n == 0 || m == 0 {
+        return Ok(Tensor::zeros(vec![n, m]));
+    }
+    if w.format.is_dense() && super::embedding::elem(w.format).is_none() {
         return Err(Error::Invalid(format!(
             "cuda matmul: {} weights are not supported",
             w.format.name()
         )));
-    };
-    if n == 0 || m == 0 {
-        return Ok(Tensor::zeros(vec![n, m]));
     }
-    let wd = weight(rt, w)?;
+    let p = prepared(rt, w)?;
     let xd = on_device(rt, x)?;
     let bd = bias.map(|b| on_device(rt, b)).transpose()?;
+    let (xs, bs) = (xd.slice(), bd.as_ref().map(|b| b.slice()));
     let mut y = alloc(rt, n * m, "matmul output")?;
+    let prompt: Vec<u32> = match (exact, kinds) {
+        (true, _) => vec![],
+        (false, None) if n > SIMT_ROWS => (0..n as u32).collect(),
+        (false, None) => vec![],
+        (false, Some(ks)) => (0..n as u32)
+            .filter(|&i| ks[i as usize] == RowKind::Prompt)
+            .collect(),
+    };
+    if prompt.is_empty() {
+        simt(rt, &p, xs, None, bs, &mut y, n, k, m)?;
+    } else if prompt.len() == n {
+        super::tc_matmul::launch(rt, &p, xs, None, bs, &mut y, n, k, m)?;
+    } else {
+        let gen: Vec<u32> = (0..n as u32)
+            .filter(|i| prompt.binary_search(i).is_err())
+            .collect();
+        let pr = rt.upload_cached("prompt rows", &prompt)?;
+        let gr = rt.upload_cached("generated rows", &gen)?;
+        let np = prompt.len();
+        super::tc_matmul::launch(rt, &p, xs, Some(pr.as_ref()), bs, &mut y, np, k, m)?;
+        simt(rt, &p, xs, Some(gr.as_ref()), bs, &mut y, n - np, k, m)?;
+    }
+    tensor(rt, vec![n, m], y)
+}
+
+/// The f32 kernels over `n` rows (those listed in `rows`, if given).
+#[allow(clippy::too_many_arguments)]
+fn simt(
+    rt: &Runtime,
+    p: &Prepared,
+    x: &CudaSlice<f32>,
+    rows: Option<&CudaSlice<u32>>,
+    bias: Option<&CudaSlice<f32>>,
+    y: &mut CudaSlice<f32>,
+    n: usize,
+    k: usize,
+    m: usize,
+) -> Result<()> {
+    match p {
+        Prepared::Quant(q) => qmatmul::launch(rt, q, x, rows, bias, y, n),
+        Prepared::Dense(d) => dense(rt, d, x, rows, bias, y, n, k, m),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dense(
+    rt: &Runtime,
+    wd: &DeviceWeight,
+    x: &CudaSlice<f32>,
+    rows: Option<&CudaSlice<u32>>,
+    bias: Option<&CudaSlice<f32>>,
+    y: &mut CudaSlice<f32>,
+    n: usize,
+    k: usize,
+    m: usize,
+) -> Result<()> {
+    let suffix = super::embedding::elem(wd.format).unwrap_or("?");
     let f = rt.function(&MATMUL, &format!("matmul_{suffix}"))?;
     let (ni, ki, mi) = (
         super::dim(n, "matmul rows")?,
@@ -38,19 +134,23 @@ pub fn matmul(rt: &Runtime, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -
     );
     let null = 0u64;
     let mut l = rt.stream.launch_builder(&f);
-    l.arg(&wd.bytes).arg(xd.slice());
-    match &bd {
-        Some(b) => l.arg(b.slice()),
+    l.arg(&wd.bytes).arg(x);
+    match rows {
+        Some(r) => l.arg(r),
         None => l.arg(&null),
     };
-    l.arg(&mut y).arg(&ni).arg(&ki).arg(&mi);
+    match bias {
+        Some(b) => l.arg(b),
+        None => l.arg(&null),
+    };
+    l.arg(y).arg(&ni).arg(&ki).arg(&mi);
     let cfg = LaunchConfig {
         grid_dim: (m.div_ceil(WARPS) as u32, n.div_ceil(ROWS) as u32, 1),
         block_dim: (32 * WARPS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: w holds m·k values of its type, x n·k, bias m (or null), y
-    // n·m; the kernel checks its row indices.
+    // SAFETY: w holds m·k values of its type, x and y the listed rows (k
+    // and m values), bias m (or null); the kernel checks its indices.
     unsafe { l.launch(cfg) }.map_err(|e| driver_err("matmul", e))?;
-    tensor(rt, vec![n, m], y)
+    Ok(())
 }

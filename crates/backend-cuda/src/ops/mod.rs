@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod tc_matmul;
 pub mod write_kv;
 
 use cudarc::driver::LaunchConfig;

@@ -1,11 +1,11 @@
-//! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)` for quantized weights
-//! (`kernels/qmatmul.cu`): the weight repacked once into the GPU layout
-//! of [`crate::qlayout`] and uploaded; f32 activations and sums.
+//! The f32 kernel of quantized weights (`kernels/qmatmul.cu`), decode rows
+//! and the exact mode: the weight repacked once into the GPU layout of
+//! [`crate::qlayout`] and uploaded; f32 activations and sums.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use mm_core::{Error, Result, Tensor, WeightData};
+use mm_core::{Error, Result, WeightData};
 
-use crate::buffer::{alloc, on_device, tensor, upload};
+use crate::buffer::upload;
 use crate::compile::QMATMUL;
 use crate::qlayout::QLayout;
 use crate::runtime::{driver_err, Runtime};
@@ -65,39 +65,21 @@ pub fn upload_layout(rt: &Runtime, l: &QLayout, what: &str) -> Result<DeviceQWei
     })
 }
 
-pub fn qmatmul(rt: &Runtime, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (n, _, m) = mm_core::backend::matmul_dims(x, w, bias)?;
-    if n == 0 || m == 0 {
-        return Ok(Tensor::zeros(vec![n, m]));
-    }
-    let q = prepare(rt, w)?;
-    let xd = on_device(rt, x)?;
-    let bd = bias.map(|b| on_device(rt, b)).transpose()?;
-    let mut y = alloc(rt, n * m, "matmul output")?;
-    launch(
-        rt,
-        &q,
-        xd.slice(),
-        bd.as_ref().map(|b| b.slice()),
-        &mut y,
-        n,
-    )?;
-    tensor(rt, vec![n, m], y)
-}
-
-/// Launches the kernel: `y[n, rows] = x[n, cols] · wᵀ (+ bias)`, all on
-/// the GPU (`y` holds n·rows values; nothing allocated, so a caller may
-/// capture it in a graph).
+/// Launches the f32 kernel: `y[r] = x[r] · wᵀ (+ bias)` for the `n` rows
+/// `r` listed in `rows` (the first `n` when None), all on the GPU;
+/// nothing allocated, so a caller may capture it in a graph.
 pub fn launch(
     rt: &Runtime,
     q: &DeviceQWeight,
     x: &CudaSlice<f32>,
+    rows: Option<&CudaSlice<u32>>,
     bias: Option<&CudaSlice<f32>>,
     y: &mut CudaSlice<f32>,
     n: usize,
 ) -> Result<()> {
     let (k, m) = (q.cols, q.rows);
-    if x.len() < n * k || y.len() < n * m || bias.is_some_and(|b| b.len() < m) {
+    let need = if rows.is_some() { 0 } else { n };
+    if x.len() < need * k || y.len() < need * m || bias.is_some_and(|b| b.len() < m) {
         return Err(Error::Invalid(format!(
             "quantized matmul of {n} rows by a {m}x{k} weight: buffers of {}, {} and {:?} values",
             x.len(),
@@ -122,6 +104,10 @@ pub fn launch(
     let null = 0u64;
     let mut l = rt.stream.launch_builder(&f);
     l.arg(&q.codes).arg(&q.params).arg(&q.lut).arg(x);
+    match rows {
+        Some(r) => l.arg(r),
+        None => l.arg(&null),
+    };
     match bias {
         Some(b) => l.arg(b),
         None => l.arg(&null),
