@@ -142,7 +142,7 @@ __device__ void tc_tile(const void* __restrict__ wq, const void* __restrict__ pr
         } else {
 #pragma unroll
             for (int q = 0; q < 16; q++)
-                w[q] = (brow && c0 + q < k) ? load_w<WT - 1>(wq, (u64)bj * k + c0 + q) : 0.f;
+                w[q] = (brow && c0 + q < k) ? load_w<(WT == 3 ? 0 : WT)>(wq, (u64)bj * k + c0 + q) : 0.f;
         }
 #pragma unroll
         for (int q = 0; q < 8; q++) hv[q] = pack_h2(w[2 * q], w[2 * q + 1]);
