@@ -47,6 +47,9 @@ for line in sys.stdin:
     ;;
 run)
     export MM_REQUIRE_CUDA=1
+    # The tensor-core prompt path is opt-in until it has run on a GPU;
+    # this script tests it.
+    export MM_CUDA_TENSOR_CORES=1
     for t in "$B"/test-*; do
         echo "== $t"
         "$t" --test-threads=1
@@ -91,6 +94,7 @@ PY
     done
     ;;
 model)
+    export MM_CUDA_TENSOR_CORES=1
     d=/tmp/mm-random-${2:-1b}
     [ -d "$d" ] || python3 scripts/cuda/random_llama.py make "$d" --shape "${2:-1b}"
     ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$d/reference.json'))['input_ids'])))")

@@ -32,6 +32,7 @@ pub use runtime::Runtime;
 pub struct CudaBackend {
     rt: Arc<Runtime>,
     exact: bool,
+    tensor_cores: bool,
 }
 
 impl CudaBackend {
@@ -40,6 +41,7 @@ impl CudaBackend {
         Ok(Self {
             rt: Runtime::new(ordinal)?,
             exact: false,
+            tensor_cores: std::env::var_os("MM_CUDA_TENSOR_CORES").is_some_and(|v| v == "1"),
         })
     }
 
@@ -52,9 +54,25 @@ impl CudaBackend {
         }
     }
 
+    /// Whether prompt rows run on the tensor cores (f16 operands) in the
+    /// default precision. Off unless `MM_CUDA_TENSOR_CORES=1`: the kernel
+    /// (`kernels/tc_matmul.cu`) compiles and is in the GPU conformance
+    /// suite, but has not yet run on a GPU; every row then takes the f32
+    /// kernels.
+    pub fn tensor_cores(self, on: bool) -> Self {
+        Self {
+            tensor_cores: on,
+            ..self
+        }
+    }
+
     /// The GPU's runtime (context, stream, kernels).
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.rt
+    }
+
+    fn f32_only(&self) -> bool {
+        self.exact || !self.tensor_cores
     }
 
     /// A one-line description: name and architecture.
@@ -118,13 +136,14 @@ impl Backend for CudaBackend {
     }
 
     /// See [`ops::matmul`]: more than 8 rows on the tensor cores (f16
-    /// operands) unless exact.
+    /// operands) when they are on ([`CudaBackend::tensor_cores`]) and not
+    /// exact.
     fn matmul(&self, x: &Tensor, w: &WeightData, bias: Option<&Tensor>) -> Result<Tensor> {
-        ops::matmul::matmul(&self.rt, x, w, bias, None, self.exact)
+        ops::matmul::matmul(&self.rt, x, w, bias, None, self.f32_only())
     }
 
-    /// Prompt rows on the tensor cores (f16 operands), generated rows with
-    /// f32 kernels; every row in f32 when exact.
+    /// Prompt rows on the tensor cores (f16 operands, when on), generated
+    /// rows with f32 kernels; every row in f32 when exact.
     fn matmul_rows(
         &self,
         x: &Tensor,
@@ -132,7 +151,7 @@ impl Backend for CudaBackend {
         bias: Option<&Tensor>,
         kinds: &[mm_core::RowKind],
     ) -> Result<Tensor> {
-        ops::matmul::matmul(&self.rt, x, w, bias, Some(kinds), self.exact)
+        ops::matmul::matmul(&self.rt, x, w, bias, Some(kinds), self.f32_only())
     }
 
     fn embedding(&self, ids: &[u32], table: &WeightData) -> Result<Tensor> {

@@ -35,7 +35,8 @@ fn cuda_backend_conforms() {
     assert!(r.fails.is_empty(), "exact: {}", r.fails.join("\n"));
     // Every op of the suite runs on the GPU (quantized weights apart: below).
     assert!(r.skipped.is_empty(), "ops not run: {:?}", r.skipped);
-    let r = run_supported(&b, Tolerance::F32, &[("matmul", Tolerance::F16_OPERANDS)]);
+    let tc = b.clone().tensor_cores(true);
+    let r = run_supported(&tc, Tolerance::F32, &[("matmul", Tolerance::F16_OPERANDS)]);
     assert!(r.fails.is_empty(), "default: {}", r.fails.join("\n"));
 }
 
@@ -91,7 +92,8 @@ fn cuda_quantized_matmul_conforms() {
     let Some(b) = gpu() else { return };
     let fails = mm_conformance::run_quantized(&b.clone().exact(), Tolerance::F32);
     assert!(fails.is_empty(), "exact: {}", fails.join("\n"));
-    let fails = mm_conformance::run_quantized(&b, Tolerance::F16_OPERANDS);
+    let fails =
+        mm_conformance::run_quantized(&b.clone().tensor_cores(true), Tolerance::F16_OPERANDS);
     assert!(fails.is_empty(), "default: {}", fails.join("\n"));
     let left: Vec<_> = WeightFormat::GGML_BLOCK
         .into_iter()

@@ -2,7 +2,8 @@
 //! dense (F32/F16/BF16, `kernels/matmul.cu`, the stored bytes uploaded
 //! once) and quantized ([`super::qmatmul`], the GPU layout).
 //!
-//! Which kernel computes a row: in the exact mode every row takes the f32
+//! Which kernel computes a row: in the exact mode (and while the tensor
+//! cores are off, `CudaBackend::tensor_cores`) every row takes the f32
 //! kernels; otherwise prompt rows go to the tensor cores
 //! ([`super::tc_matmul`], f16 operands) and generated rows to the f32
 //! kernels, so a row's arithmetic depends on its kind only, never on the
@@ -46,7 +47,7 @@ pub fn matmul(
     w: &WeightData,
     bias: Option<&Tensor>,
     kinds: Option<&[RowKind]>,
-    exact: bool,
+    f32_only: bool,
 ) -> Result<Tensor> {
     let (n, k, m) = mm_core::backend::matmul_dims(x, w, bias)?;
     if kinds.is_some_and(|ks| ks.len() != n) {
@@ -69,7 +70,7 @@ pub fn matmul(
     let bd = bias.map(|b| on_device(rt, b)).transpose()?;
     let (xs, bs) = (xd.slice(), bd.as_ref().map(|b| b.slice()));
     let mut y = alloc(rt, n * m, "matmul output")?;
-    let prompt: Vec<u32> = match (exact, kinds) {
+    let prompt: Vec<u32> = match (f32_only, kinds) {
         (true, _) => vec![],
         (false, None) if n > SIMT_ROWS => (0..n as u32).collect(),
         (false, None) => vec![],
