@@ -263,3 +263,38 @@ pub struct PagedParams {
     /// Sliding window: a query at position `p` sees only keys `p−w+1..=p`.
     pub window: Option<usize>,
 }
+
+/// Query rows of a paged-attention call, or an error naming what does not
+/// fit: heads and widths of `q`, the stores and `p`, stores of one size and
+/// type, and the batch against the stores ([`PagedBatch::validate`]).
+/// Every backend's `paged_attention` checks its input with this.
+pub fn attention_rows(
+    q: &crate::Tensor,
+    k: &KvStore,
+    v: &KvStore,
+    b: &PagedBatch,
+    p: &PagedParams,
+) -> Result<usize> {
+    let (n, qw) = q.dims2()?;
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "paged attention: {why} (q {:?}, k {}×{}, v {}×{}, {p:?})",
+            q.shape(),
+            k.slots(),
+            k.width(),
+            v.slots(),
+            v.width()
+        )))
+    };
+    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.head_dim == 0 {
+        return bad("query heads must be a multiple of kv heads");
+    }
+    if qw != p.n_heads * p.head_dim
+        || k.width() != p.n_kv_heads * p.head_dim
+        || (v.slots(), v.width(), v.dtype()) != (k.slots(), k.width(), k.dtype())
+    {
+        return bad("widths do not match heads × head_dim");
+    }
+    b.validate(n, k.slots())?;
+    Ok(n)
+}

@@ -30,33 +30,15 @@ use mm_core::{Error, KvStorage, KvStore, PagedBatch, PagedParams, Result, Tensor
 use super::matmul::dense::{Elem, Lanes, Portable, Simd, F16, F32};
 
 fn check(q: &Tensor, k: &KvStore, v: &KvStore, b: &PagedBatch, p: &PagedParams) -> Result<usize> {
-    let (n, qw) = q.dims2()?;
-    let bad = |why: &str| {
-        Err(Error::Invalid(format!(
-            "paged attention: {why} (q {:?}, k {}×{}, v {}×{}, {p:?})",
-            q.shape(),
-            k.slots(),
-            k.width(),
-            v.slots(),
-            v.width()
-        )))
-    };
-    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.head_dim == 0 {
-        return bad("query heads must be a multiple of kv heads");
-    }
-    if qw != p.n_heads * p.head_dim
-        || k.width() != p.n_kv_heads * p.head_dim
-        || (v.slots(), v.width(), v.dtype()) != (k.slots(), k.width(), k.dtype())
-    {
-        return bad("widths do not match heads × head_dim");
-    }
     for st in [k, v] {
-        if let KvStorage::Device(b) = &st.storage {
-            return bad(&format!("a KV store on {}", b.backend()));
+        if let KvStorage::Device(d) = &st.storage {
+            return Err(Error::Invalid(format!(
+                "paged attention: a KV store on {}, not the host",
+                d.backend()
+            )));
         }
     }
-    b.validate(n, k.slots())?;
-    Ok(n)
+    mm_core::kv::attention_rows(q, k, v, b, p)
 }
 
 /// One task: 1 to [`VECS`] query vectors (rows × heads) of one sequence

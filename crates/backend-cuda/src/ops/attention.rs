@@ -20,23 +20,9 @@ pub fn paged_attention(
     batch: &PagedBatch,
     p: &PagedParams,
 ) -> Result<Tensor> {
-    let (rows, qw) = q.dims2()?;
+    let rows = mm_core::kv::attention_rows(q, k, v, batch, p)?;
     let (h, hkv, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
-    let kw = hkv * d;
-    if hkv == 0 || h % hkv != 0 || qw != h * d || k.width() != kw || v.width() != kw {
-        return Err(Error::Invalid(format!(
-            "paged attention: q {:?} with {h} heads of {d}, {hkv} kv heads, stores {} and {} wide",
-            q.shape(),
-            k.width(),
-            v.width()
-        )));
-    }
-    if k.slots() != v.slots() || k.dtype() != v.dtype() {
-        return Err(Error::Invalid(
-            "paged attention: key and value stores differ in size or type".into(),
-        ));
-    }
-    batch.validate(rows, k.slots())?;
+    let qw = h * d;
     let dpl = match d {
         1..=32 => 32,
         33..=64 => 64,
