@@ -105,9 +105,10 @@ pub struct QLayout {
 pub fn supports(f: WeightFormat) -> bool {
     use WeightFormat as F;
     match f {
-        F::Q4_0 | F::Q4_1 | F::Q5_0 | F::Q5_1 | F::Q8_0 | F::Q4K | F::Q5K | F::Q6K => true,
+        F::Q4_0 | F::Q4_1 | F::Q5_0 | F::Q5_1 | F::Q8_0 => true,
+        F::Q2K | F::Q3K | F::Q4K | F::Q5K | F::Q6K => true,
         F::Mm(_) => true,
-        F::F32 | F::F16 | F::BF16 | F::Q2K | F::Q3K => false,
+        F::F32 | F::F16 | F::BF16 => false,
     }
 }
 
@@ -149,6 +150,10 @@ impl QLayout {
             F::Q4K => (4, 32, (0..16).map(|c| c as f32).collect(), 3),
             F::Q5K => (8, 32, lut8(|c| c as f32), 3),
             F::Q6K => (8, 16, lut8(|c| c as f32 - 32.0), 4),
+            // Groups of 16 take 8-bit codes (a 16-code unit per group):
+            // correct, at 1 byte per weight where the file holds 0.33.
+            F::Q2K => (8, 16, lut8(|c| c as f32), 3),
+            F::Q3K => (8, 16, lut8(|c| c as f32 - 4.0), 4),
             F::Mm(f) => {
                 let group = if f.group == 0 { kp } else { f.group as usize };
                 let bits = if f.bits() <= 4 { 4 } else { 8 };
@@ -355,6 +360,36 @@ fn ggml_row(f: WeightFormat, src: &[u8], row: &mut Row) {
                         let (s, m) = get_scale_min_k4(is, sc);
                         row.params.push((d * s as f32, -(dmin * m as f32)));
                     }
+                }
+            }
+            F::Q2K => {
+                let (d, dmin) = (h2f(f16_at(blk, 80)), h2f(f16_at(blk, 82)));
+                for (o16, chunk) in out.chunks_exact_mut(16).enumerate() {
+                    // Group o16 = (n, shift, half) in llama.cpp's order.
+                    let (n, shift, half) = (o16 / 8, 2 * ((o16 / 2) % 4), o16 % 2);
+                    let q = &blk[16 + 32 * n + 16 * half..][..16];
+                    for (c, &b) in chunk.iter_mut().zip(q) {
+                        *c = (b >> shift) & 3;
+                    }
+                    let sc = blk[o16];
+                    row.params
+                        .push((d * (sc & 15) as f32, -(dmin * (sc >> 4) as f32)));
+                }
+            }
+            F::Q3K => {
+                let hm = &blk[0..32];
+                let sb: &[u8; K_SCALE_SIZE] = blk[96..108].try_into().expect("12 scale bytes");
+                let scales = mm_quant::ggml::unpack_q3_k_scales(sb);
+                let d = h2f(f16_at(blk, 108));
+                for (o16, chunk) in out.chunks_exact_mut(16).enumerate() {
+                    let (n, j, half) = (o16 / 8, (o16 / 2) % 4, o16 % 2);
+                    let q = &blk[32 + 32 * n + 16 * half..][..16];
+                    let mask = 1u8 << (4 * n + j);
+                    for (l, c) in chunk.iter_mut().enumerate() {
+                        let hi = u8::from(hm[16 * half + l] & mask != 0);
+                        *c = ((q[l] >> (2 * j)) & 3) + 4 * hi;
+                    }
+                    row.params.push((d * scales[o16] as f32, 0.0));
                 }
             }
             F::Q6K => {

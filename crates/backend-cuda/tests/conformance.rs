@@ -100,5 +100,5 @@ fn cuda_quantized_matmul_conforms() {
         .filter(|&f| !b.supports(Op::Matmul, Some(f)))
         .map(|f| f.name())
         .collect();
-    assert_eq!(left, ["Q2_K", "Q3_K"], "GGML formats left to the CPU");
+    assert!(left.is_empty(), "GGML formats left to the CPU: {left:?}");
 }
