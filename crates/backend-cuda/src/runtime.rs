@@ -23,7 +23,9 @@ pub fn require_lib(name: &str) -> Result<()> {
     if found.iter().any(|f| f == name) {
         return Ok(());
     }
-    let candidates = cudarc::get_lib_name_candidates(name);
+    let mut candidates = cudarc::get_lib_name_candidates(name);
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|c| seen.insert(c.clone()));
     // SAFETY: loading a system library runs its initializers, as cudarc
     // itself would on first use.
     if candidates
