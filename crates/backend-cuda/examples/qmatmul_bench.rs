@@ -100,12 +100,7 @@ fn check(rt: &Runtime, l: &QLayout, q: &Prepared, n: usize) -> f64 {
     run(rt, q, &xd, &mut y, n, l.cols, l.rows).expect("launch");
     let y = rt.stream.clone_dtoh(&y).expect("download");
     let rows = l.rows.min(64);
-    let sub = QLayout {
-        rows,
-        codes: l.codes[..rows * l.kp * l.bits as usize / 8].to_vec(),
-        ..l.clone()
-    };
-    let w = sub.dequantize();
+    let w = l.dequantize_rows(0..rows);
     let (mut num, mut den) = (0f64, 0f64);
     for a in 0..n {
         for r in 0..rows {

@@ -3,14 +3,13 @@
 //! build), kernels in `kernels/*.cu` compiled by NVRTC for the GPU's exact
 //! architecture at first use and cached on disk ([`compile`]).
 //!
-//! Status: activations live on the GPU as f32 tensors; on the GPU run
-//! RMSNorm, RoPE, SiLU·mul, residual adds, embeddings of dense tables and
-//! matmuls of dense (F32/F16/BF16) weights. Attention, the KV cache and
-//! quantized weights are not here yet: [`mm_core::Device`] sends those ops
-//! to the CPU backend (copying their inputs), so every model runs, with
-//! the unsupported part on the CPU. Each op is checked against the CPU
-//! references by the conformance suite on the GPU (`tests/conformance.rs`,
-//! `scripts/test-cuda.sh`).
+//! Status: activations live on the GPU as f32 tensors; every op of the
+//! dense models runs here (paged attention over KV stores in GPU memory
+//! included), and matmuls of dense weights and of every quantized format
+//! (in the GPU layout of [`qlayout`]). Embeddings of quantized tables go
+//! to the CPU backend through [`mm_core::Device`]. Each op is checked
+//! against the CPU references by the conformance suite on the GPU
+//! (`tests/conformance.rs`, `scripts/test-cuda.sh`).
 
 pub mod buffer;
 pub mod compile;
@@ -81,13 +80,6 @@ impl CudaBackend {
     }
 }
 
-fn dense(f: Option<WeightFormat>) -> bool {
-    matches!(
-        f,
-        Some(WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16)
-    )
-}
-
 impl Backend for CudaBackend {
     fn name(&self) -> &str {
         "cuda"
@@ -104,8 +96,8 @@ impl Backend for CudaBackend {
 
     fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool {
         match op {
-            Op::Matmul => dense(format) || format.is_some_and(qlayout::supports),
-            Op::Embedding => dense(format),
+            Op::Matmul => format.is_some_and(|f| f.is_dense() || qlayout::supports(f)),
+            Op::Embedding => format.is_some_and(WeightFormat::is_dense),
             Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
             Op::Attention | Op::WriteKv => true,
         }
@@ -114,7 +106,7 @@ impl Backend for CudaBackend {
     /// Uploads a weight once: dense as stored, quantized in the GPU layout
     /// ([`qlayout`]); formats without one stay on the host for the CPU.
     fn prepare(&self, w: &WeightData) -> Result<()> {
-        if dense(Some(w.format)) {
+        if w.format.is_dense() {
             buffer::weight(&self.rt, w)?;
         } else if qlayout::supports(w.format) {
             ops::qmatmul::prepare(&self.rt, w)?;

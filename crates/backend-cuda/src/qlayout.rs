@@ -151,7 +151,8 @@ impl QLayout {
             F::Q5K => (8, 32, lut8(|c| c as f32), 3),
             F::Q6K => (8, 16, lut8(|c| c as f32 - 32.0), 4),
             // Groups of 16 take 8-bit codes (a 16-code unit per group):
-            // correct, at 1 byte per weight where the file holds 0.33.
+            // correct, at 1.5 (Q2_K) and 1.25 (Q3_K) bytes per weight
+            // where the file holds 0.33 and 0.43.
             F::Q2K => (8, 16, lut8(|c| c as f32), 3),
             F::Q3K => (8, 16, lut8(|c| c as f32 - 4.0), 4),
             F::Mm(f) => {
@@ -226,9 +227,14 @@ impl QLayout {
     /// Host reference of the layout: `[rows, cols]` values `s·lut[c] + o`,
     /// in f32 as the kernels form them.
     pub fn dequantize(&self) -> Vec<f32> {
+        self.dequantize_rows(0..self.rows)
+    }
+
+    /// [`QLayout::dequantize`] of rows `rows` only.
+    pub fn dequantize_rows(&self, rows: std::ops::Range<usize>) -> Vec<f32> {
         let groups = self.kp / self.group;
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for r in 0..self.rows {
+        let mut out = Vec::with_capacity(rows.len() * self.cols);
+        for r in rows {
             for c in 0..self.cols {
                 let i = r * self.kp + c;
                 let code = match self.bits {
@@ -240,11 +246,6 @@ impl QLayout {
             }
         }
         out
-    }
-
-    /// Bytes the GPU reads per weight row: codes and parameters.
-    pub fn row_bytes(&self) -> usize {
-        (self.codes.len() + self.params.bytes().len()) / self.rows.max(1)
     }
 }
 

@@ -59,36 +59,26 @@ pub fn matmul(
     if n == 0 || m == 0 {
         return Ok(Tensor::zeros(vec![n, m]));
     }
-    if w.format.is_dense() && super::embedding::elem(w.format).is_none() {
-        return Err(Error::Invalid(format!(
-            "cuda matmul: {} weights are not supported",
-            w.format.name()
-        )));
-    }
     let p = prepared(rt, w)?;
     let xd = on_device(rt, x)?;
     let bd = bias.map(|b| on_device(rt, b)).transpose()?;
     let (xs, bs) = (xd.slice(), bd.as_ref().map(|b| b.slice()));
     let mut y = alloc(rt, n * m, "matmul output")?;
-    let prompt: Vec<u32> = match (f32_only, kinds) {
-        (true, _) => vec![],
-        (false, None) if n > SIMT_ROWS => (0..n as u32).collect(),
-        (false, None) => vec![],
-        (false, Some(ks)) => (0..n as u32)
-            .filter(|&i| ks[i as usize] == RowKind::Prompt)
-            .collect(),
+    let is_prompt = |i: usize| kinds.map_or(n > SIMT_ROWS, |ks| ks[i] == RowKind::Prompt);
+    let np = if f32_only {
+        0
+    } else {
+        (0..n).filter(|&i| is_prompt(i)).count()
     };
-    if prompt.is_empty() {
+    if np == 0 {
         simt(rt, &p, xs, None, bs, &mut y, n, k, m)?;
-    } else if prompt.len() == n {
+    } else if np == n {
         super::tc_matmul::launch(rt, &p, xs, None, bs, &mut y, n, k, m)?;
     } else {
-        let gen: Vec<u32> = (0..n as u32)
-            .filter(|i| prompt.binary_search(i).is_err())
-            .collect();
+        let (prompt, gen): (Vec<u32>, Vec<u32>) =
+            (0..n as u32).partition(|&i| is_prompt(i as usize));
         let pr = rt.upload_cached("prompt rows", &prompt)?;
         let gr = rt.upload_cached("generated rows", &gen)?;
-        let np = prompt.len();
         super::tc_matmul::launch(rt, &p, xs, Some(pr.as_ref()), bs, &mut y, np, k, m)?;
         simt(rt, &p, xs, Some(gr.as_ref()), bs, &mut y, n - np, k, m)?;
     }
@@ -136,14 +126,8 @@ fn dense(
     let null = 0u64;
     let mut l = rt.stream.launch_builder(&f);
     l.arg(&wd.bytes).arg(x);
-    match rows {
-        Some(r) => l.arg(r),
-        None => l.arg(&null),
-    };
-    match bias {
-        Some(b) => l.arg(b),
-        None => l.arg(&null),
-    };
+    super::arg_or_null(&mut l, rows, &null);
+    super::arg_or_null(&mut l, bias, &null);
     l.arg(y).arg(&ni).arg(&ki).arg(&mi);
     let cfg = LaunchConfig {
         grid_dim: (m.div_ceil(WARPS) as u32, n.div_ceil(ROWS) as u32, 1),

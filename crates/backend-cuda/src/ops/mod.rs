@@ -33,3 +33,17 @@ pub(crate) fn cover(n: usize, threads: u32) -> LaunchConfig {
 pub(crate) fn dim(v: usize, what: &str) -> mm_core::Result<i32> {
     i32::try_from(v).map_err(|_| mm_core::Error::Invalid(format!("cuda: {what} = {v} exceeds i32")))
 }
+
+/// Pushes `v`, or a null pointer (`null`, a zero u64) when absent: the
+/// kernels' optional arguments (bias, row lists).
+pub(crate) fn arg_or_null<'a, T>(
+    l: &mut cudarc::driver::LaunchArgs<'a>,
+    v: Option<&'a cudarc::driver::CudaSlice<T>>,
+    null: &'a u64,
+) {
+    use cudarc::driver::PushKernelArg;
+    match v {
+        Some(v) => l.arg(v),
+        None => l.arg(null),
+    };
+}

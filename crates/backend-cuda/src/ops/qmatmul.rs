@@ -104,14 +104,8 @@ pub fn launch(
     let null = 0u64;
     let mut l = rt.stream.launch_builder(&f);
     l.arg(&q.codes).arg(&q.params).arg(&q.lut).arg(x);
-    match rows {
-        Some(r) => l.arg(r),
-        None => l.arg(&null),
-    };
-    match bias {
-        Some(b) => l.arg(b),
-        None => l.arg(&null),
-    };
+    super::arg_or_null(&mut l, rows, &null);
+    super::arg_or_null(&mut l, bias, &null);
     l.arg(y);
     for d in &dims {
         l.arg(d);

@@ -42,10 +42,7 @@ pub fn launch(
     let f = rt.function(&TC_MATMUL, "x_row_scales")?;
     let mut l = rt.stream.launch_builder(&f);
     l.arg(x);
-    match rows {
-        Some(r) => l.arg(r),
-        None => l.arg(&null),
-    };
+    super::arg_or_null(&mut l, rows, &null);
     l.arg(&mut xs).arg(&ni).arg(&ki);
     // SAFETY: x holds the listed rows of k values, xs n; one warp per row.
     unsafe { l.launch(super::grid(n.div_ceil(8), 256)) }
@@ -70,15 +67,9 @@ pub fn launch(
         Prepared::Quant(q) => l.arg(&q.codes).arg(&q.params).arg(&q.lut),
     };
     l.arg(x);
-    match rows {
-        Some(r) => l.arg(r),
-        None => l.arg(&null),
-    };
+    super::arg_or_null(&mut l, rows, &null);
     l.arg(&xs);
-    match bias {
-        Some(b) => l.arg(b),
-        None => l.arg(&null),
-    };
+    super::arg_or_null(&mut l, bias, &null);
     l.arg(y).arg(&ni).arg(&ki).arg(&mi).arg(&kpi).arg(&gi);
     if m.div_ceil(TILE) > u32::MAX as usize || n.div_ceil(TILE) > 65535 {
         return Err(Error::Invalid(format!(
