@@ -8,7 +8,9 @@
 #                                # every CUDA test with MM_REQUIRE_CUDA=1, then
 #                                # end-to-end logits, GPU against the CPU's
 #                                # exact path, on the tiny fixtures as stored
-#                                # and quantized by us to several formats
+#                                # and quantized by us to several formats, as
+#                                # a prompt and as decode steps (CUDA graphs on
+#                                # and off, which must agree bit for bit)
 #   scripts/test-cuda.sh model [1b|8b]
 #                                # on the GPU machine: a random Llama-shape
 #                                # model made by transformers; our GPU logits
@@ -42,14 +44,23 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["lib"], ["test"]):
         print(m["target"]["name"], m["executable"])' |
         while read -r name exe; do cp "$exe" "$B/test-$name"; done
+    cargo test --release --features cuda -p metal-marlin --test cuda_batch --no-run \
+        --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])' |
+        while read -r exe; do cp "$exe" "$B/test-cuda_batch"; done
     strip "$B"/*
     ls -la "$B"
     ;;
 run)
     export MM_REQUIRE_CUDA=1
-    # The tensor-core prompt path is opt-in until it has run on a GPU;
-    # this script tests it.
-    export MM_CUDA_TENSOR_CORES=1
+    # The defaults, whatever the caller's environment: prompt rows on the
+    # tensor cores, decode steps as CUDA graphs.
+    export MM_CUDA_TENSOR_CORES=1 MM_CUDA_GRAPHS=1
     for t in "$B"/test-*; do
         echo "== $t"
         "$t" --test-threads=1
@@ -70,13 +81,28 @@ run)
         ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$m/reference.json'))['input_ids'])))")
         "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cpu --exact --out /tmp/mm-cpu.npy >/dev/null
         # exact: f32 everywhere; default: the prompt's matmuls on the
-        # tensor cores (f16 operands) and an f16 KV cache.
-        for mode in --exact ""; do
-            "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cuda $mode --out /tmp/mm-gpu.npy >/dev/null
-            python3 - "$m" "${mode:-default}" <<'PY'
+        # tensor cores (f16 operands) and an f16 KV cache; decode: the
+        # last 8 ids as decode steps (replayed CUDA graphs from the third),
+        # then the same without graphs, which must give the same bits.
+        for mode in exact default decode nograph; do
+            case $mode in
+            exact) flags=(--exact) ;;
+            default) flags=() ;;
+            decode) flags=(--decode 8) ;;
+            nograph) flags=(--decode 8) ;;
+            esac
+            MM_CUDA_GRAPHS=$([ $mode = nograph ] && echo 0 || echo 1) \
+                "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cuda "${flags[@]}" \
+                --out "/tmp/mm-gpu-$mode.npy" >/dev/null
+            python3 - "$m" "$mode" <<'PY'
 import sys
 import numpy as np
-a, b = np.load("/tmp/mm-gpu.npy").astype(np.float64), np.load("/tmp/mm-cpu.npy").astype(np.float64)
+mode = sys.argv[2]
+a = np.load(f"/tmp/mm-gpu-{mode}.npy").astype(np.float64)
+b = np.load("/tmp/mm-cpu.npy").astype(np.float64)
+if mode == "nograph":
+    g = np.load("/tmp/mm-gpu-decode.npy").astype(np.float64)
+    assert np.array_equal(a, g), f"decode steps with and without CUDA graphs differ by {np.abs(a - g).max():.3e}"
 def logsm(x):
     x = x - x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
@@ -84,8 +110,8 @@ la, lb = logsm(a), logsm(b)
 kl = (np.exp(lb) * (lb - la)).sum(-1)
 top1 = (a.argmax(-1) == b.argmax(-1)).mean()
 err = np.abs(a - b).max() / np.abs(b).max()
-print(f"{sys.argv[1]} {sys.argv[2]}: top-1 {top1:.0%}, mean KL {kl.mean():.2e}, max |dlogit|/max|logit| {err:.1e}")
-if sys.argv[2] == "--exact":
+print(f"{sys.argv[1]} {mode}: top-1 {top1:.0%}, mean KL {kl.mean():.2e}, max |dlogit|/max|logit| {err:.1e}")
+if mode == "exact":
     assert top1 == 1.0 and kl.mean() <= 1e-6 and err <= 1e-4, "GPU logits differ from the CPU's"
 else:
     assert kl.mean() <= 1e-3 and err <= 2e-2, "GPU logits differ from the CPU's"
@@ -94,7 +120,7 @@ PY
     done
     ;;
 model)
-    export MM_CUDA_TENSOR_CORES=1
+    export MM_CUDA_TENSOR_CORES=1 MM_CUDA_GRAPHS=1
     d=/tmp/mm-random-${2:-1b}
     [ -d "$d" ] || python3 scripts/cuda/random_llama.py make "$d" --shape "${2:-1b}"
     ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$d/reference.json'))['input_ids'])))")
@@ -105,8 +131,10 @@ model)
     [ -d "$d-int4" ] || "$B/metal-marlin" quantize "$d" --out "$d-int4" --format int4 >/dev/null
     for m in "$d" "$d-int4"; do
         echo "== bench $m"
-        "$B/metal-marlin" bench -m "$m" --device cuda -p 512 -n 128 -r 3
+        "$B/metal-marlin" bench -m "$m" --device cuda -p 512 -n 128 -r 3 --batch 8,32,64
     done
+    echo "== bench $d-int4 decode without CUDA graphs"
+    MM_CUDA_GRAPHS=0 "$B/metal-marlin" bench -m "$d-int4" --device cuda -p 0 -n 128 -r 3
     python3 scripts/cuda/random_llama.py speed "$d"
     ;;
 bench)

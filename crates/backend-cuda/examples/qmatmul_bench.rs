@@ -32,7 +32,12 @@ fn random_weight(f: WeightFormat, m: usize, k: usize, seed: u64) -> WeightData {
     match f {
         WeightFormat::Mm(mf) => {
             let groups = mf.groups_per_row(k);
-            let codes: Vec<u8> = (0..m * mf.code_bytes(k)).map(|_| rng.gen()).collect();
+            // Random bytes, but no e4m3 NaN (0x7f, 0xff) among fp8 codes.
+            let fp8 = mf.kind == MmKind::Fp8E4M3;
+            let codes: Vec<u8> = (0..m * mf.code_bytes(k))
+                .map(|_| rng.gen::<u8>())
+                .map(|c| if fp8 && c & 0x7f == 0x7f { c ^ 1 } else { c })
+                .collect();
             let scales: Vec<u8> = (0..m * groups)
                 .flat_map(|_| half::f16::from_f32(rng.gen_range(1e-3..2e-2)).to_le_bytes())
                 .collect();

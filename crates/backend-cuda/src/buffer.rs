@@ -109,6 +109,7 @@ pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(
     host: &[T],
     what: &str,
 ) -> Result<CudaSlice<T>> {
+    rt.check_not_capturing(what)?;
     if host.is_empty() {
         // SAFETY: a one-element scratch buffer nothing reads.
         return unsafe { rt.stream.alloc::<T>(1) }.map_err(|e| oom(rt, 1, what, e));

@@ -49,7 +49,21 @@ pub const ACTIVATION: Kernel = kernel!("activation", ["silu_mul_f32", "add_f32"]
 pub const ROPE: Kernel = kernel!("rope", ["rope_f32"]);
 pub const EMBEDDING: Kernel = kernel!(
     "embedding",
-    ["embedding_f32", "embedding_f16", "embedding_bf16"]
+    [
+        "embedding_f32",
+        "embedding_f16",
+        "embedding_bf16",
+        "qembedding_b4_p0",
+        "qembedding_b4_p1",
+        "qembedding_b4_p2",
+        "qembedding_b4_p3",
+        "qembedding_b4_p4",
+        "qembedding_b8_p0",
+        "qembedding_b8_p1",
+        "qembedding_b8_p2",
+        "qembedding_b8_p3",
+        "qembedding_b8_p4",
+    ]
 );
 pub const MATMUL: Kernel = kernel!("matmul", ["matmul_f32", "matmul_f16", "matmul_bf16"]);
 /// The quantized matmul's instances: code bits, parameter mode, weight

@@ -6,32 +6,50 @@
 //! Status: activations live on the GPU as f32 tensors; every op of the
 //! dense models runs here (paged attention over KV stores in GPU memory
 //! included), and matmuls of dense weights and of every quantized format
-//! (in the GPU layout of [`qlayout`]). Embeddings of quantized tables go
-//! to the CPU backend through [`mm_core::Device`]. Each op is checked
+//! (in the GPU layout of [`qlayout`]), embeddings of either; decode steps
+//! are recorded and replayed as CUDA graphs ([`graph`]). Each op is checked
 //! against the CPU references by the conformance suite on the GPU
 //! (`tests/conformance.rs`, `scripts/test-cuda.sh`).
 
 pub mod buffer;
 pub mod compile;
+pub mod graph;
 pub mod ops;
 pub mod qlayout;
 pub mod runtime;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mm_core::backend::{Backend, Op};
 use mm_core::{
-    KvDType, KvStore, PagedBatch, PagedParams, Result, Tensor, WeightData, WeightFormat,
+    KvDType, KvStore, PagedBatch, PagedParams, Result, StepInputs, Tensor, WeightData, WeightFormat,
 };
 
 pub use runtime::Runtime;
 
 /// One GPU as a metal-marlin backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CudaBackend {
     rt: Arc<Runtime>,
     exact: bool,
     tensor_cores: bool,
+    /// Decode steps recorded as CUDA graphs ([`graph`]); None when off.
+    graphs: Option<Arc<Mutex<graph::Graphs>>>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("rt", &self.rt)
+            .field("exact", &self.exact)
+            .field("tensor_cores", &self.tensor_cores)
+            .field("graphs", &self.graphs.is_some())
+            .finish()
+    }
+}
+
+fn env_is(var: &str, value: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| v == value)
 }
 
 impl CudaBackend {
@@ -40,29 +58,44 @@ impl CudaBackend {
         Ok(Self {
             rt: Runtime::new(ordinal)?,
             exact: false,
-            tensor_cores: std::env::var_os("MM_CUDA_TENSOR_CORES").is_some_and(|v| v == "1"),
-        })
+            tensor_cores: !env_is("MM_CUDA_TENSOR_CORES", "0"),
+            graphs: None,
+        }
+        .graphs(!env_is("MM_CUDA_GRAPHS", "0")))
+    }
+
+    /// Whether decode steps are recorded and replayed as CUDA graphs
+    /// ([`graph`]); on unless `MM_CUDA_GRAPHS=0` (`scripts/test-cuda.sh`
+    /// checks that both give the same bits). Each mode of a backend keeps
+    /// its own recordings.
+    pub fn graphs(self, on: bool) -> Self {
+        Self {
+            graphs: on.then(Default::default),
+            ..self
+        }
     }
 
     /// The verification mode: every matmul row in f32 (no tensor cores)
     /// and the KV cache in f32, as the CPU's exact path.
     pub fn exact(self) -> Self {
+        let on = self.graphs.is_some();
         Self {
             exact: true,
             ..self
         }
+        .graphs(on)
     }
 
     /// Whether prompt rows run on the tensor cores (f16 operands) in the
-    /// default precision. Off unless `MM_CUDA_TENSOR_CORES=1`: the kernel
-    /// (`kernels/tc_matmul.cu`) compiles and is in the GPU conformance
-    /// suite, but has not yet run on a GPU; every row then takes the f32
-    /// kernels.
+    /// default precision; on unless `MM_CUDA_TENSOR_CORES=0`, which sends
+    /// every row to the f32 kernels.
     pub fn tensor_cores(self, on: bool) -> Self {
+        let graphs = self.graphs.is_some();
         Self {
             tensor_cores: on,
             ..self
         }
+        .graphs(graphs)
     }
 
     /// The GPU's runtime (context, stream, kernels).
@@ -97,7 +130,7 @@ impl Backend for CudaBackend {
     fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool {
         match op {
             Op::Matmul => format.is_some_and(|f| f.is_dense() || qlayout::supports(f)),
-            Op::Embedding => format.is_some_and(WeightFormat::is_dense),
+            Op::Embedding => format.is_some_and(|f| f.is_dense() || qlayout::supports(f)),
             Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
             Op::Attention | Op::WriteKv => true,
         }
@@ -191,5 +224,20 @@ impl Backend for CudaBackend {
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         ops::activation::add(&self.rt, a, b)
+    }
+
+    /// Decode steps as CUDA graphs (see [`graph`]) unless they are off.
+    fn run_step(
+        &self,
+        inputs: &StepInputs<'_>,
+        body: &mut dyn FnMut() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match &self.graphs {
+            None => body(),
+            Some(g) => g
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .run(&self.rt, inputs, body),
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
@@ -63,8 +64,15 @@ pub struct Runtime {
     pub name: String,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     /// The last upload under each key ([`Runtime::upload_cached`]).
-    uploads: Mutex<HashMap<&'static str, (Vec<u8>, Arc<dyn Any + Send + Sync>)>>,
+    uploads: Mutex<HashMap<&'static str, (Vec<u8>, Cached)>>,
+    /// A step is being captured as a graph ([`crate::graph`]): nothing
+    /// may cross the bus, and the cached uploads the step reads are kept.
+    capturing: AtomicBool,
+    captured: Mutex<Vec<Cached>>,
 }
+
+/// A cached upload, kept alive by the graphs that read it.
+pub(crate) type Cached = Arc<dyn Any + Send + Sync>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +111,7 @@ impl Runtime {
         // per kernel argument and break graph capture.
         // SAFETY: no buffer is ever used on a second stream.
         unsafe { ctx.disable_event_tracking() };
+        keep_freed_memory(&ctx)?;
         // A stream of its own (not the legacy default stream), so that
         // work on it can be captured as a CUDA graph.
         let stream = ctx
@@ -115,6 +124,8 @@ impl Runtime {
             name,
             modules: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            capturing: AtomicBool::new(false),
+            captured: Mutex::new(Vec::new()),
         }))
     }
 
@@ -149,7 +160,9 @@ impl Runtime {
     /// `data` on the GPU, reusing the previous upload under `key` when it
     /// held the same values: a step's metadata (positions, block tables,
     /// KV slots) is the same for every layer, so it crosses the bus once
-    /// per step instead of once per layer.
+    /// per step instead of once per layer. While a step is captured, a
+    /// value not staged beforehand is an error (it would cross the bus
+    /// inside the graph).
     pub fn upload_cached<T: DeviceRepr + bytemuck::Pod + Send + Sync>(
         &self,
         key: &'static str,
@@ -160,12 +173,105 @@ impl Runtime {
         if let Some((old, buf)) = ups.get(key) {
             if old.as_slice() == bytes {
                 if let Ok(b) = buf.clone().downcast::<CudaSlice<T>>() {
+                    if self.capturing() {
+                        self.captured
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(b.clone());
+                    }
                     return Ok(b);
                 }
             }
         }
+        self.check_not_capturing(key)?;
         let b = Arc::new(crate::buffer::upload(self, data, key)?);
         ups.insert(key, (bytes.to_vec(), b.clone()));
         Ok(b)
     }
+
+    /// Writes `data` into `buf` (which holds at least `data.len()` values)
+    /// and makes it the cached upload of `key`: a graph's inputs, staged
+    /// before it is captured or replayed.
+    pub(crate) fn stage(
+        &self,
+        key: &'static str,
+        data: &[u32],
+        buf: &Arc<CudaSlice<u32>>,
+    ) -> Result<()> {
+        use cudarc::driver::DevicePtr;
+        if data.len() > buf.len() {
+            return Err(Error::Other(format!(
+                "staging {} values of {key} into a buffer of {}",
+                data.len(),
+                buf.len()
+            )));
+        }
+        if !data.is_empty() {
+            let (ptr, _sync) = buf.device_ptr(&self.stream);
+            // SAFETY: buf holds at least data.len() u32 (checked above);
+            // the copy is ordered on the one stream before any kernel
+            // that reads it.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(ptr, data, self.stream.cu_stream())
+            }
+            .map_err(|e| driver_err(&format!("staging {key}"), e))?;
+        }
+        let bytes = bytemuck::cast_slice(data).to_vec();
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (bytes, buf.clone()));
+        Ok(())
+    }
+
+    /// Whether a step is being captured.
+    pub(crate) fn capturing(&self) -> bool {
+        self.capturing.load(Ordering::Acquire)
+    }
+
+    /// Starts (`true`) or ends a capture: the cached uploads read during
+    /// it are returned at its end.
+    pub(crate) fn set_capturing(&self, on: bool) -> Vec<Cached> {
+        self.capturing.store(on, Ordering::Release);
+        std::mem::take(&mut *self.captured.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// An error while a step is captured: `what` would cross the bus.
+    pub(crate) fn check_not_capturing(&self, what: &str) -> Result<()> {
+        if self.capturing() {
+            return Err(Error::Backend {
+                backend: "cuda".into(),
+                reason: format!("{what} would be copied to the GPU inside a graph capture"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Makes the stream-ordered allocator (every buffer of every op comes
+/// from `cuMemAllocAsync`) a caching allocator: memory freed by one op is
+/// kept in the device's pool for the next instead of going back to the
+/// driver at each synchronization.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep = u64::MAX;
+    // SAFETY: plain driver calls on this context's device; `keep` lives
+    // across the call that reads it.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .and_then(|_| {
+                sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    &mut keep as *mut u64 as *mut std::ffi::c_void,
+                )
+                .result()
+            })
+    }
+    .map_err(|e| driver_err("configuring the memory pool", e))
 }

@@ -176,6 +176,11 @@ pub struct LogitsArgs {
     /// Comma-separated token ids.
     #[arg(long, value_delimiter = ',', required = true)]
     pub ids: Vec<u32>,
+    /// Feed the last N ids one at a time, as generated tokens (decode
+    /// steps), after the others as one prompt; the logits of every
+    /// position are written either way.
+    #[arg(long, default_value_t = 0)]
+    pub decode: usize,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -237,6 +242,11 @@ pub struct BenchArgs {
     /// Seed of the random token ids.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Also measure decode throughput of this many sequences generating
+    /// together through the batched engine (comma-separated counts, e.g.
+    /// `8,32,64`): `-n` tokens each, all sequences' tokens per second.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

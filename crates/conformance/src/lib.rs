@@ -244,6 +244,37 @@ pub fn check_matmul_mm(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()>
     check_matmul_formats(b, &ws, seed, tol)
 }
 
+/// Embedding rows of tables in every stored format the backend takes for
+/// embeddings (`formats` as for [`check_matmul_formats`]), against the
+/// reference dequantization of those rows.
+pub fn check_embedding_formats(
+    b: &dyn Backend,
+    formats: &[(WeightFormat, WeightData)],
+) -> Result<()> {
+    for (f, w) in formats {
+        if !b.supports(mm_core::backend::Op::Embedding, Some(*f)) {
+            continue;
+        }
+        let (m, k) = w.dims2()?;
+        let ids = [0u32, (m - 1) as u32, (m / 2) as u32, 0];
+        let mut reference = Vec::with_capacity(ids.len() * k);
+        for &i in &ids {
+            reference.extend(mm_quant::dequantize_rows_ref(
+                w,
+                i as usize..i as usize + 1,
+            )?);
+        }
+        // The same values as the reference's, up to f32 rounding of s·q + o.
+        check(
+            &format!("embedding {} {m}x{k}", f.name()),
+            &b.embedding(&ids, w)?,
+            &reference,
+            Tolerance::F32,
+        )?;
+    }
+    Ok(())
+}
+
 /// The quantized-weight checks (GGML and metal-marlin formats), under `tol`
 /// (usually [`Tolerance::Q8_ACTIVATIONS`]); returns the failures.
 pub fn run_quantized(b: &dyn Backend, tol: Tolerance) -> Vec<String> {
@@ -254,6 +285,10 @@ pub fn run_quantized(b: &dyn Backend, tol: Tolerance) -> Vec<String> {
         }
         if let Err(e) = check_matmul_mm(b, seed, tol) {
             fails.push(format!("matmul_mm (seed {seed}): {e}"));
+        }
+        let tables = ggml_weights(seed).and_then(|g| Ok(g.into_iter().chain(mm_weights(seed)?)));
+        if let Err(e) = tables.and_then(|t| check_embedding_formats(b, &t.collect::<Vec<_>>())) {
+            fails.push(format!("embedding formats (seed {seed}): {e}"));
         }
     }
     fails

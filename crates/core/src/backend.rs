@@ -38,6 +38,28 @@ pub enum RowKind {
     Generated,
 }
 
+/// What changes from one decode step to the next. A backend that records
+/// a step once and replays the recording (CUDA graphs) stages these before
+/// each replay; everything else the step reads (weights, KV stores, op
+/// shapes) is the same for every step of one `key` and row count.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInputs<'a> {
+    /// What the step reads besides these inputs: ids of the model and of
+    /// the KV cache ([`unique_id`]).
+    pub key: (u64, u64),
+    pub ids: &'a [u32],
+    pub positions: &'a [u32],
+    pub slots: &'a [u32],
+    pub batch: &'a PagedBatch,
+}
+
+/// A process-wide unique id (never 0): keys recordings of steps to the
+/// objects they read.
+pub fn unique_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A compute backend. Implementations: `cpu` (always present, the fallback
 /// and reference), `cuda`, `wgpu`.
 pub trait Backend: Send + Sync {
@@ -127,6 +149,20 @@ pub trait Backend: Send + Sync {
 
     /// `a + b`, elementwise, same shapes.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// Runs `body`: one decode step's forward pass, whose ops read nothing
+    /// that changes between steps of `inputs.key` and the same row count
+    /// except `inputs`. A backend may record it and replay the recording
+    /// for later such steps with their `inputs` staged, instead of running
+    /// `body` (the CUDA backend's graphs). Default: runs `body`.
+    fn run_step(
+        &self,
+        inputs: &StepInputs<'_>,
+        body: &mut dyn FnMut() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let _ = inputs;
+        body()
+    }
 }
 
 /// `(n, k, m)` of `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias[m])`, or an error

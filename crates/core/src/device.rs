@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, Op, RowKind};
+use crate::backend::{Backend, Op, RowKind, StepInputs};
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
@@ -171,5 +171,14 @@ impl Device {
             None => self.primary.add(a, b),
             Some(cpu) => self.back(cpu.add(&a.to_host()?, &b.to_host()?)?),
         }
+    }
+
+    /// [`Backend::run_step`] of the primary backend.
+    pub fn run_step(
+        &self,
+        inputs: &StepInputs<'_>,
+        body: &mut dyn FnMut() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        self.primary.run_step(inputs, body)
     }
 }

@@ -18,7 +18,7 @@ pub mod kv;
 pub mod tensor;
 pub mod weight;
 
-pub use backend::{Backend, Op, RowKind};
+pub use backend::{unique_id, Backend, Op, RowKind, StepInputs};
 pub use bytes::HostBytes;
 pub use device::Device;
 pub use error::{Error, Result};

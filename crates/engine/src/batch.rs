@@ -171,37 +171,54 @@ impl<'m> BatchEngine<'m> {
         };
         let vocab = logits.len() / step.logits_rows.len().max(1);
         let mut masked = self.grammar_masks(&plan, &logits, vocab);
-        let mut sampled = Vec::with_capacity(plan.seqs.len());
-        let mut extra = HashMap::new();
-        let mut row = 0;
-        for s in &plan.seqs {
-            if !s.needs_logits {
-                sampled.push((s.id, None));
+        // Every sequence samples from its row, in parallel: a sampler's
+        // pass over the vocabulary takes tens of microseconds, and a batch
+        // holds up to hundreds of rows.
+        if let Some(s) = plan
+            .seqs
+            .iter()
+            .find(|s| s.needs_logits && !self.live.contains_key(&s.id))
+        {
+            return Err(Error::Other(format!("sequence {} has no sampler", s.id)));
+        }
+        let mut work = Vec::new();
+        for (row, s) in plan.seqs.iter().filter(|s| s.needs_logits).enumerate() {
+            let Some(live) = self.live.remove(&s.id) else {
                 continue;
-            }
-            let lg = &logits[row * vocab..(row + 1) * vocab];
-            row += 1;
+            };
             let seq = self.sched.get(s.id);
             let history = seq.map_or(&[][..], |q| q.tokens());
             let cached = seq.map_or(0, |q| q.cached_tokens);
-            let live = self
-                .live
-                .get_mut(&s.id)
-                .ok_or_else(|| Error::Other(format!("sequence {} has no sampler", s.id)))?;
-            let token = match (&mut live.guide, masked.remove(&s.id)) {
-                (Some(g), Some(m)) => {
-                    let t = live.sampler.sample(&m, history);
-                    if let Err(e) = g.accept(t) {
-                        tracing::warn!("sequence {}: {e}", s.id);
-                    }
-                    t
-                }
-                _ => live.sampler.sample(lg, history),
-            };
-            let lp = live.logprobs.map(|k| token_logprobs(lg, token, k));
-            extra.insert(s.id, (lp, cached));
-            sampled.push((s.id, Some(token)));
+            work.push((s.id, row, live, masked.remove(&s.id), history, cached));
         }
+        let done: Vec<_> = work
+            .into_par_iter()
+            .map(|(id, row, mut live, mask, history, cached)| {
+                let lg = &logits[row * vocab..(row + 1) * vocab];
+                let token = match (&mut live.guide, mask) {
+                    (Some(g), Some(m)) => {
+                        let t = live.sampler.sample(&m, history);
+                        if let Err(e) = g.accept(t) {
+                            tracing::warn!("sequence {id}: {e}");
+                        }
+                        t
+                    }
+                    _ => live.sampler.sample(lg, history),
+                };
+                let lp = live.logprobs.map(|k| token_logprobs(lg, token, k));
+                (id, live, token, lp, cached)
+            })
+            .collect();
+        let mut extra = HashMap::with_capacity(done.len());
+        for (id, live, token, lp, cached) in done {
+            self.live.insert(id, live);
+            extra.insert(id, (token, lp, cached));
+        }
+        let sampled: Vec<(SeqId, Option<u32>)> = plan
+            .seqs
+            .iter()
+            .map(|s| (s.id, extra.get(&s.id).map(|e| e.0)))
+            .collect();
         let out = self.sched.on_step_done(&sampled)?;
         let mut events = Vec::new();
         for (id, token) in sampled {
@@ -225,7 +242,7 @@ impl<'m> BatchEngine<'m> {
             if finished.is_some() {
                 self.live.remove(&id);
             }
-            let (logprobs, cached_tokens) = extra.remove(&id).unwrap_or((None, 0));
+            let (_, logprobs, cached_tokens) = extra.remove(&id).unwrap_or((token, None, 0));
             events.push(TokenEvent {
                 id,
                 token,

@@ -192,6 +192,76 @@ pub fn run_bench(
     Ok(runs)
 }
 
+/// Aggregate decode throughput of `batch` sequences generating together
+/// through the batched engine ([`crate::batch::BatchEngine`], its paged KV
+/// cache and greedy sampling of every sequence): per run, `batch` one-token
+/// prompts are admitted and prefilled (untimed), then the steps until each
+/// has generated `gen_tokens` more tokens are timed. Tokens per second of
+/// every timed run (after one warm-up run); `progress(done, total)` after
+/// each run.
+pub fn run_batched_decode(
+    model: &DecoderModel,
+    batch: usize,
+    cfg: &BenchConfig,
+    excluded: &dyn Fn(u32) -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f64>> {
+    use crate::batch::{BatchEngine, BatchRequest};
+    use crate::sched::SchedulerConfig;
+    if batch == 0 || cfg.gen_tokens == 0 || cfg.repetitions == 0 {
+        return Err(Error::Invalid(format!(
+            "batched decode needs sequences, tokens and runs ({batch}, {}, {})",
+            cfg.gen_tokens, cfg.repetitions
+        )));
+    }
+    let len = cfg.gen_tokens + 2;
+    if len > model.config.max_position_embeddings {
+        return Err(Error::Invalid(format!(
+            "1 prompt token and {} generated tokens exceed the model's context length {}",
+            cfg.gen_tokens + 1,
+            model.config.max_position_embeddings
+        )));
+    }
+    let block_size = mm_models::DEFAULT_BLOCK_SIZE;
+    let sched = SchedulerConfig {
+        max_num_seqs: batch,
+        max_num_batched_tokens: batch.max(2048),
+        block_size,
+        num_blocks: batch * len.div_ceil(block_size),
+        max_model_len: len,
+        enable_prefix_caching: false,
+    };
+    let mut engine = BatchEngine::new(model, sched, model.default_kv_dtype())?;
+    let ids = random_ids(batch, model.config.vocab_size, excluded, cfg.seed)?;
+    let total = cfg.repetitions + 1;
+    let mut rates = Vec::with_capacity(cfg.repetitions);
+    for r in 0..total {
+        for &id in &ids {
+            engine.add(BatchRequest {
+                prompt: vec![id],
+                max_new_tokens: cfg.gen_tokens + 1,
+                ..Default::default()
+            })?;
+        }
+        // The prompts, each with its first sampled token.
+        let mut first = 0;
+        while first < batch {
+            first += engine.step()?.len();
+        }
+        let t = Instant::now();
+        let mut tokens = 0;
+        while engine.has_unfinished() {
+            tokens += engine.step()?.len();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if r > 0 {
+            rates.push(tokens as f64 / secs.max(1e-9));
+        }
+        progress(r, total);
+    }
+    Ok(rates)
+}
+
 /// Peak resident set size of this process in bytes (`VmHWM` of
 /// `/proc/self/status`); `None` where that file does not exist.
 pub fn peak_rss_bytes() -> Option<u64> {

@@ -3,7 +3,7 @@
 //! Architecture files fill it; attention and feed-forward are fields of a
 //! layer so MoE feed-forwards and MLA attention slot in beside them.
 
-use mm_core::{Device, Error, KvDType, Result, Tensor, WeightData};
+use mm_core::{Device, Error, KvDType, Result, RowKind, StepInputs, Tensor, WeightData};
 use mm_formats::{ModelConfig, WeightSource};
 
 use crate::layers::{Attention, AttentionOptions, Linear, LinearObserver, Mlp, RmsNorm, Rope};
@@ -33,6 +33,8 @@ pub struct WeightSummary {
 /// A causal language model: embeddings, decoder layers, final norm, head.
 pub struct DecoderModel {
     pub config: ModelConfig,
+    /// Unique per model ([`mm_core::unique_id`]): keys recorded steps.
+    id: u64,
     device: Device,
     embed: WeightData,
     layers: Vec<DecoderLayer>,
@@ -94,6 +96,7 @@ impl DecoderModel {
         Ok(Self {
             norm: RmsNorm::load(src, "model.norm.weight", e, cfg.rms_norm_eps, device)?,
             rope: Rope::new(&cfg)?,
+            id: mm_core::unique_id(),
             device: device.clone(),
             config: cfg,
             embed,
@@ -161,6 +164,37 @@ impl DecoderModel {
                 self.layers.len()
             )));
         }
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = step.ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        // A decode step (one generated token per sequence, every row's
+        // logits) reads nothing but its inputs that changes from step to
+        // step: the backend may replay a recording of it.
+        let n = step.ids.len();
+        let decode = step.batch.seqs.iter().all(|s| s.q_len == 1)
+            && step.kinds.iter().all(|&k| k == RowKind::Generated)
+            && step.logits_rows.len() == n
+            && step.logits_rows.iter().enumerate().all(|(i, &r)| i == r);
+        if decode {
+            let inputs = StepInputs {
+                key: (self.id, kv.id),
+                ids: &step.ids,
+                positions: &step.positions,
+                slots: &step.slots,
+                batch: &step.batch,
+            };
+            return self
+                .device
+                .run_step(&inputs, &mut || self.step_body(step, kv));
+        }
+        self.step_body(step, kv)
+    }
+
+    /// The ops of a validated step.
+    fn step_body(&self, step: &Step, kv: &mut PagedKv) -> Result<Tensor> {
         let dev = &self.device;
         let mut h = dev.embedding(&step.ids, &self.embed)?;
         for l in 0..self.layers.len() {

@@ -18,6 +18,8 @@ pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
 /// A paged KV cache: per layer, keys and values for `num_blocks` blocks.
 pub struct PagedKv {
+    /// Unique per cache ([`mm_core::unique_id`]): keys recorded steps.
+    pub(crate) id: u64,
     pub(crate) k: Vec<KvStore>,
     pub(crate) v: Vec<KvStore>,
     block_size: usize,
@@ -49,6 +51,7 @@ impl PagedKv {
                 .collect()
         };
         Ok(Self {
+            id: mm_core::unique_id(),
             k: mk()?,
             v: mk()?,
             block_size,

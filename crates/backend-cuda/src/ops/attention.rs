@@ -12,6 +12,20 @@ use crate::runtime::{driver_err, Runtime};
 /// Warps per block (`WARPS` in the kernel).
 const WARPS: u32 = 4;
 
+/// Per query row of a validated batch: its position (it attends to keys
+/// `0..=pos`) and where its sequence's block table starts.
+pub(crate) fn row_meta(batch: &PagedBatch) -> (Vec<u32>, Vec<u32>) {
+    let rows = batch.seqs.iter().map(|s| s.q_len).sum();
+    let (mut pos, mut table0) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for s in &batch.seqs {
+        for i in 0..s.q_len {
+            pos.push((s.kv_len - s.q_len + i) as u32);
+            table0.push(s.table_start as u32);
+        }
+    }
+    (pos, table0)
+}
+
 pub fn paged_attention(
     rt: &Runtime,
     q: &Tensor,
@@ -41,14 +55,7 @@ pub fn paged_attention(
         kv_buffer(k, "paged attention")?,
         kv_buffer(v, "paged attention")?,
     );
-    // Per row: its position (keys 0..=pos) and where its table starts.
-    let (mut pos, mut table0) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-    for s in &batch.seqs {
-        for i in 0..s.q_len {
-            pos.push((s.kv_len - s.q_len + i) as u32);
-            table0.push(s.table_start as u32);
-        }
-    }
+    let (pos, table0) = row_meta(batch);
     let qd = on_device(rt, q)?;
     let tables = rt.upload_cached("block tables", &batch.block_tables)?;
     let pos = rt.upload_cached("query positions", &pos)?;

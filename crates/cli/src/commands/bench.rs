@@ -3,7 +3,9 @@
 
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mm_engine::bench::{peak_rss_bytes, run_bench, BenchConfig, BenchTest, RunStats};
+use mm_engine::bench::{
+    peak_rss_bytes, run_batched_decode, run_bench, BenchConfig, BenchTest, RunStats,
+};
 use serde_json::json;
 
 use crate::args::{BenchArgs, ModelArgs};
@@ -91,8 +93,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ));
         bar.inc(1);
     });
-    bar.finish_and_clear();
     let runs = runs?;
+    let mut batched = Vec::new();
+    for &b in &a.batch {
+        bar.set_length(bar.length().unwrap_or(0) + a.repetitions as u64 + 1);
+        let rates = run_batched_decode(&model, b, &cfg, &excluded, &mut |r, _| {
+            bar.set_message(format!(
+                "{tg} x{b} {}",
+                if r == 0 { "warm-up" } else { "timed" }
+            ));
+            bar.inc(1);
+        })?;
+        batched.push((b, rates));
+    }
+    bar.finish_and_clear();
     let peak_rss = peak_rss_bytes();
     let pstats = runs.prefill_tok_s.as_deref().and_then(RunStats::of);
     let dstats = runs.decode_tok_s.as_deref().and_then(RunStats::of);
@@ -120,6 +134,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "decode_bytes_per_token": summary.bytes_per_token,
             "decode_effective_gb_s": gb_s,
             "peak_rss_bytes": peak_rss,
+            "batched_decode": batched.iter().map(|(b, r)| json!({
+                "sequences": b,
+                "tok_s": RunStats::of(r).map(|s| s.median),
+                "tok_s_runs": r,
+            })).collect::<Vec<_>>(),
         });
         println!("{out}");
         return Ok(());
@@ -128,7 +147,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let size = human_bytes(summary.bytes as f64);
     let params = human_count(summary.params as f64);
     let mut rows = Vec::new();
-    for (test, st) in [(&pp, pstats), (&tg, dstats)] {
+    let mut tests = vec![(pp.clone(), pstats), (tg.clone(), dstats)];
+    for (b, r) in &batched {
+        tests.push((format!("{tg} x{b}"), RunStats::of(r)));
+    }
+    for (test, st) in &tests {
         if let Some(s) = st {
             rows.push(vec![
                 name.clone(),
@@ -136,7 +159,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 params.clone(),
                 backend.clone(),
                 threads.to_string(),
-                test.clone(),
+                test.to_string(),
                 format!("{:.2} ± {:.2}", s.median, s.stddev),
                 format!("{:.2}", s.min),
                 format!("{:.2}", s.max),
@@ -166,6 +189,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "t/s: median ± sample standard deviation of {} timed runs (after 1 warm-up run)",
         a.repetitions
     );
+    if !batched.is_empty() {
+        println!("{tg} xN: N sequences decoding together, tokens per second of all of them");
+    }
     Ok(())
 }
 

@@ -140,9 +140,13 @@ fn check_format(format: F, n: usize, kb: usize, m: usize, seed: u64) {
     let what = format!("{} scalar n={n} k={k} m={m}", format.name());
     let qk = act_kind(format).block();
     let r = check_int_path(&what, &scalar, &wd, &x, &act, qk, (n, k, m));
-    // Statistically, over enough outputs: within 1e-2 relative L2 of the
-    // f32-activation product (the expected error is ~4e-3).
-    if n * m >= 32 {
+    // Statistically, over enough outputs and enough independently
+    // quantized activation blocks: within 1e-2 relative L2 of the
+    // f32-activation product (the expected error is ~4e-3). One block
+    // (n = 1, one Q8_K block of 256) is one draw of the activations'
+    // rounding, shared by every output: a proptest case met 1.26e-2 there
+    // (Q4_K, n=1, k=256, m=71) while every output was within its bound.
+    if n * m >= 32 && n * (k / qk) >= 4 {
         let e = rel_l2(&scalar, &r.exact);
         assert!(e < 1e-2, "{what}: vs f32 activations {e:.2e}");
     }

@@ -1,0 +1,247 @@
+//! Decode steps as CUDA graphs: a step's ~10 launches per layer cost more
+//! host time than the GPU needs to run them at small batch sizes, so the
+//! step is captured once and replayed with one launch.
+//!
+//! Strategy (`Backend::run_step`): steps are keyed by what they read
+//! besides their inputs (model and KV cache ids) and their row count. The
+//! first step of a key runs as is (it loads the kernels and sizes the
+//! output). The second is captured: its inputs (token ids, positions, KV
+//! slots, block tables and the attention's per-row metadata) are first
+//! staged into buffers the key owns, so every op finds them in the upload
+//! cache and nothing crosses the bus inside the graph; the logits are
+//! copied into a buffer the key owns and the graph is launched. Later
+//! steps stage their inputs into the same buffers and launch the graph.
+//! Host time per step: the staging copies, one graph launch and one copy
+//! of the logits.
+//!
+//! A step that cannot be captured (an op falls back to the CPU, or
+//! anything else crosses the bus) runs as is, and so do later steps of
+//! its key; inputs that outgrow their buffers (block tables of longer
+//! sequences) are staged into larger ones and the step is captured again.
+
+use std::collections::HashMap;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice};
+use mm_core::{Error, Result, StepInputs, Storage, Tensor};
+
+use crate::buffer::{alloc, tensor, CudaBuffer};
+use crate::ops::attention::row_meta;
+use crate::runtime::{driver_err, Cached, Runtime};
+use std::sync::Arc;
+
+/// Recorded steps kept at most (least recently used dropped first).
+const MAX_GRAPHS: usize = 64;
+
+/// Graph key: (model id, KV cache id) and rows.
+type Key = ((u64, u64), usize);
+
+enum State {
+    /// Ran once as is; the logits' shape.
+    Warm(Vec<usize>),
+    /// Captured.
+    Ready(Graph),
+    /// Capture failed (the reason was logged): runs as is.
+    Failed,
+}
+
+/// A captured step: the graph, its staged inputs, its output and the
+/// cached uploads it reads.
+struct Graph {
+    graph: CudaGraph,
+    inputs: Vec<(&'static str, Arc<CudaSlice<u32>>)>,
+    out: CudaSlice<f32>,
+    shape: Vec<usize>,
+    _keep: Vec<Cached>,
+}
+
+struct Entry {
+    state: State,
+    used: u64,
+}
+
+/// The recorded steps of one GPU.
+#[derive(Default)]
+pub struct Graphs {
+    entries: HashMap<Key, Entry>,
+    clock: u64,
+}
+
+// SAFETY: a CudaGraph is only launched or dropped under the backend's
+// mutex around `Graphs`, on the runtime's one stream.
+unsafe impl Send for Graphs {}
+
+/// The values staged for a step, by upload-cache key (the same keys and
+/// values the ops compute from the step's arguments).
+fn staged(inp: &StepInputs<'_>) -> [(&'static str, Vec<u32>); 6] {
+    let (qpos, table0) = row_meta(inp.batch);
+    [
+        ("token ids", inp.ids.to_vec()),
+        ("rope positions", inp.positions.to_vec()),
+        ("KV slots", inp.slots.to_vec()),
+        ("block tables", inp.batch.block_tables.clone()),
+        ("query positions", qpos),
+        ("block-table starts", table0),
+    ]
+}
+
+impl Graphs {
+    /// See the module docs.
+    pub fn run(
+        &mut self,
+        rt: &Runtime,
+        inp: &StepInputs<'_>,
+        body: &mut dyn FnMut() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let key = (inp.key, inp.ids.len());
+        self.clock += 1;
+        let now = self.clock;
+        let Some(entry) = self.entries.get_mut(&key) else {
+            let t = body()?;
+            self.evict();
+            self.entries.insert(
+                key,
+                Entry {
+                    state: State::Warm(t.shape().to_vec()),
+                    used: now,
+                },
+            );
+            return Ok(t);
+        };
+        entry.used = now;
+        let values = staged(inp);
+        match &entry.state {
+            State::Failed => return body(),
+            State::Ready(g) if fits(g, &values) => {
+                for ((k, v), (_, buf)) in values.iter().zip(&g.inputs) {
+                    rt.stage(k, v, buf)?;
+                }
+                g.graph
+                    .launch()
+                    .map_err(|e| driver_err("launching a decode step's graph", e))?;
+                return copy_out(rt, &g.out, &g.shape);
+            }
+            _ => {}
+        }
+        let shape = match &entry.state {
+            State::Warm(s) => s.clone(),
+            State::Ready(g) => g.shape.clone(),
+            State::Failed => unreachable!("handled above"),
+        };
+        entry.state = State::Failed;
+        match capture(rt, &values, &shape, body) {
+            Ok(g) => {
+                g.graph
+                    .launch()
+                    .map_err(|e| driver_err("launching a decode step's graph", e))?;
+                let t = copy_out(rt, &g.out, &g.shape);
+                entry.state = State::Ready(g);
+                t
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "decode steps of {} rows run without a CUDA graph: {e}",
+                    key.1
+                );
+                body()
+            }
+        }
+    }
+
+    fn evict(&mut self) {
+        while self.entries.len() >= MAX_GRAPHS {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => self.entries.remove(&k),
+                None => break,
+            };
+        }
+    }
+}
+
+/// Whether every staged value fits the graph's input buffers.
+fn fits(g: &Graph, values: &[(&'static str, Vec<u32>)]) -> bool {
+    values
+        .iter()
+        .zip(&g.inputs)
+        .all(|((_, v), (_, b))| v.len() <= b.len())
+}
+
+/// Stages the inputs into new buffers (twice the room, for growing block
+/// tables) and captures `body`.
+fn capture(
+    rt: &Runtime,
+    values: &[(&'static str, Vec<u32>)],
+    shape: &[usize],
+    body: &mut dyn FnMut() -> Result<Tensor>,
+) -> Result<Graph> {
+    let mut inputs = Vec::with_capacity(values.len());
+    for (k, v) in values {
+        let room = (2 * v.len()).max(16);
+        // SAFETY: staged values are written before any kernel reads them,
+        // and kernels read only the staged prefix.
+        let buf = Arc::new(
+            unsafe { rt.stream.alloc::<u32>(room) }
+                .map_err(|e| crate::buffer::oom(rt, 4 * room, k, e))?,
+        );
+        rt.stage(k, v, &buf)?;
+        inputs.push((*k, buf));
+    }
+    let n: usize = shape.iter().product();
+    let mut out = alloc(rt, n.max(1), "a decode step's logits")?;
+    rt.set_capturing(true);
+    let begun = rt
+        .stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .map_err(|e| driver_err("starting a graph capture", e));
+    let ran = begun.and_then(|_| {
+        let t = body()?;
+        if t.shape() != shape {
+            return Err(Error::Other(format!(
+                "the step's logits are {:?}, its first run's {shape:?}",
+                t.shape()
+            )));
+        }
+        let Storage::Device(b) = t.storage() else {
+            return Err(Error::Other("the step's logits are not on the GPU".into()));
+        };
+        let src = b
+            .as_any()
+            .downcast_ref::<CudaBuffer>()
+            .ok_or_else(|| Error::Other("the step's logits are not this GPU's".into()))?;
+        rt.stream
+            .memcpy_dtod(&src.data, &mut out)
+            .map_err(|e| driver_err("copying the logits", e))
+    });
+    let graph = rt
+        .stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .map_err(|e| driver_err("ending a graph capture", e));
+    let keep = rt.set_capturing(false);
+    // Frees refused inside a failed capture leave their error behind.
+    let _ = rt.ctx.check_err();
+    ran?;
+    let graph = graph?.ok_or_else(|| Error::Other("the capture recorded nothing".into()))?;
+    Ok(Graph {
+        graph,
+        inputs,
+        out,
+        shape: shape.to_vec(),
+        _keep: keep,
+    })
+}
+
+/// A tensor holding a copy of the graph's output (the next replay
+/// overwrites the output).
+fn copy_out(rt: &Runtime, out: &CudaSlice<f32>, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut y = alloc(rt, n.max(1), "logits")?;
+    rt.stream
+        .memcpy_dtod(&out.slice(0..n), &mut y.slice_mut(0..n))
+        .map_err(|e| driver_err("copying the logits", e))?;
+    tensor(rt, shape.to_vec(), y)
+}

@@ -1,0 +1,80 @@
+//! The batched engine on the GPU (feature `cuda`): sequences of different
+//! prompt lengths and budgets decode together, so the batch shrinks as
+//! they finish and decode steps of several row counts are recorded and
+//! replayed as CUDA graphs. With graphs on and off every sampled token and
+//! its log-probability must be the same bits, on each tiny fixture.
+//!
+//! Without a GPU the test says why and passes; `MM_REQUIRE_CUDA=1`
+//! (`scripts/test-cuda.sh run`) makes that a failure.
+#![cfg(feature = "cuda")]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mm_backend_cuda::CudaBackend;
+use mm_core::Device;
+use mm_engine::batch::{BatchEngine, BatchRequest};
+use mm_engine::sched::SchedulerConfig;
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var_os("MM_REQUIRE_CUDA").is_none_or(|v| v != "1") => {
+            eprintln!("skipped (no usable GPU): {e}");
+            None
+        }
+        Err(e) => panic!("MM_REQUIRE_CUDA=1 but: {e}"),
+    }
+}
+
+/// Every event of a run: (sequence, token, log-probability bits).
+fn run(model_dir: &Path, gpu: CudaBackend) -> Vec<(u64, u32, u32)> {
+    let cpu: Arc<dyn mm_core::Backend> = Arc::new(mm_backend_cpu::CpuBackend::new());
+    let device = Device::new(Arc::new(gpu), cpu);
+    let src = mm_formats::open_source(model_dir).expect("fixture");
+    let model = mm_models::load_model(src.as_ref(), &device, &|_, _| {}).expect("model");
+    let cfg = SchedulerConfig {
+        num_blocks: 64,
+        ..Default::default()
+    };
+    let mut engine = BatchEngine::new(&model, cfg, model.default_kv_dtype()).expect("engine");
+    let vocab = model.config.vocab_size as u32;
+    for (len, budget) in [(5u32, 24usize), (9, 16), (2, 30), (1, 20)] {
+        engine
+            .add(BatchRequest {
+                prompt: (0..len).map(|i| (7 * i + len) % vocab).collect(),
+                max_new_tokens: budget,
+                logprobs: Some(0),
+                ..Default::default()
+            })
+            .expect("request");
+    }
+    let mut events = Vec::new();
+    while engine.has_unfinished() {
+        for e in engine.step().expect("step") {
+            let lp = e.logprobs.expect("logprobs").logprob;
+            events.push((e.id, e.token, lp.to_bits()));
+        }
+    }
+    events
+}
+
+#[test]
+fn batched_decode_is_the_same_with_and_without_graphs() {
+    let Some(b) = gpu() else { return };
+    // From the build tree, or from the repository root (the GPU machine
+    // runs the test binary there, elsewhere than it was built).
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    let root = if built.is_dir() {
+        built
+    } else {
+        Path::new("tests/fixtures/tiny").to_path_buf()
+    };
+    for name in ["llama", "qwen3", "llama-mqa-tied"] {
+        let dir = root.join(name);
+        let with = run(&dir, b.clone().graphs(true));
+        let without = run(&dir, b.clone().graphs(false));
+        assert_eq!(with.len(), 24 + 16 + 30 + 20, "{name}: every token sampled");
+        assert_eq!(with, without, "{name}: graphs changed the decode");
+    }
+}
