@@ -11,6 +11,10 @@
 #                                # and quantized by us to several formats, as
 #                                # a prompt and as decode steps (CUDA graphs on
 #                                # and off, which must agree bit for bit)
+#   scripts/test-cuda.sh quick   # on the GPU machine, in about two minutes:
+#                                # the GPU conformance checks, the batched
+#                                # engine, the kernel table (no peers) and
+#                                # the end-to-end checks on three models
 #   scripts/test-cuda.sh model [1b|8b]
 #                                # on the GPU machine: a random Llama-shape
 #                                # model made by transformers; our GPU logits
@@ -56,19 +60,31 @@ for line in sys.stdin:
     strip "$B"/*
     ls -la "$B"
     ;;
-run)
+run | quick)
     export MM_REQUIRE_CUDA=1
     # The defaults, whatever the caller's environment: prompt rows on the
     # tensor cores, decode steps as CUDA graphs.
     export MM_CUDA_TENSOR_CORES=1 MM_CUDA_GRAPHS=1
-    for t in "$B"/test-*; do
-        echo "== $t"
-        "$t" --test-threads=1
-    done
+    if [ "$1" = quick ]; then
+        # A first look in a short call: the GPU checks of the suite (not
+        # the two-architecture compile of every kernel), the batched
+        # engine, the kernel table without its peers, three models below.
+        "$B/test-conformance" --test-threads=1 cuda_
+        "$B/test-cuda_batch" --test-threads=1
+        "$B/qmatmul_bench" --quick
+        models=(tests/fixtures/tiny/llama/ tests/fixtures/tiny/qwen3/)
+        formats=(int4)
+    else
+        for t in "$B"/test-*; do
+            echo "== $t"
+            "$t" --test-threads=1
+        done
+        models=(tests/fixtures/tiny/*/)
+        formats=(int4 int4-asym nf4 int8 fp8 mxfp4 int3)
+    fi
     echo "== end to end: logits on the GPU against the CPU's --exact path"
-    models=(tests/fixtures/tiny/*/)
     q=$(mktemp -d)
-    for f in int4 int4-asym nf4 int8 fp8 mxfp4 int3; do
+    for f in "${formats[@]}"; do
         for m in tests/fixtures/tiny/llama tests/fixtures/tiny/qwen3; do
             out="$q/$(basename "$m")-$f"
             "$B/metal-marlin" quantize "$m" --out "$out" --format "$f" --group-size 32 \
@@ -143,7 +159,7 @@ bench)
     python3 scripts/cuda/peers.py table "${OUT:-/tmp}/qmatmul.jsonl" "${OUT:-/tmp}/peers.jsonl"
     ;;
 *)
-    echo "usage: $0 build|run|model [1b|8b]|bench [--quick]" >&2
+    echo "usage: $0 build|run|quick|model [1b|8b]|bench [--quick]" >&2
     exit 2
     ;;
 esac
