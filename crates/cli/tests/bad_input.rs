@@ -186,3 +186,53 @@ fn bad_ctx_and_sampling_values() {
     ]);
     assert!(e.contains("--ctx"), "{e}");
 }
+
+/// `logits --decode N` runs the last N ids as decode steps: on the exact
+/// path the same logits as one prompt (up to f32 summation order), and a
+/// count that leaves no prompt is an error naming the limit.
+#[test]
+fn logits_as_decode_steps_match_the_prompt() {
+    let d = tmpdir("decode");
+    let m = tiny("llama");
+    let ids = "289,197,263,7,164,62,246,274,60,27,141,66";
+    let run = |extra: &[&str], out: &Path| {
+        let st = bin()
+            .args(["logits", "-m", m.to_str().unwrap(), "--ids", ids, "--exact"])
+            .args(extra)
+            .args(["--device", "cpu", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        mm_models::npy::read_npy(out).unwrap()
+    };
+    let (sa, a) = run(&[], &d.join("prompt.npy"));
+    let (sb, b) = run(&["--decode", "7"], &d.join("decode.npy"));
+    assert_eq!(sa, vec![12, 320]);
+    assert_eq!(sa, sb);
+    let max = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    // Measured 3.5e-7 of the largest logit.
+    assert!(
+        diff <= 1e-5 * max,
+        "decode steps differ by {diff} (max {max})"
+    );
+    let e = fails(&[
+        "logits",
+        "-m",
+        m.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "--decode",
+        "3",
+        "--out",
+        d.join("x.npy").to_str().unwrap(),
+    ]);
+    assert!(e.contains("at most 2"), "{e}");
+}
