@@ -14,7 +14,7 @@
 #   scripts/test-cuda.sh quick   # on the GPU machine, in about two minutes:
 #                                # the GPU conformance checks, the batched
 #                                # engine, the kernel table (no peers) and
-#                                # the end-to-end checks on three models
+#                                # the end-to-end checks on four models
 #   scripts/test-cuda.sh model [1b|8b]
 #                                # on the GPU machine: a random Llama-shape
 #                                # model made by transformers; our GPU logits
@@ -68,7 +68,7 @@ run | quick)
     if [ "$1" = quick ]; then
         # A first look in a short call: the GPU checks of the suite (not
         # the two-architecture compile of every kernel), the batched
-        # engine, the kernel table without its peers, three models below.
+        # engine, the kernel table without its peers, four models below.
         "$B/test-conformance" --test-threads=1 cuda_
         "$B/test-cuda_batch" --test-threads=1
         "$B/qmatmul_bench" --quick
