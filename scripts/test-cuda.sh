@@ -23,6 +23,11 @@
 #                                # then bench -p 512 -n 128 of it as bf16 and
 #                                # quantized by us to int4, and transformers
 #                                # bf16 speed, in one run
+#   scripts/test-cuda.sh profile [MODEL]
+#                                # on the GPU machine, after `model`: ncu's
+#                                # time of every kernel of 4 decode steps of
+#                                # MODEL (default the 1b int4 model), without
+#                                # graphs, summed per kernel name
 #   scripts/test-cuda.sh bench [--quick]
 #                                # on the GPU machine: the quantized matmul
 #                                # kernels and their peers (cuBLAS fp16,
@@ -153,13 +158,24 @@ model)
     MM_CUDA_GRAPHS=0 "$B/metal-marlin" bench -m "$d-int4" --device cuda -p 0 -n 128 -r 3
     python3 scripts/cuda/random_llama.py speed "$d"
     ;;
+profile)
+    m=${2:-/tmp/mm-random-1b-int4}
+    ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    MM_CUDA_GRAPHS=0 "$ncu" --metrics gpu__time_duration.sum --csv --print-units base \
+        "$B/metal-marlin" logits -m "$m" --ids 1,2,3,4,5,6,7,8 --device cuda --decode 4 \
+        --out /tmp/mm-profile.npy >/tmp/mm-ncu.csv 2>/tmp/mm-ncu.err || {
+        tail -20 /tmp/mm-ncu.err
+        exit 1
+    }
+    python3 scripts/cuda/kernel_times.py /tmp/mm-ncu.csv
+    ;;
 bench)
     "$B/qmatmul_bench" ${2:-} | tee "${OUT:-/tmp}/qmatmul.txt"
     python3 scripts/cuda/peers.py measure ${2:-} >/dev/null
     python3 scripts/cuda/peers.py table "${OUT:-/tmp}/qmatmul.jsonl" "${OUT:-/tmp}/peers.jsonl"
     ;;
 *)
-    echo "usage: $0 build|run|quick|model [1b|8b]|bench [--quick]" >&2
+    echo "usage: $0 build|run|quick|model [1b|8b]|profile [MODEL]|bench [--quick]" >&2
     exit 2
     ;;
 esac
