@@ -8,80 +8,90 @@
 // o = −s·z; 3: f32 s, o; 4: f32 s), and W = s·lut[code] + o.
 //
 // Strategy (decode GEMV, the memory-bound case): one warp per R weight
-// rows, lanes over consecutive 16-byte units of codes (coalesced 512-byte
-// warp loads, the next unit's codes loaded before this unit's arithmetic),
-// up to NR activation rows per warp (blockIdx.y picks the row group) so
-// each decoded code serves NR rows (`rows`, optional, lists which rows of
-// x and y the launch computes); codes decoded through the table in
-// shared memory; per group Σ lut·x and Σ x in f32, then s and o applied
-// once; a warp reduction at the end. Group sizes are multiples of the
-// unit (32 codes of 4 bits, 16 of 8 bits) or whole rows.
-// Not yet: tensor cores for large n (mma.m16n8k16), f16 activations.
+// rows. A row is read as 32-bit words (32/BITS codes each), 128 words (512
+// bytes) per warp step: lane l takes words l, 32 + l, 64 + l, 96 + l, so
+// every load instruction of the warp reads 128 consecutive bytes of codes
+// and, more importantly, the activations a lane needs for one word sit
+// next to its neighbours' (x is f32: 4 bytes per code against half a byte
+// of weight, so its loads, served by L1, set the pace when lanes stride
+// through x; version 1 gave each lane 32 consecutive codes and measured
+// 22 % of the read ceiling). The next step's words are loaded before this
+// step's arithmetic. Up to NR activation rows per warp (blockIdx.y picks
+// the row group) share each decoded code; `rows`, optional, lists which
+// rows of x and y the launch computes. Codes become values through the
+// table in shared memory, or, when the table is affine (AFF: lut[c] =
+// la + lb·c, the integer and GGUF formats), directly as floats with the
+// table folded into the group's (s, o). Per word Σ v·x and Σ x in f32,
+// then s and o applied; a warp reduction at the end. Group sizes are
+// multiples of 16-byte units of codes, so no word straddles two groups.
+// Not yet: tensor cores for large n (tc_matmul.cu has them), f16
+// activations.
 
 #define QWARPS 4
 
-__device__ __forceinline__ u32 word_of(const uint4& w, int q) {
-    return q == 0 ? w.x : q == 1 ? w.y : q == 2 ? w.z : w.w;
-}
-
-template <int BITS, int P, int R, int NR>
+template <int BITS, int P, int R, int NR, bool AFF>
 __device__ void qgemv(const unsigned char* __restrict__ codes, const void* __restrict__ prm,
                       const float* __restrict__ lut_g, const float* __restrict__ x,
                       const u32* __restrict__ rows, const float* __restrict__ bias,
-                      float* __restrict__ y, int n, int k, int m, int kp, int group) {
-    constexpr int CPW = 32 / BITS;  // codes per 32-bit word
-    constexpr int UE = 4 * CPW;     // codes per 16-byte unit
+                      float* __restrict__ y, int n, int k, int m, int kp, int group, float la,
+                      float lb) {
+    constexpr int CPW = 32 / BITS;  // codes per word
     constexpr u32 MASK = (1u << BITS) - 1;
     __shared__ float lut[1 << BITS];
-    for (int i = threadIdx.x; i < (1 << BITS); i += blockDim.x) lut[i] = lut_g[i];
-    __syncthreads();
+    if (!AFF) {
+        for (int i = threadIdx.x; i < (1 << BITS); i += blockDim.x) lut[i] = lut_g[i];
+        __syncthreads();
+    }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int j0 = (blockIdx.x * QWARPS + warp) * R;
     if (j0 >= m) return;
     const int r0 = blockIdx.y * NR;
     const int nr = min(NR, n - r0);
-    const u64 rowbytes = (u64)kp * BITS / 8;
-    const int units = kp / UE;
+    const int words = kp / CPW;
+    const int wpg = group / CPW;  // words per group
     const int groups = kp / group;
     const bool vec_x = (k & 3) == 0;
+    const u32* wrow[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        wrow[r] = (const u32*)(codes + (u64)min(j0 + r, m - 1) * ((u64)kp * BITS / 8));
+    const float* xr[NR];
+#pragma unroll
+    for (int a = 0; a < NR; a++)
+        xr[a] = x + (u64)(a < nr ? (rows ? rows[r0 + a] : r0 + a) : 0) * k;
     float acc[R][NR];
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int a = 0; a < NR; a++) acc[r][a] = 0.f;
-    const uint4 zero4 = make_uint4(0, 0, 0, 0);
-    uint4 next[R];
+    u32 next[R][4];
 #pragma unroll
-    for (int r = 0; r < R; r++)
-        next[r] = (lane < units && j0 + r < m)
-            ? __ldg((const uint4*)(codes + (u64)(j0 + r) * rowbytes) + lane) : zero4;
-    for (int u = lane; u < units; u += 32) {
-        uint4 w[R];
+    for (int q = 0; q < 4; q++)
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            w[r] = next[r];
-            next[r] = (u + 32 < units && j0 + r < m)
-                ? __ldg((const uint4*)(codes + (u64)(j0 + r) * rowbytes) + u + 32) : zero4;
-        }
-        const int e0 = u * UE;
-        float cq[R][NR], sx[NR];
+        for (int r = 0; r < R; r++) next[r][q] = q * 32 + lane < words ? __ldg(wrow[r] + q * 32 + lane) : 0u;
+    for (int w0 = 0; w0 < words; w0 += 128) {
+        u32 cur[R][4];
 #pragma unroll
-        for (int a = 0; a < NR; a++) {
-            sx[a] = 0.f;
+        for (int q = 0; q < 4; q++)
 #pragma unroll
-            for (int r = 0; r < R; r++) cq[r][a] = 0.f;
-        }
+            for (int r = 0; r < R; r++) {
+                cur[r][q] = next[r][q];
+                const int wn = w0 + 128 + q * 32 + lane;
+                next[r][q] = wn < words ? __ldg(wrow[r] + wn) : 0u;
+            }
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-            const int c0 = e0 + q * CPW;
-            float xv[NR][CPW];
+            const int wi = w0 + q * 32 + lane;
+            if (wi >= words) break;
+            const int c0 = wi * CPW;
+            float xv[NR][CPW], sx[NR];
 #pragma unroll
             for (int a = 0; a < NR; a++) {
-                const float* xr = a < nr ? x + (u64)(rows ? rows[r0 + a] : r0 + a) * k : x;
+                sx[a] = 0.f;
                 if (a < nr && vec_x && c0 + CPW <= k) {
 #pragma unroll
                     for (int i = 0; i < CPW; i += 4) {
-                        const float4 v = *(const float4*)(xr + c0 + i);
+                        const float4 v = *(const float4*)(xr[a] + c0 + i);
                         xv[a][i] = v.x;
                         xv[a][i + 1] = v.y;
                         xv[a][i + 2] = v.z;
@@ -90,32 +100,36 @@ __device__ void qgemv(const unsigned char* __restrict__ codes, const void* __res
                 } else {
 #pragma unroll
                     for (int i = 0; i < CPW; i++)
-                        xv[a][i] = (a < nr && c0 + i < k) ? xr[c0 + i] : 0.f;
+                        xv[a][i] = (a < nr && c0 + i < k) ? xr[a][c0 + i] : 0.f;
                 }
-                if (P != 0 && P != 4) {
+                if (AFF || (P != 0 && P != 4)) {
 #pragma unroll
                     for (int i = 0; i < CPW; i++) sx[a] += xv[a][i];
                 }
             }
+            const int g = wi / wpg;
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                const u32 wd = word_of(w[r], q);
+                float cq[NR];
+#pragma unroll
+                for (int a = 0; a < NR; a++) cq[a] = 0.f;
+                const u32 wd = cur[r][q];
 #pragma unroll
                 for (int i = 0; i < CPW; i++) {
-                    const float v = lut[(wd >> (BITS * i)) & MASK];
+                    const u32 c = (wd >> (BITS * i)) & MASK;
+                    const float v = AFF ? __int_as_float(0x4B000000u | c) - 8388608.f : lut[c];
 #pragma unroll
-                    for (int a = 0; a < NR; a++) cq[r][a] = fmaf(v, xv[a][i], cq[r][a]);
+                    for (int a = 0; a < NR; a++) cq[a] = fmaf(v, xv[a][i], cq[a]);
                 }
+                float s, o;
+                group_params<P>(prm, (u64)min(j0 + r, m - 1) * groups + g, s, o);
+                if (AFF) {
+                    o = fmaf(s, la, o);
+                    s *= lb;
+                }
+#pragma unroll
+                for (int a = 0; a < NR; a++) acc[r][a] = fmaf(s, cq[a], fmaf(o, sx[a], acc[r][a]));
             }
-        }
-        const int g = e0 / group;
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (j0 + r >= m) continue;
-            float s, o;
-            group_params<P>(prm, (u64)(j0 + r) * groups + g, s, o);
-#pragma unroll
-            for (int a = 0; a < NR; a++) acc[r][a] = fmaf(s, cq[r][a], fmaf(o, sx[a], acc[r][a]));
         }
     }
 #pragma unroll
@@ -129,15 +143,20 @@ __device__ void qgemv(const unsigned char* __restrict__ codes, const void* __res
         }
 }
 
-#define QMATMUL(BITS, P, R, NR)                                                              \
+#define QMATMUL_AFF(BITS, P, R, NR, AFF, NAME)                                               \
     extern "C" __global__ void __launch_bounds__(QWARPS * 32)                                \
-    qmatmul_b##BITS##_p##P##_r##R##_n##NR(const unsigned char* codes, const void* prm,       \
-                                          const float* lut, const float* x, const u32* rows, \
-                                          const float* bias, float* y, int n, int k, int m,  \
-                                          int kp, int group) {                               \
-        if constexpr (mm_selected("qmatmul_b" #BITS "_p" #P "_r" #R "_n" #NR))              \
-            qgemv<BITS, P, R, NR>(codes, prm, lut, x, rows, bias, y, n, k, m, kp, group);    \
+    NAME(const unsigned char* codes, const void* prm, const float* lut, const float* x,      \
+         const u32* rows, const float* bias, float* y, int n, int k, int m, int kp, int group,  \
+         float la, float lb) {                                                               \
+        if constexpr (mm_selected(#NAME))                                                    \
+            qgemv<BITS, P, R, NR, AFF>(codes, prm, lut, x, rows, bias, y, n, k, m, kp, group, \
+                                       la, lb);                                              \
     }
+
+// qmatmul_b<BITS>_p<P>_r<R>_n<NR>: through the table; ..._a: affine table.
+#define QMATMUL(BITS, P, R, NR)                                                      \
+    QMATMUL_AFF(BITS, P, R, NR, false, qmatmul_b##BITS##_p##P##_r##R##_n##NR)        \
+    QMATMUL_AFF(BITS, P, R, NR, true, qmatmul_b##BITS##_p##P##_r##R##_n##NR##_a)
 
 #define QMATMUL_ROWS(BITS, P) \
     QMATMUL(BITS, P, 2, 1)    \

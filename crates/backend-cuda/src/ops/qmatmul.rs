@@ -25,8 +25,20 @@ pub struct DeviceQWeight {
     pub codes: CudaSlice<u8>,
     pub params: CudaSlice<u8>,
     pub lut: CudaSlice<f32>,
+    /// `(la, lb)` when the table is affine, `lut[c] = la + lb·c` for every
+    /// code (the integer and GGUF formats): the kernels then skip it.
+    pub affine: Option<(f32, f32)>,
     /// Bytes the GPU reads per pass over the weight (codes + parameters).
     pub bytes: usize,
+}
+
+/// `(la, lb)` with `lut[c] == la + lb·c` exactly for every code, if any.
+pub fn affine(lut: &[f32]) -> Option<(f32, f32)> {
+    let (la, lb) = (*lut.first()?, lut.get(1)? - lut[0]);
+    lut.iter()
+        .enumerate()
+        .all(|(c, &v)| v == la + lb * c as f32)
+        .then_some((la, lb))
 }
 
 // SAFETY: as `DeviceWeight`: read-only device memory after the upload.
@@ -58,6 +70,7 @@ pub fn upload_layout(rt: &Runtime, l: &QLayout, what: &str) -> Result<DeviceQWei
         bits: l.bits,
         group: l.group,
         mode: l.params.mode(),
+        affine: affine(&l.lut),
         bytes: l.codes.len() + params.len(),
         codes: upload(rt, &l.codes, what)?,
         params: upload(rt, &params, what)?,
@@ -92,7 +105,13 @@ pub fn launch(
         2..=4 => 4,
         _ => 8,
     };
-    let name = format!("qmatmul_b{}_p{}_r{R}_n{nr}", q.bits, q.mode);
+    let (la, lb) = q.affine.unwrap_or((0.0, 1.0));
+    let name = format!(
+        "qmatmul_b{}_p{}_r{R}_n{nr}{}",
+        q.bits,
+        q.mode,
+        if q.affine.is_some() { "_a" } else { "" }
+    );
     let f = rt.function(&QMATMUL, &name)?;
     let dims = [
         super::dim(n, "matmul rows")?,
@@ -110,6 +129,7 @@ pub fn launch(
     for d in &dims {
         l.arg(d);
     }
+    l.arg(&la).arg(&lb);
     let cfg = LaunchConfig {
         grid_dim: (
             m.div_ceil(WARPS * R) as u32,
@@ -124,4 +144,19 @@ pub fn launch(
     // checks its row and column indices.
     unsafe { l.launch(cfg) }.map_err(|e| driver_err("quantized matmul", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::affine;
+
+    #[test]
+    fn affine_tables_are_recognized_exactly() {
+        let int4: Vec<f32> = (0..16).map(|c| c as f32 - 8.0).collect();
+        assert_eq!(affine(&int4), Some((-8.0, 1.0)));
+        let mut nf4 = int4.clone();
+        nf4[5] += 1e-3;
+        assert_eq!(affine(&nf4), None);
+        assert_eq!(affine(&[0.5]), None, "one value says nothing of a step");
+    }
 }
