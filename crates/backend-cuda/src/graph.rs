@@ -19,6 +19,7 @@
 //! its key; inputs that outgrow their buffers (block tables of longer
 //! sequences) are staged into larger ones and the step is captured again.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -49,7 +50,8 @@ enum State {
 /// cached uploads it reads.
 struct Graph {
     graph: CudaGraph,
-    inputs: Vec<(&'static str, Arc<CudaSlice<u32>>)>,
+    /// Staged inputs, in the order of [`staged`].
+    inputs: Vec<Arc<CudaSlice<u32>>>,
     out: CudaSlice<f32>,
     shape: Vec<usize>,
     _keep: Vec<Cached>,
@@ -73,15 +75,17 @@ unsafe impl Send for Graphs {}
 
 /// The values staged for a step, by upload-cache key (the same keys and
 /// values the ops compute from the step's arguments).
-fn staged(inp: &StepInputs<'_>) -> [(&'static str, Vec<u32>); 6] {
+type Staged<'a> = [(&'static str, Cow<'a, [u32]>); 6];
+
+fn staged<'a>(inp: &StepInputs<'a>) -> Staged<'a> {
     let (qpos, table0) = row_meta(inp.batch);
     [
-        ("token ids", inp.ids.to_vec()),
-        ("rope positions", inp.positions.to_vec()),
-        ("KV slots", inp.slots.to_vec()),
-        ("block tables", inp.batch.block_tables.clone()),
-        ("query positions", qpos),
-        ("block-table starts", table0),
+        ("token ids", Cow::Borrowed(inp.ids)),
+        ("rope positions", Cow::Borrowed(inp.positions)),
+        ("KV slots", Cow::Borrowed(inp.slots)),
+        ("block tables", Cow::Borrowed(&inp.batch.block_tables[..])),
+        ("query positions", Cow::Owned(qpos)),
+        ("block-table starts", Cow::Owned(table0)),
     ]
 }
 
@@ -110,31 +114,25 @@ impl Graphs {
         };
         entry.used = now;
         let values = staged(inp);
-        match &entry.state {
-            State::Failed => return body(),
-            State::Ready(g) if fits(g, &values) => {
-                for ((k, v), (_, buf)) in values.iter().zip(&g.inputs) {
-                    rt.stage(k, v, buf)?;
-                }
-                g.graph
-                    .launch()
-                    .map_err(|e| driver_err("launching a decode step's graph", e))?;
-                return copy_out(rt, &g.out, &g.shape);
+        // Failed unless it is replayed or captured below.
+        let shape = match std::mem::replace(&mut entry.state, State::Failed) {
+            State::Ready(g) if fits(&g, &values) => {
+                let t = values
+                    .iter()
+                    .zip(&g.inputs)
+                    .try_for_each(|((k, v), buf)| rt.stage(k, v, buf))
+                    .and_then(|_| launch(rt, &g));
+                entry.state = State::Ready(g);
+                return t;
             }
-            _ => {}
-        }
-        let shape = match &entry.state {
-            State::Warm(s) => s.clone(),
-            State::Ready(g) => g.shape.clone(),
-            State::Failed => unreachable!("handled above"),
+            // Inputs outgrew their buffers: captured again with more room.
+            State::Ready(g) => g.shape,
+            State::Warm(s) => s,
+            State::Failed => return body(),
         };
-        entry.state = State::Failed;
         match capture(rt, &values, &shape, body) {
             Ok(g) => {
-                g.graph
-                    .launch()
-                    .map_err(|e| driver_err("launching a decode step's graph", e))?;
-                let t = copy_out(rt, &g.out, &g.shape);
+                let t = launch(rt, &g);
                 entry.state = State::Ready(g);
                 t
             }
@@ -164,18 +162,18 @@ impl Graphs {
 }
 
 /// Whether every staged value fits the graph's input buffers.
-fn fits(g: &Graph, values: &[(&'static str, Vec<u32>)]) -> bool {
+fn fits(g: &Graph, values: &Staged<'_>) -> bool {
     values
         .iter()
         .zip(&g.inputs)
-        .all(|((_, v), (_, b))| v.len() <= b.len())
+        .all(|((_, v), b)| v.len() <= b.len())
 }
 
 /// Stages the inputs into new buffers (twice the room, for growing block
 /// tables) and captures `body`.
 fn capture(
     rt: &Runtime,
-    values: &[(&'static str, Vec<u32>)],
+    values: &Staged<'_>,
     shape: &[usize],
     body: &mut dyn FnMut() -> Result<Tensor>,
 ) -> Result<Graph> {
@@ -189,7 +187,7 @@ fn capture(
                 .map_err(|e| crate::buffer::oom(rt, 4 * room, k, e))?,
         );
         rt.stage(k, v, &buf)?;
-        inputs.push((*k, buf));
+        inputs.push(buf);
     }
     let n: usize = shape.iter().product();
     let mut out = alloc(rt, n.max(1), "a decode step's logits")?;
@@ -235,13 +233,16 @@ fn capture(
     })
 }
 
-/// A tensor holding a copy of the graph's output (the next replay
-/// overwrites the output).
-fn copy_out(rt: &Runtime, out: &CudaSlice<f32>, shape: &[usize]) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
+/// Launches a captured step; returns a copy of its logits (the next
+/// launch overwrites the graph's own output).
+fn launch(rt: &Runtime, g: &Graph) -> Result<Tensor> {
+    g.graph
+        .launch()
+        .map_err(|e| driver_err("launching a decode step's graph", e))?;
+    let n: usize = g.shape.iter().product();
     let mut y = alloc(rt, n.max(1), "logits")?;
     rt.stream
-        .memcpy_dtod(&out.slice(0..n), &mut y.slice_mut(0..n))
+        .memcpy_dtod(&g.out.slice(0..n), &mut y.slice_mut(0..n))
         .map_err(|e| driver_err("copying the logits", e))?;
-    tensor(rt, shape.to_vec(), y)
+    tensor(rt, g.shape.clone(), y)
 }

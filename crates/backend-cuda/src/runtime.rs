@@ -216,11 +216,13 @@ impl Runtime {
             }
             .map_err(|e| driver_err(&format!("staging {key}"), e))?;
         }
-        let bytes = bytemuck::cast_slice(data).to_vec();
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (bytes, buf.clone()));
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let mut ups = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let e = ups.entry(key).or_insert_with(|| (Vec::new(), buf.clone()));
+        // The previous step's byte vector is reused: no allocation per step.
+        e.0.clear();
+        e.0.extend_from_slice(bytes);
+        e.1 = buf.clone();
         Ok(())
     }
 
