@@ -106,15 +106,15 @@ def table(ours_path, peers_path):
     if ceil:
         print(f"{ceil['name']}: read ceiling {c:.2f} TB/s (sum over 4 GiB)\n")
     by = {(p["kind"], p["N"], p["K"], p["M"]): p["us"] for p in peers if p["kind"] != "ceiling"}
-    print("| N x K | M | format | us | TB/s | % ceiling | vs cuBLAS fp16 | vs torch int4 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N x K | M | format | kernel | us | TB/s | % ceiling | vs cuBLAS fp16 | vs torch int4 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for o in ours:
         key = (o["N"], o["K"], o["M"])
         tbs = o["bytes"] / o["us"] / 1e6
         cb = by.get(("cublas-fp16",) + key)
         ti = by.get(("torch-int4",) + key)
         r = lambda p: f"{p / o['us']:.2f}x" if p else "-"
-        print(f"| {o['N']} x {o['K']} | {o['M']} | {o['format']} | {o['us']:.1f} | {tbs:.2f} | "
+        print(f"| {o['N']} x {o['K']} | {o['M']} | {o['format']} | {o.get('kernel', '')} | {o['us']:.1f} | {tbs:.2f} | "
               f"{100 * tbs / c:.0f}% | {r(cb)} | {r(ti)} |")
 
 

@@ -6,10 +6,14 @@
 //! L2 cache; 20 launches are captured in one CUDA graph and the median of
 //! 30 replays is taken per launch. Bytes counted: the codes and group
 //! parameters the kernel reads (activations and output are extra).
-//! M ≤ 8 runs the decode kernel (f32, `qmatmul`), larger M the prompt
-//! kernel (tensor cores, f16 operands, `tc_matmul`), as the backend does.
-//! Before timing, each shape's output (M = 1 and 16) is checked against a
-//! float64 reference of the layout's values on its first 64 rows.
+//! M ≤ 8 runs the decode kernels, larger M the prompt kernel (tensor
+//! cores, f16 operands, `tc_matmul`), as the backend does. The decode
+//! kernel of the integer and GGUF formats is timed three ways: `q8x2`
+//! (the default: 8-bit activations in two passes, `qmatmul::launch_q8`),
+//! `q8x1` (one pass) and `f32` (the exact mode's). Before timing, each
+//! kernel's output is checked against a float64 reference of the layout's
+//! values and the f32 activations on its first 64 rows (the `rel err`
+//! column: q8x1 rounds activations to 8 bits, ≈4e-3 expected).
 //!
 //! `qmatmul_bench [--quick]` prints one line per case and writes JSON
 //! lines to `$OUT/qmatmul.jsonl` when OUT is set.
@@ -96,13 +100,13 @@ fn median_us(rt: &Runtime, reps: usize, mut f: impl FnMut() -> mm_core::Result<(
 
 /// ‖y − ref‖/‖ref‖ on the first rows of the output, float64 reference
 /// over the layout's values.
-fn check(rt: &Runtime, l: &QLayout, q: &Prepared, n: usize) -> f64 {
+fn check(rt: &Runtime, l: &QLayout, q: &Prepared, n: usize, v: Kernel) -> f64 {
     let mut rng = StdRng::seed_from_u64(1);
     let k = l.cols;
     let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let xd = rt.stream.clone_htod(&x).expect("upload");
     let mut y = rt.stream.alloc_zeros::<f32>(n * l.rows).expect("alloc");
-    run(rt, q, &xd, &mut y, n, l.cols, l.rows).expect("launch");
+    run(rt, q, &xd, &mut y, n, l.cols, l.rows, v).expect("launch");
     let y = rt.stream.clone_dtoh(&y).expect("download");
     let rows = l.rows.min(64);
     let w = l.dequantize_rows(0..rows);
@@ -120,8 +124,28 @@ fn check(rt: &Runtime, l: &QLayout, q: &Prepared, n: usize) -> f64 {
     (num / den).sqrt()
 }
 
-/// The kernel the backend runs for `n` rows: decode (f32) up to 8 rows,
-/// the tensor cores beyond.
+/// Which kernel computes rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Kernel {
+    /// f32 activations (`qmatmul::launch`).
+    F32,
+    /// 8-bit activations in this many passes (`qmatmul::launch_q8`).
+    Q8(u32),
+    /// The tensor cores (`tc_matmul::launch`).
+    Tc,
+}
+
+impl Kernel {
+    fn name(self) -> String {
+        match self {
+            Kernel::F32 => "f32".into(),
+            Kernel::Q8(p) => format!("q8x{p}"),
+            Kernel::Tc => "tc".into(),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     rt: &Runtime,
     q: &Prepared,
@@ -130,9 +154,11 @@ fn run(
     n: usize,
     k: usize,
     m: usize,
+    v: Kernel,
 ) -> mm_core::Result<()> {
-    match q {
-        Prepared::Quant(w) if n <= 8 => qmatmul::launch(rt, w, x, None, None, y, n),
+    match (q, v) {
+        (Prepared::Quant(w), Kernel::F32) => qmatmul::launch(rt, w, x, None, None, y, n),
+        (Prepared::Quant(w), Kernel::Q8(p)) => qmatmul::launch_q8(rt, w, x, None, None, y, n, p),
         _ => tc_matmul::launch(rt, q, x, None, None, y, n, k, m),
     }
 }
@@ -171,8 +197,8 @@ fn main() {
     };
     println!("GPU {} (sm_{})", rt.name, rt.arch);
     println!(
-        "{:>6} {:>6} {:>4} {:>10} {:>9} {:>7} {:>9}",
-        "N", "K", "M", "format", "us", "TB/s", "rel err"
+        "{:>6} {:>6} {:>4} {:>10} {:>6} {:>9} {:>7} {:>9}",
+        "N", "K", "M", "format", "kernel", "us", "TB/s", "rel err"
     );
     for &(m, k) in shapes {
         let formats = [
@@ -199,14 +225,22 @@ fn main() {
             let Prepared::Quant(w0) = &first else {
                 unreachable!()
             };
-            let bytes = w0.bytes;
+            let (bytes, q8) = (w0.bytes, qmatmul::q8_capable(w0));
             let copies = (4 * l2).div_ceil(bytes).clamp(1, 8);
             let mut ws = vec![first];
             for _ in 1..copies {
                 ws.push(up());
             }
-            let errs = [check(&rt, &l, &ws[0], 1), check(&rt, &l, &ws[0], 16)];
-            for &n in &mlist {
+            let cases = mlist.iter().flat_map(|&n| {
+                let ks: Vec<Kernel> = match n {
+                    9.. => vec![Kernel::Tc],
+                    _ if q8 => vec![Kernel::Q8(2), Kernel::Q8(1), Kernel::F32],
+                    _ => vec![Kernel::F32],
+                };
+                ks.into_iter().map(move |v| (n, v))
+            });
+            for (n, v) in cases.collect::<Vec<_>>() {
+                let err = check(&rt, &l, &ws[0], n.min(16), v);
                 let mut rng = StdRng::seed_from_u64(n as u64);
                 let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
                 let xd = rt.stream.clone_htod(&x).expect("upload");
@@ -214,17 +248,17 @@ fn main() {
                 let mut i = 0;
                 let us = median_us(&rt, 20, || {
                     i = (i + 1) % ws.len();
-                    run(&rt, &ws[i], &xd, &mut y, n, k, m)
+                    run(&rt, &ws[i], &xd, &mut y, n, k, m, v)
                 });
                 let tbs = bytes as f64 / us / 1e6;
-                let err = errs[usize::from(n > 8)];
                 let tflops = 2.0 * (n * m * k) as f64 / us / 1e6;
                 println!(
-                    "{m:>6} {k:>6} {n:>4} {:>10} {us:>9.1} {tbs:>7.2} {err:>9.1e}",
-                    f.name()
+                    "{m:>6} {k:>6} {n:>4} {:>10} {:>6} {us:>9.1} {tbs:>7.2} {err:>9.1e}",
+                    f.name(),
+                    v.name()
                 );
                 if let Some(o) = out.as_mut() {
-                    writeln!(o, "{{\"N\":{m},\"K\":{k},\"M\":{n},\"format\":\"{}\",\"us\":{us:.3},\"bytes\":{bytes},\"tflops\":{tflops:.2},\"err\":{err:.3e}}}", f.name()).ok();
+                    writeln!(o, "{{\"N\":{m},\"K\":{k},\"M\":{n},\"format\":\"{}\",\"kernel\":\"{}\",\"us\":{us:.3},\"bytes\":{bytes},\"tflops\":{tflops:.2},\"err\":{err:.3e}}}", f.name(), v.name()).ok();
                 }
             }
         }

@@ -45,9 +45,18 @@ impl DeviceBuffer for CudaBuffer {
 /// An uninitialized buffer of `n` (> 0) f32: every op writes all of its
 /// output.
 pub(crate) fn alloc(rt: &Runtime, n: usize, what: &str) -> Result<CudaSlice<f32>> {
+    alloc_of(rt, n, what)
+}
+
+/// [`alloc`] of `n` elements of any device type.
+pub(crate) fn alloc_of<T: cudarc::driver::DeviceRepr>(
+    rt: &Runtime,
+    n: usize,
+    what: &str,
+) -> Result<CudaSlice<T>> {
     // SAFETY: the kernel that receives the buffer writes every element
     // before anything reads it.
-    unsafe { rt.stream.alloc::<f32>(n) }.map_err(|e| oom(rt, n * 4, what, e))
+    unsafe { rt.stream.alloc::<T>(n) }.map_err(|e| oom(rt, n * std::mem::size_of::<T>(), what, e))
 }
 
 /// An error naming what did not fit, with the GPU's free memory.

@@ -133,6 +133,75 @@ pub const QMATMUL: Kernel = kernel!(
         "qmatmul_b8_p4_r2_n8_a",
     ]
 );
+/// The decode kernels on 8-bit activations: their quantization, then per
+/// passes (1, or 2 with the remainder), code bits, parameter mode and
+/// activation rows per warp.
+pub const QMATMUL_Q8: Kernel = kernel!(
+    split "qmatmul_q8",
+    [
+        "quantize_x_q8",
+        "qmatmul_q81_b4_p0_n1",
+        "qmatmul_q81_b4_p0_n4",
+        "qmatmul_q81_b4_p0_n8",
+        "qmatmul_q82_b4_p0_n1",
+        "qmatmul_q82_b4_p0_n4",
+        "qmatmul_q82_b4_p0_n8",
+        "qmatmul_q81_b4_p1_n1",
+        "qmatmul_q81_b4_p1_n4",
+        "qmatmul_q81_b4_p1_n8",
+        "qmatmul_q82_b4_p1_n1",
+        "qmatmul_q82_b4_p1_n4",
+        "qmatmul_q82_b4_p1_n8",
+        "qmatmul_q81_b4_p2_n1",
+        "qmatmul_q81_b4_p2_n4",
+        "qmatmul_q81_b4_p2_n8",
+        "qmatmul_q82_b4_p2_n1",
+        "qmatmul_q82_b4_p2_n4",
+        "qmatmul_q82_b4_p2_n8",
+        "qmatmul_q81_b4_p3_n1",
+        "qmatmul_q81_b4_p3_n4",
+        "qmatmul_q81_b4_p3_n8",
+        "qmatmul_q82_b4_p3_n1",
+        "qmatmul_q82_b4_p3_n4",
+        "qmatmul_q82_b4_p3_n8",
+        "qmatmul_q81_b4_p4_n1",
+        "qmatmul_q81_b4_p4_n4",
+        "qmatmul_q81_b4_p4_n8",
+        "qmatmul_q82_b4_p4_n1",
+        "qmatmul_q82_b4_p4_n4",
+        "qmatmul_q82_b4_p4_n8",
+        "qmatmul_q81_b8_p0_n1",
+        "qmatmul_q81_b8_p0_n4",
+        "qmatmul_q81_b8_p0_n8",
+        "qmatmul_q82_b8_p0_n1",
+        "qmatmul_q82_b8_p0_n4",
+        "qmatmul_q82_b8_p0_n8",
+        "qmatmul_q81_b8_p1_n1",
+        "qmatmul_q81_b8_p1_n4",
+        "qmatmul_q81_b8_p1_n8",
+        "qmatmul_q82_b8_p1_n1",
+        "qmatmul_q82_b8_p1_n4",
+        "qmatmul_q82_b8_p1_n8",
+        "qmatmul_q81_b8_p2_n1",
+        "qmatmul_q81_b8_p2_n4",
+        "qmatmul_q81_b8_p2_n8",
+        "qmatmul_q82_b8_p2_n1",
+        "qmatmul_q82_b8_p2_n4",
+        "qmatmul_q82_b8_p2_n8",
+        "qmatmul_q81_b8_p3_n1",
+        "qmatmul_q81_b8_p3_n4",
+        "qmatmul_q81_b8_p3_n8",
+        "qmatmul_q82_b8_p3_n1",
+        "qmatmul_q82_b8_p3_n4",
+        "qmatmul_q82_b8_p3_n8",
+        "qmatmul_q81_b8_p4_n1",
+        "qmatmul_q81_b8_p4_n4",
+        "qmatmul_q81_b8_p4_n8",
+        "qmatmul_q82_b8_p4_n1",
+        "qmatmul_q82_b8_p4_n4",
+        "qmatmul_q82_b8_p4_n8",
+    ]
+);
 pub const TC_MATMUL: Kernel = kernel!(
     split "tc_matmul",
     [
@@ -169,7 +238,8 @@ pub const ATTENTION: Kernel = kernel!(
 
 /// Every kernel file of the backend (CI compiles them all).
 pub const ALL: &[Kernel] = &[
-    RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL, QMATMUL, TC_MATMUL, WRITE_KV, ATTENTION,
+    RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL, QMATMUL, QMATMUL_Q8, TC_MATMUL, WRITE_KV,
+    ATTENTION,
 ];
 
 /// The NVRTC version `(major, minor)`, or an error naming the missing

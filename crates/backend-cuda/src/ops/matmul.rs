@@ -5,9 +5,10 @@
 //! Which kernel computes a row: in the exact mode (and while the tensor
 //! cores are off, `CudaBackend::tensor_cores`) every row takes the f32
 //! kernels; otherwise prompt rows go to the tensor cores
-//! ([`super::tc_matmul`], f16 operands) and generated rows to the f32
-//! kernels, so a row's arithmetic depends on its kind only, never on the
-//! batch around it. Without kinds (`Backend::matmul`), more than
+//! ([`super::tc_matmul`], f16 operands) and generated rows to the decode
+//! kernels (8-bit activations in two passes for the integer and GGUF
+//! formats, [`qmatmul::launch_q8`]; f32 for the others), so a row's
+//! arithmetic depends on its kind only, never on the batch around it. Without kinds (`Backend::matmul`), more than
 //! [`SIMT_ROWS`] rows count as a prompt.
 
 use std::sync::Arc;
@@ -70,8 +71,9 @@ pub fn matmul(
     } else {
         (0..n).filter(|&i| is_prompt(i)).count()
     };
+    let q8 = !f32_only;
     if np == 0 {
-        simt(rt, &p, xs, None, bs, &mut y, n, k, m)?;
+        simt(rt, &p, xs, None, bs, &mut y, n, k, m, q8)?;
     } else if np == n {
         super::tc_matmul::launch(rt, &p, xs, None, bs, &mut y, n, k, m)?;
     } else {
@@ -80,12 +82,13 @@ pub fn matmul(
         let pr = rt.upload_cached("prompt rows", &prompt)?;
         let gr = rt.upload_cached("generated rows", &gen)?;
         super::tc_matmul::launch(rt, &p, xs, Some(pr.as_ref()), bs, &mut y, np, k, m)?;
-        simt(rt, &p, xs, Some(gr.as_ref()), bs, &mut y, n - np, k, m)?;
+        simt(rt, &p, xs, Some(gr.as_ref()), bs, &mut y, n - np, k, m, q8)?;
     }
     tensor(rt, vec![n, m], y)
 }
 
-/// The f32 kernels over `n` rows (those listed in `rows`, if given).
+/// The decode kernels over `n` rows (those listed in `rows`, if given):
+/// 8-bit activations where `q8` and the weight allows, else f32.
 #[allow(clippy::too_many_arguments)]
 fn simt(
     rt: &Runtime,
@@ -97,8 +100,12 @@ fn simt(
     n: usize,
     k: usize,
     m: usize,
+    q8: bool,
 ) -> Result<()> {
     match p {
+        Prepared::Quant(q) if q8 && qmatmul::q8_capable(q) => {
+            qmatmul::launch_q8(rt, q, x, rows, bias, y, n, qmatmul::Q8_PASSES)
+        }
         Prepared::Quant(q) => qmatmul::launch(rt, q, x, rows, bias, y, n),
         Prepared::Dense(d) => dense(rt, d, x, rows, bias, y, n, k, m),
     }

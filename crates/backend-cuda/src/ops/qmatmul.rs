@@ -1,12 +1,15 @@
-//! The f32 kernel of quantized weights (`kernels/qmatmul.cu`), decode rows
-//! and the exact mode: the weight repacked once into the GPU layout of
-//! [`crate::qlayout`] and uploaded; f32 activations and sums.
+//! The decode kernels of quantized weights, the weight repacked once into
+//! the GPU layout of [`crate::qlayout`] and uploaded: f32 activations and
+//! sums (`kernels/qmatmul.cu`: the exact mode, and tables that are not
+//! affine), or 8-bit activations in two passes and integer dot products
+//! (`kernels/qmatmul_q8.cu`: generated rows of the integer and GGUF
+//! formats in the default mode).
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use mm_core::{Error, Result, WeightData};
 
-use crate::buffer::upload;
-use crate::compile::QMATMUL;
+use crate::buffer::{alloc_of, upload};
+use crate::compile::{QMATMUL, QMATMUL_Q8};
 use crate::qlayout::QLayout;
 use crate::runtime::{driver_err, Runtime};
 
@@ -143,6 +146,112 @@ pub fn launch(
     // lut 2^bits values; x, bias and y were checked above; the kernel
     // checks its row and column indices.
     unsafe { l.launch(cfg) }.map_err(|e| driver_err("quantized matmul", e))?;
+    Ok(())
+}
+
+/// Activation passes of the 8-bit kernels in the default mode: the second
+/// quantizes the first one's rounding remainder (about 15-bit
+/// activations, as the CPU backend's default).
+pub const Q8_PASSES: u32 = 2;
+
+/// Whether [`launch_q8`] takes this weight: an affine table of 4- or
+/// 8-bit codes.
+pub fn q8_capable(q: &DeviceQWeight) -> bool {
+    q.affine.is_some() && matches!(q.bits, 4 | 8)
+}
+
+/// As [`launch`], the activations quantized to 8 bits per 32 values first
+/// (`passes` 1 or 2, see [`Q8_PASSES`]), then integer dot products. The
+/// quantized activations live in buffers of the stream's pool for the
+/// launch (stream-ordered, so a graph may capture them).
+#[allow(clippy::too_many_arguments)]
+pub fn launch_q8(
+    rt: &Runtime,
+    q: &DeviceQWeight,
+    x: &CudaSlice<f32>,
+    rows: Option<&CudaSlice<u32>>,
+    bias: Option<&CudaSlice<f32>>,
+    y: &mut CudaSlice<f32>,
+    n: usize,
+    passes: u32,
+) -> Result<()> {
+    let (k, m, kp) = (q.cols, q.rows, q.kp);
+    let Some((la, lb)) = q
+        .affine
+        .filter(|_| q8_capable(q) && matches!(passes, 1 | 2))
+    else {
+        return Err(Error::Invalid(format!(
+            "8-bit-activation matmul of a {}-bit weight without an affine table, {passes} passes",
+            q.bits
+        )));
+    };
+    let need = if rows.is_some() { 0 } else { n };
+    if n == 0
+        || kp % 32 != 0
+        || x.len() < need * k
+        || y.len() < need * m
+        || bias.is_some_and(|b| b.len() < m)
+    {
+        return Err(Error::Invalid(format!(
+            "8-bit-activation matmul of {n} rows by a {m}x{k} weight: buffers of {}, {} and {:?} values",
+            x.len(),
+            y.len(),
+            bias.map(|b| b.len())
+        )));
+    }
+    let np = n * passes as usize;
+    let mut xq = alloc_of::<i8>(rt, np * kp, "8-bit activations")?;
+    let mut xd = alloc_of::<f32>(rt, np * kp / 32, "8-bit activation scales")?;
+    let mut xs = alloc_of::<i32>(rt, np * kp / 16, "8-bit activation sums")?;
+    let dims = [
+        super::dim(n, "matmul rows")?,
+        super::dim(k, "matmul k")?,
+        super::dim(kp, "matmul padded k")?,
+    ];
+    let null = 0u64;
+    let f = rt.function(&QMATMUL_Q8, "quantize_x_q8")?;
+    let mut l = rt.stream.launch_builder(&f);
+    l.arg(x);
+    super::arg_or_null(&mut l, rows, &null);
+    let passes_i = passes as i32;
+    l.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&passes_i);
+    l.arg(&mut xq).arg(&mut xd).arg(&mut xs);
+    let cfg = LaunchConfig {
+        grid_dim: ((kp / 32).div_ceil(8) as u32, dims[0] as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: x holds the listed rows of k values (checked above), the
+    // outputs passes·n rows of kp codes, kp/32 scales and kp/16 sums.
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("activation quantization", e))?;
+
+    let nr = match n {
+        1 => 1,
+        2..=4 => 4,
+        _ => 8,
+    };
+    let name = format!("qmatmul_q8{passes}_b{}_p{}_n{nr}", q.bits, q.mode);
+    let f = rt.function(&QMATMUL_Q8, &name)?;
+    let (mi, gi) = (super::dim(m, "matmul m")?, super::dim(q.group, "group")?);
+    let mut l = rt.stream.launch_builder(&f);
+    l.arg(&q.codes).arg(&q.params).arg(&xq).arg(&xd).arg(&xs);
+    super::arg_or_null(&mut l, rows, &null);
+    super::arg_or_null(&mut l, bias, &null);
+    l.arg(y).arg(&dims[0]).arg(&mi).arg(&dims[2]).arg(&gi);
+    l.arg(&la).arg(&lb);
+    let cfg = LaunchConfig {
+        grid_dim: (
+            m.div_ceil(WARPS * R) as u32,
+            super::dim(n.div_ceil(nr), "matmul row groups")? as u32,
+            1,
+        ),
+        block_dim: (32 * WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: codes hold m rows of kp codes, params m·kp/group entries;
+    // the activation buffers were sized above for n rows and `passes`;
+    // bias and y were checked above; the kernel checks its indices.
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("8-bit-activation matmul", e))?;
     Ok(())
 }
 
