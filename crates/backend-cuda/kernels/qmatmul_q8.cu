@@ -7,8 +7,10 @@
 // Activations (quantize_x_q8, one warp per block of 32 values): d =
 // max|x|/127, q = round-half-even(x·127/max|x|), bit for bit the CPU's
 // Q8_0 activation rounding (ops/qmatmul/q8.rs); per row kp int8 values
-// (k padded with zeros to kp, a multiple of 32), kp/32 scales d and kp/16
-// integer sums of 16 q each.
+// (k padded with zeros to kp, a multiple of 32) and per block of 32 one
+// int4 (d's bits, Σq of its first 16, Σq of its last 16, 0), one load.
+// For 4-bit weights (`nib`) each 8 values are stored as q0 q2 q4 q6 q1 q3
+// q5 q7, the order in which the kernel unpacks a word's nibbles.
 //
 // Weights: the GPU layout of src/qlayout.rs (see qmatmul.cu), BITS 4 or 8.
 // With W = S·c + O per group (S = s·lb, O = s·la + o), a group's part of
@@ -22,9 +24,9 @@
 // step's arithmetic. The f32 kernel (qmatmul.cu) spends five instructions
 // per 4-bit code and reads 38–45 % of the H100's bandwidth at Llama-8B
 // shapes; here a 32-bit word of eight 4-bit codes costs about eight (two
-// masks, two byte permutes of q, two dp4a). Four-bit codes c0..c7 of a
-// word sit in nibbles, so (w & 0x0F0F0F0F) holds c0 c2 c4 c6 and
-// (w >> 4 & 0x0F0F0F0F) c1 c3 c5 c7, met by q permuted the same way.
+// masks, a shift, two dp4a). Four-bit codes c0..c7 of a word sit in
+// nibbles, so (w & 0x0F0F0F0F) holds c0 c2 c4 c6 and (w >> 4 & 0x0F0F0F0F)
+// c1 c3 c5 c7, met by q stored in that order.
 // PASSES = 2 adds the second activation pass (the remainder's codes, the
 // same weight words). Up to NR activation rows per warp (blockIdx.y picks
 // the row group) share each unit's codes; `rows`, optional, lists which rows of x and y the
@@ -34,13 +36,12 @@
 
 // One warp per block of 32 values of a row: blockIdx.y is the row. With
 // `passes` = 2 the rounding remainder x − d·q is quantized the same way
-// into a second set of outputs (pass p at p·n·kp values of xq, p·n·kp/32
-// of xd, p·n·kp/16 of xs): about 15-bit activations, as the CPU's default
+// into a second set of outputs (pass p at p·n·kp values of xq and p·n·kp/32
+// blocks of xm): about 15-bit activations, as the CPU's default
 // (`ActPrecision::Int8Residual`).
 extern "C" __global__ void __launch_bounds__(256)
 quantize_x_q8(const float* __restrict__ x, const u32* __restrict__ rows, int n, int k, int kp,
-              int passes, signed char* __restrict__ xq, float* __restrict__ xd,
-              int* __restrict__ xs) {
+              int passes, int nib, signed char* __restrict__ xq, int4* __restrict__ xm) {
     const int lane = threadIdx.x & 31;
     const int blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int a = blockIdx.y;
@@ -55,12 +56,14 @@ quantize_x_q8(const float* __restrict__ x, const u32* __restrict__ rows, int n, 
         const float id = amax > 0.f ? 127.f / amax : 0.f;
         const int q = __float2int_rn(__fmul_rn(v, id));
         const u64 row = (u64)p * n + a;
-        xq[row * kp + c] = (signed char)q;
+        const int j = lane & 7;
+        const int at = nib ? (lane & ~7) + (j & 1) * 4 + (j >> 1) : lane;
+        xq[row * kp + blk * 32 + at] = (signed char)q;
         int s = q;
 #pragma unroll
         for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) xd[row * (kp / 32) + blk] = d;
-        if ((lane & 15) == 0) xs[row * (kp / 16) + blk * 2 + (lane >> 4)] = s;
+        const int s1 = __shfl_sync(0xffffffffu, s, 16);
+        if (lane == 0) xm[row * (kp / 32) + blk] = make_int4(__float_as_int(d), s, s1, 0);
         v = __fsub_rn(v, __fmul_rn(d, (float)q));
     }
 }
@@ -74,8 +77,8 @@ __device__ __forceinline__ int dp4a_us(u32 a, u32 b, int c) {
 
 template <int BITS, int P, int R, int NR, int PASSES>
 __device__ void qgemv_q8(const unsigned char* __restrict__ codes, const void* __restrict__ prm,
-                         const signed char* __restrict__ xq, const float* __restrict__ xd,
-                         const int* __restrict__ xs, const u32* __restrict__ rows,
+                         const signed char* __restrict__ xq, const int4* __restrict__ xm,
+                         const u32* __restrict__ rows,
                          const float* __restrict__ bias, float* __restrict__ y, int n, int m,
                          int kp, int group, float la, float lb) {
     constexpr int UC = 128 / BITS;  // codes per 16-byte unit
@@ -122,9 +125,10 @@ __device__ void qgemv_q8(const unsigned char* __restrict__ codes, const void* __
 #pragma unroll
             for (int p = 0; p < PASSES; p++) {
                 const u64 row = (u64)p * n + r0 + a;
-                const float d = xd[row * (kp / 32) + c0 / 32];
-                const int* sums = xs + row * (kp / 16) + c0 / 16;
-                const float qs = (float)(BITS == 4 ? sums[0] + sums[1] : sums[0]);
+                const int4 meta = xm[row * (kp / 32) + c0 / 32];
+                const float d = __int_as_float(meta.x);
+                const float qs =
+                    (float)(BITS == 4 ? meta.y + meta.z : (c0 & 16) ? meta.z : meta.y);
                 const uint4* xp = (const uint4*)(xq + row * kp + c0);
                 int dot[R];
 #pragma unroll
@@ -134,13 +138,11 @@ __device__ void qgemv_q8(const unsigned char* __restrict__ codes, const void* __
                     const u32 xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
-                        const u32 xe = __byte_perm(xw[2 * i], xw[2 * i + 1], 0x6420);
-                        const u32 xo = __byte_perm(xw[2 * i], xw[2 * i + 1], 0x7531);
 #pragma unroll
                         for (int r = 0; r < R; r++) {
                             const u32 w = i == 0 ? cur[r].x : i == 1 ? cur[r].y : i == 2 ? cur[r].z : cur[r].w;
-                            dot[r] = dp4a_us(w & 0x0F0F0F0Fu, xe, dot[r]);
-                            dot[r] = dp4a_us((w >> 4) & 0x0F0F0F0Fu, xo, dot[r]);
+                            dot[r] = dp4a_us(w & 0x0F0F0F0Fu, xw[2 * i], dot[r]);
+                            dot[r] = dp4a_us((w >> 4) & 0x0F0F0F0Fu, xw[2 * i + 1], dot[r]);
                         }
                     }
                 } else {
@@ -174,12 +176,12 @@ __device__ void qgemv_q8(const unsigned char* __restrict__ codes, const void* __
 #define QMATMUL_Q8(PASSES, BITS, P, NR)                                                         \
     extern "C" __global__ void __launch_bounds__(Q8WARPS * 32)                                  \
         qmatmul_q8##PASSES##_b##BITS##_p##P##_n##NR(                                            \
-            const unsigned char* codes, const void* prm, const signed char* xq, const float* xd, \
-            const int* xs, const u32* rows, const float* bias, float* y, int n, int m, int kp,  \
-            int group, float la, float lb) {                                                    \
+            const unsigned char* codes, const void* prm, const signed char* xq, const int4* xm,  \
+            const u32* rows, const float* bias, float* y, int n, int m, int kp, int group,      \
+            float la, float lb) {                                                               \
         if constexpr (mm_selected("qmatmul_q8" #PASSES "_b" #BITS "_p" #P "_n" #NR))            \
-            qgemv_q8<BITS, P, 2, NR, PASSES>(codes, prm, xq, xd, xs, rows, bias, y, n, m, kp,   \
-                                             group, la, lb);                                    \
+            qgemv_q8<BITS, P, 2, NR, PASSES>(codes, prm, xq, xm, rows, bias, y, n, m, kp, group, \
+                                             la, lb);                                           \
     }
 
 #define QMATMUL_Q8_ROWS(BITS, P) \

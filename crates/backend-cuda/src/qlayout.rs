@@ -146,7 +146,8 @@ impl QLayout {
             F::Q4_1 => (4, 32, (0..16).map(|c| c as f32).collect(), 1),
             F::Q5_0 => (8, 32, lut8(|c| c as f32 - 16.0), 0),
             F::Q5_1 => (8, 32, lut8(|c| c as f32), 1),
-            F::Q8_0 => (8, 32, lut8(|c| c as i8 as f32), 0),
+            // Offset binary (the stored i8 + 128): an affine table.
+            F::Q8_0 => (8, 32, lut8(|c| c as f32 - 128.0), 0),
             F::Q4K => (4, 32, (0..16).map(|c| c as f32).collect(), 3),
             F::Q5K => (8, 32, lut8(|c| c as f32), 3),
             F::Q6K => (8, 16, lut8(|c| c as f32 - 32.0), 4),
@@ -334,7 +335,9 @@ fn ggml_row(f: WeightFormat, src: &[u8], row: &mut Row) {
                 }
             }
             F::Q8_0 => {
-                out.copy_from_slice(&blk[2..34]);
+                for (o, &q) in out.iter_mut().zip(&blk[2..34]) {
+                    *o = q ^ 0x80;
+                }
                 row.raw16.push(f16_at(blk, 0));
             }
             F::Q4K | F::Q5K => {

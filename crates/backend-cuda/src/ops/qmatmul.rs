@@ -201,8 +201,8 @@ pub fn launch_q8(
     }
     let np = n * passes as usize;
     let mut xq = alloc_of::<i8>(rt, np * kp, "8-bit activations")?;
-    let mut xd = alloc_of::<f32>(rt, np * kp / 32, "8-bit activation scales")?;
-    let mut xs = alloc_of::<i32>(rt, np * kp / 16, "8-bit activation sums")?;
+    // Per block of 32: scale bits and two sums of 16 (an int4 each).
+    let mut xm = alloc_of::<i32>(rt, np * kp / 32 * 4, "8-bit activation scales")?;
     let dims = [
         super::dim(n, "matmul rows")?,
         super::dim(k, "matmul k")?,
@@ -213,16 +213,20 @@ pub fn launch_q8(
     let mut l = rt.stream.launch_builder(&f);
     l.arg(x);
     super::arg_or_null(&mut l, rows, &null);
-    let passes_i = passes as i32;
-    l.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&passes_i);
-    l.arg(&mut xq).arg(&mut xd).arg(&mut xs);
+    let (passes_i, nib) = (passes as i32, i32::from(q.bits == 4));
+    l.arg(&dims[0])
+        .arg(&dims[1])
+        .arg(&dims[2])
+        .arg(&passes_i)
+        .arg(&nib);
+    l.arg(&mut xq).arg(&mut xm);
     let cfg = LaunchConfig {
         grid_dim: ((kp / 32).div_ceil(8) as u32, dims[0] as u32, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: x holds the listed rows of k values (checked above), the
-    // outputs passes·n rows of kp codes, kp/32 scales and kp/16 sums.
+    // outputs passes·n rows of kp codes and kp/32 blocks of 4 values.
     unsafe { l.launch(cfg) }.map_err(|e| driver_err("activation quantization", e))?;
 
     let nr = match n {
@@ -234,7 +238,7 @@ pub fn launch_q8(
     let f = rt.function(&QMATMUL_Q8, &name)?;
     let (mi, gi) = (super::dim(m, "matmul m")?, super::dim(q.group, "group")?);
     let mut l = rt.stream.launch_builder(&f);
-    l.arg(&q.codes).arg(&q.params).arg(&xq).arg(&xd).arg(&xs);
+    l.arg(&q.codes).arg(&q.params).arg(&xq).arg(&xm);
     super::arg_or_null(&mut l, rows, &null);
     super::arg_or_null(&mut l, bias, &null);
     l.arg(y).arg(&dims[0]).arg(&mi).arg(&dims[2]).arg(&gi);
