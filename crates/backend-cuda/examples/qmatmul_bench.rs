@@ -8,9 +8,11 @@
 //! parameters the kernel reads (activations and output are extra).
 //! M ≤ 8 runs the decode kernels, larger M the prompt kernel (tensor
 //! cores, f16 operands, `tc_matmul`), as the backend does. The decode
-//! kernel of the integer and GGUF formats is timed three ways: `q8x2`
-//! (the default: 8-bit activations in two passes, `qmatmul::launch_q8`),
-//! `q8x1` (one pass) and `f32` (the exact mode's). Before timing, each
+//! kernel of the integer and GGUF formats is timed five ways: `q8x2r2`
+//! and `q8x2r4` (the default's: 8-bit activations in two passes, two or
+//! four weight rows per warp, `qmatmul::launch_q8`; the backend takes four
+//! from two activation rows), `q8x1r2` and `q8x1r4` (one pass) and `f32`
+//! (the exact mode's). Before timing, each
 //! kernel's output is checked against a float64 reference of the layout's
 //! values and the f32 activations on its first 64 rows (the `rel err`
 //! column: q8x1 rounds activations to 8 bits, ≈4e-3 expected).
@@ -129,8 +131,9 @@ fn check(rt: &Runtime, l: &QLayout, q: &Prepared, n: usize, v: Kernel) -> f64 {
 enum Kernel {
     /// f32 activations (`qmatmul::launch`).
     F32,
-    /// 8-bit activations in this many passes (`qmatmul::launch_q8`).
-    Q8(u32),
+    /// 8-bit activations in this many passes, this many weight rows per
+    /// warp (`qmatmul::launch_q8`).
+    Q8(u32, usize),
     /// The tensor cores (`tc_matmul::launch`).
     Tc,
 }
@@ -139,7 +142,7 @@ impl Kernel {
     fn name(self) -> String {
         match self {
             Kernel::F32 => "f32".into(),
-            Kernel::Q8(p) => format!("q8x{p}"),
+            Kernel::Q8(p, r) => format!("q8x{p}r{r}"),
             Kernel::Tc => "tc".into(),
         }
     }
@@ -158,7 +161,9 @@ fn run(
 ) -> mm_core::Result<()> {
     match (q, v) {
         (Prepared::Quant(w), Kernel::F32) => qmatmul::launch(rt, w, x, None, None, y, n),
-        (Prepared::Quant(w), Kernel::Q8(p)) => qmatmul::launch_q8(rt, w, x, None, None, y, n, p),
+        (Prepared::Quant(w), Kernel::Q8(p, r)) => {
+            qmatmul::launch_q8(rt, w, x, None, None, None, y, n, p, r)
+        }
         _ => tc_matmul::launch(rt, q, x, None, None, y, n, k, m),
     }
 }
@@ -234,7 +239,13 @@ fn main() {
             let cases = mlist.iter().flat_map(|&n| {
                 let ks: Vec<Kernel> = match n {
                     9.. => vec![Kernel::Tc],
-                    _ if q8 => vec![Kernel::Q8(2), Kernel::Q8(1), Kernel::F32],
+                    _ if q8 => vec![
+                        Kernel::Q8(2, 2),
+                        Kernel::Q8(2, 4),
+                        Kernel::Q8(1, 2),
+                        Kernel::Q8(1, 4),
+                        Kernel::F32,
+                    ],
                     _ => vec![Kernel::F32],
                 };
                 ks.into_iter().map(move |v| (n, v))

@@ -17,7 +17,7 @@
 // a dot product is d·(S·Σ c·q + O·Σ q): integer dot products (dp4a, four
 // byte products a cycle per lane) and the stored sums of q.
 //
-// Strategy: one warp per R weight rows; a lane takes a 16-byte unit of
+// Strategy: one warp per R (2 or 4) weight rows; a lane takes a 16-byte unit of
 // codes (32 four-bit or 16 eight-bit codes) at a time, lanes on
 // consecutive units, so each load instruction of a warp reads 512
 // consecutive bytes of a row; the next step's units are loaded before this
@@ -172,25 +172,29 @@ __device__ void qgemv_q8(const unsigned char* __restrict__ codes, const void* __
         }
 }
 
-// qmatmul_q8<PASSES>_b<BITS>_p<P>_n<NR>: two weight rows per warp.
-#define QMATMUL_Q8(PASSES, BITS, P, NR)                                                         \
+// qmatmul_q8<PASSES>_b<BITS>_p<P>_r<R>_n<NR>: R weight rows per warp (2 or
+// 4: more rows share each activation load).
+#define QMATMUL_Q8(PASSES, BITS, P, R, NR)                                                      \
     extern "C" __global__ void __launch_bounds__(Q8WARPS * 32)                                  \
-        qmatmul_q8##PASSES##_b##BITS##_p##P##_n##NR(                                            \
+        qmatmul_q8##PASSES##_b##BITS##_p##P##_r##R##_n##NR(                                     \
             const unsigned char* codes, const void* prm, const signed char* xq, const int4* xm,  \
             const u32* rows, const float* bias, float* y, int n, int m, int kp, int group,      \
             float la, float lb) {                                                               \
-        if constexpr (mm_selected("qmatmul_q8" #PASSES "_b" #BITS "_p" #P "_n" #NR))            \
-            qgemv_q8<BITS, P, 2, NR, PASSES>(codes, prm, xq, xm, rows, bias, y, n, m, kp, group, \
+        if constexpr (mm_selected("qmatmul_q8" #PASSES "_b" #BITS "_p" #P "_r" #R "_n" #NR))    \
+            qgemv_q8<BITS, P, R, NR, PASSES>(codes, prm, xq, xm, rows, bias, y, n, m, kp, group, \
                                              la, lb);                                           \
     }
 
-#define QMATMUL_Q8_ROWS(BITS, P) \
-    QMATMUL_Q8(1, BITS, P, 1)    \
-    QMATMUL_Q8(1, BITS, P, 4)    \
-    QMATMUL_Q8(1, BITS, P, 8)    \
-    QMATMUL_Q8(2, BITS, P, 1)    \
-    QMATMUL_Q8(2, BITS, P, 4)    \
-    QMATMUL_Q8(2, BITS, P, 8)
+#define QMATMUL_Q8_NR(PASSES, BITS, P, R) \
+    QMATMUL_Q8(PASSES, BITS, P, R, 1)     \
+    QMATMUL_Q8(PASSES, BITS, P, R, 4)     \
+    QMATMUL_Q8(PASSES, BITS, P, R, 8)
+
+#define QMATMUL_Q8_ROWS(BITS, P)   \
+    QMATMUL_Q8_NR(1, BITS, P, 2)   \
+    QMATMUL_Q8_NR(1, BITS, P, 4)   \
+    QMATMUL_Q8_NR(2, BITS, P, 2)   \
+    QMATMUL_Q8_NR(2, BITS, P, 4)
 
 QMATMUL_Q8_ROWS(4, 0)
 QMATMUL_Q8_ROWS(4, 1)

@@ -215,6 +215,8 @@ fn capture(
             .memcpy_dtod(&src.data, &mut out)
             .map_err(|e| driver_err("copying the logits", e))
     });
+    // Buffers allocated in the capture must be freed in it too.
+    rt.drop_quantized_x();
     let graph = rt
         .stream
         .end_capture(CUgraphInstantiate_flags(0))

@@ -69,6 +69,9 @@ pub struct Runtime {
     /// may cross the bus, and the cached uploads the step reads are kept.
     capturing: AtomicBool,
     captured: Mutex<Vec<Cached>>,
+    /// The last activations quantized to 8 bits, for the next matmul of
+    /// the same input ([`crate::ops::qmatmul::launch_q8`]).
+    pub(crate) quantized_x: Mutex<Option<crate::ops::qmatmul::QuantizedX>>,
 }
 
 /// A cached upload, kept alive by the graphs that read it.
@@ -126,6 +129,7 @@ impl Runtime {
             uploads: Mutex::new(HashMap::new()),
             capturing: AtomicBool::new(false),
             captured: Mutex::new(Vec::new()),
+            quantized_x: Mutex::new(None),
         }))
     }
 
@@ -234,8 +238,20 @@ impl Runtime {
     /// Starts (`true`) or ends a capture: the cached uploads read during
     /// it are returned at its end.
     pub(crate) fn set_capturing(&self, on: bool) -> Vec<Cached> {
+        if on {
+            self.drop_quantized_x();
+        }
         self.capturing.store(on, Ordering::Release);
         std::mem::take(&mut *self.captured.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Frees the kept quantized activations (and the input they hold):
+    /// before a capture ends, so that what it allocated is freed inside it.
+    pub(crate) fn drop_quantized_x(&self) {
+        self.quantized_x
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// An error while a step is captured: `what` would cross the bus.

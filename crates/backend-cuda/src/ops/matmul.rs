@@ -16,7 +16,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use mm_core::{Error, Result, RowKind, Tensor, WeightData};
 
-use crate::buffer::{alloc, on_device, tensor, weight, DeviceWeight};
+use crate::buffer::{alloc, on_device, tensor, weight, DeviceWeight, OnDevice};
 use crate::compile::MATMUL;
 use crate::ops::qmatmul::{self, DeviceQWeight};
 use crate::runtime::{driver_err, Runtime};
@@ -72,8 +72,13 @@ pub fn matmul(
         (0..n).filter(|&i| is_prompt(i)).count()
     };
     let q8 = !f32_only;
+    // The input's identity, for reusing its 8-bit quantization.
+    let input = match (x.storage(), &xd) {
+        (mm_core::tensor::Storage::Device(b), OnDevice::Here(_)) => Some(b),
+        _ => None,
+    };
     if np == 0 {
-        simt(rt, &p, xs, None, bs, &mut y, n, k, m, q8)?;
+        simt(rt, &p, xs, input, None, bs, &mut y, n, k, m, q8)?;
     } else if np == n {
         super::tc_matmul::launch(rt, &p, xs, None, bs, &mut y, n, k, m)?;
     } else {
@@ -82,18 +87,32 @@ pub fn matmul(
         let pr = rt.upload_cached("prompt rows", &prompt)?;
         let gr = rt.upload_cached("generated rows", &gen)?;
         super::tc_matmul::launch(rt, &p, xs, Some(pr.as_ref()), bs, &mut y, np, k, m)?;
-        simt(rt, &p, xs, Some(gr.as_ref()), bs, &mut y, n - np, k, m, q8)?;
+        simt(
+            rt,
+            &p,
+            xs,
+            input,
+            Some(gr.as_ref()),
+            bs,
+            &mut y,
+            n - np,
+            k,
+            m,
+            q8,
+        )?;
     }
     tensor(rt, vec![n, m], y)
 }
 
 /// The decode kernels over `n` rows (those listed in `rows`, if given):
-/// 8-bit activations where `q8` and the weight allows, else f32.
+/// 8-bit activations where `q8` and the weight allows, else f32. `input`:
+/// the tensor `x` belongs to, if any.
 #[allow(clippy::too_many_arguments)]
 fn simt(
     rt: &Runtime,
     p: &Prepared,
     x: &CudaSlice<f32>,
+    input: Option<&Arc<dyn mm_core::tensor::DeviceBuffer>>,
     rows: Option<&CudaSlice<u32>>,
     bias: Option<&CudaSlice<f32>>,
     y: &mut CudaSlice<f32>,
@@ -103,9 +122,18 @@ fn simt(
     q8: bool,
 ) -> Result<()> {
     match p {
-        Prepared::Quant(q) if q8 && qmatmul::q8_capable(q) => {
-            qmatmul::launch_q8(rt, q, x, rows, bias, y, n, qmatmul::Q8_PASSES)
-        }
+        Prepared::Quant(q) if q8 && qmatmul::q8_capable(q) => qmatmul::launch_q8(
+            rt,
+            q,
+            x,
+            input,
+            rows,
+            bias,
+            y,
+            n,
+            qmatmul::Q8_PASSES,
+            qmatmul::q8_rows_per_warp(n),
+        ),
         Prepared::Quant(q) => qmatmul::launch(rt, q, x, rows, bias, y, n),
         Prepared::Dense(d) => dense(rt, d, x, rows, bias, y, n, k, m),
     }
