@@ -35,5 +35,8 @@ pub fn load_model(
         Arch::Mistral => mistral::build(src, device, progress),
         Arch::Qwen2 => qwen2::build(src, device, progress),
         Arch::Qwen3 => qwen3::build(src, device, progress),
+        a @ (Arch::DeepseekV2 | Arch::DeepseekV3 | Arch::Glm4MoeLite) => Err(
+            mm_core::Error::Config(format!("{a:?} is not supported yet")),
+        ),
     }
 }

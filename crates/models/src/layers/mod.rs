@@ -5,6 +5,7 @@ pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
+mod yarn;
 
 pub use attention::{Attention, AttentionOptions};
 pub use linear::{Linear, LinearObserver};
