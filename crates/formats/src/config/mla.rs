@@ -118,7 +118,7 @@ pub(super) fn parse_yarn(o: &Obj) -> Result<RopeScaling> {
         attention_factor: o.f32_opt("attention_factor")?,
         truncate: o.bool_opt("truncate")?.unwrap_or(true),
     };
-    if !(factor > 0.0) || original == 0 {
+    if factor.is_nan() || factor <= 0.0 || original == 0 {
         return Err(cfg_err(format!(
             "invalid yarn RoPE scaling in '{}': factor {factor}, original_max_position_embeddings {original}",
             o.ctx.trim_end_matches('.')

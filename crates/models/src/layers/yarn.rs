@@ -27,16 +27,13 @@ pub(crate) fn apply(s: &RopeScaling, theta: f32, dim: usize, inv: &mut [f32]) ->
         return 1.0;
     };
     let f = factor as f64;
-    let attention = attention_factor.map_or_else(
-        || match (mscale, mscale_all_dim) {
-            // Python's `if mscale and mscale_all_dim` (0 is false).
-            (Some(m), Some(a)) if m != 0.0 && a != 0.0 => {
-                (yarn_get_mscale(f, m as f64) / yarn_get_mscale(f, a as f64)) as f32
-            }
-            _ => yarn_get_mscale(f, 1.0) as f32,
-        },
-        |a| a,
-    );
+    let attention = attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
+        // Python's `if mscale and mscale_all_dim` (0 is false).
+        (Some(m), Some(a)) if m != 0.0 && a != 0.0 => {
+            (yarn_get_mscale(f, m as f64) / yarn_get_mscale(f, a as f64)) as f32
+        }
+        _ => yarn_get_mscale(f, 1.0) as f32,
+    });
     let base = theta as f64;
     let orig = original_max_position_embeddings as f64;
     let correction_dim = |rotations: f64| {
