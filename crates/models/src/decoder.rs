@@ -131,11 +131,7 @@ impl DecoderModel {
     /// heads × head dim each, or for multi-head latent attention the latent
     /// and rotated key, and no values.
     pub fn kv_widths(&self) -> (usize, usize) {
-        let c = &self.config;
-        match &c.mla {
-            Some(m) => (m.cache_width(), 0),
-            None => (c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim),
-        }
+        self.config.kv_widths()
     }
 
     /// Bytes of KV cache one token takes over every layer in `dtype`.

@@ -9,7 +9,7 @@
 use mm_core::Result;
 use serde_json::{json, Map, Value};
 
-use super::{cfg_err, f32_json, Arch, Obj, RopeScaling};
+use super::{cfg_err, f32_json, Arch, ModelConfig, Obj, RopeScaling};
 
 /// The attention shape of an MLA model.
 ///
@@ -44,6 +44,21 @@ impl MlaConfig {
     /// rotated key (576 for DeepSeek-V3 and GLM-4.7-Flash).
     pub fn cache_width(&self) -> usize {
         self.kv_lora_rank + self.qk_rope_head_dim
+    }
+}
+
+impl ModelConfig {
+    /// Values a token's KV-cache row holds per layer: `(keys, values)`;
+    /// kv heads × head dim each, or for multi-head latent attention the
+    /// latent and rotated key ([`MlaConfig::cache_width`]) and no values.
+    pub fn kv_widths(&self) -> (usize, usize) {
+        match &self.mla {
+            Some(m) => (m.cache_width(), 0),
+            None => {
+                let w = self.num_kv_heads * self.head_dim;
+                (w, w)
+            }
+        }
     }
 }
 
