@@ -3,7 +3,8 @@
 
 What it produces
 ----------------
-tests/fixtures/tiny/<name>/            (7 tiny random-weight models, one per feature)
+tests/fixtures/tiny/<name>/            (10 tiny random-weight models, one per feature; the MLA ones
+                                       are defined in scripts/mla_fixtures.py)
     config.json                        as transformers 5 writes it (rope_parameters style)
     generation_config.json             as transformers 5 writes it
     model.safetensors                  weights in bfloat16
@@ -101,6 +102,8 @@ from transformers import (
     Qwen3Config,
 )
 
+from mla_fixtures import mla_specs
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 transformers.logging.set_verbosity_error()
 
@@ -186,6 +189,8 @@ def tiny_specs():
                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
             12,
         ),
+        # DeepSeek-V2/V3 and GLM-4.7-Flash multi-head latent attention
+        **mla_specs(COMMON),
     }
 
 

@@ -183,4 +183,12 @@ impl Backend for CpuBackend {
     fn write_kv(&self, store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()> {
         ops::write_kv::write_kv(store, slots, src)
     }
+
+    fn gather_kv(&self, store: &KvStore, slots: &[u32]) -> Result<Tensor> {
+        ops::gather_kv::gather_kv(store, slots)
+    }
+
+    fn head_matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        ops::head_matmul::head_matmul(x, w)
+    }
 }

@@ -133,6 +133,7 @@ impl Backend for CudaBackend {
             Op::Embedding => format.is_some_and(|f| f.is_dense() || qlayout::supports(f)),
             Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
             Op::Attention | Op::WriteKv => true,
+            Op::GatherKv | Op::HeadMatmul => false,
         }
     }
 

@@ -11,6 +11,9 @@ use mm_core::{KvDType, PagedBatch, PagedParams, SeqSpan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod mla;
+pub use mla::{check_gather_kv, check_head_matmul};
+
 /// How far a backend may be from the reference.
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerance {
@@ -513,7 +516,7 @@ pub fn run_supported(b: &dyn Backend, tol: Tolerance, apart: &[(&str, Tolerance)
     use mm_core::backend::Op;
     type Check = fn(&dyn Backend, u64, Tolerance) -> Result<()>;
     let dense = [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16];
-    let checks: [(&str, Check, bool); 7] = [
+    let checks: [(&str, Check, bool); 9] = [
         (
             "matmul",
             check_matmul,
@@ -537,6 +540,16 @@ pub fn run_supported(b: &dyn Backend, tol: Tolerance, apart: &[(&str, Tolerance)
             b.supports(Op::Embedding, Some(WeightFormat::F32)),
         ),
         ("write_kv", check_write_kv, b.supports(Op::WriteKv, None)),
+        (
+            "gather_kv",
+            check_gather_kv,
+            b.supports(Op::GatherKv, None) && b.supports(Op::WriteKv, None),
+        ),
+        (
+            "head_matmul",
+            check_head_matmul,
+            b.supports(Op::HeadMatmul, None),
+        ),
     ];
     let mut r = Report::default();
     for (name, f, supported) in checks {

@@ -178,3 +178,27 @@ fn attention_rows_do_not_depend_on_chunks_or_neighbours() {
         }
     }
 }
+
+/// MLA's per-head matmul: each row of a 21-row call equals the same row
+/// alone, bit for bit.
+#[test]
+fn head_matmul_rows_do_not_depend_on_the_batch() {
+    let b = CpuBackend::new();
+    let mut rng = StdRng::seed_from_u64(11);
+    let (n, h, k, m) = (21, 3, 40, 17);
+    let x = randv(&mut rng, n * h * k);
+    let w = t(vec![h, m, k], randv(&mut rng, h * m * k));
+    let all = b
+        .head_matmul(&t(vec![n, h * k], x.clone()), &w)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    for r in 0..n {
+        let one = b
+            .head_matmul(&t(vec![1, h * k], x[r * h * k..][..h * k].to_vec()), &w)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert_eq!(one, all[r * h * m..][..h * m], "row {r}");
+    }
+}

@@ -24,6 +24,10 @@ pub enum Op {
     Add,
     /// Writing a step's keys/values into their cache slots.
     WriteKv,
+    /// Reading rows of a KV store back by slot ([`Backend::gather_kv`]).
+    GatherKv,
+    /// One small matmul per head ([`Backend::head_matmul`]).
+    HeadMatmul,
 }
 
 /// Where a row of a step comes from. A backend whose arithmetic would
@@ -144,6 +148,25 @@ pub trait Backend: Send + Sync {
         p: &PagedParams,
     ) -> Result<Tensor>;
 
+    /// Rows `slots` of `store`, widened to f32: `[slots.len(), width]`
+    /// (multi-head latent attention reads its compressed cache back to
+    /// expand it). Every slot is checked first.
+    /// Default: unsupported (the device sends it to the CPU backend).
+    fn gather_kv(&self, store: &KvStore, slots: &[u32]) -> Result<Tensor> {
+        let _ = (store, slots);
+        Err(unsupported(self.name(), "gather_kv"))
+    }
+
+    /// Per-head matmul: `x[n, h*k]` and `w[h, m, k]` give `y[n, h*m]` with
+    /// `y[:, head] = x[:, head] · w[head]ᵀ`, in f32 (multi-head latent
+    /// attention's absorbed projections). Each row's result depends only
+    /// on that row.
+    /// Default: unsupported (the device sends it to the CPU backend).
+    fn head_matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let _ = (x, w);
+        Err(unsupported(self.name(), "head_matmul"))
+    }
+
     /// `silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
 
@@ -189,6 +212,31 @@ pub fn matmul_dims(
         }
     }
     Ok((n, k, m))
+}
+
+/// The error of an op a backend does not implement.
+fn unsupported(backend: &str, op: &str) -> crate::Error {
+    crate::Error::Invalid(format!("{op} is not implemented on the {backend} backend"))
+}
+
+/// `(n, heads, k, m)` of a [`Backend::head_matmul`] of `x[n, h*k]` by
+/// `w[h, m, k]`, or an error naming the mismatch: every backend's
+/// `head_matmul` checks its input with this.
+pub fn head_matmul_dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let (n, width) = x.dims2()?;
+    let [h, m, k] = *w.shape() else {
+        return Err(crate::Error::Invalid(format!(
+            "head_matmul: the weight must be [heads, out, in], found {:?}",
+            w.shape()
+        )));
+    };
+    if h == 0 || k == 0 || width != h * k {
+        return Err(crate::Error::Invalid(format!(
+            "head_matmul: x {:?} does not split into {h} heads of the weight's {k} inputs",
+            x.shape()
+        )));
+    }
+    Ok((n, h, k, m))
 }
 
 /// `(n, width)` of a RoPE input `x[n, width]` with its `head_dim`,

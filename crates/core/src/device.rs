@@ -159,6 +159,34 @@ impl Device {
         }
     }
 
+    /// Rows of a KV store by slot ([`Backend::gather_kv`]). A store on a
+    /// backend without the op is copied to the host for the CPU's (slow,
+    /// but correct).
+    pub fn gather_kv(&self, store: &KvStore, slots: &[u32]) -> Result<Tensor> {
+        match self.pick(Op::GatherKv, None) {
+            None => self.primary.gather_kv(store, slots),
+            Some(cpu) => {
+                let host;
+                let st = match &store.storage {
+                    crate::KvStorage::Device(b) => {
+                        host = KvStore::from_f32(store.slots(), store.width(), b.to_host()?)?;
+                        &host
+                    }
+                    _ => store,
+                };
+                self.back(cpu.gather_kv(st, slots)?)
+            }
+        }
+    }
+
+    /// Per-head matmul ([`Backend::head_matmul`]).
+    pub fn head_matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self.pick(Op::HeadMatmul, None) {
+            None => self.primary.head_matmul(x, w),
+            Some(cpu) => self.back(cpu.head_matmul(&x.to_host()?, &w.to_host()?)?),
+        }
+    }
+
     pub fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         match self.pick(Op::SiluMul, None) {
             None => self.primary.silu_mul(gate, up),

@@ -83,6 +83,35 @@ impl KvStore {
         })
     }
 
+    /// A host f32 store holding `values` (`slots × width`, row-major).
+    pub fn from_f32(slots: usize, width: usize, values: Vec<f32>) -> Result<Self> {
+        if slots.checked_mul(width) != Some(values.len()) {
+            return Err(Error::Invalid(format!(
+                "KV store of {slots} × {width} given {} values",
+                values.len()
+            )));
+        }
+        Ok(Self {
+            slots,
+            width,
+            dtype: KvDType::F32,
+            storage: KvStorage::F32(values),
+        })
+    }
+
+    /// Checks a read of `slots` (each inside the store), or an error
+    /// naming the first bad one: every backend's `gather_kv` checks with
+    /// this.
+    pub fn check_read(&self, slots: &[u32]) -> Result<()> {
+        if let Some(s) = slots.iter().find(|&&s| s as usize >= self.slots) {
+            return Err(Error::Invalid(format!(
+                "gather_kv: slot {s} is past the store's {} slots",
+                self.slots
+            )));
+        }
+        Ok(())
+    }
+
     /// Wraps a device buffer of `slots × width` values.
     pub fn device(
         slots: usize,

@@ -3,6 +3,9 @@
 use mm_core::{Error, Result};
 use serde_json::{json, Map, Value};
 
+mod mla;
+pub use mla::{is_mla, yarn_get_mscale, MlaConfig};
+
 /// Architectures metal-marlin implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -14,6 +17,12 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: per-head q/k RMSNorm, explicit head_dim.
     Qwen3,
+    /// DeepSeek-V2: multi-head latent attention ([`MlaConfig`]).
+    DeepseekV2,
+    /// DeepSeek-V3: multi-head latent attention.
+    DeepseekV3,
+    /// GLM-4.7-Flash: multi-head latent attention (DeepSeek-V3's).
+    Glm4MoeLite,
 }
 
 /// RoPE frequency scaling.
@@ -30,6 +39,18 @@ pub enum RopeScaling {
     },
     /// Per-frequency divisors read from a GGUF `rope_freqs.weight` tensor.
     FreqFactors(Vec<f32>),
+    /// YaRN (`rope_type: "yarn"`, DeepSeek's long-context scaling); the
+    /// optional fields as the config gives them.
+    Yarn {
+        factor: f32,
+        original_max_position_embeddings: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        mscale: Option<f32>,
+        mscale_all_dim: Option<f32>,
+        attention_factor: Option<f32>,
+        truncate: bool,
+    },
 }
 
 /// Hyper-parameters of a decoder-only transformer.
@@ -56,6 +77,9 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// Sliding-window attention span (Mistral v0.1); None = full attention.
     pub sliding_window: Option<usize>,
+    /// Multi-head latent attention (DeepSeek-V2/V3, GLM-4.7-Flash); its
+    /// `head_dim` is `qk_rope_head_dim`, the width RoPE rotates.
+    pub mla: Option<MlaConfig>,
 }
 
 /// HF class name, HF `model_type`, architecture.
@@ -64,6 +88,9 @@ const HF_ARCHS: &[(&str, &str, Arch)] = &[
     ("MistralForCausalLM", "mistral", Arch::Mistral),
     ("Qwen2ForCausalLM", "qwen2", Arch::Qwen2),
     ("Qwen3ForCausalLM", "qwen3", Arch::Qwen3),
+    ("DeepseekV2ForCausalLM", "deepseek_v2", Arch::DeepseekV2),
+    ("DeepseekV3ForCausalLM", "deepseek_v3", Arch::DeepseekV3),
+    ("Glm4MoeLiteForCausalLM", "glm4_moe_lite", Arch::Glm4MoeLite),
 ];
 
 /// GGUF `general.architecture` values we load.
@@ -191,7 +218,7 @@ impl<'a> Obj<'a> {
 
 /// A HF rope scaling object (`rope_scaling` or `rope_parameters`) to our
 /// enum; `None` for the default (unscaled) RoPE.
-fn hf_rope_scaling(o: &Obj) -> Result<Option<RopeScaling>> {
+fn hf_rope_scaling(o: &Obj, arch: Arch) -> Result<Option<RopeScaling>> {
     let ty = match o.str_opt("rope_type")? {
         Some(t) => Some(t),
         None => o.str_opt("type")?,
@@ -248,8 +275,10 @@ fn hf_rope_scaling(o: &Obj) -> Result<Option<RopeScaling>> {
             }
             Ok(Some(s))
         }
+        // Read (and tested) for the MLA models only so far.
+        "yarn" if mla::is_mla(arch) => mla::parse_yarn(o).map(Some),
         other => Err(cfg_err(format!(
-            "unsupported RoPE scaling type '{other}' in '{}' (supported: default, linear, llama3, {FREQ_FACTORS_ROPE_TYPE})",
+            "unsupported RoPE scaling type '{other}' in '{}' (supported: default, linear, llama3, yarn, {FREQ_FACTORS_ROPE_TYPE})",
             o.ctx.trim_end_matches('.')
         ))),
     }
@@ -312,9 +341,13 @@ impl ModelConfig {
             return Err(cfg_err("field 'num_attention_heads' must be positive"));
         }
         let num_kv_heads = o.usize_opt("num_key_value_heads")?.unwrap_or(num_heads);
-        let head_dim = match o.usize_opt("head_dim")? {
-            Some(d) => d,
-            None => {
+        let mla = mla::parse(&o, arch)?;
+        let head_dim = match (mla, o.usize_opt("head_dim")?) {
+            // MLA rotates qk_rope_head_dim values per head (transformers
+            // sets head_dim to it).
+            (Some(m), _) => m.qk_rope_head_dim,
+            (None, Some(d)) => d,
+            (None, None) => {
                 if hidden_size % num_heads != 0 {
                     return Err(cfg_err(format!(
                         "hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads} (and no head_dim is given)"
@@ -334,17 +367,20 @@ impl ModelConfig {
                     Some(t) => t,
                     None => o.f32_opt("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA),
                 };
-                (theta, hf_rope_scaling(&p)?)
+                (theta, hf_rope_scaling(&p, arch)?)
             }
             Some(other) => return Err(o.bad("rope_parameters", "an object", other)),
             None => {
                 let theta = o.f32_opt("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA);
                 let scaling = match o.get("rope_scaling") {
                     None => None,
-                    Some(Value::Object(s)) => hf_rope_scaling(&Obj {
-                        map: s,
-                        ctx: "rope_scaling.",
-                    })?,
+                    Some(Value::Object(s)) => hf_rope_scaling(
+                        &Obj {
+                            map: s,
+                            ctx: "rope_scaling.",
+                        },
+                        arch,
+                    )?,
                     Some(other) => return Err(o.bad("rope_scaling", "an object or null", other)),
                 };
                 (theta, scaling)
@@ -403,6 +439,7 @@ impl ModelConfig {
             bos_token_id: o.u32_opt("bos_token_id")?,
             eos_token_ids,
             sliding_window,
+            mla,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -463,6 +500,7 @@ impl ModelConfig {
                     let f: Vec<Value> = f.iter().map(|x| f32_json(*x)).collect();
                     json!({"rope_type": FREQ_FACTORS_ROPE_TYPE, "factors": f})
                 }
+                Some(y @ RopeScaling::Yarn { .. }) => mla::yarn_json(y).unwrap_or(Value::Null),
             },
         );
         put("tie_word_embeddings", json!(self.tie_word_embeddings));
@@ -481,6 +519,9 @@ impl ModelConfig {
         }
         if self.arch == Arch::Mistral {
             put("sliding_window", json!(self.sliding_window));
+        }
+        if let Some(c) = &self.mla {
+            mla::put_json(&mut put, self.arch, c);
         }
         put("torch_dtype", json!("float16"));
         Value::Object(m)
@@ -663,6 +704,7 @@ impl ModelConfig {
             bos_token_id,
             eos_token_ids,
             sliding_window: None,
+            mla: None,
         };
         cfg.validate().map_err(|e| match e {
             Error::Config(m) => fail(format!("model config: {m}")),
@@ -709,6 +751,25 @@ impl ModelConfig {
             return Err(cfg_err(format!(
                 "rope_theta must be positive, found {}",
                 self.rope_theta
+            )));
+        }
+        if let Some(m) = &self.mla {
+            if m.qk_rope_head_dim != self.head_dim {
+                return Err(cfg_err(format!(
+                    "head_dim {} differs from qk_rope_head_dim {} in an MLA model",
+                    self.head_dim, m.qk_rope_head_dim
+                )));
+            }
+        }
+        if mla::is_mla(self.arch) != self.mla.is_some() {
+            return Err(cfg_err(format!(
+                "{:?} {} multi-head latent attention fields",
+                self.arch,
+                if self.mla.is_some() {
+                    "cannot have"
+                } else {
+                    "needs"
+                }
             )));
         }
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {

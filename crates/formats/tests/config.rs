@@ -147,6 +147,7 @@ fn smollm2() {
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             sliding_window: None,
+            mla: None,
         }
     );
 }
@@ -390,6 +391,7 @@ fn gguf_llama() {
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             sliding_window: None,
+            mla: None,
         }
     );
 

@@ -6,13 +6,15 @@
 use mm_core::{Device, Error, KvDType, Result, RowKind, StepInputs, Tensor, WeightData};
 use mm_formats::{ModelConfig, WeightSource};
 
-use crate::layers::{Attention, AttentionOptions, Linear, LinearObserver, Mlp, RmsNorm, Rope};
+use crate::layers::{
+    AttentionOptions, Linear, LinearObserver, MlaForm, Mlp, RmsNorm, Rope, SelfAttention,
+};
 use crate::{KvCache, PagedKv, Step};
 
 /// One decoder layer.
 pub struct DecoderLayer {
     pub attn_norm: RmsNorm,
-    pub attn: Attention,
+    pub attn: SelfAttention,
     pub ffn_norm: RmsNorm,
     pub ffn: Mlp,
 }
@@ -75,7 +77,7 @@ impl DecoderModel {
                     cfg.rms_norm_eps,
                     device,
                 )?,
-                attn: Attention::load(src, &format!("{p}.self_attn"), &cfg, opt, device)?,
+                attn: SelfAttention::load(src, &format!("{p}.self_attn"), &cfg, opt, device)?,
                 ffn_norm: RmsNorm::load(
                     src,
                     &format!("{p}.post_attention_layernorm.weight"),
@@ -120,9 +122,22 @@ impl DecoderModel {
             &self.device,
             c.num_layers,
             capacity.min(c.max_position_embeddings).max(1),
-            c.num_kv_heads * c.head_dim,
+            self.kv_widths(),
             dtype,
         )
+    }
+
+    /// Values a token's cache row holds per layer: `(keys, values)`; kv
+    /// heads × head dim each, or for multi-head latent attention the latent
+    /// and rotated key, and no values.
+    pub fn kv_widths(&self) -> (usize, usize) {
+        self.config.kv_widths()
+    }
+
+    /// Bytes of KV cache one token takes over every layer in `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: KvDType) -> usize {
+        let (k, v) = self.kv_widths();
+        self.config.num_layers * (k + v) * dtype.bytes()
     }
 
     /// The KV element type of this model's backend by default (f16; f32 on
@@ -145,7 +160,7 @@ impl DecoderModel {
             c.num_layers,
             num_blocks,
             block_size,
-            c.num_kv_heads * c.head_dim,
+            self.kv_widths(),
             dtype,
         )
     }
@@ -313,12 +328,21 @@ impl DecoderModel {
         self.layers
             .iter_mut()
             .flat_map(|l| {
-                let [q, k, v, o] = l.attn.linears_mut();
-                let [g, u, d] = l.ffn.linears_mut();
-                [q, k, v, o, g, u, d]
+                let mut v = l.attn.linears_mut();
+                v.extend(l.ffn.linears_mut());
+                v
             })
             .chain(std::iter::once(&mut self.lm_head))
             .find(|lin| lin.name() == name)
+    }
+
+    /// Runs every multi-head latent attention layer in `form` (the default,
+    /// [`MlaForm::Auto`], expands prompt rows and absorbs generated ones);
+    /// nothing for other attention.
+    pub fn set_mla_form(&mut self, form: MlaForm) {
+        for l in &mut self.layers {
+            l.attn.set_mla_form(form);
+        }
     }
 
     /// Decoder layer `l`.

@@ -1,7 +1,9 @@
 //! The paged key/value cache and the inputs of one forward step.
 //!
 //! [`PagedKv`] holds one key and one value [`KvStore`] per layer on the
-//! model's device, `num_blocks × block_size` slots each; which blocks a
+//! model's device, `num_blocks × block_size` slots each (a value store of
+//! width 0 when the key store is all a layer keeps: multi-head latent
+//! attention caches one latent-and-rotated-key row per token); which blocks a
 //! sequence owns is the engine's business (its block allocator), the cache
 //! only stores rows. A [`Step`] is one forward pass over the flattened
 //! tokens of many sequences: their ids, positions, the slot each token's
@@ -28,13 +30,15 @@ pub struct PagedKv {
 
 impl PagedKv {
     /// Allocates `num_blocks` blocks of `block_size` slots for `layers`
-    /// layers of `width` (kv heads × head dim) values in `dtype`.
+    /// layers of `k_width` key and `v_width` value values (kv heads × head
+    /// dim each for grouped-query attention; the latent and rotated key,
+    /// and 0, for multi-head latent attention) in `dtype`.
     pub fn new(
         device: &Device,
         layers: usize,
         num_blocks: usize,
         block_size: usize,
-        width: usize,
+        (k_width, v_width): (usize, usize),
         dtype: KvDType,
     ) -> Result<Self> {
         if num_blocks == 0 || block_size == 0 {
@@ -45,15 +49,15 @@ impl PagedKv {
         let slots = num_blocks.checked_mul(block_size).ok_or_else(|| {
             Error::Invalid(format!("{num_blocks} KV blocks of {block_size} overflow"))
         })?;
-        let mk = || -> Result<Vec<KvStore>> {
+        let mk = |width| -> Result<Vec<KvStore>> {
             (0..layers)
                 .map(|_| device.kv_store(slots, width, dtype))
                 .collect()
         };
         Ok(Self {
             id: mm_core::unique_id(),
-            k: mk()?,
-            v: mk()?,
+            k: mk(k_width)?,
+            v: mk(v_width)?,
             block_size,
             num_blocks,
         })
@@ -77,8 +81,13 @@ impl PagedKv {
 
     /// Bytes one block takes over every layer, keys and values.
     pub fn bytes_per_block(&self) -> usize {
-        let w = self.k.first().map_or(0, |s| s.width());
-        2 * self.k.len() * self.block_size * w * self.dtype().bytes()
+        self.block_size * self.bytes_per_token()
+    }
+
+    /// Bytes one token's keys and values take over every layer.
+    pub fn bytes_per_token(&self) -> usize {
+        let w = |s: &[KvStore]| s.first().map_or(0, |s| s.width());
+        self.k.len() * (w(&self.k) + w(&self.v)) * self.dtype().bytes()
     }
 }
 
@@ -201,18 +210,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Room for `capacity` positions of `layers` layers.
+    /// Room for `capacity` positions of `layers` layers (widths as
+    /// [`PagedKv::new`]).
     pub fn new(
         device: &Device,
         layers: usize,
         capacity: usize,
-        kv_width: usize,
+        widths: (usize, usize),
         dtype: KvDType,
     ) -> Result<Self> {
         let bs = DEFAULT_BLOCK_SIZE;
         let blocks = capacity.div_ceil(bs).max(1);
         Ok(Self {
-            paged: PagedKv::new(device, layers, blocks, bs, kv_width, dtype)?,
+            paged: PagedKv::new(device, layers, blocks, bs, widths, dtype)?,
             table: (0..blocks as u32).collect(),
             len: 0,
             capacity,

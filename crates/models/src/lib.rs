@@ -1,13 +1,18 @@
 //! Model architectures, built from shared layers.
 //!
 //! `layers/` holds the building blocks (linear op over any weight format,
-//! RMSNorm, rotary embedding, attention, MLP); `decoder.rs` the pre-norm
-//! decoder stack; each architecture file (`llama.rs`, `mistral.rs`,
-//! `qwen2.rs`, `qwen3.rs`) says how its checkpoints fill that stack.
+//! RMSNorm, rotary embedding, grouped-query and multi-head latent
+//! attention, MLP); `decoder.rs` the pre-norm decoder stack; each
+//! architecture file (`llama.rs`, `mistral.rs`, `qwen2.rs`, `qwen3.rs`,
+//! `deepseek_v2.rs`, `deepseek_v3.rs`, `glm4_moe_lite.rs`) says how its
+//! checkpoints fill that stack.
 //! Model code runs every op through [`mm_core::Device`] and never names a
 //! backend.
 
 pub mod decoder;
+pub mod deepseek_v2;
+pub mod deepseek_v3;
+pub mod glm4_moe_lite;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
@@ -21,7 +26,7 @@ use mm_formats::{Arch, WeightSource};
 
 pub use decoder::{DecoderModel, WeightSummary};
 pub use kv_cache::{KvCache, PagedKv, Step, DEFAULT_BLOCK_SIZE};
-pub use layers::LinearObserver;
+pub use layers::{LinearObserver, MlaForm};
 
 /// Builds the model described by `src.config()` on `device`;
 /// `progress(done, total)` is called as layers load.
@@ -35,5 +40,8 @@ pub fn load_model(
         Arch::Mistral => mistral::build(src, device, progress),
         Arch::Qwen2 => qwen2::build(src, device, progress),
         Arch::Qwen3 => qwen3::build(src, device, progress),
+        Arch::DeepseekV2 => deepseek_v2::build(src, device, progress),
+        Arch::DeepseekV3 => deepseek_v3::build(src, device, progress),
+        Arch::Glm4MoeLite => glm4_moe_lite::build(src, device, progress),
     }
 }

@@ -126,6 +126,9 @@ arch_test!(llama_linear_rope_scaling, "llama-linear-rope");
 arch_test!(mistral, "mistral");
 arch_test!(qwen2_qkv_bias, "qwen2");
 arch_test!(qwen3_qk_norm_head_dim, "qwen3");
+arch_test!(deepseek_v2_mla_no_q_lora, "deepseek-v2");
+arch_test!(deepseek_v3_mla_yarn, "deepseek-v3-yarn");
+arch_test!(glm4_moe_lite_mla_interleaved, "glm4-moe-lite");
 
 /// The same weights with the pre-v5 `rope_theta`/`rope_scaling` config keys.
 #[test]

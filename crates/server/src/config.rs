@@ -104,12 +104,7 @@ impl EngineOptions {
         let num_blocks = match self.kv {
             KvBudget::Blocks(n) => n,
             KvBudget::Bytes(b) => {
-                let per_block = 2
-                    * c.num_layers
-                    * c.num_kv_heads
-                    * c.head_dim
-                    * self.block_size
-                    * self.kv_dtype.bytes();
+                let per_block = model.kv_bytes_per_token(self.kv_dtype) * self.block_size;
                 (b / per_block.max(1) as u64) as usize
             }
         };

@@ -41,7 +41,7 @@ pub fn exp(x: f32) -> f32 {
 
 /// Runs `body` compiled for the widest vector unit this CPU has.
 #[inline(always)]
-fn dispatch<T>(body: impl FnOnce() -> T) -> T {
+pub(crate) fn dispatch<T>(body: impl FnOnce() -> T) -> T {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2,fma")]

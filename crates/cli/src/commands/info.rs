@@ -19,6 +19,23 @@ pub fn run(a: InfoArgs) -> Result<()> {
         "heads / kv heads:  {} / {} (head_dim {})",
         c.num_heads, c.num_kv_heads, c.head_dim
     );
+    if let Some(m) = &c.mla {
+        println!(
+            "latent attention:  q_lora {:?}, kv_lora {}, qk {} + {} rope, v {}, interleaved RoPE {}",
+            m.q_lora_rank,
+            m.kv_lora_rank,
+            m.qk_nope_head_dim,
+            m.qk_rope_head_dim,
+            m.v_head_dim,
+            m.rope_interleave
+        );
+    }
+    let (kw, vw) = c.kv_widths();
+    println!(
+        "KV cache:          {} values per token and layer, {} bytes per token in f16",
+        kw + vw,
+        c.num_layers * (kw + vw) * 2
+    );
     println!("vocab size:        {}", c.vocab_size);
     println!("context length:    {}", c.max_position_embeddings);
     println!(

@@ -74,8 +74,14 @@ impl Block {
                 model.num_layers()
             ))
         })?;
-        let (n, kv, dim, window) = layer.attn.shape();
-        let (qn, kn) = layer.attn.head_norms();
+        let attn = layer.attn.gqa().ok_or_else(|| {
+            Error::Invalid(
+                "tuning supports grouped-query attention only, not multi-head latent attention"
+                    .into(),
+            )
+        })?;
+        let (n, kv, dim, window) = attn.shape();
+        let (qn, kn) = attn.head_norms();
         let head_norms = match (qn, kn) {
             (Some(q), Some(k)) => Some((q.weight().to_vec()?, k.weight().to_vec()?, q.eps())),
             (None, None) => None,
@@ -85,7 +91,7 @@ impl Block {
                 ))
             }
         };
-        let lin = layer.attn.linears();
+        let lin = attn.linears();
         let [b0, b1, b2] = [0, 1, 2].map(|i| lin[i].bias.as_ref().map(|b| b.to_vec()).transpose());
         let bias = [b0?, b1?, b2?];
         if lin[3].bias.is_some() {

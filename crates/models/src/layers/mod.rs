@@ -2,15 +2,20 @@
 
 pub mod attention;
 pub mod linear;
+pub mod mla;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
+pub mod self_attention;
+mod yarn;
 
 pub use attention::{Attention, AttentionOptions};
 pub use linear::{Linear, LinearObserver};
+pub use mla::{Mla, MlaForm};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rope::Rope;
+pub use self_attention::SelfAttention;
 
 use mm_core::Tensor;
 

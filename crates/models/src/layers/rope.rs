@@ -1,5 +1,5 @@
 //! Rotary embedding frequencies, with the scaling schemes of the configs we
-//! load (linear, llama3, GGUF per-frequency factors). Formulas follow
+//! load (linear, llama3, YaRN, GGUF per-frequency factors). Formulas follow
 //! transformers' `modeling_rope_utils`, in f32.
 
 use mm_core::{Device, Error, Result, Tensor};
@@ -8,6 +8,8 @@ use mm_formats::{ModelConfig, RopeScaling};
 pub struct Rope {
     inv_freq: Vec<f32>,
     head_dim: usize,
+    /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+    attention_factor: f32,
 }
 
 impl Rope {
@@ -16,8 +18,12 @@ impl Rope {
         let mut inv: Vec<f32> = (0..d / 2)
             .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / d as f32))
             .collect();
+        let mut attention_factor = 1.0;
         match &cfg.rope_scaling {
             None => {}
+            Some(y @ RopeScaling::Yarn { .. }) => {
+                attention_factor = super::yarn::apply(y, cfg.rope_theta, d, &mut inv);
+            }
             Some(RopeScaling::Linear { factor }) => inv.iter_mut().for_each(|f| *f /= factor),
             Some(RopeScaling::Llama3 {
                 factor,
@@ -52,12 +58,24 @@ impl Rope {
         Ok(Self {
             inv_freq: inv,
             head_dim: d,
+            attention_factor,
         })
     }
 
     /// Rotates every head of `x[n, heads*head_dim]` by its row's position.
     pub fn forward(&self, x: &Tensor, positions: &[u32], device: &Device) -> Result<Tensor> {
-        device.rope(x, self.head_dim, positions, &self.inv_freq, 1.0)
+        device.rope(
+            x,
+            self.head_dim,
+            positions,
+            &self.inv_freq,
+            self.attention_factor,
+        )
+    }
+
+    /// The factor cos and sin are multiplied by (YaRN; 1 otherwise).
+    pub fn attention_factor(&self) -> f32 {
+        self.attention_factor
     }
 
     pub fn inv_freq(&self) -> &[f32] {

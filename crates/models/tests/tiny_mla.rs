@@ -1,0 +1,183 @@
+//! Multi-head latent attention against transformers, beyond the per-arch
+//! checks of `tiny_models.rs`: both forms (expanded and absorbed) forced on
+//! every row, on the prompt and one token at a time (each decode step's
+//! logits against transformers' logits of that position), the compressed
+//! cache's size, and a checkpoint with MoE layers refused by name.
+//! Fixtures: DeepSeek-V2 (no q_lora, complex RoPE pairs), DeepSeek-V3
+//! (YaRN with mscale, rotate-half RoPE), GLM-4.7-Flash (interleaved RoPE,
+//! biases, v wider than q/k), made by `scripts/make_fixtures.py`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mm_backend_cpu::CpuBackend;
+use mm_core::{Device, KvDType, Result, WeightData};
+use mm_formats::{open_source, ModelConfig, WeightSource};
+use mm_models::{load_model, npy::read_npy, DecoderModel, MlaForm};
+
+const MLA: [&str; 3] = ["deepseek-v2", "deepseek-v3-yarn", "glm4-moe-lite"];
+const FORMS: [MlaForm; 3] = [MlaForm::Auto, MlaForm::Expanded, MlaForm::Absorbed];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny")
+        .join(name)
+}
+
+fn device(exact: bool) -> Device {
+    let b: Arc<dyn mm_core::Backend> = Arc::new(if exact {
+        CpuBackend::exact()
+    } else {
+        CpuBackend::new()
+    });
+    Device::new(b.clone(), b)
+}
+
+fn load(name: &str, dev: &Device) -> DecoderModel {
+    let src = open_source(&fixture(name)).unwrap();
+    load_model(src.as_ref(), dev, &|_, _| {}).unwrap()
+}
+
+fn reference(name: &str) -> (serde_json::Value, Vec<f32>, usize) {
+    let d = fixture(name);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
+    let (shape, logits) = read_npy(&d.join("logits.npy")).unwrap();
+    (r, logits, shape[1])
+}
+
+fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// max |Δ| / max |want|.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    err / max_ref
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
+}
+
+/// The prompt's logits in one forward pass and one token at a time (every
+/// row but the first a generated row), in each form, exact and default:
+/// within 1e-3 (exact) and 2e-3 (default, f16 cache) of transformers.
+#[test]
+fn both_forms_match_transformers_on_the_prompt_and_step_by_step() {
+    for name in MLA {
+        let (r, want, vocab) = reference(name);
+        let input = ids(&r, "input_ids");
+        for (exact, tol) in [(true, 1e-3), (false, 2e-3)] {
+            let mut model = load(name, &device(exact));
+            for form in FORMS {
+                model.set_mla_form(form);
+                let mut cache = model.new_cache(256).unwrap();
+                let got = model
+                    .forward(&input, &mut cache, true)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap();
+                let e_prompt = rel_err(&got, &want);
+                let mut cache = model.new_cache(256).unwrap();
+                let mut steps = Vec::with_capacity(want.len());
+                for &id in &input {
+                    let l = model.forward(&[id], &mut cache, false).unwrap();
+                    steps.extend(l.to_vec().unwrap());
+                }
+                let e_steps = rel_err(&steps, &want);
+                eprintln!(
+                    "{name} exact={exact} {form:?}: prompt {e_prompt:.2e}, steps {e_steps:.2e} (vocab {vocab})"
+                );
+                assert!(
+                    e_prompt <= tol && e_steps <= tol,
+                    "{name} exact={exact} {form:?}: prompt {e_prompt:.2e}, steps {e_steps:.2e} > {tol:.0e}"
+                );
+            }
+        }
+    }
+}
+
+/// The 16-token greedy continuation is transformers' in every form.
+#[test]
+fn greedy_continuations_match_in_every_form() {
+    for name in MLA {
+        let (r, _, _) = reference(name);
+        let (prompt, expect) = (ids(&r, "greedy_prompt"), ids(&r, "greedy_ids"));
+        let mut model = load(name, &device(true));
+        for form in FORMS {
+            model.set_mla_form(form);
+            let mut cache = model.new_cache(256).unwrap();
+            let mut logits = model.forward(&prompt, &mut cache, false).unwrap();
+            let mut out = Vec::new();
+            for _ in 0..expect.len() {
+                let next = argmax(&logits.to_vec().unwrap());
+                out.push(next);
+                logits = model.forward(&[next], &mut cache, false).unwrap();
+            }
+            assert_eq!(out, expect, "{name} {form:?}");
+        }
+    }
+}
+
+/// The cache keeps the latent and the rotated key per token and layer,
+/// nothing else: (kv_lora_rank + qk_rope_head_dim) values, no value store.
+#[test]
+fn the_cache_holds_only_latent_and_rotated_key() {
+    for name in MLA {
+        let model = load(name, &device(true));
+        let c = &model.config;
+        let m = c.mla.unwrap();
+        assert_eq!(model.kv_widths(), (m.kv_lora_rank + m.qk_rope_head_dim, 0));
+        let per_token = c.num_layers * m.cache_width() * 2;
+        assert_eq!(model.kv_bytes_per_token(KvDType::F16), per_token);
+        let paged = model.new_paged(4, 16, KvDType::F16).unwrap();
+        assert_eq!(paged.bytes_per_token(), per_token);
+        assert_eq!(paged.bytes_per_block(), 16 * per_token);
+        // Expanded keys and values would take heads × (qk + v) per layer.
+        let expanded = c.num_layers * c.num_heads * (m.qk_head_dim() + m.v_head_dim) * 2;
+        assert!(per_token < expanded, "{name}: {per_token} vs {expanded}");
+        eprintln!("{name}: {per_token} KV bytes/token in f16 (expanded K/V: {expanded})");
+    }
+}
+
+/// A fixture's weights plus a router tensor in layer 1: what a checkpoint
+/// with an MoE layer looks like to the loader.
+struct WithRouter(Box<dyn WeightSource>);
+
+impl WeightSource for WithRouter {
+    fn config(&self) -> &ModelConfig {
+        self.0.config()
+    }
+    fn tensor(&self, name: &str) -> Result<WeightData> {
+        self.0.tensor(name)
+    }
+    fn contains(&self, name: &str) -> bool {
+        name == "model.layers.1.mlp.gate.weight" || self.0.contains(name)
+    }
+}
+
+#[test]
+fn moe_layers_are_refused_by_name() {
+    for name in MLA {
+        let src = WithRouter(open_source(&fixture(name)).unwrap());
+        let e = match load_model(&src, &device(true), &|_, _| {}) {
+            Ok(_) => panic!("{name}: an MoE layer must be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("layer 1 is a mixture-of-experts layer") && e.contains("not supported yet"),
+            "{e}"
+        );
+    }
+}
