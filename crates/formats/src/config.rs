@@ -3,6 +3,9 @@
 use mm_core::{Error, Result};
 use serde_json::{json, Map, Value};
 
+mod moe;
+pub use moe::{GroupScore, MoeConfig, MoeScoring};
+
 /// Architectures metal-marlin implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -14,6 +17,13 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: per-head q/k RMSNorm, explicit head_dim.
     Qwen3,
+    /// Qwen3-MoE: Qwen3 attention, softmax-routed experts.
+    Qwen3Moe,
+    /// Mixtral: Mistral attention, softmax top-2 experts.
+    Mixtral,
+    /// GLM-4.5/4.6/4.7: GQA with partial rotary, sigmoid-routed experts
+    /// with correction bias, groups and a shared expert.
+    Glm4Moe,
 }
 
 /// RoPE frequency scaling.
@@ -56,6 +66,11 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// Sliding-window attention span (Mistral v0.1); None = full attention.
     pub sliding_window: Option<usize>,
+    /// Rotary width of each head when only its first dimensions rotate
+    /// (`partial_rotary_factor`, GLM); None: the whole head.
+    pub rotary_dim: Option<usize>,
+    /// Routed experts (MoE architectures).
+    pub moe: Option<MoeConfig>,
 }
 
 /// HF class name, HF `model_type`, architecture.
@@ -64,6 +79,9 @@ const HF_ARCHS: &[(&str, &str, Arch)] = &[
     ("MistralForCausalLM", "mistral", Arch::Mistral),
     ("Qwen2ForCausalLM", "qwen2", Arch::Qwen2),
     ("Qwen3ForCausalLM", "qwen3", Arch::Qwen3),
+    ("Qwen3MoeForCausalLM", "qwen3_moe", Arch::Qwen3Moe),
+    ("MixtralForCausalLM", "mixtral", Arch::Mixtral),
+    ("Glm4MoeForCausalLM", "glm4_moe", Arch::Glm4Moe),
 ];
 
 /// GGUF `general.architecture` values we load.
@@ -371,7 +389,7 @@ impl ModelConfig {
         };
 
         let sliding_window = match arch {
-            Arch::Mistral => o.usize_opt("sliding_window")?,
+            Arch::Mistral | Arch::Mixtral => o.usize_opt("sliding_window")?,
             _ if o.bool_opt("use_sliding_window")? == Some(true) => {
                 return Err(cfg_err(
                     "use_sliding_window = true is not supported for this architecture",
@@ -384,11 +402,13 @@ impl ModelConfig {
             _ => o.bool_opt("attention_bias")?.unwrap_or(false),
         };
 
+        let num_layers = o.usize_req("num_hidden_layers")?;
+        let rotary_dim = moe::hf_rotary_dim(&o, arch, head_dim)?;
         let cfg = ModelConfig {
             arch,
             hidden_size,
             intermediate_size: o.usize_req("intermediate_size")?,
-            num_layers: o.usize_req("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -399,10 +419,16 @@ impl ModelConfig {
             max_position_embeddings: o.usize_req("max_position_embeddings")?,
             tie_word_embeddings: o.bool_opt("tie_word_embeddings")?.unwrap_or(false),
             attention_bias,
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: match arch {
+                Arch::Qwen3 | Arch::Qwen3Moe => true,
+                Arch::Glm4Moe => o.bool_opt("use_qk_norm")?.unwrap_or(false),
+                _ => false,
+            },
             bos_token_id: o.u32_opt("bos_token_id")?,
             eos_token_ids,
             sliding_window,
+            rotary_dim,
+            moe: moe::from_hf(&o, arch, num_layers)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -479,10 +505,11 @@ impl ModelConfig {
             [one] => put("eos_token_id", json!(one)),
             many => put("eos_token_id", json!(many)),
         }
-        if self.arch == Arch::Mistral {
+        if matches!(self.arch, Arch::Mistral | Arch::Mixtral) {
             put("sliding_window", json!(self.sliding_window));
         }
         put("torch_dtype", json!("float16"));
+        moe::to_hf(self, &mut m);
         Value::Object(m)
     }
 
@@ -663,6 +690,8 @@ impl ModelConfig {
             bos_token_id,
             eos_token_ids,
             sliding_window: None,
+            rotary_dim: None,
+            moe: None,
         };
         cfg.validate().map_err(|e| match e {
             Error::Config(m) => fail(format!("model config: {m}")),
@@ -711,6 +740,7 @@ impl ModelConfig {
                 self.rope_theta
             )));
         }
+        moe::validate(self)?;
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {
                 return Err(cfg_err(format!(

@@ -8,7 +8,9 @@ pub mod safetensors;
 pub mod source;
 pub mod writer;
 
-pub use config::{Arch, ModelConfig, RopeScaling, FREQ_FACTORS_ROPE_TYPE};
+pub use config::{
+    Arch, GroupScore, ModelConfig, MoeConfig, MoeScoring, RopeScaling, FREQ_FACTORS_ROPE_TYPE,
+};
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
 pub use safetensors::SafetensorsSet;
 pub use source::{

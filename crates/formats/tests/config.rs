@@ -147,6 +147,8 @@ fn smollm2() {
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             sliding_window: None,
+            rotary_dim: None,
+            moe: None,
         }
     );
 }
@@ -390,6 +392,8 @@ fn gguf_llama() {
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             sliding_window: None,
+            rotary_dim: None,
+            moe: None,
         }
     );
 
