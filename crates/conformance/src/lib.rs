@@ -11,6 +11,9 @@ use mm_core::{KvDType, PagedBatch, PagedParams, SeqSpan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub mod moe;
+pub use moe::check_moe_experts;
+
 /// How far a backend may be from the reference.
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerance {

@@ -4,6 +4,7 @@ pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod matmul;
+pub mod moe;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
