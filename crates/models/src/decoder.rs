@@ -6,7 +6,7 @@
 use mm_core::{Device, Error, KvDType, Result, RowKind, StepInputs, Tensor, WeightData};
 use mm_formats::{ModelConfig, WeightSource};
 
-use crate::layers::{Attention, AttentionOptions, Linear, LinearObserver, Mlp, RmsNorm, Rope};
+use crate::layers::{Attention, AttentionOptions, Ffn, Linear, LinearObserver, RmsNorm, Rope};
 use crate::{KvCache, PagedKv, Step};
 
 /// One decoder layer.
@@ -14,7 +14,7 @@ pub struct DecoderLayer {
     pub attn_norm: RmsNorm,
     pub attn: Attention,
     pub ffn_norm: RmsNorm,
-    pub ffn: Mlp,
+    pub ffn: Ffn,
 }
 
 /// Sizes of a model's weights, as stored (quantized bytes, not the form a
@@ -25,8 +25,9 @@ pub struct WeightSummary {
     pub bytes: usize,
     /// Parameters, a tied embedding counted once.
     pub params: usize,
-    /// Stored bytes one decoded token reads: every layer, the final norm,
-    /// the LM head and one embedding row.
+    /// Stored bytes one decoded token reads: every layer (of a MoE layer
+    /// its router, shared experts and `top_k` average routed experts), the
+    /// final norm, the LM head and one embedding row.
     pub bytes_per_token: usize,
 }
 
@@ -83,7 +84,7 @@ impl DecoderModel {
                     cfg.rms_norm_eps,
                     device,
                 )?,
-                ffn: Mlp::load(src, &format!("{p}.mlp"), e, cfg.intermediate_size, device)?,
+                ffn: Ffn::load(src, &p, i, &cfg, device)?,
             });
         }
         progress(cfg.num_layers, cfg.num_layers);
@@ -313,9 +314,8 @@ impl DecoderModel {
         self.layers
             .iter_mut()
             .flat_map(|l| {
-                let [q, k, v, o] = l.attn.linears_mut();
-                let [g, u, d] = l.ffn.linears_mut();
-                [q, k, v, o, g, u, d]
+                let (attn, ffn) = (&mut l.attn, &mut l.ffn);
+                attn.linears_mut().into_iter().chain(ffn.linears_mut())
             })
             .chain(std::iter::once(&mut self.lm_head))
             .find(|lin| lin.name() == name)
@@ -340,11 +340,14 @@ impl DecoderModel {
     pub fn weight_summary(&self) -> WeightSummary {
         let add = |a: (usize, usize), b: (usize, usize)| (a.0 + b.0, a.1 + b.1);
         let mut body = self.norm.size();
+        // What a token skips: the experts it is not routed to.
+        let mut unread = 0;
         for l in &self.layers {
             body = add(body, l.attn_norm.size());
             body = add(body, l.attn.size());
             body = add(body, l.ffn_norm.size());
             body = add(body, l.ffn.size());
+            unread += l.ffn.size().0 - l.ffn.token_bytes();
         }
         let head = self.lm_head.size();
         let embed = (self.embed.stored_bytes(), self.embed.numel());
@@ -357,12 +360,13 @@ impl DecoderModel {
         WeightSummary {
             bytes,
             params,
-            bytes_per_token: body.0 + head.0 + embed.0 / rows,
+            bytes_per_token: body.0 - unread + head.0 + embed.0 / rows,
         }
     }
 
     /// Every linear layer in forward order: per decoder layer q, k, v, o,
-    /// gate, up, down; then the LM head (named `model.embed_tokens.weight`
+    /// then gate, up, down (a MoE layer: its router, each expert's gate, up
+    /// and down, its shared experts'); then the LM head (named `model.embed_tokens.weight`
     /// when tied to the embeddings).
     pub fn linears(&self) -> Vec<&Linear> {
         let mut v: Vec<&Linear> = Vec::with_capacity(self.layers.len() * 7 + 1);

@@ -3,18 +3,22 @@
 //! `layers/` holds the building blocks (linear op over any weight format,
 //! RMSNorm, rotary embedding, attention, MLP); `decoder.rs` the pre-norm
 //! decoder stack; each architecture file (`llama.rs`, `mistral.rs`,
-//! `qwen2.rs`, `qwen3.rs`) says how its checkpoints fill that stack.
+//! `qwen2.rs`, `qwen3.rs`, `qwen3_moe.rs`, `mixtral.rs`, `glm4_moe.rs`)
+//! says how its checkpoints fill that stack.
 //! Model code runs every op through [`mm_core::Device`] and never names a
 //! backend.
 
 pub mod decoder;
+pub mod glm4_moe;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
 pub mod mistral;
+pub mod mixtral;
 pub mod npy;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
 
 use mm_core::{Device, Result};
 use mm_formats::{Arch, WeightSource};
@@ -35,5 +39,8 @@ pub fn load_model(
         Arch::Mistral => mistral::build(src, device, progress),
         Arch::Qwen2 => qwen2::build(src, device, progress),
         Arch::Qwen3 => qwen3::build(src, device, progress),
+        Arch::Qwen3Moe => qwen3_moe::build(src, device, progress),
+        Arch::Mixtral => mixtral::build(src, device, progress),
+        Arch::Glm4Moe => glm4_moe::build(src, device, progress),
     }
 }

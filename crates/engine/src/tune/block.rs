@@ -74,6 +74,11 @@ impl Block {
                 model.num_layers()
             ))
         })?;
+        if layer.ffn.as_mlp().is_none() || model.rope().rotary_dim() != model.config.head_dim {
+            return Err(Error::Invalid(format!(
+                "tuning supports dense MLP layers with full-width RoPE; layer {l} has a mixture of experts or partial RoPE"
+            )));
+        }
         let (n, kv, dim, window) = layer.attn.shape();
         let (qn, kn) = layer.attn.head_norms();
         let head_norms = match (qn, kn) {

@@ -1,14 +1,20 @@
 //! Layers shared by every architecture.
 
 pub mod attention;
+pub mod ffn;
 pub mod linear;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
+mod partial_rope;
 pub mod rope;
+pub mod router;
 
 pub use attention::{Attention, AttentionOptions};
+pub use ffn::Ffn;
 pub use linear::{Linear, LinearObserver};
 pub use mlp::Mlp;
+pub use moe::{Moe, MoeNames};
 pub use norm::RmsNorm;
 pub use rope::Rope;
 
