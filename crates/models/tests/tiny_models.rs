@@ -126,6 +126,11 @@ arch_test!(llama_linear_rope_scaling, "llama-linear-rope");
 arch_test!(mistral, "mistral");
 arch_test!(qwen2_qkv_bias, "qwen2");
 arch_test!(qwen3_qk_norm_head_dim, "qwen3");
+arch_test!(qwen3_moe_softmax_top2, "qwen3-moe");
+arch_test!(qwen3_moe_renorm_sparse_step, "qwen3-moe-renorm");
+arch_test!(mixtral_moe, "mixtral");
+arch_test!(glm4_moe_groups_bias_shared, "glm4-moe");
+arch_test!(glm4_moe_plain_two_shared, "glm4-moe-plain");
 
 /// The same weights with the pre-v5 `rope_theta`/`rope_scaling` config keys.
 #[test]

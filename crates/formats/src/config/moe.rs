@@ -77,7 +77,14 @@ pub(super) fn from_hf(o: &Obj, arch: Arch, num_layers: usize) -> Result<Option<M
                 return Err(cfg_err("field 'decoder_sparse_step' must be positive"));
             }
             let dense = layer_list(o, "mlp_only_layers", num_layers)?;
-            let num_experts = o.usize_req("num_experts")?;
+            // transformers 5 writes `num_local_experts`, released
+            // checkpoints `num_experts`.
+            let num_experts = match o.usize_opt("num_experts")? {
+                Some(e) => e,
+                None => o.usize_opt("num_local_experts")?.ok_or_else(|| {
+                    cfg_err("missing field 'num_experts' (or 'num_local_experts')")
+                })?,
+            };
             MoeConfig {
                 num_experts,
                 experts_per_token: o.usize_req("num_experts_per_tok")?,
