@@ -44,6 +44,9 @@ pub struct DecoderModel {
     /// The LM head is the embedding table.
     tied: bool,
     rope: Rope,
+    /// A decode step reads nothing back to the host mid-step (no MoE
+    /// routing, no partial RoPE), so a backend may record and replay it.
+    replayable: bool,
 }
 
 impl DecoderModel {
@@ -94,9 +97,13 @@ impl DecoderModel {
         } else {
             Linear::load(src, "lm_head", v, e, false, device)?
         };
+        let rope = Rope::new(&cfg)?;
+        let replayable =
+            rope.rotary_dim() == cfg.head_dim && layers.iter().all(|l| l.ffn.as_mlp().is_some());
         Ok(Self {
             norm: RmsNorm::load(src, "model.norm.weight", e, cfg.rms_norm_eps, device)?,
-            rope: Rope::new(&cfg)?,
+            rope,
+            replayable,
             id: mm_core::unique_id(),
             device: device.clone(),
             config: cfg,
@@ -175,7 +182,11 @@ impl DecoderModel {
         // logits) reads nothing but its inputs that changes from step to
         // step: the backend may replay a recording of it.
         let n = step.ids.len();
-        let decode = step.batch.seqs.iter().all(|s| s.q_len == 1)
+        // MoE routing and partial RoPE read device results on the host
+        // mid-step, which a recording would not redo: such models never
+        // take that path.
+        let decode = self.replayable
+            && step.batch.seqs.iter().all(|s| s.q_len == 1)
             && step.kinds.iter().all(|&k| k == RowKind::Generated)
             && step.logits_rows.len() == n
             && step.logits_rows.iter().enumerate().all(|(i, &r)| i == r);
