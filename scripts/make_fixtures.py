@@ -3,8 +3,9 @@
 
 What it produces
 ----------------
-tests/fixtures/tiny/<name>/            (10 tiny random-weight models, one per feature; the MLA ones
-                                       are defined in scripts/mla_fixtures.py)
+tests/fixtures/tiny/<name>/            (15 tiny random-weight models, one per feature; the 5
+                                       mixture-of-experts ones are specified in moe_fixtures.py,
+                                       the 3 MLA ones in scripts/mla_fixtures.py)
     config.json                        as transformers 5 writes it (rope_parameters style)
     generation_config.json             as transformers 5 writes it
     model.safetensors                  weights in bfloat16
@@ -93,6 +94,8 @@ import numpy as np
 import torch
 
 import transformers
+
+import moe_fixtures
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -302,13 +305,17 @@ def make_tiny(name, seed, config, n_tokens, out_root: Path):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
                                                  attn_implementation="eager")
         n_norm, n_bias = randomize_params(model, gen)
+        n_corr = moe_fixtures.randomize(model, gen)
         model.to(torch.bfloat16)
         probe = copy.deepcopy(model).to(torch.float32).eval()  # == reloading the bf16 file as f32
-        _, margins = greedy_nocache(probe, greedy_prompt, 16)
-        if min(margins) >= MIN_GREEDY_MARGIN:
+        g_ids, margins = greedy_nocache(probe, greedy_prompt, 16)
+        if min(margins) >= MIN_GREEDY_MARGIN and (
+                not moe_fixtures.is_moe(probe)
+                or moe_fixtures.routing_ok(probe, [input_ids, greedy_prompt + g_ids])):
             break
     else:
-        raise RuntimeError(f"{name}: no seed with greedy margin >= {MIN_GREEDY_MARGIN}")
+        raise RuntimeError(f"{name}: no seed with greedy margin >= {MIN_GREEDY_MARGIN}"
+                           " (and router margin, for MoE models)")
     model.save_pretrained(d)
 
     # reload the saved bf16 weights as float32
@@ -357,6 +364,8 @@ def make_tiny(name, seed, config, n_tokens, out_root: Path):
         "greedy_min_margin": min(margins),
         "eos_disabled": True,
         "randomized": {"rmsnorm_weights": n_norm, "linear_biases": n_bias},
+        **({"routing": moe_fixtures.routing_stats(model, input_ids),
+            "randomized_correction_biases": n_corr} if moe_fixtures.is_moe(model) else {}),
         "tolerance": "max|dlogit| <= 1e-3 * max_abs_logit; greedy_ids identical",
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
@@ -571,7 +580,8 @@ def main():
     args = ap.parse_args()
 
     torch.use_deterministic_algorithms(True)
-    for name, (seed, cfg, n) in tiny_specs().items():
+    specs = {**tiny_specs(), **moe_fixtures.moe_specs(COMMON)}
+    for name, (seed, cfg, n) in specs.items():
         if args.skip_tiny:
             break
         if args.only and name not in args.only:

@@ -9,7 +9,8 @@ pub mod pool;
 mod prepared;
 
 use mm_core::backend::{Backend, Op, RowKind};
-use mm_core::{KvStore, PagedBatch, PagedParams, Result, Tensor, WeightData, WeightFormat};
+use mm_core::{KvStore, MoeExperts, MoeRoute, PagedBatch, PagedParams, Result, Tensor};
+use mm_core::{WeightData, WeightFormat};
 
 pub use ops::matmul::ActPrecision;
 pub use prepared::{dense_f32, il_prepared, mm_prepared};
@@ -178,6 +179,25 @@ impl Backend for CpuBackend {
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         ops::activation::add(a, b)
+    }
+
+    fn supports_moe(&self, _format: WeightFormat) -> bool {
+        true
+    }
+
+    /// Tokens grouped by expert, each expert's rows through
+    /// [`Backend::matmul_rows`] (`ops::moe`): every format and precision of
+    /// the linear layers, batch-invariant as they are.
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &MoeExperts<'_>,
+        route: &MoeRoute<'_>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        ops::moe::moe_experts(x, experts, route, kinds, &|x, w, k| {
+            self.matmul_rows(x, w, None, k)
+        })
     }
 
     fn write_kv(&self, store: &mut KvStore, slots: &[u32], src: &Tensor) -> Result<()> {

@@ -13,6 +13,8 @@ use rand::{Rng, SeedableRng};
 
 mod mla;
 pub use mla::{check_gather_kv, check_head_matmul};
+pub mod moe;
+pub use moe::check_moe_experts;
 
 /// How far a backend may be from the reference.
 #[derive(Clone, Copy, Debug)]

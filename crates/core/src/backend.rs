@@ -9,6 +9,7 @@
 //! `h`/`hkv` query/key-value heads of width `d`.
 
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
+use crate::moe::{MoeExperts, MoeRoute};
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// Ops a backend may or may not implement.
@@ -172,6 +173,36 @@ pub trait Backend: Send + Sync {
 
     /// `a + b`, elementwise, same shapes.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// Whether [`Backend::moe_experts`] runs here for expert weights of
+    /// `format`. Not an [`Op`] (backends written before it match `Op`
+    /// exhaustively); default: no, and [`crate::Device`] runs it on the CPU.
+    fn supports_moe(&self, format: WeightFormat) -> bool {
+        let _ = format;
+        false
+    }
+
+    /// The routed experts of a MoE layer over the flattened rows
+    /// `x[n, hidden]`, grouped by expert (one pass per projection over every
+    /// expert some token chose, not a call per expert):
+    /// `y[t] = Σ_j weights[t,j] · down_e(silu(gate_e(x_t)) · up_e(x_t))`
+    /// with `e = ids[t,j]`, summed in `j` order; `[n, hidden]`. Row `i` is of
+    /// kind `kinds[i]` and, as for [`Backend::matmul_rows`], gets the same
+    /// arithmetic in any batch. Default: an error (see
+    /// [`Backend::supports_moe`]).
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &MoeExperts<'_>,
+        route: &MoeRoute<'_>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        let _ = (x, experts, route, kinds);
+        Err(crate::Error::Invalid(format!(
+            "moe_experts is not implemented by the {} backend",
+            self.name()
+        )))
+    }
 
     /// Runs `body`: one decode step's forward pass, whose ops read nothing
     /// that changes between steps of `inputs.key` and the same row count

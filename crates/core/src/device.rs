@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, Op, RowKind, StepInputs};
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
+use crate::moe::{MoeExperts, MoeRoute};
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// The backend a model runs on, with CPU fallback.
@@ -199,6 +200,26 @@ impl Device {
             None => self.primary.add(a, b),
             Some(cpu) => self.back(cpu.add(&a.to_host()?, &b.to_host()?)?),
         }
+    }
+
+    /// [`Backend::moe_experts`] on the primary backend when it takes every
+    /// expert's format, else on the CPU.
+    pub fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &MoeExperts<'_>,
+        route: &MoeRoute<'_>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        let all = experts.gate.iter().chain(&experts.up).chain(&experts.down);
+        if all.clone().all(|w| self.primary.supports_moe(w.format)) {
+            return self.primary.moe_experts(x, experts, route, kinds);
+        }
+        tracing::trace!(
+            backend = self.primary.name(),
+            "moe_experts falls back to cpu"
+        );
+        self.back(self.cpu.moe_experts(&x.to_host()?, experts, route, kinds)?)
     }
 
     /// [`Backend::run_step`] of the primary backend.

@@ -15,6 +15,7 @@ pub mod device;
 pub mod error;
 pub mod host_pool;
 pub mod kv;
+pub mod moe;
 pub mod tensor;
 pub mod weight;
 
@@ -23,5 +24,6 @@ pub use bytes::HostBytes;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use kv::{KvDType, KvStorage, KvStore, PagedBatch, PagedParams, SeqSpan};
+pub use moe::{MoeExperts, MoeRoute};
 pub use tensor::{Storage, Tensor};
 pub use weight::{WeightData, WeightFormat};

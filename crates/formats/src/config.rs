@@ -5,6 +5,8 @@ use serde_json::{json, Map, Value};
 
 mod mla;
 pub use mla::{is_mla, yarn_get_mscale, MlaConfig};
+mod moe;
+pub use moe::{GroupScore, MoeConfig, MoeScoring};
 
 /// Architectures metal-marlin implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,13 @@ pub enum Arch {
     DeepseekV3,
     /// GLM-4.7-Flash: multi-head latent attention (DeepSeek-V3's).
     Glm4MoeLite,
+    /// Qwen3-MoE: Qwen3 attention, softmax-routed experts.
+    Qwen3Moe,
+    /// Mixtral: Mistral attention, softmax top-2 experts.
+    Mixtral,
+    /// GLM-4.5/4.6/4.7: GQA with partial rotary, sigmoid-routed experts
+    /// with correction bias, groups and a shared expert.
+    Glm4Moe,
 }
 
 /// RoPE frequency scaling.
@@ -80,6 +89,11 @@ pub struct ModelConfig {
     /// Multi-head latent attention (DeepSeek-V2/V3, GLM-4.7-Flash); its
     /// `head_dim` is `qk_rope_head_dim`, the width RoPE rotates.
     pub mla: Option<MlaConfig>,
+    /// Rotary width of each head when only its first dimensions rotate
+    /// (`partial_rotary_factor`, GLM); None: the whole head.
+    pub rotary_dim: Option<usize>,
+    /// Routed experts (MoE architectures).
+    pub moe: Option<MoeConfig>,
 }
 
 /// HF class name, HF `model_type`, architecture.
@@ -91,6 +105,9 @@ const HF_ARCHS: &[(&str, &str, Arch)] = &[
     ("DeepseekV2ForCausalLM", "deepseek_v2", Arch::DeepseekV2),
     ("DeepseekV3ForCausalLM", "deepseek_v3", Arch::DeepseekV3),
     ("Glm4MoeLiteForCausalLM", "glm4_moe_lite", Arch::Glm4MoeLite),
+    ("Qwen3MoeForCausalLM", "qwen3_moe", Arch::Qwen3Moe),
+    ("MixtralForCausalLM", "mixtral", Arch::Mixtral),
+    ("Glm4MoeForCausalLM", "glm4_moe", Arch::Glm4Moe),
 ];
 
 /// GGUF `general.architecture` values we load.
@@ -407,7 +424,7 @@ impl ModelConfig {
         };
 
         let sliding_window = match arch {
-            Arch::Mistral => o.usize_opt("sliding_window")?,
+            Arch::Mistral | Arch::Mixtral => o.usize_opt("sliding_window")?,
             _ if o.bool_opt("use_sliding_window")? == Some(true) => {
                 return Err(cfg_err(
                     "use_sliding_window = true is not supported for this architecture",
@@ -420,11 +437,13 @@ impl ModelConfig {
             _ => o.bool_opt("attention_bias")?.unwrap_or(false),
         };
 
+        let num_layers = o.usize_req("num_hidden_layers")?;
+        let rotary_dim = moe::hf_rotary_dim(&o, arch, head_dim)?;
         let cfg = ModelConfig {
             arch,
             hidden_size,
             intermediate_size: o.usize_req("intermediate_size")?,
-            num_layers: o.usize_req("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -435,11 +454,17 @@ impl ModelConfig {
             max_position_embeddings: o.usize_req("max_position_embeddings")?,
             tie_word_embeddings: o.bool_opt("tie_word_embeddings")?.unwrap_or(false),
             attention_bias,
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: match arch {
+                Arch::Qwen3 | Arch::Qwen3Moe => true,
+                Arch::Glm4Moe => o.bool_opt("use_qk_norm")?.unwrap_or(false),
+                _ => false,
+            },
             bos_token_id: o.u32_opt("bos_token_id")?,
             eos_token_ids,
             sliding_window,
             mla,
+            rotary_dim,
+            moe: moe::from_hf(&o, arch, num_layers)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -517,13 +542,14 @@ impl ModelConfig {
             [one] => put("eos_token_id", json!(one)),
             many => put("eos_token_id", json!(many)),
         }
-        if self.arch == Arch::Mistral {
+        if matches!(self.arch, Arch::Mistral | Arch::Mixtral) {
             put("sliding_window", json!(self.sliding_window));
         }
         if let Some(c) = &self.mla {
             mla::put_json(&mut put, self.arch, c);
         }
         put("torch_dtype", json!("float16"));
+        moe::to_hf(self, &mut m);
         Value::Object(m)
     }
 
@@ -705,6 +731,8 @@ impl ModelConfig {
             eos_token_ids,
             sliding_window: None,
             mla: None,
+            rotary_dim: None,
+            moe: None,
         };
         cfg.validate().map_err(|e| match e {
             Error::Config(m) => fail(format!("model config: {m}")),
@@ -772,6 +800,7 @@ impl ModelConfig {
                 }
             )));
         }
+        moe::validate(self)?;
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {
                 return Err(cfg_err(format!(

@@ -9,7 +9,8 @@ pub mod source;
 pub mod writer;
 
 pub use config::{
-    is_mla, yarn_get_mscale, Arch, MlaConfig, ModelConfig, RopeScaling, FREQ_FACTORS_ROPE_TYPE,
+    is_mla, yarn_get_mscale, Arch, GroupScore, MlaConfig, ModelConfig, MoeConfig, MoeScoring,
+    RopeScaling, FREQ_FACTORS_ROPE_TYPE,
 };
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
 pub use safetensors::SafetensorsSet;

@@ -148,6 +148,8 @@ fn smollm2() {
             eos_token_ids: vec![2],
             sliding_window: None,
             mla: None,
+            rotary_dim: None,
+            moe: None,
         }
     );
 }
@@ -392,6 +394,8 @@ fn gguf_llama() {
             eos_token_ids: vec![2],
             sliding_window: None,
             mla: None,
+            rotary_dim: None,
+            moe: None,
         }
     );
 

@@ -7,7 +7,7 @@ use mm_core::{Device, Error, KvDType, Result, RowKind, StepInputs, Tensor, Weigh
 use mm_formats::{ModelConfig, WeightSource};
 
 use crate::layers::{
-    AttentionOptions, Linear, LinearObserver, MlaForm, Mlp, RmsNorm, Rope, SelfAttention,
+    AttentionOptions, Ffn, Linear, LinearObserver, MlaForm, RmsNorm, Rope, SelfAttention,
 };
 use crate::{KvCache, PagedKv, Step};
 
@@ -16,7 +16,7 @@ pub struct DecoderLayer {
     pub attn_norm: RmsNorm,
     pub attn: SelfAttention,
     pub ffn_norm: RmsNorm,
-    pub ffn: Mlp,
+    pub ffn: Ffn,
 }
 
 /// Sizes of a model's weights, as stored (quantized bytes, not the form a
@@ -27,8 +27,9 @@ pub struct WeightSummary {
     pub bytes: usize,
     /// Parameters, a tied embedding counted once.
     pub params: usize,
-    /// Stored bytes one decoded token reads: every layer, the final norm,
-    /// the LM head and one embedding row.
+    /// Stored bytes one decoded token reads: every layer (of a MoE layer
+    /// its router, shared experts and `top_k` average routed experts), the
+    /// final norm, the LM head and one embedding row.
     pub bytes_per_token: usize,
 }
 
@@ -45,6 +46,9 @@ pub struct DecoderModel {
     /// The LM head is the embedding table.
     tied: bool,
     rope: Rope,
+    /// A decode step reads nothing back to the host mid-step (no MoE
+    /// routing, no partial RoPE), so a backend may record and replay it.
+    replayable: bool,
 }
 
 impl DecoderModel {
@@ -85,7 +89,7 @@ impl DecoderModel {
                     cfg.rms_norm_eps,
                     device,
                 )?,
-                ffn: Mlp::load(src, &format!("{p}.mlp"), e, cfg.intermediate_size, device)?,
+                ffn: Ffn::load(src, &p, i, &cfg, device)?,
             });
         }
         progress(cfg.num_layers, cfg.num_layers);
@@ -95,9 +99,17 @@ impl DecoderModel {
         } else {
             Linear::load(src, "lm_head", v, e, false, device)?
         };
+        let rope = Rope::new(&cfg)?;
+        // Layers that read results back to the host mid-step (MoE routing,
+        // partial RoPE, MLA's column slicing) cannot be recorded for replay.
+        let replayable = rope.rotary_dim() == cfg.head_dim
+            && layers
+                .iter()
+                .all(|l| l.ffn.as_mlp().is_some() && l.attn.gqa().is_some());
         Ok(Self {
             norm: RmsNorm::load(src, "model.norm.weight", e, cfg.rms_norm_eps, device)?,
-            rope: Rope::new(&cfg)?,
+            rope,
+            replayable,
             id: mm_core::unique_id(),
             device: device.clone(),
             config: cfg,
@@ -189,7 +201,11 @@ impl DecoderModel {
         // logits) reads nothing but its inputs that changes from step to
         // step: the backend may replay a recording of it.
         let n = step.ids.len();
-        let decode = step.batch.seqs.iter().all(|s| s.q_len == 1)
+        // MoE routing and partial RoPE read device results on the host
+        // mid-step, which a recording would not redo: such models never
+        // take that path.
+        let decode = self.replayable
+            && step.batch.seqs.iter().all(|s| s.q_len == 1)
             && step.kinds.iter().all(|&k| k == RowKind::Generated)
             && step.logits_rows.len() == n
             && step.logits_rows.iter().enumerate().all(|(i, &r)| i == r);
@@ -364,11 +380,14 @@ impl DecoderModel {
     pub fn weight_summary(&self) -> WeightSummary {
         let add = |a: (usize, usize), b: (usize, usize)| (a.0 + b.0, a.1 + b.1);
         let mut body = self.norm.size();
+        // What a token skips: the experts it is not routed to.
+        let mut unread = 0;
         for l in &self.layers {
             body = add(body, l.attn_norm.size());
             body = add(body, l.attn.size());
             body = add(body, l.ffn_norm.size());
             body = add(body, l.ffn.size());
+            unread += l.ffn.size().0 - l.ffn.token_bytes();
         }
         let head = self.lm_head.size();
         let embed = (self.embed.stored_bytes(), self.embed.numel());
@@ -381,12 +400,13 @@ impl DecoderModel {
         WeightSummary {
             bytes,
             params,
-            bytes_per_token: body.0 + head.0 + embed.0 / rows,
+            bytes_per_token: body.0 - unread + head.0 + embed.0 / rows,
         }
     }
 
     /// Every linear layer in forward order: per decoder layer q, k, v, o,
-    /// gate, up, down; then the LM head (named `model.embed_tokens.weight`
+    /// then gate, up, down (a MoE layer: its router, each expert's gate, up
+    /// and down, its shared experts'); then the LM head (named `model.embed_tokens.weight`
     /// when tied to the embeddings).
     pub fn linears(&self) -> Vec<&Linear> {
         let mut v: Vec<&Linear> = Vec::with_capacity(self.layers.len() * 7 + 1);

@@ -129,6 +129,11 @@ arch_test!(qwen3_qk_norm_head_dim, "qwen3");
 arch_test!(deepseek_v2_mla_no_q_lora, "deepseek-v2");
 arch_test!(deepseek_v3_mla_yarn, "deepseek-v3-yarn");
 arch_test!(glm4_moe_lite_mla_interleaved, "glm4-moe-lite");
+arch_test!(qwen3_moe_softmax_top2, "qwen3-moe");
+arch_test!(qwen3_moe_renorm_sparse_step, "qwen3-moe-renorm");
+arch_test!(mixtral_moe, "mixtral");
+arch_test!(glm4_moe_groups_bias_shared, "glm4-moe");
+arch_test!(glm4_moe_plain_two_shared, "glm4-moe-plain");
 
 /// The same weights with the pre-v5 `rope_theta`/`rope_scaling` config keys.
 #[test]

@@ -43,6 +43,29 @@ pub fn run(a: InfoArgs) -> Result<()> {
         c.rope_theta, c.rope_scaling
     );
     println!("tied embeddings:   {}", c.tie_word_embeddings);
+    if let Some(r) = c.rotary_dim {
+        println!("rotary dims:       {r} of {} per head", c.head_dim);
+    }
+    if let Some(m) = &c.moe {
+        let sparse = m.sparse_layers.iter().filter(|s| **s).count();
+        println!(
+            "experts:           {} routed (top-{}, width {}), {} shared; {sparse} of {} layers sparse",
+            m.num_experts, m.experts_per_token, m.expert_intermediate_size, m.shared_experts, c.num_layers
+        );
+        println!(
+            "routing:           {:?}{}, groups {} (top {}), renormalised {}, scaling {}",
+            m.scoring,
+            if m.correction_bias {
+                " + correction bias"
+            } else {
+                ""
+            },
+            m.n_group,
+            m.topk_group,
+            m.norm_topk_prob,
+            m.routed_scaling_factor
+        );
+    }
     if let Some(q) = src.quantization() {
         println!(
             "quantization:      {} ({}), {} override(s), {} unquantized weight(s)",

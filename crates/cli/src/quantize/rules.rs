@@ -228,9 +228,19 @@ impl Recipe {
     }
 }
 
-/// Whether a tensor is a linear layer's weight, quantized by default.
+/// Whether a tensor is a linear layer's weight, quantized by default:
+/// `*_proj.weight`, and Mixtral's experts (`*.experts.N.w1.weight`, `w2`,
+/// `w3`). MoE routers (`*.gate.weight`) stay in a float dtype: their
+/// logits pick the experts.
 pub fn is_linear_weight(name: &str, shape: &[usize]) -> bool {
-    shape.len() == 2 && name.ends_with("_proj.weight")
+    let mixtral_expert = || {
+        let mut parts = name.rsplit('.');
+        matches!(parts.next(), Some("weight"))
+            && matches!(parts.next(), Some("w1" | "w2" | "w3"))
+            && parts.next().is_some_and(|n| n.parse::<usize>().is_ok())
+            && parts.next() == Some("experts")
+    };
+    shape.len() == 2 && (name.ends_with("_proj.weight") || mixtral_expert())
 }
 
 /// The target of tensor `name` of `shape`: its default by kind, then every
@@ -324,6 +334,11 @@ mod tests {
         ];
         let sh = [8usize, 128];
         assert_eq!(resolve("x.q_proj.weight", &sh, d, &[]).0, q("int4", 128));
+        let expert = "model.layers.0.block_sparse_moe.experts.7.w2.weight";
+        assert_eq!(resolve(expert, &sh, d, &[]).0, q("int4", 128));
+        let router = "model.layers.0.block_sparse_moe.gate.weight";
+        assert_eq!(resolve(router, &sh, d, &[]).0, Target::Dense(Dense::Source));
+        assert!(!is_linear_weight("model.layers.0.mlp.w2.weight", &sh));
         assert_eq!(
             resolve("model.embed_tokens.weight", &sh, d, &[]).0,
             Target::Dense(Dense::Source)

@@ -80,6 +80,11 @@ impl Block {
                     .into(),
             )
         })?;
+        if layer.ffn.as_mlp().is_none() || model.rope().rotary_dim() != model.config.head_dim {
+            return Err(Error::Invalid(format!(
+                "tuning supports dense MLP layers with full-width RoPE; layer {l} has a mixture of experts or partial RoPE"
+            )));
+        }
         let (n, kv, dim, window) = attn.shape();
         let (qn, kn) = attn.head_norms();
         let head_norms = match (qn, kn) {

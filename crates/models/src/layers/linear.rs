@@ -81,6 +81,20 @@ impl Linear {
         self.observer = observer;
     }
 
+    /// Whether an observer is installed.
+    pub fn has_observer(&self) -> bool {
+        self.observer.is_some()
+    }
+
+    /// Shows `x[rows, in]` to the observer, if any: for a weight another op
+    /// multiplies (grouped experts), with the rows it multiplies.
+    pub fn observe(&self, x: &Tensor) -> Result<()> {
+        match &self.observer {
+            Some(observe) => observe(&self.name, x),
+            None => Ok(()),
+        }
+    }
+
     /// Replaces the weight by one of the same shape in any format (prepared
     /// for `device` here, as at load).
     pub fn set_weight(&mut self, weight: WeightData, device: &Device) -> Result<()> {

@@ -1,18 +1,24 @@
 //! Layers shared by every architecture.
 
 pub mod attention;
+pub mod ffn;
 pub mod linear;
 pub mod mla;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
+mod partial_rope;
 pub mod rope;
+pub mod router;
 pub mod self_attention;
 mod yarn;
 
 pub use attention::{Attention, AttentionOptions};
+pub use ffn::Ffn;
 pub use linear::{Linear, LinearObserver};
 pub use mla::{Mla, MlaForm};
 pub use mlp::Mlp;
+pub use moe::{Moe, MoeNames};
 pub use norm::RmsNorm;
 pub use rope::Rope;
 pub use self_attention::SelfAttention;

@@ -10,11 +10,14 @@ pub struct Rope {
     head_dim: usize,
     /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
     attention_factor: f32,
+    /// Leading dimensions of each head that rotate (`head_dim` unless the
+    /// config's `rotary_dim` says fewer).
+    rotary_dim: usize,
 }
 
 impl Rope {
     pub fn new(cfg: &ModelConfig) -> Result<Self> {
-        let d = cfg.head_dim;
+        let d = cfg.rotary_dim.unwrap_or(cfg.head_dim);
         let mut inv: Vec<f32> = (0..d / 2)
             .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / d as f32))
             .collect();
@@ -57,13 +60,25 @@ impl Rope {
         }
         Ok(Self {
             inv_freq: inv,
-            head_dim: d,
+            head_dim: cfg.head_dim,
+            rotary_dim: d,
             attention_factor,
         })
     }
 
-    /// Rotates every head of `x[n, heads*head_dim]` by its row's position.
+    /// Rotates every head of `x[n, heads*head_dim]` by its row's position
+    /// (its first `rotary_dim` dimensions).
     pub fn forward(&self, x: &Tensor, positions: &[u32], device: &Device) -> Result<Tensor> {
+        if self.rotary_dim < self.head_dim {
+            return super::partial_rope::forward(
+                x,
+                (self.head_dim, self.rotary_dim),
+                positions,
+                &self.inv_freq,
+                self.attention_factor,
+                device,
+            );
+        }
         device.rope(
             x,
             self.head_dim,
@@ -76,6 +91,11 @@ impl Rope {
     /// The factor cos and sin are multiplied by (YaRN; 1 otherwise).
     pub fn attention_factor(&self) -> f32 {
         self.attention_factor
+    }
+
+    /// Leading dimensions of each head that rotate.
+    pub fn rotary_dim(&self) -> usize {
+        self.rotary_dim
     }
 
     pub fn inv_freq(&self) -> &[f32] {

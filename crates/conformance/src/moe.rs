@@ -1,0 +1,122 @@
+//! Conformance of the grouped expert op (`Backend::moe_experts`) against
+//! its scalar twin `ops::moe::moe_experts_ref`, for experts of every weight
+//! format a backend takes: dense F32/F16/BF16, every GGML block format and
+//! every metal-marlin format.
+
+use mm_backend_cpu::ops::moe::moe_experts_ref;
+use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense};
+use mm_core::{
+    Backend, HostBytes, MoeExperts, MoeRoute, Result, RowKind, WeightData, WeightFormat,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{check, mixed_kinds, randv, up, Tolerance};
+
+/// Hidden and intermediate width: whole 256-blocks (K-quants) and whole
+/// groups of every metal-marlin group size.
+const WIDTH: usize = 256;
+/// Experts per set; the last is never chosen.
+const EXPERTS: usize = 4;
+
+/// One `[rows, cols]` weight of `format` (K-quants as random blocks, other
+/// GGML formats and metal-marlin formats from their reference quantizers
+/// over uniform values, dense formats random).
+pub fn moe_weight(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    rng: &mut StdRng,
+) -> Result<WeightData> {
+    use WeightFormat as F;
+    let seed = rng.gen::<u64>();
+    let bytes = match format {
+        F::F32 | F::F16 | F::BF16 => random_dense(format, rows * cols, seed),
+        F::Q2K | F::Q3K | F::Q4K | F::Q5K | F::Q6K => random_blocks(format, rows, cols, seed),
+        F::Mm(f) => {
+            let v = randv(rng, rows * cols);
+            return mm_quant::mm::quantize_rtn(&v, rows, cols, f)?.into_weight_data();
+        }
+        _ => mm_quant::ggml::quantize(format, &randv(rng, rows * cols))?,
+    };
+    WeightData::new(format, vec![rows, cols], HostBytes::owned(bytes))
+}
+
+/// Every format the check covers.
+pub fn moe_formats() -> Result<Vec<WeightFormat>> {
+    use mm_quant::mm::{MmFormat, MmKind};
+    let mut v = vec![WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16];
+    v.extend(WeightFormat::GGML_BLOCK);
+    for kind in MmKind::ALL {
+        for &g in kind.group_sizes() {
+            v.push(WeightFormat::Mm(MmFormat::new(kind, g)?));
+        }
+    }
+    Ok(v)
+}
+
+/// `moe_experts` for experts of every format in [`moe_formats`] the backend
+/// takes, decode-sized and prefill-sized steps with prompt and generated
+/// rows mixed, an expert no token chooses and one chosen by every token;
+/// dense formats within `dense_tol`, quantized ones within `quant_tol`.
+pub fn check_moe_experts(
+    b: &dyn Backend,
+    seed: u64,
+    dense_tol: Tolerance,
+    quant_tol: Tolerance,
+) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for format in moe_formats()? {
+        if !b.supports_moe(format) {
+            continue;
+        }
+        let tol = if format.is_dense() {
+            dense_tol
+        } else {
+            quant_tol
+        };
+        let mut sets: [Vec<WeightData>; 3] = Default::default();
+        for _ in 0..EXPERTS {
+            sets[0].push(moe_weight(format, WIDTH, WIDTH, &mut rng)?);
+            sets[1].push(moe_weight(format, WIDTH, WIDTH, &mut rng)?);
+            sets[2].push(moe_weight(format, WIDTH, WIDTH, &mut rng)?);
+        }
+        let experts = MoeExperts {
+            gate: sets[0].iter().collect(),
+            up: sets[1].iter().collect(),
+            down: sets[2].iter().collect(),
+        };
+        let deq = |s: &[WeightData]| -> Result<Vec<Vec<f32>>> {
+            s.iter().map(mm_quant::dequantize_ref).collect()
+        };
+        let (g, u, d) = (deq(&sets[0])?, deq(&sets[1])?, deq(&sets[2])?);
+        // 40 rows: expert 0 gets every token, so its batch takes the
+        // prefill path of the CPU's default precision (from 24 rows).
+        for n in [1usize, 5, 40] {
+            let top_k = 2;
+            let mut ids = Vec::with_capacity(n * top_k);
+            let mut weights = Vec::with_capacity(n * top_k);
+            for _ in 0..n {
+                let other = rng.gen_range(1..EXPERTS as u32 - 1);
+                ids.extend([0, other]);
+                weights.extend([rng.gen_range(0.1f32..1.0), rng.gen_range(0.1f32..1.0)]);
+            }
+            let x = randv(&mut rng, n * WIDTH);
+            let route = MoeRoute {
+                top_k,
+                ids: &ids,
+                weights: &weights,
+            };
+            let kinds: Vec<RowKind> = mixed_kinds(n);
+            let out =
+                b.moe_experts(&up(b, vec![n, WIDTH], x.clone())?, &experts, &route, &kinds)?;
+            let reference = moe_experts_ref(&x, &g, &u, &d, &ids, &weights, WIDTH, WIDTH, top_k);
+            let label = match format {
+                WeightFormat::Mm(f) => format!("{} g{}", format.name(), f.group),
+                _ => format.name().to_string(),
+            };
+            check(&format!("moe_experts {label} n={n}"), &out, &reference, tol)?;
+        }
+    }
+    Ok(())
+}
