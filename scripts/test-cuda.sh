@@ -14,7 +14,8 @@
 #   scripts/test-cuda.sh quick   # on the GPU machine, in about two minutes:
 #                                # the GPU conformance checks, the batched
 #                                # engine, the kernel table (no peers) and
-#                                # the end-to-end checks on four models
+#                                # the end-to-end checks on eight models
+#                                # (dense, MoE and MLA ones among them)
 #   scripts/test-cuda.sh model [1b|8b]
 #                                # on the GPU machine: a random Llama-shape
 #                                # model made by transformers; our GPU logits
@@ -73,11 +74,13 @@ run | quick)
     if [ "$1" = quick ]; then
         # A first look in a short call: the GPU checks of the suite (not
         # the two-architecture compile of every kernel), the batched
-        # engine, the kernel table without its peers, four models below.
+        # engine, the kernel table without its peers, eight models below.
         "$B/test-conformance" --test-threads=1 cuda_
         "$B/test-cuda_batch" --test-threads=1
         "$B/qmatmul_bench" --quick
-        models=(tests/fixtures/tiny/llama/ tests/fixtures/tiny/qwen3/)
+        models=(tests/fixtures/tiny/llama/ tests/fixtures/tiny/qwen3/
+            tests/fixtures/tiny/qwen3-moe/ tests/fixtures/tiny/glm4-moe/
+            tests/fixtures/tiny/glm4-moe-lite/ tests/fixtures/tiny/deepseek-v3-yarn/)
         formats=(int4)
     else
         for t in "$B"/test-*; do
