@@ -1,4 +1,5 @@
-"""Tiny mixture-of-experts fixtures for make_fixtures.py (Qwen3-MoE, Mixtral, GLM-4-MoE).
+"""Tiny mixture-of-experts fixtures for make_fixtures.py (Qwen3-MoE, Mixtral, GLM-4-MoE; the
+MoE layers of the MLA fixtures of mla_fixtures.py go through the same checks).
 
 Made exactly as the dense tiny models (same script, same steps; see make_fixtures.py), plus:
 
@@ -104,16 +105,23 @@ def randomize(model, gen: torch.Generator) -> int:
 
 
 def _choice(router, x: torch.Tensor):
-    """(choice scores with groups masked, group scores or None, top_k, topk_group)."""
+    """(choice scores with groups masked, group scores or None, top_k, topk_group).
+
+    Softmax routers group only under DeepSeek-V2's `group_limited_greedy` (a group scores its
+    best expert); sigmoid routers (GLM, DeepSeek-V3) score a group by its best two."""
     logits = torch.nn.functional.linear(x.float(), router.weight.float())
     bias = getattr(router, "e_score_correction_bias", None)
     if bias is None:
-        return torch.softmax(logits, -1), None, router.top_k, None
-    s = logits.sigmoid() + bias.float()
-    g = router.num_group
-    if g == 1:
+        s = torch.softmax(logits, -1)
+        grouped = getattr(router, "topk_method", None) == "group_limited_greedy"
+    else:
+        s = logits.sigmoid() + bias.float()
+        grouped = True
+    g = getattr(router, "num_group", None) or 1
+    if not grouped or g == 1:
         return s, None, router.top_k, None
-    gs = s.view(-1, g, s.shape[-1] // g).topk(2, dim=-1)[0].sum(-1)
+    per = s.view(-1, g, s.shape[-1] // g)
+    gs = per.max(dim=-1).values if bias is None else per.topk(2, dim=-1)[0].sum(-1)
     keep = torch.zeros_like(gs).scatter_(1, gs.topk(router.topk_group, dim=-1)[1], 1)
     mask = keep.unsqueeze(-1).expand(-1, g, s.shape[-1] // g).reshape(s.shape).bool()
     return s.masked_fill(~mask, float("-inf")), gs, router.top_k, router.topk_group

@@ -136,6 +136,8 @@ fn deepseek_v2_without_q_lora() {
     v["architectures"] = json!(["DeepseekV2ForCausalLM"]);
     v["q_lora_rank"] = Value::Null;
     v["rope_interleave"] = json!(false);
+    // V2 has no default top-k (V3's config has 8): its MoE layers need one.
+    v["num_experts_per_tok"] = json!(6);
     let c = parse(&v);
     assert_eq!(c.arch, Arch::DeepseekV2);
     let m = c.mla.unwrap();

@@ -1,7 +1,10 @@
 //! GLM-4.7-Flash (`Glm4MoeLiteForCausalLM`): DeepSeek-V3's multi-head
 //! latent attention (q_lora 768, kv_lora 512, qk 192 + 64, v 256) and
-//! SwiGLU feed-forwards; its MoE layers are refused until they are
-//! supported.
+//! DeepSeek-V3's routing (64 experts top-4, sigmoid + correction bias,
+//! `routed_scaling_factor` 1.8, one shared expert); the layers
+//! `mlp_layer_types` marks dense (the first) have a SwiGLU. Tensor names:
+//! [`crate::deepseek_v2::MOE_NAMES`]; the multi-token-prediction layer is
+//! not loaded.
 
 use mm_core::{Device, Result};
 use mm_formats::WeightSource;
@@ -14,6 +17,5 @@ pub fn build(
     device: &Device,
     progress: &dyn Fn(usize, usize),
 ) -> Result<DecoderModel> {
-    crate::deepseek_v2::refuse_moe(src)?;
     DecoderModel::load(src, device, AttentionOptions::default(), progress)
 }

@@ -13,12 +13,15 @@ use mm_formats::open_source;
 use mm_models::layers::Ffn;
 use mm_models::{load_model, DecoderModel, LinearObserver};
 
-const MOE: [&str; 5] = [
+const MOE: [&str; 8] = [
     "qwen3-moe",
     "qwen3-moe-renorm",
     "mixtral",
     "glm4-moe",
     "glm4-moe-plain",
+    "deepseek-v2",
+    "deepseek-v3-yarn",
+    "glm4-moe-lite",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -129,7 +132,7 @@ fn checkpoints_that_do_not_match_the_config_are_clear_errors() {
 /// the SwiGLU of those rows; the logits stay bit-identical.
 #[test]
 fn observer_sees_each_experts_tokens() {
-    for name in ["qwen3-moe", "glm4-moe"] {
+    for name in ["qwen3-moe", "glm4-moe", "deepseek-v2", "glm4-moe-lite"] {
         let mut model = load(&fixture(name)).unwrap();
         let ids: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % 320).collect();
         let run = |m: &DecoderModel| {

@@ -2,7 +2,8 @@
 //! checks of `tiny_models.rs`: both forms (expanded and absorbed) forced on
 //! every row, on the prompt and one token at a time (each decode step's
 //! logits against transformers' logits of that position), the compressed
-//! cache's size, and a checkpoint with MoE layers refused by name.
+//! cache's size, and the MoE layers (dense first layer, experts, shared
+//! experts, correction bias) loaded by name.
 //! Fixtures: DeepSeek-V2 (no q_lora, complex RoPE pairs), DeepSeek-V3
 //! (YaRN with mscale, rotate-half RoPE), GLM-4.7-Flash (interleaved RoPE,
 //! biases, v wider than q/k), made by `scripts/make_fixtures.py`.
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use mm_backend_cpu::CpuBackend;
 use mm_core::{Device, KvDType, Result, WeightData};
 use mm_formats::{open_source, ModelConfig, WeightSource};
+use mm_models::layers::Ffn;
 use mm_models::{load_model, npy::read_npy, DecoderModel, MlaForm};
 
 const MLA: [&str; 3] = ["deepseek-v2", "deepseek-v3-yarn", "glm4-moe-lite"];
@@ -151,33 +153,68 @@ fn the_cache_holds_only_latent_and_rotated_key() {
     }
 }
 
-/// A fixture's weights plus a router tensor in layer 1: what a checkpoint
-/// with an MoE layer looks like to the loader.
-struct WithRouter(Box<dyn WeightSource>);
+/// A fixture's weights without one tensor: what a checkpoint that does
+/// not match its config looks like to the loader.
+struct Without(Box<dyn WeightSource>, &'static str);
 
-impl WeightSource for WithRouter {
+impl WeightSource for Without {
     fn config(&self) -> &ModelConfig {
         self.0.config()
     }
     fn tensor(&self, name: &str) -> Result<WeightData> {
+        if name == self.1 {
+            return Err(mm_core::Error::Config(format!("no tensor {name}")));
+        }
         self.0.tensor(name)
     }
     fn contains(&self, name: &str) -> bool {
-        name == "model.layers.1.mlp.gate.weight" || self.0.contains(name)
+        name != self.1 && self.0.contains(name)
     }
 }
 
+/// The first layer is a dense MLP, the others mixture-of-experts blocks
+/// with 8 experts, the shared experts and (V3, GLM) the correction bias,
+/// grouped as the config says; a missing expert or bias tensor is an error
+/// naming it.
 #[test]
-fn moe_layers_are_refused_by_name() {
+fn moe_layers_load_with_their_routing() {
     for name in MLA {
-        let src = WithRouter(open_source(&fixture(name)).unwrap());
-        let e = match load_model(&src, &device(true), &|_, _| {}) {
-            Ok(_) => panic!("{name}: an MoE layer must be refused"),
-            Err(e) => e.to_string(),
+        let model = load(name, &device(true));
+        let m = model.config.moe.clone().unwrap();
+        assert!(!m.is_sparse(0), "{name}");
+        for l in 0..model.num_layers() {
+            let ffn = &model.layer(l).unwrap().ffn;
+            match ffn {
+                Ffn::Dense(_) => assert_eq!(l, 0, "{name}"),
+                Ffn::Moe(moe) => {
+                    assert_eq!(moe.experts().len(), 8, "{name}");
+                    assert!(moe.params().n_group > 1, "{name}");
+                    // router + 8 × 3 experts + 3 shared.
+                    assert_eq!(ffn.linears().len(), 1 + 24 + 3, "{name}");
+                }
+            }
+        }
+        let bias = name != "deepseek-v2";
+        assert_eq!(m.correction_bias, bias, "{name}");
+        let missing: &[&'static str] = if bias {
+            &[
+                "model.layers.1.mlp.experts.3.up_proj.weight",
+                "model.layers.1.mlp.gate.e_score_correction_bias",
+                "model.layers.1.mlp.shared_experts.down_proj.weight",
+            ]
+        } else {
+            &[
+                "model.layers.1.mlp.experts.3.up_proj.weight",
+                "model.layers.1.mlp.shared_experts.down_proj.weight",
+            ]
         };
-        assert!(
-            e.contains("layer 1 is a mixture-of-experts layer") && e.contains("not supported yet"),
-            "{e}"
-        );
+        for &t in missing {
+            let src = Without(open_source(&fixture(name)).unwrap(), t);
+            let e = match load_model(&src, &device(true), &|_, _| {}) {
+                Ok(_) => panic!("{name}: loaded without {t}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(t), "{name}: {e}");
+        }
     }
 }

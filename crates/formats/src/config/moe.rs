@@ -7,6 +7,11 @@
 //! | `Qwen3MoeForCausalLM` | `num_experts`, `moe_intermediate_size` | `mlp_only_layers`, `decoder_sparse_step` | softmax, `norm_topk_prob` |
 //! | `MixtralForCausalLM` | `num_local_experts`, `intermediate_size` | none | softmax, always renormalised |
 //! | `Glm4MoeForCausalLM` | `n_routed_experts`, `moe_intermediate_size`, `n_shared_experts` | `first_k_dense_replace` | sigmoid + `e_score_correction_bias`, `n_group`/`topk_group` (group score: sum of its top 2), `norm_topk_prob`, `routed_scaling_factor` |
+//! | `DeepseekV2ForCausalLM` | as GLM-4-MoE | `first_k_dense_replace` | softmax, `topk_method` greedy or `group_limited_greedy` (group score: its best), `routed_scaling_factor`, never renormalised |
+//! | `DeepseekV3ForCausalLM` | as GLM-4-MoE | `first_k_dense_replace` | as GLM-4-MoE (`noaux_tc`) |
+//! | `Glm4MoeLiteForCausalLM` | as GLM-4-MoE | `mlp_layer_types` | as GLM-4-MoE (`noaux_tc`) |
+//!
+//! The DeepSeek family's fields are read in [`deepseek`].
 //!
 //! A child of `config` so it reads JSON through the parent's [`Obj`]
 //! (messages name the field).
@@ -15,6 +20,8 @@ use mm_core::Result;
 use serde_json::{json, Map, Value};
 
 use super::{cfg_err, f32_json, Arch, ModelConfig, Obj};
+
+mod deepseek;
 
 /// How router logits become expert scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +78,12 @@ pub struct MoeConfig {
 pub(super) fn from_hf(o: &Obj, arch: Arch, num_layers: usize) -> Result<Option<MoeConfig>> {
     let c = match arch {
         Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => return Ok(None),
-        // Their MoE layers are refused at load for now
-        // (`deepseek_v2::refuse_moe`): dense layers only.
-        Arch::DeepseekV2 | Arch::DeepseekV3 | Arch::Glm4MoeLite => return Ok(None),
+        Arch::DeepseekV2 | Arch::DeepseekV3 | Arch::Glm4MoeLite => {
+            match deepseek::from_hf(o, arch, num_layers)? {
+                Some(c) => c,
+                None => return Ok(None),
+            }
+        }
         Arch::Qwen3Moe => {
             let step = o.usize_opt("decoder_sparse_step")?.unwrap_or(1);
             if step == 0 {
@@ -224,6 +234,13 @@ pub(super) fn to_hf(c: &ModelConfig, m: &mut Map<String, Value>) {
     }
     if c.arch == Arch::Glm4Moe {
         put("use_qk_norm", json!(c.qk_norm));
+    }
+    if matches!(
+        c.arch,
+        Arch::DeepseekV2 | Arch::DeepseekV3 | Arch::Glm4MoeLite
+    ) {
+        deepseek::to_hf(c, &mut put);
+        return;
     }
     let (Some(moe), arch) = (&c.moe, c.arch) else {
         return;

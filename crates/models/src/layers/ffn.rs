@@ -18,6 +18,7 @@ fn moe_names(arch: Arch) -> &'static MoeNames {
     match arch {
         Arch::Mixtral => &crate::mixtral::MOE_NAMES,
         Arch::Glm4Moe => &crate::glm4_moe::MOE_NAMES,
+        Arch::DeepseekV2 | Arch::DeepseekV3 | Arch::Glm4MoeLite => &crate::deepseek_v2::MOE_NAMES,
         _ => &crate::qwen3_moe::MOE_NAMES,
     }
 }
