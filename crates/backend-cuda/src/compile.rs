@@ -282,6 +282,8 @@ pub const TC_MATMUL: Kernel = kernel!(
     ]
 );
 pub const WRITE_KV: Kernel = kernel!("write_kv", ["write_kv_f32", "write_kv_f16"]);
+pub const GATHER_KV: Kernel = kernel!("gather_kv", ["gather_kv_f32", "gather_kv_f16"]);
+pub const HEAD_MATMUL: Kernel = kernel!("head_matmul", ["head_matmul_f32"]);
 pub const ATTENTION: Kernel = kernel!(
     "attention",
     [
@@ -298,7 +300,17 @@ pub const ATTENTION: Kernel = kernel!(
 
 /// Every kernel file of the backend (CI compiles them all).
 pub const ALL: &[Kernel] = &[
-    RMS_NORM, ACTIVATION, ROPE, EMBEDDING, MATMUL, QMATMUL, QMATMUL_Q8, TC_MATMUL, WRITE_KV,
+    RMS_NORM,
+    ACTIVATION,
+    ROPE,
+    EMBEDDING,
+    MATMUL,
+    QMATMUL,
+    QMATMUL_Q8,
+    TC_MATMUL,
+    WRITE_KV,
+    GATHER_KV,
+    HEAD_MATMUL,
     ATTENTION,
 ];
 

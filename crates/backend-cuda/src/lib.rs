@@ -133,7 +133,7 @@ impl Backend for CudaBackend {
             Op::Embedding => format.is_some_and(|f| f.is_dense() || qlayout::supports(f)),
             Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
             Op::Attention | Op::WriteKv => true,
-            Op::GatherKv | Op::HeadMatmul => false,
+            Op::GatherKv | Op::HeadMatmul => true,
         }
     }
 
@@ -217,6 +217,14 @@ impl Backend for CudaBackend {
         p: &PagedParams,
     ) -> Result<Tensor> {
         ops::attention::paged_attention(&self.rt, q, k, v, batch, p)
+    }
+
+    fn gather_kv(&self, store: &KvStore, slots: &[u32]) -> Result<Tensor> {
+        ops::gather_kv::gather_kv(&self.rt, store, slots)
+    }
+
+    fn head_matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        ops::head_matmul::head_matmul(&self.rt, x, w)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

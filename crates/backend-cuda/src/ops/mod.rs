@@ -5,6 +5,8 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod gather_kv;
+pub mod head_matmul;
 pub mod matmul;
 pub mod qmatmul;
 pub mod rms_norm;
