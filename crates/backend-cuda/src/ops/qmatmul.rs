@@ -107,11 +107,7 @@ pub fn launch(
             bias.map(|b| b.len())
         )));
     }
-    let nr = match n {
-        1 => 1,
-        2..=4 => 4,
-        _ => 8,
-    };
+    let nr = activation_rows_per_warp(n);
     let (la, lb) = q.affine.unwrap_or((0.0, 1.0));
     let name = format!(
         "qmatmul_b{}_p{}_r{R}_n{nr}{}",
@@ -137,15 +133,7 @@ pub fn launch(
         l.arg(d);
     }
     l.arg(&la).arg(&lb);
-    let cfg = LaunchConfig {
-        grid_dim: (
-            m.div_ceil(WARPS * R) as u32,
-            super::dim(n.div_ceil(nr), "matmul row groups")? as u32,
-            1,
-        ),
-        block_dim: (32 * WARPS as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = gemv_grid(m, R, n, nr)?;
     // SAFETY: codes hold m rows of kp codes, params m·kp/group entries,
     // lut 2^bits values; x, bias and y were checked above; the kernel
     // checks its row and column indices.
@@ -300,11 +288,7 @@ pub fn launch_q8(
         }
     };
     let null = 0u64;
-    let nr = match n {
-        1 => 1,
-        2..=4 => 4,
-        _ => 8,
-    };
+    let nr = activation_rows_per_warp(n);
     let name = format!("qmatmul_q8{passes}_b{}_p{}_r{r}_n{nr}", q.bits, q.mode);
     let f = rt.function(&QMATMUL_Q8, &name)?;
     let dims = [
@@ -322,7 +306,27 @@ pub fn launch_q8(
         l.arg(d);
     }
     l.arg(&la).arg(&lb);
-    let cfg = LaunchConfig {
+    let cfg = gemv_grid(m, r, n, nr)?;
+    // SAFETY: codes hold m rows of kp codes, params m·kp/group entries;
+    // the activation buffers were sized above for n rows and `passes`;
+    // bias and y were checked above; the kernel checks its indices.
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("8-bit-activation matmul", e))?;
+    Ok(())
+}
+
+/// Activation rows per warp of the decode kernels (their `NR`) for `n`.
+fn activation_rows_per_warp(n: usize) -> usize {
+    match n {
+        1 => 1,
+        2..=4 => 4,
+        _ => 8,
+    }
+}
+
+/// The decode kernels' launch: blocks of [`WARPS`] warps of `r` weight
+/// rows each over `m` rows, and `nr` activation rows per block row.
+fn gemv_grid(m: usize, r: usize, n: usize, nr: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
         grid_dim: (
             m.div_ceil(WARPS * r) as u32,
             super::dim(n.div_ceil(nr), "matmul row groups")? as u32,
@@ -330,12 +334,7 @@ pub fn launch_q8(
         ),
         block_dim: (32 * WARPS as u32, 1, 1),
         shared_mem_bytes: 0,
-    };
-    // SAFETY: codes hold m rows of kp codes, params m·kp/group entries;
-    // the activation buffers were sized above for n rows and `passes`;
-    // bias and y were checked above; the kernel checks its indices.
-    unsafe { l.launch(cfg) }.map_err(|e| driver_err("8-bit-activation matmul", e))?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]
