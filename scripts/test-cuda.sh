@@ -24,6 +24,14 @@
 #                                # then bench -p 512 -n 128 of it as bf16 and
 #                                # quantized by us to int4, and transformers
 #                                # bf16 speed, in one run
+#   scripts/test-cuda.sh moe [glm47-flash|qwen3-30b-a3b] [LAYERS]
+#                                # on the GPU machine: a MoE model at the
+#                                # widths of GLM-4.7-Flash or Qwen3-30B-A3B
+#                                # (LAYERS deep, default 8) made by
+#                                # transformers; our logits against it, its
+#                                # int4 version on the GPU against the CPU,
+#                                # bench of the int4 version, transformers
+#                                # bf16 speed
 #   scripts/test-cuda.sh profile [MODEL]
 #                                # on the GPU machine, after `model`: ncu's
 #                                # time of every kernel of 4 decode steps of
@@ -82,6 +90,10 @@ run | quick)
             tests/fixtures/tiny/qwen3-moe/ tests/fixtures/tiny/glm4-moe/
             tests/fixtures/tiny/glm4-moe-lite/ tests/fixtures/tiny/deepseek-v3-yarn/)
         formats=(int4)
+        # MoE models with quantized experts run them on the GPU (routing
+        # included); as stored (bf16) their experts run on the CPU.
+        quantized_moe="tests/fixtures/tiny/qwen3-moe tests/fixtures/tiny/mixtral
+            tests/fixtures/tiny/glm4-moe-lite tests/fixtures/tiny/deepseek-v3-yarn"
     else
         for t in "$B"/test-*; do
             echo "== $t"
@@ -89,11 +101,14 @@ run | quick)
         done
         models=(tests/fixtures/tiny/*/)
         formats=(int4 int4-asym nf4 int8 fp8 mxfp4 int3)
+        quantized_moe="tests/fixtures/tiny/qwen3-moe tests/fixtures/tiny/mixtral
+            tests/fixtures/tiny/glm4-moe tests/fixtures/tiny/glm4-moe-lite
+            tests/fixtures/tiny/deepseek-v2 tests/fixtures/tiny/deepseek-v3-yarn"
     fi
     echo "== end to end: logits on the GPU against the CPU's --exact path"
     q=$(mktemp -d)
     for f in "${formats[@]}"; do
-        for m in tests/fixtures/tiny/llama tests/fixtures/tiny/qwen3; do
+        for m in tests/fixtures/tiny/llama tests/fixtures/tiny/qwen3 $quantized_moe; do
             out="$q/$(basename "$m")-$f"
             "$B/metal-marlin" quantize "$m" --out "$out" --format "$f" --group-size 32 \
                 --group-fallback >/dev/null
@@ -161,6 +176,43 @@ model)
     MM_CUDA_GRAPHS=0 "$B/metal-marlin" bench -m "$d-int4" --device cuda -p 0 -n 128 -r 3
     python3 scripts/cuda/random_llama.py speed "$d"
     ;;
+moe)
+    export MM_CUDA_TENSOR_CORES=1 MM_CUDA_GRAPHS=1
+    shape=${2:-glm47-flash}
+    layers=${3:-8}
+    d=/tmp/mm-$shape-$layers
+    [ -d "$d" ] || python3 scripts/cuda/random_moe.py make "$d" --shape "$shape" --layers "$layers"
+    ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$d/reference.json'))['input_ids'])))")
+    [ -d "$d-int4" ] || "$B/metal-marlin" quantize "$d" --out "$d-int4" --format int4 >/dev/null
+    cp "$d/reference.json" "$d-int4/"
+    # As stored (bf16 experts run on the CPU) against transformers' f32.
+    "$B/metal-marlin" logits -m "$d" --ids "$ids" --device cuda --out /tmp/mm-moe.npy
+    python3 scripts/cuda/random_moe.py compare "$d" /tmp/mm-moe.npy
+    # int4 experts on the GPU: the prompt, then the last 8 ids as decode
+    # steps (graphs), against the CPU's exact path on the same int4 model.
+    "$B/metal-marlin" logits -m "$d-int4" --ids "$ids" --device cpu --exact --out /tmp/mm-moe-cpu.npy
+    for flags in "" "--decode 8"; do
+        "$B/metal-marlin" logits -m "$d-int4" --ids "$ids" --device cuda $flags --out /tmp/mm-moe-gpu.npy
+        python3 - <<'PY'
+import numpy as np
+a = np.load("/tmp/mm-moe-gpu.npy").astype(np.float64)
+b = np.load("/tmp/mm-moe-cpu.npy").astype(np.float64)
+def logsm(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+la, lb = logsm(a), logsm(b)
+kl = (np.exp(lb) * (lb - la)).sum(-1).mean()
+top1 = (a.argmax(-1) == b.argmax(-1)).mean()
+print(f"int4 GPU against the CPU's exact path: top-1 {top1:.0%}, mean KL {kl:.2e}")
+assert kl <= 1e-3, "GPU logits differ from the CPU's"
+PY
+    done
+    echo "== bench $d-int4"
+    "$B/metal-marlin" bench -m "$d-int4" --device cuda -p 512 -n 128 -r 3 --batch 8,32
+    echo "== bench $d-int4 decode without CUDA graphs"
+    MM_CUDA_GRAPHS=0 "$B/metal-marlin" bench -m "$d-int4" --device cuda -p 0 -n 128 -r 3
+    python3 scripts/cuda/random_moe.py speed "$d"
+    ;;
 profile)
     m=${2:-/tmp/mm-random-1b-int4}
     ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
@@ -178,7 +230,7 @@ bench)
     python3 scripts/cuda/peers.py table "${OUT:-/tmp}/qmatmul.jsonl" "${OUT:-/tmp}/peers.jsonl"
     ;;
 *)
-    echo "usage: $0 build|run|quick|model [1b|8b]|profile [MODEL]|bench [--quick]" >&2
+    echo "usage: $0 build|run|quick|model [1b|8b]|moe [SHAPE] [LAYERS]|profile [MODEL]|bench [--quick]" >&2
     exit 2
     ;;
 esac

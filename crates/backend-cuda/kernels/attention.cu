@@ -120,3 +120,7 @@ ATTENTION(attention_f16_d32, 1, 1)
 ATTENTION(attention_f16_d64, 1, 2)
 ATTENTION(attention_f16_d128, 1, 4)
 ATTENTION(attention_f16_d256, 1, 8)
+// Multi-head latent attention's absorbed form: one 576-wide head
+// (kv_lora_rank 512 + rope 64) of keys that are also the values.
+ATTENTION(attention_f32_d576, 0, 18)
+ATTENTION(attention_f16_d576, 1, 18)

@@ -4,41 +4,13 @@
 // first, as the CPU's default kernels and llama.cpp's MMVQ do. Decode rows
 // in the default mode; the exact mode keeps qmatmul.cu's f32 kernels.
 //
-// Activations (quantize_x_q8, one warp per block of 32 values): d =
-// max|x|/127, q = round-half-even(x·127/max|x|), bit for bit the CPU's
-// Q8_0 activation rounding (ops/qmatmul/q8.rs); per row kp int8 values
-// (k padded with zeros to kp, a multiple of 32) and per block of 32 one
-// int4 (d's bits, Σq of its first 16, Σq of its last 16, 0), one load.
-// For 4-bit weights (`nib`) each 8 values are stored as q0 q2 q4 q6 q1 q3
-// q5 q7, the order in which the kernel unpacks a word's nibbles.
-//
-// Weights: the GPU layout of src/qlayout.rs (see qmatmul.cu), BITS 4 or 8.
-// With W = S·c + O per group (S = s·lb, O = s·la + o), a group's part of
-// a dot product is d·(S·Σ c·q + O·Σ q): integer dot products (dp4a, four
-// byte products a cycle per lane) and the stored sums of q.
-//
-// Strategy: one warp per R (2 or 4) weight rows; a lane takes a 16-byte unit of
-// codes (32 four-bit or 16 eight-bit codes) at a time, lanes on
-// consecutive units, so each load instruction of a warp reads 512
-// consecutive bytes of a row; the next step's units are loaded before this
-// step's arithmetic. The f32 kernel (qmatmul.cu) spends five instructions
-// per 4-bit code and reads 38–45 % of the H100's bandwidth at Llama-8B
-// shapes; here a 32-bit word of eight 4-bit codes costs about eight (two
-// masks, a shift, two dp4a). Four-bit codes c0..c7 of a word sit in
-// nibbles, so (w & 0x0F0F0F0F) holds c0 c2 c4 c6 and (w >> 4 & 0x0F0F0F0F)
-// c1 c3 c5 c7, met by q stored in that order.
-// PASSES = 2 adds the second activation pass (the remainder's codes, the
-// same weight words). Up to NR activation rows per warp (blockIdx.y picks
-// the row group) share each unit's codes; `rows`, optional, lists which rows of x and y the
-// launch computes (row i of the quantized activations is rows[i]'s).
+// The quantization and the GEMV are in q8_gemv.cuh (prepended by
+// compile.rs, shared with moe.cu), which describes the layouts and the
+// strategy. `rows`, optional, lists which rows of x and y a launch
+// computes (row i of the quantized activations is rows[i]'s).
 
-#define Q8WARPS 4
-
-// One warp per block of 32 values of a row: blockIdx.y is the row. With
-// `passes` = 2 the rounding remainder x − d·q is quantized the same way
-// into a second set of outputs (pass p at p·n·kp values of xq and p·n·kp/32
-// blocks of xm): about 15-bit activations, as the CPU's default
-// (`ActPrecision::Int8Residual`).
+// One warp per block of 32 values of a row: blockIdx.y is the row (of
+// those listed in `rows`, when given).
 extern "C" __global__ void __launch_bounds__(256)
 quantize_x_q8(const float* __restrict__ x, const u32* __restrict__ rows, int n, int k, int kp,
               int passes, int nib, signed char* __restrict__ xq, int4* __restrict__ xm) {
@@ -47,129 +19,32 @@ quantize_x_q8(const float* __restrict__ x, const u32* __restrict__ rows, int n, 
     const int a = blockIdx.y;
     if (blk * 32 >= kp || a >= n) return;
     const int c = blk * 32 + lane;
-    float v = c < k ? x[(u64)(rows ? rows[a] : a) * k + c] : 0.f;
-    for (int p = 0; p < passes; p++) {
-        float amax = fabsf(v);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float d = amax / 127.f;
-        const float id = amax > 0.f ? 127.f / amax : 0.f;
-        const int q = __float2int_rn(__fmul_rn(v, id));
-        const u64 row = (u64)p * n + a;
-        const int j = lane & 7;
-        const int at = nib ? (lane & ~7) + (j & 1) * 4 + (j >> 1) : lane;
-        xq[row * kp + blk * 32 + at] = (signed char)q;
-        int s = q;
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        const int s1 = __shfl_sync(0xffffffffu, s, 16);
-        if (lane == 0) xm[row * (kp / 32) + blk] = make_int4(__float_as_int(d), s, s1, 0);
-        v = __fsub_rn(v, __fmul_rn(d, (float)q));
-    }
+    const float v = c < k ? x[(u64)(rows ? rows[a] : a) * k + c] : 0.f;
+    quantize_block_q8(v, lane, blk, a, n, kp, passes, nib, xq, xm);
 }
 
-// Σ of the four byte products of unsigned a and signed b, plus c.
-__device__ __forceinline__ int dp4a_us(u32 a, u32 b, int c) {
-    int d;
-    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
+// The rows r0 = blockIdx.y·NR.. of the quantized activations (row i is
+// x's rows[i], or i) times the warp's weight rows.
 template <int BITS, int P, int R, int NR, int PASSES>
 __device__ void qgemv_q8(const unsigned char* __restrict__ codes, const void* __restrict__ prm,
                          const signed char* __restrict__ xq, const int4* __restrict__ xm,
                          const u32* __restrict__ rows,
                          const float* __restrict__ bias, float* __restrict__ y, int n, int m,
                          int kp, int group, float la, float lb) {
-    constexpr int UC = 128 / BITS;  // codes per 16-byte unit
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
     const int j0 = (blockIdx.x * Q8WARPS + warp) * R;
     if (j0 >= m) return;
     const int r0 = blockIdx.y * NR;
     const int nr = min(NR, n - r0);
-    const int units = kp / UC;
-    const int groups = kp / group;
-    const uint4* wrow[R];
+    int xrow[NR];
+    u64 yoff[NR];
 #pragma unroll
-    for (int r = 0; r < R; r++)
-        wrow[r] = (const uint4*)(codes + (u64)min(j0 + r, m - 1) * ((u64)kp * BITS / 8));
-    float acc[R][NR];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int a = 0; a < NR; a++) acc[r][a] = 0.f;
-    uint4 next[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) next[r] = lane < units ? __ldg(wrow[r] + lane) : make_uint4(0, 0, 0, 0);
-    for (int u0 = 0; u0 < units; u0 += 32) {
-        const int u = u0 + lane;
-        uint4 cur[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            cur[r] = next[r];
-            next[r] = u + 32 < units ? __ldg(wrow[r] + u + 32) : make_uint4(0, 0, 0, 0);
-        }
-        if (u >= units) continue;
-        const int c0 = u * UC;
-        float S[R], O[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float s, o;
-            group_params<P>(prm, (u64)min(j0 + r, m - 1) * groups + c0 / group, s, o);
-            S[r] = s * lb;
-            O[r] = fmaf(s, la, o);
-        }
-#pragma unroll
-        for (int a = 0; a < NR; a++) {
-            if (a >= nr) break;
-#pragma unroll
-            for (int p = 0; p < PASSES; p++) {
-                const u64 row = (u64)p * n + r0 + a;
-                const int4 meta = xm[row * (kp / 32) + c0 / 32];
-                const float d = __int_as_float(meta.x);
-                const float qs =
-                    (float)(BITS == 4 ? meta.y + meta.z : (c0 & 16) ? meta.z : meta.y);
-                const uint4* xp = (const uint4*)(xq + row * kp + c0);
-                int dot[R];
-#pragma unroll
-                for (int r = 0; r < R; r++) dot[r] = 0;
-                if (BITS == 4) {
-                    const uint4 xa = xp[0], xb = xp[1];
-                    const u32 xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-#pragma unroll
-                        for (int r = 0; r < R; r++) {
-                            const u32 w = i == 0 ? cur[r].x : i == 1 ? cur[r].y : i == 2 ? cur[r].z : cur[r].w;
-                            dot[r] = dp4a_us(w & 0x0F0F0F0Fu, xw[2 * i], dot[r]);
-                            dot[r] = dp4a_us((w >> 4) & 0x0F0F0F0Fu, xw[2 * i + 1], dot[r]);
-                        }
-                    }
-                } else {
-                    const uint4 xa = xp[0];
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        dot[r] = dp4a_us(cur[r].x, xa.x, dot[r]);
-                        dot[r] = dp4a_us(cur[r].y, xa.y, dot[r]);
-                        dot[r] = dp4a_us(cur[r].z, xa.z, dot[r]);
-                        dot[r] = dp4a_us(cur[r].w, xa.w, dot[r]);
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                    acc[r][a] = fmaf(d, fmaf(S[r], (float)dot[r], O[r] * qs), acc[r][a]);
-            }
-        }
+    for (int a = 0; a < NR; a++) {
+        xrow[a] = r0 + a;
+        yoff[a] = a < nr ? (u64)(rows ? rows[r0 + a] : r0 + a) * m : 0;
     }
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int a = 0; a < NR; a++) {
-            const float v = warp_sum(acc[r][a]);
-            if (lane == 0 && a < nr && j0 + r < m)
-                y[(u64)(rows ? rows[r0 + a] : r0 + a) * m + j0 + r] =
-                    v + (bias ? bias[j0 + r] : 0.f);
-        }
+    q8_rows<BITS, P, R, NR, PASSES>(codes, prm, j0, m, kp, group, la, lb, xq, xm, n, xrow, nr,
+                                    bias, y, yoff);
 }
 
 // qmatmul_q8<PASSES>_b<BITS>_p<P>_r<R>_n<NR>: R weight rows per warp (2 or

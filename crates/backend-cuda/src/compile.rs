@@ -23,9 +23,14 @@ pub struct Kernel {
     /// Compiled one function at a time (`MM_ONLY`, see the prelude): for
     /// files of many template instances, of which a model uses a few.
     pub split: bool,
+    /// Device code shared with other files (a `kernels/*.cuh`), placed
+    /// between the prelude and the file.
+    pub head: &'static str,
 }
 
 const PRELUDE: &str = include_str!("../kernels/prelude.cuh");
+/// The 8-bit-activation GEMV of `qmatmul_q8.cu` and `moe.cu`.
+const Q8_GEMV: &str = include_str!("../kernels/q8_gemv.cuh");
 
 macro_rules! kernel {
     ($name:literal, [$($f:literal),* $(,)?]) => {
@@ -34,12 +39,19 @@ macro_rules! kernel {
             src: include_str!(concat!("../kernels/", $name, ".cu")),
             functions: &[$($f),*],
             split: false,
+            head: "",
         }
     };
     (split $name:literal, [$($f:literal),* $(,)?]) => {
         Kernel {
             split: true,
             ..kernel!($name, [$($f),*])
+        }
+    };
+    (split $name:literal, head $head:expr, [$($f:literal),* $(,)?]) => {
+        Kernel {
+            head: $head,
+            ..kernel!(split $name, [$($f),*])
         }
     };
 }
@@ -138,6 +150,7 @@ pub const QMATMUL: Kernel = kernel!(
 /// rows and activation rows per warp.
 pub const QMATMUL_Q8: Kernel = kernel!(
     split "qmatmul_q8",
+    head Q8_GEMV,
     [
         "quantize_x_q8",
         "qmatmul_q81_b4_p0_r2_n1",
@@ -262,6 +275,39 @@ pub const QMATMUL_Q8: Kernel = kernel!(
         "qmatmul_q82_b8_p4_r4_n8",
     ]
 );
+/// The routed experts of a MoE layer: routing, pair layout, the
+/// 8-bit-activation expert GEMVs per passes, code bits and parameter mode,
+/// the gated activation and the weighted sum.
+pub const MOE: Kernel = kernel!(
+    split "moe",
+    head Q8_GEMV,
+    [
+        "moe_route",
+        "moe_align",
+        "moe_glu_q8",
+        "moe_combine",
+        "moe_q81_b4_p0",
+        "moe_q81_b4_p1",
+        "moe_q81_b4_p2",
+        "moe_q81_b4_p3",
+        "moe_q81_b4_p4",
+        "moe_q81_b8_p0",
+        "moe_q81_b8_p1",
+        "moe_q81_b8_p2",
+        "moe_q81_b8_p3",
+        "moe_q81_b8_p4",
+        "moe_q82_b4_p0",
+        "moe_q82_b4_p1",
+        "moe_q82_b4_p2",
+        "moe_q82_b4_p3",
+        "moe_q82_b4_p4",
+        "moe_q82_b8_p0",
+        "moe_q82_b8_p1",
+        "moe_q82_b8_p2",
+        "moe_q82_b8_p3",
+        "moe_q82_b8_p4",
+    ]
+);
 pub const TC_MATMUL: Kernel = kernel!(
     split "tc_matmul",
     [
@@ -295,6 +341,8 @@ pub const ATTENTION: Kernel = kernel!(
         "attention_f16_d64",
         "attention_f16_d128",
         "attention_f16_d256",
+        "attention_f32_d576",
+        "attention_f16_d576",
     ]
 );
 
@@ -307,6 +355,7 @@ pub const ALL: &[Kernel] = &[
     MATMUL,
     QMATMUL,
     QMATMUL_Q8,
+    MOE,
     TC_MATMUL,
     WRITE_KV,
     GATHER_KV,
@@ -357,6 +406,7 @@ pub fn ptx(k: &Kernel, arch: u32, only: Option<&str>) -> Result<String> {
     let mut h = Sha256::new();
     for part in [
         PRELUDE,
+        k.head,
         k.src,
         &opts.join(" "),
         &format!("nvrtc {major}.{minor}"),
@@ -402,7 +452,10 @@ pub fn compile(k: &Kernel, arch: u32) -> Result<String> {
 /// to empty bodies).
 pub fn compile_only(k: &Kernel, arch: u32, only: Option<&str>) -> Result<String> {
     crate::runtime::require_lib("nvrtc")?;
-    let src = format!("{PRELUDE}\n#line 1 \"{}.cu\"\n{}", k.name, k.src);
+    let src = format!(
+        "{PRELUDE}\n{}\n#line 1 \"{}.cu\"\n{}",
+        k.head, k.name, k.src
+    );
     let opts = CompileOptions {
         options: options(arch, only),
         name: Some(format!("{}.cu", k.name)),

@@ -235,6 +235,54 @@ impl Backend for CudaBackend {
         ops::activation::add(&self.rt, a, b)
     }
 
+    /// Integer and GGUF experts in the default mode ([`ops::moe::takes`]);
+    /// the exact mode runs experts on the CPU.
+    fn supports_moe(&self, format: WeightFormat) -> bool {
+        !self.f32_only() && ops::moe::takes(format)
+    }
+
+    /// Routing and experts on the GPU ([`ops::moe`]): every row on 8-bit
+    /// activations in two passes, whatever its kind.
+    fn moe_routed(
+        &self,
+        x: &Tensor,
+        logits: &Tensor,
+        bias: Option<&Tensor>,
+        rule: &mm_core::RouterParams,
+        experts: &mm_core::MoeExperts<'_>,
+        kinds: &[mm_core::RowKind],
+    ) -> Result<Tensor> {
+        if kinds.len() != x.dims2()?.0 {
+            return Err(mm_core::Error::Invalid(format!(
+                "moe_routed: {} row kinds for {:?}",
+                kinds.len(),
+                x.shape()
+            )));
+        }
+        ops::moe::moe_routed(&self.rt, x, logits, bias, rule, experts)
+    }
+
+    /// The experts with a route given on the host (calibration): the
+    /// route's ids and weights uploaded, then as [`Backend::moe_routed`]
+    /// from the routing on.
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &mm_core::MoeExperts<'_>,
+        route: &mm_core::MoeRoute<'_>,
+        kinds: &[mm_core::RowKind],
+    ) -> Result<Tensor> {
+        mm_core::moe::moe_dims(x, experts, route)?;
+        if kinds.len() != x.dims2()?.0 {
+            return Err(mm_core::Error::Invalid(format!(
+                "moe_experts: {} row kinds for {:?}",
+                kinds.len(),
+                x.shape()
+            )));
+        }
+        ops::moe::moe_experts(&self.rt, x, experts, route)
+    }
+
     /// Decode steps as CUDA graphs (see [`graph`]) unless they are off.
     fn run_step(
         &self,

@@ -72,6 +72,9 @@ pub struct Runtime {
     /// The last activations quantized to 8 bits, for the next matmul of
     /// the same input ([`crate::ops::qmatmul::launch_q8`]).
     pub(crate) quantized_x: Mutex<Option<crate::ops::qmatmul::QuantizedX>>,
+    /// The expert tables of the MoE layers run so far
+    /// ([`crate::ops::moe`]).
+    pub(crate) moe_tables: Mutex<Vec<Arc<crate::ops::moe::MoeTable>>>,
 }
 
 /// A cached upload, kept alive by the graphs that read it.
@@ -130,6 +133,7 @@ impl Runtime {
             capturing: AtomicBool::new(false),
             captured: Mutex::new(Vec::new()),
             quantized_x: Mutex::new(None),
+            moe_tables: Mutex::new(Vec::new()),
         }))
     }
 

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 mod mla;
 pub use mla::{check_gather_kv, check_head_matmul};
 pub mod moe;
-pub use moe::check_moe_experts;
+pub use moe::{check_moe_experts, check_moe_routed};
 
 /// How far a backend may be from the reference.
 #[derive(Clone, Copy, Debug)]
@@ -350,7 +350,7 @@ pub fn check_rope(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
 pub fn check_paged_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     // (heads, kv heads, head_dim, block size, window, [(q_len, kv_len)])
-    let cases: [(usize, usize, usize, usize, Option<usize>, &[(usize, usize)]); 6] = [
+    let cases: [(usize, usize, usize, usize, Option<usize>, &[(usize, usize)]); 7] = [
         (4, 2, 32, 4, None, &[(1, 9), (1, 1), (3, 7)]),
         // More query heads per kv head than one CPU task takes (12).
         (16, 1, 16, 8, None, &[(3, 10), (1, 5)]),
@@ -358,6 +358,9 @@ pub fn check_paged_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Resu
         (8, 1, 16, 8, Some(5), &[(1, 20), (9, 30), (2, 2)]),
         (6, 3, 32, 4, Some(7), &[(40, 45), (1, 12)]),
         (2, 2, 64, 16, Some(45), &[(33, 44), (70, 80)]),
+        // Multi-head latent attention's absorbed form: heads 576 wide
+        // over one shared head.
+        (4, 1, 576, 16, None, &[(1, 20), (5, 21)]),
     ];
     for (h, hkv, d, bs, window, seqs) in cases {
         for dtype in [KvDType::F32, KvDType::F16] {

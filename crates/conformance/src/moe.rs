@@ -5,8 +5,10 @@
 
 use mm_backend_cpu::ops::moe::moe_experts_ref;
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense};
+use mm_core::router::route;
 use mm_core::{
-    Backend, HostBytes, MoeExperts, MoeRoute, Result, RowKind, WeightData, WeightFormat,
+    Backend, GroupScore, HostBytes, MoeExperts, MoeRoute, MoeScoring, Result, RouterParams,
+    RowKind, WeightData, WeightFormat,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -116,6 +118,112 @@ pub fn check_moe_experts(
                 _ => format.name().to_string(),
             };
             check(&format!("moe_experts {label} n={n}"), &out, &reference, tol)?;
+        }
+    }
+    Ok(())
+}
+
+/// Routing rules of the three families: softmax top-k renormalised
+/// (Qwen3-MoE, Mixtral); softmax with group-limited greedy top-k scored by
+/// each group's best, not renormalised, scaled (DeepSeek-V2); sigmoid plus
+/// correction bias with groups scored by their top two, renormalised and
+/// scaled (DeepSeek-V3, GLM-4.5+, GLM-4.7-Flash).
+pub fn moe_rules(experts: usize) -> Vec<(RouterParams, bool)> {
+    let base = RouterParams {
+        num_experts: experts,
+        top_k: 2,
+        scoring: MoeScoring::Softmax,
+        norm_topk_prob: true,
+        routed_scaling_factor: 1.0,
+        n_group: 1,
+        topk_group: 1,
+        group_score: GroupScore::Max,
+    };
+    vec![
+        (base.clone(), false),
+        (
+            RouterParams {
+                top_k: 3,
+                norm_topk_prob: false,
+                routed_scaling_factor: 1.5,
+                n_group: 4,
+                topk_group: 2,
+                ..base.clone()
+            },
+            false,
+        ),
+        (
+            RouterParams {
+                top_k: 3,
+                scoring: MoeScoring::Sigmoid,
+                routed_scaling_factor: 2.5,
+                n_group: 4,
+                topk_group: 2,
+                group_score: GroupScore::Top2Sum,
+                ..base
+            },
+            true,
+        ),
+    ]
+}
+
+/// `moe_routed` (routing and experts) against the host routing
+/// ([`mm_core::router::route`]) and `moe_experts_ref`, for experts in a few
+/// integer and GGUF formats the backend takes, under each of
+/// [`moe_rules`], with 1 and 7 rows of mixed kinds.
+pub fn check_moe_routed(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    use mm_core::weight::{MmFormat, MmKind};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let e = 8;
+    let formats = [
+        WeightFormat::Q4_0,
+        WeightFormat::Q4K,
+        WeightFormat::Mm(MmFormat::new(MmKind::IntSym(4), 128)?),
+        WeightFormat::Mm(MmFormat::new(MmKind::IntAsym(4), 32)?),
+        WeightFormat::Mm(MmFormat::new(MmKind::IntSym(8), 128)?),
+    ];
+    for format in formats.into_iter().filter(|&f| b.supports_moe(f)) {
+        let sets: Vec<Vec<WeightData>> = (0..3)
+            .map(|_| {
+                (0..e)
+                    .map(|_| moe_weight(format, WIDTH, WIDTH, &mut rng))
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        let experts = MoeExperts {
+            gate: sets[0].iter().collect(),
+            up: sets[1].iter().collect(),
+            down: sets[2].iter().collect(),
+        };
+        let deq = |s: &[WeightData]| -> Result<Vec<Vec<f32>>> {
+            s.iter().map(mm_quant::dequantize_ref).collect()
+        };
+        let (g, u, d) = (deq(&sets[0])?, deq(&sets[1])?, deq(&sets[2])?);
+        for (rule, with_bias) in moe_rules(e) {
+            for n in [1usize, 7] {
+                let x = randv(&mut rng, n * WIDTH);
+                let logits: Vec<f32> = (0..n * e).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+                let bias = with_bias.then(|| randv(&mut rng, e));
+                let r = route(&logits, bias.as_deref(), &rule)?;
+                let reference =
+                    moe_experts_ref(&x, &g, &u, &d, &r.ids, &r.weights, WIDTH, WIDTH, r.top_k);
+                let bt = bias.map(|v| up(b, vec![e], v)).transpose()?;
+                let out = b.moe_routed(
+                    &up(b, vec![n, WIDTH], x)?,
+                    &up(b, vec![n, e], logits)?,
+                    bt.as_ref(),
+                    &rule,
+                    &experts,
+                    &mixed_kinds(n),
+                )?;
+                let label = format!(
+                    "moe_routed {} {:?} groups {} n={n}",
+                    format.name(),
+                    rule.scoring,
+                    rule.n_group
+                );
+                check(&label, &out, &reference, tol)?;
+            }
         }
     }
     Ok(())

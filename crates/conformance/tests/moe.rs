@@ -120,3 +120,13 @@ fn moe_rows_do_not_depend_on_the_batch() {
         }
     }
 }
+
+/// Routing and experts together (`Backend::moe_routed`, the CPU's default:
+/// routed on the host) against the host routing and the scalar experts,
+/// under the three families' rules, default and exact precision.
+#[test]
+fn moe_routed_routes_as_the_host() {
+    use mm_conformance::check_moe_routed;
+    check_moe_routed(&CpuBackend::new(), 0, twice(Tolerance::Q8_RESIDUAL)).unwrap();
+    check_moe_routed(&CpuBackend::exact(), 1, Tolerance::F32).unwrap();
+}

@@ -10,6 +10,7 @@
 
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::moe::{MoeExperts, MoeRoute};
+use crate::router::RouterParams;
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// Ops a backend may or may not implement.
@@ -202,6 +203,33 @@ pub trait Backend: Send + Sync {
             "moe_experts is not implemented by the {} backend",
             self.name()
         )))
+    }
+
+    /// The routed experts of a MoE layer together with their routing: row
+    /// `t` of `logits[n, experts]` (the router's output) picks its experts
+    /// and weights by `rule` ([`crate::router::route`], with the correction
+    /// `bias[experts]` if any), then as [`Backend::moe_experts`]. Default:
+    /// the logits are read back and routed on the host; a backend that
+    /// routes where the logits are (the CUDA backend) saves that round trip,
+    /// so the step can be recorded ([`Backend::run_step`]).
+    #[allow(clippy::too_many_arguments)]
+    fn moe_routed(
+        &self,
+        x: &Tensor,
+        logits: &Tensor,
+        bias: Option<&Tensor>,
+        rule: &RouterParams,
+        experts: &MoeExperts<'_>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        let bias = bias.map(|b| b.to_vec()).transpose()?;
+        let r = crate::router::route(&logits.to_vec()?, bias.as_deref(), rule)?;
+        let route = MoeRoute {
+            top_k: r.top_k,
+            ids: &r.ids,
+            weights: &r.weights,
+        };
+        self.moe_experts(x, experts, &route, kinds)
     }
 
     /// Runs `body`: one decode step's forward pass, whose ops read nothing

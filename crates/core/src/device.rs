@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, Op, RowKind, StepInputs};
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::moe::{MoeExperts, MoeRoute};
+use crate::router::RouterParams;
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// The backend a model runs on, with CPU fallback.
@@ -220,6 +221,44 @@ impl Device {
             "moe_experts falls back to cpu"
         );
         self.back(self.cpu.moe_experts(&x.to_host()?, experts, route, kinds)?)
+    }
+
+    /// Whether the primary backend runs the grouped expert op (and its
+    /// routing, [`Backend::moe_routed`]) for experts of `format`.
+    pub fn supports_moe(&self, format: WeightFormat) -> bool {
+        self.primary.supports_moe(format)
+    }
+
+    /// [`Backend::moe_routed`] on the primary backend when it takes every
+    /// expert's format, else on the CPU.
+    pub fn moe_routed(
+        &self,
+        x: &Tensor,
+        logits: &Tensor,
+        bias: Option<&Tensor>,
+        rule: &RouterParams,
+        experts: &MoeExperts<'_>,
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        let all = experts.gate.iter().chain(&experts.up).chain(&experts.down);
+        if all.clone().all(|w| self.primary.supports_moe(w.format)) {
+            return self
+                .primary
+                .moe_routed(x, logits, bias, rule, experts, kinds);
+        }
+        tracing::trace!(
+            backend = self.primary.name(),
+            "moe_routed falls back to cpu"
+        );
+        let bias = bias.map(|b| b.to_host()).transpose()?;
+        self.back(self.cpu.moe_routed(
+            &x.to_host()?,
+            &logits.to_host()?,
+            bias.as_ref(),
+            rule,
+            experts,
+            kinds,
+        )?)
     }
 
     /// [`Backend::run_step`] of the primary backend.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod host_pool;
 pub mod kv;
 pub mod moe;
+pub mod router;
 pub mod tensor;
 pub mod weight;
 
@@ -25,5 +26,6 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use kv::{KvDType, KvStorage, KvStore, PagedBatch, PagedParams, SeqSpan};
 pub use moe::{MoeExperts, MoeRoute};
+pub use router::{GroupScore, MoeScoring, RouterParams};
 pub use tensor::{Storage, Tensor};
 pub use weight::{WeightData, WeightFormat};

@@ -30,6 +30,26 @@ pub fn moe_dims(
     experts: &MoeExperts<'_>,
     route: &MoeRoute<'_>,
 ) -> Result<(usize, usize, usize)> {
+    let (n, hidden, inter) = moe_expert_dims(x, experts)?;
+    let e = experts.gate.len();
+    let k = route.top_k;
+    let bad = |m: String| Err(Error::Invalid(format!("moe_experts: {m}")));
+    if k == 0 || route.ids.len() != n * k || route.weights.len() != n * k {
+        return bad(format!(
+            "{} ids and {} weights for {n} tokens of top-{k}",
+            route.ids.len(),
+            route.weights.len()
+        ));
+    }
+    if let Some(&id) = route.ids.iter().find(|&&id| id as usize >= e) {
+        return bad(format!("expert id {id} of {e} experts"));
+    }
+    Ok((n, hidden, inter))
+}
+
+/// `(n, hidden, inter)` of `x[n, hidden]` and the experts, or an error
+/// naming the expert weight whose shape does not fit.
+pub fn moe_expert_dims(x: &Tensor, experts: &MoeExperts<'_>) -> Result<(usize, usize, usize)> {
     let bad = |m: String| Err(Error::Invalid(format!("moe_experts: {m}")));
     let (n, hidden) = x.dims2()?;
     let e = experts.gate.len();
@@ -55,17 +75,6 @@ pub fn moe_dims(
                 ));
             }
         }
-    }
-    let k = route.top_k;
-    if k == 0 || route.ids.len() != n * k || route.weights.len() != n * k {
-        return bad(format!(
-            "{} ids and {} weights for {n} tokens of top-{k}",
-            route.ids.len(),
-            route.weights.len()
-        ));
-    }
-    if let Some(&id) = route.ids.iter().find(|&&id| id as usize >= e) {
-        return bad(format!("expert id {id} of {e} experts"));
     }
     Ok((n, hidden, inter))
 }

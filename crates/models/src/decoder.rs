@@ -100,12 +100,12 @@ impl DecoderModel {
             Linear::load(src, "lm_head", v, e, false, device)?
         };
         let rope = Rope::new(&cfg)?;
-        // Layers that read results back to the host mid-step (MoE routing,
-        // partial RoPE, MLA's column slicing) cannot be recorded for replay.
+        // Layers that read results back to the host mid-step (partial
+        // RoPE, MLA's column slicing, MoE routing where the device does not
+        // route) cannot be recorded for replay.
         let replayable = rope.rotary_dim() == cfg.head_dim
-            && layers
-                .iter()
-                .all(|l| l.ffn.as_mlp().is_some() && l.attn.gqa().is_some());
+            && layers.iter().all(|l| l.attn.gqa().is_some())
+            && layers.iter().all(|l| l.ffn.stays_on_device(device));
         Ok(Self {
             norm: RmsNorm::load(src, "model.norm.weight", e, cfg.rms_norm_eps, device)?,
             rope,
@@ -201,9 +201,9 @@ impl DecoderModel {
         // logits) reads nothing but its inputs that changes from step to
         // step: the backend may replay a recording of it.
         let n = step.ids.len();
-        // MoE routing and partial RoPE read device results on the host
-        // mid-step, which a recording would not redo: such models never
-        // take that path.
+        // Layers that read device results on the host mid-step (see
+        // `replayable`) would not be redone by a recording: such models
+        // never take that path.
         let decode = self.replayable
             && step.batch.seqs.iter().all(|s| s.q_len == 1)
             && step.kinds.iter().all(|&k| k == RowKind::Generated)

@@ -42,9 +42,11 @@ pub fn paged_attention(
         33..=64 => 64,
         65..=128 => 128,
         129..=256 => 256,
+        // MLA's absorbed form: kv_lora_rank + qk_rope_head_dim (512 + 64).
+        257..=576 => 576,
         _ => {
             return Err(Error::Invalid(format!(
-                "cuda paged attention: head_dim {d} (at most 256)"
+                "cuda paged attention: head_dim {d} (at most 576)"
             )))
         }
     };

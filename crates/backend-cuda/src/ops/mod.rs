@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod gather_kv;
 pub mod head_matmul;
 pub mod matmul;
+pub mod moe;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;

@@ -259,34 +259,62 @@ pub fn launch_q8(
             bias.map(|b| b.len())
         )));
     }
-    let nib = q.bits == 4;
-    let key = (n, k, kp, passes, nib);
+    let key = (n, k, kp, passes, q.bits == 4);
+    with_quantized_x(rt, x, input, rows, key, |xq, xm| {
+        launch_q8_on(rt, q, (xq, xm), rows, bias, y, n, passes, r, (la, lb))
+    })
+}
+
+/// `f` on the 8-bit activations of `x` for `key` = (rows, k, kp, passes,
+/// nibble order): the kept ones when `input` (the tensor `x` belongs to,
+/// with no `rows` list) was quantized with that key last, else quantized
+/// now (and kept, when `input` is given).
+pub(crate) fn with_quantized_x<T>(
+    rt: &Runtime,
+    x: &CudaSlice<f32>,
+    input: Option<&Arc<dyn DeviceBuffer>>,
+    rows: Option<&CudaSlice<u32>>,
+    key: (usize, usize, usize, u32, bool),
+    f: impl FnOnce(&CudaSlice<i8>, &CudaSlice<i32>) -> Result<T>,
+) -> Result<T> {
     let input = input.filter(|_| rows.is_none());
     let mut kept = rt.quantized_x.lock().unwrap_or_else(|p| p.into_inner());
     let hit =
         matches!((&*kept, input), (Some(c), Some(i)) if Arc::ptr_eq(&c.input, i) && c.key == key);
-    let fresh;
-    let (xq, xm) = if hit {
+    if hit {
         let c = kept.as_ref().expect("checked above");
-        (&c.xq, &c.xm)
-    } else {
-        let qx = quantize_x(rt, x, rows, key)?;
-        match input {
-            Some(i) => {
-                let c = kept.insert(QuantizedX {
-                    input: i.clone(),
-                    key,
-                    xq: qx.0,
-                    xm: qx.1,
-                });
-                (&c.xq, &c.xm)
-            }
-            None => {
-                fresh = qx;
-                (&fresh.0, &fresh.1)
-            }
+        return f(&c.xq, &c.xm);
+    }
+    let (xq, xm) = quantize_x(rt, x, rows, key)?;
+    match input {
+        Some(i) => {
+            let c = kept.insert(QuantizedX {
+                input: i.clone(),
+                key,
+                xq,
+                xm,
+            });
+            f(&c.xq, &c.xm)
         }
-    };
+        None => f(&xq, &xm),
+    }
+}
+
+/// The GEMV of [`launch_q8`] on activations already quantized.
+#[allow(clippy::too_many_arguments)]
+fn launch_q8_on(
+    rt: &Runtime,
+    q: &DeviceQWeight,
+    (xq, xm): (&CudaSlice<i8>, &CudaSlice<i32>),
+    rows: Option<&CudaSlice<u32>>,
+    bias: Option<&CudaSlice<f32>>,
+    y: &mut CudaSlice<f32>,
+    n: usize,
+    passes: u32,
+    r: usize,
+    (la, lb): (f32, f32),
+) -> Result<()> {
+    let (m, kp) = (q.rows, q.kp);
     let null = 0u64;
     let nr = activation_rows_per_warp(n);
     let name = format!("qmatmul_q8{passes}_b{}_p{}_r{r}_n{nr}", q.bits, q.mode);

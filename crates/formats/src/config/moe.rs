@@ -16,31 +16,14 @@
 //! A child of `config` so it reads JSON through the parent's [`Obj`]
 //! (messages name the field).
 
-use mm_core::Result;
+use mm_core::{Result, RouterParams};
 use serde_json::{json, Map, Value};
 
 use super::{cfg_err, f32_json, Arch, ModelConfig, Obj};
 
 mod deepseek;
 
-/// How router logits become expert scores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MoeScoring {
-    /// `softmax` over all experts (Qwen3-MoE, Mixtral, DeepSeek-V2).
-    Softmax,
-    /// Elementwise `sigmoid` (GLM-4.5+, DeepSeek-V3).
-    Sigmoid,
-}
-
-/// How a group of experts is scored for group-limited routing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GroupScore {
-    /// The group's best expert score (DeepSeek-V2 `group_limited_greedy`).
-    Max,
-    /// The sum of the group's two best (bias-corrected) scores
-    /// (DeepSeek-V3 `noaux_tc`, GLM-4.5+).
-    Top2Sum,
-}
+pub use mm_core::router::{GroupScore, MoeScoring};
 
 /// The routed and shared experts of a MoE model.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,6 +54,22 @@ pub struct MoeConfig {
     /// Per layer: `true` when its feed-forward is the MoE block, `false`
     /// when it is a dense MLP of `intermediate_size`.
     pub sparse_layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    /// The routing rule of this model's MoE layers.
+    pub fn router_params(&self) -> RouterParams {
+        RouterParams {
+            num_experts: self.num_experts,
+            top_k: self.experts_per_token,
+            scoring: self.scoring,
+            norm_topk_prob: self.norm_topk_prob,
+            routed_scaling_factor: self.routed_scaling_factor,
+            n_group: self.n_group,
+            topk_group: self.topk_group,
+            group_score: self.group_score,
+        }
+    }
 }
 
 /// Reads the MoE fields of `arch` (None for dense architectures), for a

@@ -89,6 +89,20 @@ impl Ffn {
         }
     }
 
+    /// Whether the block reads nothing back to the host on `device`: a
+    /// dense MLP always; a MoE block when the device routes and runs its
+    /// experts ([`Device::supports_moe`] for every expert's format).
+    pub fn stays_on_device(&self, device: &Device) -> bool {
+        match self {
+            Ffn::Dense(_) => true,
+            Ffn::Moe(m) => m
+                .experts()
+                .iter()
+                .flat_map(|x| [&x.gate, &x.up, &x.down])
+                .all(|l| device.supports_moe(l.weight.format)),
+        }
+    }
+
     /// Every linear layer: gate, up, down (dense); see [`Moe::linears`].
     pub fn linears(&self) -> Vec<&Linear> {
         match self {

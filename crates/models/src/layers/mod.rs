@@ -9,7 +9,6 @@ pub mod moe;
 pub mod norm;
 mod partial_rope;
 pub mod rope;
-pub mod router;
 pub mod self_attention;
 mod yarn;
 

@@ -1,5 +1,5 @@
 //! Mixture-of-experts feed-forward: a dense router picks each token's
-//! experts ([`super::router`]), the routed experts run as one grouped op
+//! experts ([`mm_core::router`]), the routed experts run as one grouped op
 //! ([`mm_core::Device::moe_experts`]: tokens grouped by expert, one pass
 //! per projection), their outputs are summed with the routing weights, and
 //! the shared experts (a SwiGLU every token goes through) are added.
@@ -8,10 +8,10 @@
 //! their weights like any other linear layer's); the model never sees the
 //! format.
 
-use mm_core::{Device, Error, MoeExperts, MoeRoute, Result, RowKind, Tensor};
+use mm_core::router::route;
+use mm_core::{Device, Error, MoeExperts, MoeRoute, Result, RouterParams, RowKind, Tensor};
 use mm_formats::{ModelConfig, WeightSource};
 
-use super::router::{route, RouterParams};
 use super::{Linear, Mlp};
 
 /// Tensor names of a MoE block under a layer's prefix: `{layer}.{block}.
@@ -36,9 +36,9 @@ pub struct Expert {
 
 pub struct Moe {
     router: Linear,
-    /// The router's `e_score_correction_bias`, on the host (routing runs
-    /// there), with its stored bytes.
-    bias: Option<(Vec<f32>, usize)>,
+    /// The router's `e_score_correction_bias` on the device, on the host
+    /// (calibration routes there), and its stored bytes.
+    bias: Option<(Tensor, Vec<f32>, usize)>,
     params: RouterParams,
     experts: Vec<Expert>,
     shared: Option<Mlp>,
@@ -65,7 +65,8 @@ impl Moe {
         let bias = if m.correction_bias {
             let name = format!("{router_name}.e_score_correction_bias");
             let (t, bytes) = super::vector(src, &name, e, device)?;
-            Some((t.to_vec()?, bytes))
+            let host = t.to_vec()?;
+            Some((t, host, bytes))
         } else {
             None
         };
@@ -97,7 +98,7 @@ impl Moe {
         Ok(Self {
             router,
             bias,
-            params: RouterParams::from_config(m),
+            params: m.router_params(),
             experts,
             shared,
         })
@@ -140,22 +141,28 @@ impl Moe {
                 &prompt
             }
         };
-        let logits = self.router_logits(x, device)?.to_vec()?;
-        let r = route(&logits, self.bias.as_ref().map(|b| &b.0[..]), &self.params)?;
-        let route = MoeRoute {
-            top_k: r.top_k,
-            ids: &r.ids,
-            weights: &r.weights,
-        };
-        if self.experts.first().is_some_and(|x| x.gate.has_observer()) {
-            self.observe_experts(x, &route, device)?;
-        }
+        let logits = self.router_logits(x, device)?;
         let experts = MoeExperts {
             gate: self.experts.iter().map(|x| &x.gate.weight).collect(),
             up: self.experts.iter().map(|x| &x.up.weight).collect(),
             down: self.experts.iter().map(|x| &x.down.weight).collect(),
         };
-        let y = device.moe_experts(x, &experts, &route, kinds)?;
+        let y = if self.experts.first().is_some_and(|x| x.gate.has_observer()) {
+            // Calibration: each expert's observers see the rows routed to
+            // it, so the route is needed on the host.
+            let bias = self.bias.as_ref().map(|b| &b.1[..]);
+            let r = route(&logits.to_vec()?, bias, &self.params)?;
+            let route = MoeRoute {
+                top_k: r.top_k,
+                ids: &r.ids,
+                weights: &r.weights,
+            };
+            self.observe_experts(x, &route, device)?;
+            device.moe_experts(x, &experts, &route, kinds)?
+        } else {
+            let bias = self.bias.as_ref().map(|b| &b.0);
+            device.moe_routed(x, &logits, bias, &self.params, &experts, kinds)?
+        };
         match &self.shared {
             None => Ok(y),
             Some(s) => device.add(&y, &s.forward_rows(x, Some(kinds), device)?),
@@ -192,7 +199,7 @@ impl Moe {
     /// (stored bytes, parameters) of the router, its bias, the experts and
     /// the shared experts.
     pub fn size(&self) -> (usize, usize) {
-        let bias = self.bias.as_ref().map_or((0, 0), |b| (b.1, b.0.len()));
+        let bias = self.bias.as_ref().map_or((0, 0), |b| (b.2, b.1.len()));
         self.linears()
             .iter()
             .map(|l| l.size())

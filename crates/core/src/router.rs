@@ -21,10 +21,29 @@
 //! experts than transformers; real router scores are not tied, and the
 //! fixture generator rejects weights whose routing is within 1e-4 of one.
 
-use mm_core::{Error, Result};
-use mm_formats::{GroupScore, MoeConfig, MoeScoring};
+use crate::{Error, Result};
 
-/// The routing rule of a MoE layer.
+/// How router logits become expert scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeScoring {
+    /// `softmax` over all experts (Qwen3-MoE, Mixtral, DeepSeek-V2).
+    Softmax,
+    /// Elementwise `sigmoid` (GLM-4.5+, DeepSeek-V3).
+    Sigmoid,
+}
+
+/// How a group of experts is scored for group-limited routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupScore {
+    /// The group's best expert score (DeepSeek-V2 `group_limited_greedy`).
+    Max,
+    /// The sum of the group's two best (bias-corrected) scores
+    /// (DeepSeek-V3 `noaux_tc`, GLM-4.5+).
+    Top2Sum,
+}
+
+/// The routing rule of a MoE layer (`mm_formats::MoeConfig::router_params`
+/// reads it from a model's config).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouterParams {
     pub num_experts: usize,
@@ -38,17 +57,35 @@ pub struct RouterParams {
 }
 
 impl RouterParams {
-    /// The routing rule a model's config describes.
-    pub fn from_config(c: &MoeConfig) -> Self {
-        Self {
-            num_experts: c.num_experts,
-            top_k: c.experts_per_token,
-            scoring: c.scoring,
-            norm_topk_prob: c.norm_topk_prob,
-            routed_scaling_factor: c.routed_scaling_factor,
-            n_group: c.n_group,
-            topk_group: c.topk_group,
-            group_score: c.group_score,
+    /// Whether the rule can route at all (experts, top-k, groups), and a
+    /// correction bias of `bias_len` values fits it; an error names what
+    /// does not.
+    pub fn check(&self, bias_len: Option<usize>) -> Result<()> {
+        let (e, k) = (self.num_experts, self.top_k);
+        let bad = |m: String| Err(Error::Invalid(format!("route: {m}")));
+        if e == 0 || k == 0 || k > e {
+            return bad(format!("top-{k} of {e} experts"));
+        }
+        if self.n_group == 0
+            || !e.is_multiple_of(self.n_group)
+            || self.topk_group == 0
+            || self.topk_group > self.n_group
+        {
+            return bad(format!(
+                "{e} experts in {} groups, {} chosen",
+                self.n_group, self.topk_group
+            ));
+        }
+        if (e / self.n_group) * self.topk_group < k {
+            return bad(format!(
+                "top-{k} of {} groups of {} experts",
+                self.topk_group,
+                e / self.n_group
+            ));
+        }
+        match bias_len {
+            Some(b) if b != e => bad(format!("{b} correction biases for {e} experts")),
+            _ => Ok(()),
         }
     }
 }
@@ -65,33 +102,13 @@ pub struct Routing {
 /// Routes the tokens whose router logits are the rows of
 /// `logits[n, num_experts]`; `bias[num_experts]` is the correction bias.
 pub fn route(logits: &[f32], bias: Option<&[f32]>, p: &RouterParams) -> Result<Routing> {
-    let e = p.num_experts;
-    let k = p.top_k;
-    let bad = |m: String| Err(Error::Invalid(format!("route: {m}")));
-    if e == 0 || k == 0 || k > e || !logits.len().is_multiple_of(e) {
-        return bad(format!("{} logits for {e} experts, top-{k}", logits.len()));
-    }
-    if p.n_group == 0
-        || !e.is_multiple_of(p.n_group)
-        || p.topk_group == 0
-        || p.topk_group > p.n_group
-    {
-        return bad(format!(
-            "{e} experts in {} groups, {} chosen",
-            p.n_group, p.topk_group
-        ));
-    }
-    if (e / p.n_group) * p.topk_group < k {
-        return bad(format!(
-            "top-{k} of {} groups of {} experts",
-            p.topk_group,
-            e / p.n_group
-        ));
-    }
-    if let Some(b) = bias {
-        if b.len() != e {
-            return bad(format!("{} correction biases for {e} experts", b.len()));
-        }
+    p.check(bias.map(|b| b.len()))?;
+    let (e, k) = (p.num_experts, p.top_k);
+    if !logits.len().is_multiple_of(e) {
+        return Err(Error::Invalid(format!(
+            "route: {} logits for {e} experts",
+            logits.len()
+        )));
     }
     let n = logits.len() / e;
     let mut ids = Vec::with_capacity(n * k);
