@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod concat_cols;
 pub mod embedding;
 pub mod gather_kv;
 pub mod head_matmul;
@@ -11,6 +12,7 @@ pub mod matmul;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod slice_cols;
 pub mod tc_matmul;
 pub mod write_kv;
 
