@@ -47,7 +47,7 @@ pub struct DecoderModel {
     tied: bool,
     rope: Rope,
     /// A decode step reads nothing back to the host mid-step (no MoE
-    /// routing, no partial RoPE), so a backend may record and replay it.
+    /// routing), so a backend may record and replay it.
     replayable: bool,
 }
 
@@ -100,12 +100,11 @@ impl DecoderModel {
             Linear::load(src, "lm_head", v, e, false, device)?
         };
         let rope = Rope::new(&cfg)?;
-        // Layers that read results back to the host mid-step (MoE routing,
-        // partial RoPE, MLA's column slicing) cannot be recorded for replay.
-        let replayable = rope.rotary_dim() == cfg.head_dim
-            && layers
-                .iter()
-                .all(|l| l.ffn.as_mlp().is_some() && l.attn.gqa().is_some());
+        // Layers that read results back to the host mid-step cannot be
+        // recorded for replay. Attention of every kind (grouped-query,
+        // partial RoPE, multi-head latent) keeps a decode step on the
+        // device; MoE feed-forwards still read their routing on the host.
+        let replayable = layers.iter().all(|l| l.ffn.as_mlp().is_some());
         Ok(Self {
             norm: RmsNorm::load(src, "model.norm.weight", e, cfg.rms_norm_eps, device)?,
             rope,
@@ -201,9 +200,8 @@ impl DecoderModel {
         // logits) reads nothing but its inputs that changes from step to
         // step: the backend may replay a recording of it.
         let n = step.ids.len();
-        // MoE routing and partial RoPE read device results on the host
-        // mid-step, which a recording would not redo: such models never
-        // take that path.
+        // MoE routing reads device results on the host mid-step, which a
+        // recording would not redo: such models never take that path.
         let decode = self.replayable
             && step.batch.seqs.iter().all(|s| s.q_len == 1)
             && step.kinds.iter().all(|&k| k == RowKind::Generated)
