@@ -211,4 +211,25 @@ impl Backend for CpuBackend {
     fn head_matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         ops::head_matmul::head_matmul(x, w)
     }
+
+    fn slice_cols(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        offset: usize,
+        len: usize,
+        pairs: bool,
+    ) -> Result<Tensor> {
+        ops::slice_cols::slice_cols(x, groups, offset, len, pairs)
+    }
+
+    fn concat_cols(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        groups: usize,
+        b_groups: usize,
+    ) -> Result<Tensor> {
+        ops::concat_cols::concat_cols(a, b, groups, b_groups)
+    }
 }

@@ -330,6 +330,8 @@ pub const TC_MATMUL: Kernel = kernel!(
 pub const WRITE_KV: Kernel = kernel!("write_kv", ["write_kv_f32", "write_kv_f16"]);
 pub const GATHER_KV: Kernel = kernel!("gather_kv", ["gather_kv_f32", "gather_kv_f16"]);
 pub const HEAD_MATMUL: Kernel = kernel!("head_matmul", ["head_matmul_f32"]);
+pub const SLICE_COLS: Kernel = kernel!("slice_cols", ["slice_cols_f32"]);
+pub const CONCAT_COLS: Kernel = kernel!("concat_cols", ["concat_cols_f32"]);
 pub const ATTENTION: Kernel = kernel!(
     "attention",
     [
@@ -360,6 +362,8 @@ pub const ALL: &[Kernel] = &[
     WRITE_KV,
     GATHER_KV,
     HEAD_MATMUL,
+    SLICE_COLS,
+    CONCAT_COLS,
     ATTENTION,
 ];
 

@@ -134,6 +134,7 @@ impl Backend for CudaBackend {
             Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
             Op::Attention | Op::WriteKv => true,
             Op::GatherKv | Op::HeadMatmul => true,
+            Op::SliceCols | Op::ConcatCols => true,
         }
     }
 
@@ -225,6 +226,27 @@ impl Backend for CudaBackend {
 
     fn head_matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         ops::head_matmul::head_matmul(&self.rt, x, w)
+    }
+
+    fn slice_cols(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        offset: usize,
+        len: usize,
+        pairs: bool,
+    ) -> Result<Tensor> {
+        ops::slice_cols::slice_cols(&self.rt, x, groups, offset, len, pairs)
+    }
+
+    fn concat_cols(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        groups: usize,
+        b_groups: usize,
+    ) -> Result<Tensor> {
+        ops::concat_cols::concat_cols(&self.rt, a, b, groups, b_groups)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

@@ -11,7 +11,9 @@ use mm_core::{KvDType, PagedBatch, PagedParams, SeqSpan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod columns;
 mod mla;
+pub use columns::{check_concat_cols, check_slice_cols};
 pub use mla::{check_gather_kv, check_head_matmul};
 pub mod moe;
 pub use moe::{check_moe_experts, check_moe_routed};
@@ -521,7 +523,7 @@ pub fn run_supported(b: &dyn Backend, tol: Tolerance, apart: &[(&str, Tolerance)
     use mm_core::backend::Op;
     type Check = fn(&dyn Backend, u64, Tolerance) -> Result<()>;
     let dense = [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16];
-    let checks: [(&str, Check, bool); 9] = [
+    let checks: [(&str, Check, bool); 11] = [
         (
             "matmul",
             check_matmul,
@@ -554,6 +556,16 @@ pub fn run_supported(b: &dyn Backend, tol: Tolerance, apart: &[(&str, Tolerance)
             "head_matmul",
             check_head_matmul,
             b.supports(Op::HeadMatmul, None),
+        ),
+        (
+            "slice_cols",
+            check_slice_cols,
+            b.supports(Op::SliceCols, None),
+        ),
+        (
+            "concat_cols",
+            check_concat_cols,
+            b.supports(Op::ConcatCols, None),
         ),
     ];
     let mut r = Report::default();

@@ -30,6 +30,10 @@ pub enum Op {
     GatherKv,
     /// One small matmul per head ([`Backend::head_matmul`]).
     HeadMatmul,
+    /// A window of columns of every group of a row ([`Backend::slice_cols`]).
+    SliceCols,
+    /// Two tensors' columns side by side per group ([`Backend::concat_cols`]).
+    ConcatCols,
 }
 
 /// Where a row of a step comes from. A backend whose arithmetic would
@@ -169,6 +173,43 @@ pub trait Backend: Send + Sync {
         Err(unsupported(self.name(), "head_matmul"))
     }
 
+    /// A window of every group's columns: `x[n, groups*gw]` gives
+    /// `y[n, groups*len]` with `y[r, g*len + j] = x[r, g*gw + offset + j]`,
+    /// zero where `offset + j >= gw` (zero padding: `len` may reach past a
+    /// group's end). With `pairs` the window's interleaved pairs
+    /// `(w0, w1), (w2, w3), …` are taken apart, evens then odds:
+    /// `y[.., j] = w[2j]` for `j < len/2`, `w[2(j - len/2) + 1]` after
+    /// (`len` even). Multi-head latent attention and partial RoPE take a
+    /// head's parts apart with it on the device. A copy: exact.
+    /// Default: unsupported (the device sends it to the CPU backend).
+    fn slice_cols(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        offset: usize,
+        len: usize,
+        pairs: bool,
+    ) -> Result<Tensor> {
+        let _ = (x, groups, offset, len, pairs);
+        Err(unsupported(self.name(), "slice_cols"))
+    }
+
+    /// Per group, `a`'s part then `b`'s: `a[n, groups*la]` and
+    /// `b[n, b_groups*lb]` give `y[n, groups*(la + lb)]`, group `g` of a
+    /// row `[a_g | b_g]`; `b_groups` is `groups` (a part of `b` per group)
+    /// or 1 (one part every group repeats). A copy: exact.
+    /// Default: unsupported (the device sends it to the CPU backend).
+    fn concat_cols(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        groups: usize,
+        b_groups: usize,
+    ) -> Result<Tensor> {
+        let _ = (a, b, groups, b_groups);
+        Err(unsupported(self.name(), "concat_cols"))
+    }
+
     /// `silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
 
@@ -296,6 +337,67 @@ pub fn head_matmul_dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize, 
         )));
     }
     Ok((n, h, k, m))
+}
+
+/// `(n, gw)` of a [`Backend::slice_cols`] of `x[n, groups*gw]`, or an
+/// error naming the mismatch: every backend's `slice_cols` checks its
+/// input with this.
+pub fn slice_cols_dims(
+    x: &Tensor,
+    groups: usize,
+    offset: usize,
+    len: usize,
+    pairs: bool,
+) -> Result<(usize, usize)> {
+    let (n, width) = x.dims2()?;
+    if groups == 0 || width % groups != 0 {
+        return Err(crate::Error::Invalid(format!(
+            "slice_cols: x {:?} does not split into {groups} groups",
+            x.shape()
+        )));
+    }
+    let gw = width / groups;
+    if offset > gw || (pairs && !len.is_multiple_of(2)) {
+        return Err(crate::Error::Invalid(format!(
+            "slice_cols: a window of {len} columns at {offset} (pairs: {pairs}) \
+             does not fit groups of {gw} columns"
+        )));
+    }
+    if n.checked_mul(groups)
+        .and_then(|v| v.checked_mul(len))
+        .is_none()
+    {
+        return Err(crate::Error::Invalid(format!(
+            "slice_cols: {n} rows of {groups} groups of {len} columns overflow"
+        )));
+    }
+    Ok((n, gw))
+}
+
+/// `(n, la, lb)` of a [`Backend::concat_cols`] of `a[n, groups*la]` and
+/// `b[n, b_groups*lb]`, or an error naming the mismatch: every backend's
+/// `concat_cols` checks its input with this.
+pub fn concat_cols_dims(
+    a: &Tensor,
+    b: &Tensor,
+    groups: usize,
+    b_groups: usize,
+) -> Result<(usize, usize, usize)> {
+    let ((n, wa), (nb, wb)) = (a.dims2()?, b.dims2()?);
+    if groups == 0
+        || (b_groups != 1 && b_groups != groups)
+        || n != nb
+        || wa % groups != 0
+        || wb % b_groups != 0
+    {
+        return Err(crate::Error::Invalid(format!(
+            "concat_cols: a {:?} in {groups} groups and b {:?} in {b_groups} \
+             (1 or {groups}) do not fit together",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    Ok((n, wa / groups, wb / b_groups))
 }
 
 /// `(n, width)` of a RoPE input `x[n, width]` with its `head_dim`,

@@ -189,6 +189,37 @@ impl Device {
         }
     }
 
+    /// A window of every group's columns ([`Backend::slice_cols`]).
+    pub fn slice_cols(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        offset: usize,
+        len: usize,
+        pairs: bool,
+    ) -> Result<Tensor> {
+        match self.pick(Op::SliceCols, None) {
+            None => self.primary.slice_cols(x, groups, offset, len, pairs),
+            Some(cpu) => self.back(cpu.slice_cols(&x.to_host()?, groups, offset, len, pairs)?),
+        }
+    }
+
+    /// Two tensors' columns side by side per group ([`Backend::concat_cols`]).
+    pub fn concat_cols(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        groups: usize,
+        b_groups: usize,
+    ) -> Result<Tensor> {
+        match self.pick(Op::ConcatCols, None) {
+            None => self.primary.concat_cols(a, b, groups, b_groups),
+            Some(cpu) => {
+                self.back(cpu.concat_cols(&a.to_host()?, &b.to_host()?, groups, b_groups)?)
+            }
+        }
+    }
+
     pub fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         match self.pick(Op::SiluMul, None) {
             None => self.primary.silu_mul(gate, up),

@@ -47,7 +47,7 @@ pub struct DecoderModel {
     tied: bool,
     rope: Rope,
     /// A decode step reads nothing back to the host mid-step (no MoE
-    /// routing, no partial RoPE), so a backend may record and replay it.
+    /// routing), so a backend may record and replay it.
     replayable: bool,
 }
 
@@ -100,12 +100,12 @@ impl DecoderModel {
             Linear::load(src, "lm_head", v, e, false, device)?
         };
         let rope = Rope::new(&cfg)?;
-        // Layers that read results back to the host mid-step (partial
-        // RoPE, MLA's column slicing, MoE routing where the device does not
-        // route) cannot be recorded for replay.
-        let replayable = rope.rotary_dim() == cfg.head_dim
-            && layers.iter().all(|l| l.attn.gqa().is_some())
-            && layers.iter().all(|l| l.ffn.stays_on_device(device));
+        // Layers that read results back to the host mid-step cannot be
+        // recorded for replay. Attention of every kind (grouped-query,
+        // partial RoPE, multi-head latent) keeps a decode step on the
+        // device; a MoE feed-forward does where the device routes and runs
+        // its experts.
+        let replayable = layers.iter().all(|l| l.ffn.stays_on_device(device));
         Ok(Self {
             norm: RmsNorm::load(src, "model.norm.weight", e, cfg.rms_norm_eps, device)?,
             rope,

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod concat_cols;
 pub mod embedding;
 pub mod gather_kv;
 pub mod head_matmul;
@@ -12,6 +13,7 @@ pub mod moe;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod slice_cols;
 pub mod tc_matmul;
 pub mod write_kv;
 

@@ -29,8 +29,16 @@
 //! apart into transformers' output layout (evens, then odds) before the
 //! rotate-half RoPE, which is what transformers computes.
 //!
-//! Column slicing and concatenation happen on the host (`to_vec`): cheap
-//! on the CPU; a GPU backend would want device ops for them.
+//! Heads are taken apart and put together on the device
+//! ([`Device::slice_cols`], [`Device::concat_cols`]: the query's parts,
+//! the cache row `[c | k_pe]`, the absorbed query `[q_lat | q_pe]`, the
+//! expanded keys and values and their padding). A step whose rows all run
+//! one form (a decode step: every row absorbed) reads nothing back to the
+//! host, so a backend may record and replay it. What still goes through
+//! the host: a step mixing forms gathers each form's query rows and
+//! scatters its outputs there, and the expanded form's per-call index
+//! arrays (the slots it reads back, its one-slot-per-key tables) are
+//! uploaded, as any prompt step's are.
 
 use mm_core::{
     Device, Error, KvDType, KvStore, PagedBatch, PagedParams, Result, RowKind, SeqSpan, Tensor,
@@ -187,7 +195,9 @@ impl Mla {
     /// Attends the flattened batch `x[rows, hidden]` of `step`: writes each
     /// row's latent and rotated key into its slot of `cache` (the layer's
     /// key store, [`MlaConfig::cache_width`] wide), then attention of every
-    /// row over its sequence's cached rows in the row's form.
+    /// row over its sequence's cached rows in the row's form. Every tensor
+    /// stays on the device unless the step mixes forms (see the module
+    /// docs).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -198,156 +208,122 @@ impl Mla {
     ) -> Result<Tensor> {
         let m = &self.cfg;
         let (h, n) = (self.heads, step.ids.len());
-        let (nope, rd, lat, qk) = (
+        let (nope, rd, lat, vd) = (
             m.qk_nope_head_dim,
             m.qk_rope_head_dim,
             m.kv_lora_rank,
-            m.qk_head_dim(),
+            m.v_head_dim,
         );
-        let kinds = Some(&step.kinds[..]);
+        let (kinds, pairs) = (Some(&step.kinds[..]), m.rope_interleave);
         let q = match &self.q {
             QProj::Plain(q) => q.forward_rows(x, kinds, device)?,
             QProj::Lora { a, norm, b } => {
                 let qa = norm.forward(&a.forward_rows(x, kinds, device)?, device)?;
                 b.forward_rows(&qa, kinds, device)?
             }
-        }
-        .to_vec()?;
-        let pe = rope_order(rd, m.rope_interleave);
+        };
         // Per head: the position-free part, and the rotated part in
         // transformers' layout.
-        let q_nope = pick(
-            &q,
-            h * qk,
-            h,
-            |hd, out| {
-                out.extend_from_slice(&hd[..nope]);
-            },
-            qk,
-        );
-        let q_pe = pick(
-            &q,
-            h * qk,
-            h,
-            |hd, out| {
-                out.extend(pe.iter().map(|&j| hd[nope + j]));
-            },
-            qk,
-        );
-        let q_pe = rope
-            .forward(
-                &host(vec![n, h * rd], q_pe, device)?,
-                &step.positions,
-                device,
-            )?
-            .to_vec()?;
-        let kv = self.kv_a.forward_rows(x, kinds, device)?.to_vec()?;
-        let w = m.cache_width();
-        let c = pick(&kv, w, 1, |r, out| out.extend_from_slice(&r[..lat]), w);
-        let k_pe = pick(
-            &kv,
-            w,
-            1,
-            |r, out| out.extend(pe.iter().map(|&j| r[lat + j])),
-            w,
-        );
+        let q_nope = device.slice_cols(&q, h, 0, nope, false)?;
+        let q_pe = device.slice_cols(&q, h, nope, rd, pairs)?;
+        let q_pe = rope.forward(&q_pe, &step.positions, device)?;
+        let kv = self.kv_a.forward_rows(x, kinds, device)?;
         let c = self
             .kv_norm
-            .forward(&host(vec![n, lat], c, device)?, device)?
-            .to_vec()?;
-        let k_pe = rope
-            .forward(&host(vec![n, rd], k_pe, device)?, &step.positions, device)?
-            .to_vec()?;
-        let mut rows = Vec::with_capacity(n * w);
-        for r in 0..n {
-            rows.extend_from_slice(&c[r * lat..][..lat]);
-            rows.extend_from_slice(&k_pe[r * rd..][..rd]);
-        }
-        device.write_kv(cache, &step.slots, &host(vec![n, w], rows, device)?)?;
+            .forward(&device.slice_cols(&kv, 1, 0, lat, false)?, device)?;
+        let k_pe = device.slice_cols(&kv, 1, lat, rd, pairs)?;
+        let k_pe = rope.forward(&k_pe, &step.positions, device)?;
+        let rows = device.concat_cols(&c, &k_pe, 1, 1)?;
+        device.write_kv(cache, &step.slots, &rows)?;
 
-        let (vd, mut out) = (m.v_head_dim, vec![0.0f32; n * h * m.v_head_dim]);
-        for (absorbed, sub) in split_by_form(&step.batch, &step.kinds, self.form) {
-            let part = if absorbed {
-                self.absorbed(&q_nope, &q_pe, &sub, cache, device)?
-            } else {
-                self.expanded(&q_nope, &q_pe, &sub, cache, device)?
-            };
-            for (i, &r) in sub.rows.iter().enumerate() {
-                out[r * h * vd..][..h * vd].copy_from_slice(&part[i * h * vd..][..h * vd]);
+        let subs = split_by_form(&step.batch, &step.kinds, self.form);
+        let out = match &subs[..] {
+            // Every row in one form, in order: no gathering or scattering.
+            [(absorbed, sub)] if sub.rows.iter().copied().eq(0..n) => {
+                self.attend(*absorbed, &q_nope, &q_pe, sub, cache, device)?
             }
-        }
-        self.o
-            .forward_rows(&host(vec![n, h * vd], out, device)?, kinds, device)
+            _ => {
+                let mut out = vec![0.0f32; n * h * vd];
+                for (absorbed, sub) in &subs {
+                    let (qn, qp) = (
+                        rows_of(&q_nope, &sub.rows, device)?,
+                        rows_of(&q_pe, &sub.rows, device)?,
+                    );
+                    let part = self
+                        .attend(*absorbed, &qn, &qp, sub, cache, device)?
+                        .to_vec()?;
+                    for (i, &r) in sub.rows.iter().enumerate() {
+                        out[r * h * vd..][..h * vd].copy_from_slice(&part[i * h * vd..][..h * vd]);
+                    }
+                }
+                host(vec![n, h * vd], out, device)?
+            }
+        };
+        self.o.forward_rows(&out, kinds, device)
     }
 
-    /// The absorbed form of `sub`'s rows: `[rows, heads·v_head_dim]`.
-    fn absorbed(
+    /// `sub`'s rows in its form, from their queries' position-free parts
+    /// `q_nope[rows, heads·qk_nope]` and rotated parts
+    /// `q_pe[rows, heads·qk_rope]`: `[rows, heads·v_head_dim]`.
+    fn attend(
         &self,
-        q_nope: &[f32],
-        q_pe: &[f32],
+        absorbed: bool,
+        q_nope: &Tensor,
+        q_pe: &Tensor,
         sub: &SubBatch,
         cache: &KvStore,
         device: &Device,
-    ) -> Result<Vec<f32>> {
-        let m = &self.cfg;
-        let (h, r) = (self.heads, sub.rows.len());
-        let (nope, rd, lat, w) = (
-            m.qk_nope_head_dim,
-            m.qk_rope_head_dim,
-            m.kv_lora_rank,
-            m.cache_width(),
-        );
-        let qn: Vec<f32> = sub
-            .rows
-            .iter()
-            .flat_map(|&i| q_nope[i * h * nope..][..h * nope].iter().copied())
-            .collect();
-        let q_lat = device
-            .head_matmul(&host(vec![r, h * nope], qn, device)?, &self.w_uk_t)?
-            .to_vec()?;
-        let mut q = Vec::with_capacity(r * h * w);
-        for (i, &row) in sub.rows.iter().enumerate() {
-            for hd in 0..h {
-                q.extend_from_slice(&q_lat[(i * h + hd) * lat..][..lat]);
-                q.extend_from_slice(&q_pe[(row * h + hd) * rd..][..rd]);
-            }
+    ) -> Result<Tensor> {
+        if absorbed {
+            self.absorbed(q_nope, q_pe, sub, cache, device)
+        } else {
+            self.expanded(q_nope, q_pe, sub, cache, device)
         }
+    }
+
+    /// The absorbed form (see [`Mla::attend`]).
+    fn absorbed(
+        &self,
+        q_nope: &Tensor,
+        q_pe: &Tensor,
+        sub: &SubBatch,
+        cache: &KvStore,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (h, lat) = (self.heads, self.cfg.kv_lora_rank);
+        let q_lat = device.head_matmul(q_nope, &self.w_uk_t)?;
+        let q = device.concat_cols(&q_lat, q_pe, h, h)?;
         let p = PagedParams {
             n_heads: h,
             n_kv_heads: 1,
-            head_dim: w,
+            head_dim: self.cfg.cache_width(),
             scale: self.scale,
             window: None,
         };
-        let q = host(vec![r, h * w], q, device)?;
-        let a = device
-            .paged_attention(&q, cache, cache, &sub.batch, &p)?
-            .to_vec()?;
-        let o_lat = pick(&a, h * w, h, |hd, out| out.extend_from_slice(&hd[..lat]), w);
-        device
-            .head_matmul(&host(vec![r, h * lat], o_lat, device)?, &self.w_uv)?
-            .to_vec()
+        let a = device.paged_attention(&q, cache, cache, &sub.batch, &p)?;
+        let o_lat = device.slice_cols(&a, h, 0, lat, false)?;
+        device.head_matmul(&o_lat, &self.w_uv)
     }
 
-    /// The expanded form of `sub`'s rows: `[rows, heads·v_head_dim]`.
+    /// The expanded form (see [`Mla::attend`]).
     fn expanded(
         &self,
-        q_nope: &[f32],
-        q_pe: &[f32],
+        q_nope: &Tensor,
+        q_pe: &Tensor,
         sub: &SubBatch,
         cache: &KvStore,
         device: &Device,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Tensor> {
         let m = &self.cfg;
-        let (h, r) = (self.heads, sub.rows.len());
-        let (nope, rd, lat, vd, w) = (
+        let h = self.heads;
+        let (nope, rd, lat, vd, qk) = (
             m.qk_nope_head_dim,
             m.qk_rope_head_dim,
             m.kv_lora_rank,
             m.v_head_dim,
-            m.cache_width(),
+            m.qk_head_dim(),
         );
-        let d = m.qk_head_dim().max(vd);
+        let d = qk.max(vd);
         // Every key position of every sequence, read back from the cache.
         let b = &sub.batch;
         let mut slots = Vec::new();
@@ -360,52 +336,30 @@ impl Mla {
             slots.extend((0..s.kv_len).map(|t| b.slot(s, t) as u32));
         }
         let t = slots.len();
-        let cached = device.gather_kv(cache, &slots)?.to_vec()?;
-        let c = pick(
-            &cached,
-            w,
-            1,
-            |row, out| out.extend_from_slice(&row[..lat]),
-            w,
-        );
+        let cached = device.gather_kv(cache, &slots)?;
+        let c = device.slice_cols(&cached, 1, 0, lat, false)?;
         let kvb = self
             .kv_b
-            .forward_rows(
-                &host(vec![t, lat], c, device)?,
-                Some(&vec![RowKind::Prompt; t]),
-                device,
-            )?
-            .to_vec()?;
-        let (mut k, mut v) = (vec![0.0f32; t * h * d], vec![0.0f32; t * h * d]);
-        for j in 0..t {
-            for hd in 0..h {
-                let src = &kvb[(j * h + hd) * (nope + vd)..][..nope + vd];
-                let kk = &mut k[(j * h + hd) * d..][..d];
-                kk[..nope].copy_from_slice(&src[..nope]);
-                kk[nope..nope + rd].copy_from_slice(&cached[j * w + lat..][..rd]);
-                v[(j * h + hd) * d..][..vd].copy_from_slice(&src[nope..]);
-            }
-        }
-        let mut q = vec![0.0f32; r * h * d];
-        for (i, &row) in sub.rows.iter().enumerate() {
-            for hd in 0..h {
-                let qq = &mut q[(i * h + hd) * d..][..d];
-                qq[..nope].copy_from_slice(&q_nope[(row * h + hd) * nope..][..nope]);
-                qq[nope..nope + rd].copy_from_slice(&q_pe[(row * h + hd) * rd..][..rd]);
-            }
-        }
+            .forward_rows(&c, Some(&vec![RowKind::Prompt; t]), device)?;
+        // Per head: keys [k_nope | k_pe] (k_pe shared by every head) and
+        // values, each zero-padded to d (a window reading past its end).
+        let k_nope = device.slice_cols(&kvb, h, 0, nope, false)?;
+        let k_pe = device.slice_cols(&cached, 1, lat, rd, false)?;
+        let k = pad(&device.concat_cols(&k_nope, &k_pe, h, 1)?, h, qk, d, device)?;
+        let v = device.slice_cols(&kvb, h, nope, d, false)?;
+        let q = pad(&device.concat_cols(q_nope, q_pe, h, h)?, h, qk, d, device)?;
         // The expanded keys and values as f32 stores of one slot per key
         // (blocks of 1, each sequence's table its own run of slots).
-        let store = |vals: Vec<f32>| -> Result<KvStore> {
+        let all: Vec<u32> = (0..t as u32).collect();
+        let store = |vals: &Tensor| -> Result<KvStore> {
             let mut st = device.kv_store(t, h * d, KvDType::F32)?;
-            let all: Vec<u32> = (0..t as u32).collect();
-            device.write_kv(&mut st, &all, &host(vec![t, h * d], vals, device)?)?;
+            device.write_kv(&mut st, &all, vals)?;
             Ok(st)
         };
-        let (ks, vs) = (store(k)?, store(v)?);
+        let (ks, vs) = (store(&k)?, store(&v)?);
         let batch = PagedBatch {
             seqs,
-            block_tables: (0..t as u32).collect(),
+            block_tables: all.clone(),
             block_size: 1,
         };
         let p = PagedParams {
@@ -415,16 +369,8 @@ impl Mla {
             scale: self.scale,
             window: None,
         };
-        let a = device
-            .paged_attention(&host(vec![r, h * d], q, device)?, &ks, &vs, &batch, &p)?
-            .to_vec()?;
-        Ok(pick(
-            &a,
-            h * d,
-            h,
-            |hd, out| out.extend_from_slice(&hd[..vd]),
-            d,
-        ))
+        let a = device.paged_attention(&q, &ks, &vs, &batch, &p)?;
+        pad(&a, h, d, vd, device)
     }
 }
 
@@ -446,36 +392,25 @@ fn softmax_scale(s: Option<&RopeScaling>, qk_head_dim: usize) -> f32 {
     }
 }
 
-/// Where each of the `rd` rotated values comes from: interleaved pairs
-/// `(x0, x1), (x2, x3), …` become transformers' output layout (evens, then
-/// odds), which the rotate-half RoPE then rotates pair `(i, i + rd/2)`.
-fn rope_order(rd: usize, interleave: bool) -> Vec<usize> {
-    let half = rd / 2;
-    (0..rd)
-        .map(|j| match interleave {
-            false => j,
-            true if j < half => 2 * j,
-            true => 2 * (j - half) + 1,
-        })
-        .collect()
+/// Each group of `x[n, groups*width]` cut or zero-padded to `to` columns
+/// (`x` itself when `to == width`).
+fn pad(x: &Tensor, groups: usize, width: usize, to: usize, device: &Device) -> Result<Tensor> {
+    match to == width {
+        true => Ok(x.clone()),
+        false => device.slice_cols(x, groups, 0, to, false),
+    }
 }
 
-/// For each row of `src` (`width` values), for each of its `parts` chunks
-/// of `part` values, what `f` appends.
-fn pick(
-    src: &[f32],
-    width: usize,
-    parts: usize,
-    f: impl Fn(&[f32], &mut Vec<f32>),
-    part: usize,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(src.len());
-    for row in src.chunks_exact(width) {
-        for p in 0..parts {
-            f(&row[p * part..][..part], &mut out);
-        }
+/// Rows `rows` of `x` in that order, through the host (`x` itself when
+/// they are all of its rows in order).
+fn rows_of(x: &Tensor, rows: &[usize], device: &Device) -> Result<Tensor> {
+    let (n, w) = x.dims2()?;
+    if rows.iter().copied().eq(0..n) {
+        return Ok(x.clone());
     }
-    out
+    let all = x.to_vec()?;
+    let v = rows.iter().flat_map(|&r| all[r * w..][..w].iter().copied());
+    host(vec![rows.len(), w], v.collect(), device)
 }
 
 /// A host tensor of `shape`, on `device`.
@@ -565,12 +500,6 @@ fn absorbed_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interleaved_pairs_become_evens_then_odds() {
-        assert_eq!(rope_order(6, true), [0, 2, 4, 1, 3, 5]);
-        assert_eq!(rope_order(4, false), [0, 1, 2, 3]);
-    }
 
     #[test]
     fn rows_split_by_kind_keep_their_prefixes() {

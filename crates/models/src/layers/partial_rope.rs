@@ -3,10 +3,11 @@
 //! them), the rest pass through, as transformers' `apply_rotary_pos_emb`
 //! with a shorter `cos`/`sin`.
 //!
-//! The backend's rope op rotates whole heads, so the rotating parts are
-//! gathered into `[n, heads*rotary_dim]` on the host, rotated by the op as
-//! heads of `rotary_dim`, and scattered back. (A device-side strided rope
-//! would avoid the round trip; on the CPU it is a copy.)
+//! The backend's rope op rotates whole heads, so each head's rotating
+//! part is cut out on the device ([`Device::slice_cols`]), rotated by the
+//! op as heads of `rotary_dim`, and put back in front of the pass-through
+//! part ([`Device::concat_cols`]): nothing crosses to the host, so a
+//! decode step stays replayable.
 
 use mm_core::{Device, Error, Result, Tensor};
 
@@ -22,7 +23,7 @@ pub(super) fn forward(
     attention_factor: f32,
     device: &Device,
 ) -> Result<Tensor> {
-    let (n, width) = x.dims2()?;
+    let (_, width) = x.dims2()?;
     if head_dim == 0 || rotary_dim > head_dim || !width.is_multiple_of(head_dim) {
         return Err(Error::Invalid(format!(
             "partial rope: x {:?}, head_dim {head_dim}, rotary_dim {rotary_dim}",
@@ -30,21 +31,8 @@ pub(super) fn forward(
         )));
     }
     let heads = width / head_dim;
-    let xs = x.to_vec()?;
-    let mut rot = Vec::with_capacity(n * heads * rotary_dim);
-    for head in xs.chunks_exact(head_dim) {
-        rot.extend_from_slice(&head[..rotary_dim]);
-    }
-    let rot = device.upload(&Tensor::from_vec(vec![n, heads * rotary_dim], rot)?)?;
-    let rot = device
-        .rope(&rot, rotary_dim, positions, inv_freq, attention_factor)?
-        .to_vec()?;
-    let mut out = xs;
-    for (head, r) in out
-        .chunks_exact_mut(head_dim)
-        .zip(rot.chunks_exact(rotary_dim))
-    {
-        head[..rotary_dim].copy_from_slice(r);
-    }
-    device.upload(&Tensor::from_vec(vec![n, width], out)?)
+    let rot = device.slice_cols(x, heads, 0, rotary_dim, false)?;
+    let rot = device.rope(&rot, rotary_dim, positions, inv_freq, attention_factor)?;
+    let pass = device.slice_cols(x, heads, rotary_dim, head_dim - rotary_dim, false)?;
+    device.concat_cols(&rot, &pass, heads, heads)
 }
