@@ -86,9 +86,12 @@ pub struct Split {
 }
 
 impl Split {
-    /// Whether both parts are empty.
-    pub fn is_empty(&self) -> bool {
-        self.reasoning.is_empty() && self.content.is_empty()
+    /// All content (text of a model whose reasoning is not split).
+    pub fn content_only(text: impl Into<String>) -> Self {
+        Self {
+            reasoning: String::new(),
+            content: text.into(),
+        }
     }
 
     fn add(&mut self, other: Split) {
