@@ -30,7 +30,9 @@ tests/fixtures/think/
     is word-level (32 entries; user text becomes <unk>); `<think>` and
     `</think>` are added tokens that are not special (as in Qwen3 and GLM).
     `reference.json` holds, for each scenario, the prompt transformers
-    renders and tokenizes and the ids and text `generate` (greedy) returns.
+    renders and tokenizes, the ids and text `generate` (greedy) returns, and
+    the reasoning and content that text splits into (`reference_split`, the
+    splitter's rules written again in Python).
 
 Needs torch, transformers, tokenizers, safetensors (CPU is enough; runs in
 seconds):  /work/venv/bin/python scripts/make_reasoning_fixtures.py
@@ -289,6 +291,26 @@ SCENARIOS = [
 ]
 
 
+def reference_split(prompt, text, default_start="content"):
+    """The (reasoning, content) metal-marlin's splitter must give for `text`
+    generated after `prompt` (its rules, written again here over the whole
+    text: mm_engine::reasoning documents them)."""
+    o, c = prompt.rfind("<think>"), prompt.rfind("</think>")
+    if o >= 0 and o > c:
+        start = "reasoning"
+    elif c >= 0 and not prompt[c + len("</think>"):].strip():
+        start = "content"
+    else:
+        start = default_start
+    text = text.lstrip()
+    if text.startswith("<think>"):
+        text, start = text[len("<think>"):], "reasoning"
+    if start == "content":
+        return "", text
+    reasoning, closed, content = text.partition("</think>")
+    return reasoning.strip(), content.lstrip() if closed else ""
+
+
 def main():
     tok = build_tokenizer()
 
@@ -360,6 +382,8 @@ def main():
                 eos_token_id=ID["<eos>"],
                 pad_token_id=ID["<eos>"],
             )[0, len(ids):].tolist()
+        text = tok.decode(out, skip_special_tokens=True)
+        reasoning, content = reference_split(prompt, text)
         scenarios.append(
             {
                 "name": name,
@@ -371,10 +395,12 @@ def main():
                 "prompt": prompt,
                 "prompt_ids": ids,
                 "greedy_ids": out,
-                "greedy_text": tok.decode(out, skip_special_tokens=True),
+                "greedy_text": text,
+                "reasoning": reasoning,
+                "content": content,
             }
         )
-        print(f"{name:16} {prompt[-24:]!r:30} -> {tok.decode(out, skip_special_tokens=True)!r}")
+        print(f"{name:16} {prompt[-24:]!r:30} -> {text!r} = {reasoning!r} + {content!r}")
     with open(os.path.join(MODEL_OUT, "reference.json"), "w") as f:
         json.dump({"vocab": VOCAB, "scenarios": scenarios}, f, indent=1, ensure_ascii=False)
         f.write("\n")

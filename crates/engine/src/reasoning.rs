@@ -244,14 +244,18 @@ impl ReasoningSplitter {
                         };
                     }
                 }
-                State::Reasoning { fresh } => {
-                    if fresh {
-                        trim_start_in_place(&mut self.pending);
-                        if self.pending.is_empty() {
-                            return out;
-                        }
-                        self.state = State::Reasoning { fresh: false };
+                State::Reasoning { fresh: true } | State::Content { fresh: true } => {
+                    // A section starts with its first non-whitespace text.
+                    trim_start_in_place(&mut self.pending);
+                    if self.pending.is_empty() {
+                        return out;
                     }
+                    self.state = match self.state {
+                        State::Reasoning { .. } => State::Reasoning { fresh: false },
+                        _ => State::Content { fresh: false },
+                    };
+                }
+                State::Reasoning { fresh: false } => {
                     let found = (!self.close.is_empty())
                         .then(|| self.pending.find(self.close.as_str()))
                         .flatten();
@@ -269,14 +273,7 @@ impl ReasoningSplitter {
                     self.pending.drain(..cut);
                     return out;
                 }
-                State::Content { fresh } => {
-                    if fresh {
-                        trim_start_in_place(&mut self.pending);
-                        if self.pending.is_empty() {
-                            return out;
-                        }
-                        self.state = State::Content { fresh: false };
-                    }
+                State::Content { fresh: false } => {
                     out.content.push_str(&self.pending);
                     self.pending.clear();
                     return out;

@@ -127,17 +127,21 @@ fn body(sc: &Value, extra: Value) -> Value {
     b
 }
 
-/// (scenario, reasoning, content) under the default parser.
-const EXPECTED: &[(&str, &str, &str)] = &[
-    ("model-opens", "Let me think.", "The answer is 42!"),
-    ("thinking-off", "", "The answer is 42!"),
-    ("nothink-suffix", "", "The answer is 42!"),
-    ("split-close-tag", "Let me think.", "The answer is 42!"),
-    ("never-closes", "Let me think.Hmm.Hmm.Hmm.Hmm", ""),
-    ("no-tags", "", "The answer is 42!"),
-    ("prompt-opens", "Let me think.", "The answer is 42!"),
-    ("prompt-closes", "", "The answer is 42!"),
-];
+/// Every scenario of the fixture with the (reasoning, content) its text
+/// splits into under the default parser; the list is checked not to shrink.
+fn expected() -> Vec<(&'static Value, &'static str, &'static str)> {
+    let all: Vec<_> = reference()["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sc| {
+            let s = |k: &str| sc[k].as_str().unwrap();
+            (sc, s("reasoning"), s("content"))
+        })
+        .collect();
+    assert_eq!(all.len(), 8);
+    all
+}
 
 /// A message or delta's reasoning: both names present and equal, or
 /// neither.
@@ -156,8 +160,8 @@ fn reasoning_of(m: &Value) -> Option<String> {
 
 #[tokio::test]
 async fn whole_answers_split_reasoning_from_content() {
-    for &(name, reasoning, content) in EXPECTED {
-        let sc = scenario(name);
+    for (sc, reasoning, content) in expected() {
+        let name = sc["name"].as_str().unwrap();
         let s = server(sc["template"].as_str().unwrap(), ReasoningParser::Auto);
         let (status, r) = post(
             &format!("{}/v1/chat/completions", s.url),
@@ -235,8 +239,8 @@ fn read_stream(events: &[String], n: usize) -> (Vec<String>, Vec<String>, Vec<St
 
 #[tokio::test]
 async fn streams_send_reasoning_then_content() {
-    for &(name, reasoning, content) in EXPECTED {
-        let sc = scenario(name);
+    for (sc, reasoning, content) in expected() {
+        let name = sc["name"].as_str().unwrap();
         let s = server(sc["template"].as_str().unwrap(), ReasoningParser::Auto);
         let events = post_stream(
             &format!("{}/v1/chat/completions", s.url),
