@@ -452,6 +452,47 @@ async fn reasoning_parser_none_and_deepseek_r1() {
     }
 }
 
+/// A grammar applies from the first token, so a constrained answer is all
+/// content even after a prompt that opened a reasoning block. Needs a
+/// tokenizer structured output supports: SmolLM2's, under the GLM-4.7
+/// imitation template (skipped without SmolLM2, as the other SmolLM2 tests).
+#[tokio::test]
+async fn constrained_answers_are_all_content() {
+    let Some(path) = model_path() else {
+        return;
+    };
+    let inner = common::loader(path);
+    let source = template("glm47-like");
+    let load: Loader = Box::new(move || {
+        let (model, tok) = inner()?;
+        Ok((model, tok.with_chat_template(source)))
+    });
+    let s = TestServer::start_with(config("smol-thinking"), load, true);
+    let url = format!("{}/v1/chat/completions", s.url);
+    let ask = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Name a color."}],
+                           "temperature": 0, "max_tokens": 12});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    // Unconstrained, the template's open block makes the answer reasoning.
+    let (status, r) = post(&url, &ask(json!({"ignore_eos": true}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(reasoning_of(&r["choices"][0]["message"]).is_some(), "{r}");
+    let (status, r) = post(
+        &url,
+        &ask(json!({"response_format": {"type": "json_object"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let m = &r["choices"][0]["message"];
+    assert_eq!(reasoning_of(m), None, "{r}");
+    let content = m["content"].as_str().unwrap();
+    assert!(content.trim_start().starts_with('{'), "{r}");
+}
+
 #[tokio::test]
 async fn text_completions_are_not_split() {
     let sc = scenario("model-opens");

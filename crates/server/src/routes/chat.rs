@@ -129,8 +129,13 @@ pub async fn chat_completions(
         Ok((prompt, ids))
     })
     .await?;
-    // Where the prompt leaves off decides where the answer starts.
-    let splitter = info.reasoning.as_ref().map(|r| r.splitter(&prompt));
+    // Where the prompt leaves off decides where the answer starts. A
+    // grammar constrains the answer from its first token, so a constrained
+    // answer has no reasoning: it is all content.
+    let splitter = match (&info.reasoning, &p.guide) {
+        (Some(r), None) => Some(r.splitter(&prompt)),
+        _ => None,
+    };
     let mut g = submit(&state, info, request_id("chatcmpl-"), vec![ids], &p)?;
     if p.stream {
         let fmt = ChatChunks {
