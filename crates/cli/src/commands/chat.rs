@@ -76,7 +76,11 @@ pub fn run(a: ChatArgs) -> Result<()> {
             stop_on_eos: !a.sampling.ignore_eos,
             guide: guide.clone(),
         };
-        let splitter = reasoning.as_ref().ok().map(|r| r.splitter(&prompt));
+        // A grammar constrains the answer from its first token: no reasoning.
+        let splitter = match (&reasoning, &guide) {
+            (Ok(r), None) => Some(r.splitter(&prompt)),
+            _ => None,
+        };
         let mut answer = Answer::new(splitter, show, tty);
         // Each turn re-renders the whole conversation; the engine's prefix
         // cache serves what the template left unchanged, the rest is
