@@ -14,8 +14,8 @@
 //! * streams send reasoning deltas, then content deltas, each token's
 //!   log-probabilities once, per choice;
 //! * `reasoning` / `reasoning_content` of input messages reach the template;
-//! * `--reasoning-parser none` and `deepseek_r1`; text completions are
-//!   not split.
+//! * `--reasoning-parser none` and `deepseek_r1`; text completions (whole
+//!   and streamed) are not split, nor are answers under `response_format`.
 
 mod common;
 
@@ -506,4 +506,24 @@ async fn text_completions_are_not_split() {
     let c = &r["choices"][0];
     assert_eq!(c["text"], sc["greedy_text"]);
     assert_eq!(reasoning_of(c), None);
+    // Streamed: the same text, one chunk per piece, then the finish chunk.
+    let events = post_stream(
+        &format!("{}/v1/completions", s.url),
+        &json!({"prompt": sc["prompt"], "max_tokens": 32, "temperature": 0, "stream": true}),
+    )
+    .await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut text = String::new();
+    let mut finish = Vec::new();
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let ch = &c["choices"][0];
+        assert_eq!(reasoning_of(ch), None);
+        text.push_str(ch["text"].as_str().unwrap());
+        if let Some(f) = ch["finish_reason"].as_str() {
+            finish.push(f.to_string());
+        }
+    }
+    assert_eq!(text, sc["greedy_text"].as_str().unwrap());
+    assert_eq!(finish, ["stop"]);
 }
