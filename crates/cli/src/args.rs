@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mm_engine::ReasoningParser;
 
 #[derive(Parser)]
 #[command(
@@ -165,8 +166,40 @@ pub struct ChatArgs {
     /// System message.
     #[arg(long)]
     pub system: Option<String>,
+    /// Show the model's reasoning: dimmed on a terminal, else between
+    /// `<think>` and `</think>` lines [default when stdout is a terminal].
+    #[arg(long, conflicts_with = "hide_reasoning")]
+    pub show_reasoning: bool,
+    /// Leave the model's reasoning out, showing only the answer [default
+    /// when stdout is not a terminal].
+    #[arg(long)]
+    pub hide_reasoning: bool,
+    /// Ask the chat template for thinking (sets `enable_thinking` true).
+    #[arg(long, conflicts_with = "no_think")]
+    pub think: bool,
+    /// Ask the chat template to skip thinking (sets `enable_thinking`
+    /// false; templates without the switch ignore it).
+    #[arg(long)]
+    pub no_think: bool,
+    #[command(flatten)]
+    pub reasoning: ReasoningArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+/// Which models' output is split into reasoning and answer.
+#[derive(Args, Clone, Copy)]
+pub struct ReasoningArgs {
+    /// Split reasoning (`<think>`…`</think>`) from the answer: auto (when
+    /// the vocabulary or the chat template has both tags), none, qwen3 or
+    /// glm45 (always), deepseek_r1 (always, and the answer starts inside
+    /// reasoning unless the prompt says otherwise).
+    #[arg(long, value_name = "NAME", default_value = "auto", value_parser = reasoning_parser)]
+    pub reasoning_parser: ReasoningParser,
+}
+
+fn reasoning_parser(s: &str) -> Result<ReasoningParser, String> {
+    s.parse()
 }
 
 #[derive(Args)]
@@ -315,6 +348,8 @@ pub struct ServeArgs {
     /// Serve /metrics on this port as well.
     #[arg(long, value_name = "P")]
     pub metrics_port: Option<u16>,
+    #[command(flatten)]
+    pub reasoning: ReasoningArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mm_core::KvDType;
 use mm_engine::sched::SchedulerConfig;
+use mm_engine::ReasoningParser;
 use mm_models::DecoderModel;
 
 /// Default KV-cache budget when neither blocks nor memory are given.
@@ -34,6 +35,9 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Interval of SSE keep-alive comments.
     pub keep_alive: Duration,
+    /// Which models get reasoning split out of chat answers
+    /// (`--reasoning-parser`).
+    pub reasoning_parser: ReasoningParser,
     pub engine: EngineOptions,
 }
 
@@ -49,6 +53,7 @@ impl ServerConfig {
             metrics_port: None,
             body_limit: DEFAULT_BODY_LIMIT,
             keep_alive: Duration::from_secs(15),
+            reasoning_parser: ReasoningParser::Auto,
             engine: EngineOptions::default(),
         }
     }

@@ -76,6 +76,7 @@ pub async fn start(cfg: ServerConfig, load: Loader) -> anyhow::Result<RunningSer
     let (engine, model_thread) = worker::spawn(
         load,
         cfg.engine.clone(),
+        cfg.reasoning_parser,
         cfg.served_model_name.clone(),
         recorder,
     )

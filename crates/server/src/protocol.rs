@@ -48,20 +48,31 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
+/// Extra chat-template variables (`{"enable_thinking": false}`).
+pub type TemplateKwargs = serde_json::Map<String, serde_json::Value>;
+
 /// `POST /v1/chat/completions` (besides [`SamplingFields`]).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    /// Variables for the chat template; they cannot replace `messages`
+    /// or `add_generation_prompt`.
+    pub chat_template_kwargs: Option<TemplateKwargs>,
 }
 
 /// One chat message. `content` may be absent or null for an assistant turn.
+/// An assistant turn's reasoning comes as `reasoning_content` or
+/// `reasoning` (vLLM's newer name); the template sees it as
+/// `reasoning_content`.
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    pub reasoning_content: Option<String>,
+    pub reasoning: Option<String>,
 }
 
 /// Message content: a string, or a list of parts of which only text parts
@@ -107,6 +118,7 @@ pub struct TokenizeRequest {
     pub messages: Option<Vec<Message>>,
     pub add_special_tokens: Option<bool>,
     pub add_generation_prompt: Option<bool>,
+    pub chat_template_kwargs: Option<TemplateKwargs>,
 }
 
 /// `POST /detokenize`.

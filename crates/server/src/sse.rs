@@ -26,16 +26,18 @@ pub trait ChunkFormat: Send + 'static {
     /// Choice entries sent before any token (chat: the role; completions:
     /// the echoed prompt).
     fn start(&mut self, g: &Generation) -> Vec<Value>;
-    /// The entry for a token of choice `index`, or none to send nothing.
+    /// The entries for a token of choice `index`, one chunk each (none to
+    /// send nothing).
     fn token(
         &mut self,
         index: usize,
         token: u32,
         text: &str,
         logprobs: Option<&TokenLogprobs>,
-    ) -> Option<Value>;
-    /// The last entry of choice `index`, carrying its finish reason.
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Value;
+    ) -> Vec<Value>;
+    /// The last entries of choice `index`, the last one carrying its
+    /// finish reason.
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value>;
 }
 
 struct StreamState<F> {
@@ -81,7 +83,7 @@ impl<F: ChunkFormat> StreamState<F> {
                 text,
                 logprobs,
             } => {
-                if let Some(choice) = self.fmt.token(ev.index, token, &text, logprobs.as_ref()) {
+                for choice in self.fmt.token(ev.index, token, &text, logprobs.as_ref()) {
                     let c = self.chunk(vec![choice], None);
                     self.queue.push_back(c);
                 }
@@ -92,9 +94,10 @@ impl<F: ChunkFormat> StreamState<F> {
                 completion_tokens,
                 cached_tokens,
             } => {
-                let choice = self.fmt.finish(ev.index, reason);
-                let c = self.chunk(vec![choice], None);
-                self.queue.push_back(c);
+                for choice in self.fmt.finish(ev.index, reason) {
+                    let c = self.chunk(vec![choice], None);
+                    self.queue.push_back(c);
+                }
                 self.acc
                     .add(ev.index, prompt_tokens, completion_tokens, cached_tokens);
                 self.left = self.left.saturating_sub(1);

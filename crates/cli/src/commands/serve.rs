@@ -32,6 +32,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     cfg.api_key = a.api_key.clone();
     cfg.max_queue = a.max_queue;
     cfg.metrics_port = a.metrics_port;
+    cfg.reasoning_parser = a.reasoning.reasoning_parser;
     cfg.engine = EngineOptions {
         max_num_seqs: a.max_num_seqs,
         max_num_batched_tokens: a.max_num_batched_tokens,

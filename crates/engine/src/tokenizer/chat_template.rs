@@ -11,8 +11,10 @@
 //!   controls, `namespace`;
 //! * values print as Python prints them (`True`, `None`, `['a', 1]`);
 //! * the `{% generation %}` tag (assistant-token tracking) renders its body;
-//! * variables: `messages`, `add_generation_prompt`, `tools`, `documents`,
-//!   and the special tokens `bos_token`, `eos_token`, `unk_token`, `pad_token`.
+//! * variables: `messages` (each with `role`, `content` and, when given,
+//!   `reasoning_content`), `add_generation_prompt`, `tools`, `documents`,
+//!   the special tokens `bos_token`, `eos_token`, `unk_token`, `pad_token`,
+//!   and any extra ones (`enable_thinking`, ...).
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,11 @@ const NAME: &str = "chat_template";
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's reasoning, as the template sees it
+    /// (`message.reasoning_content`, which Qwen3 and GLM templates read);
+    /// absent from the message when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl ChatMessage {
@@ -38,7 +45,13 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            reasoning_content: None,
         }
+    }
+    /// The message with `reasoning_content` set.
+    pub fn with_reasoning(mut self, reasoning: impl Into<String>) -> Self {
+        self.reasoning_content = Some(reasoning.into());
+        self
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)

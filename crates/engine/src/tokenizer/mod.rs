@@ -256,6 +256,24 @@ impl Tokenizer {
         self.inner.chat_template.as_deref()
     }
 
+    /// This tokenizer with another chat template (compiled on first use).
+    pub fn with_chat_template(&self, source: impl Into<String>) -> Tokenizer {
+        let i = &self.inner;
+        Tokenizer {
+            inner: Arc::new(Inner {
+                tok: i.tok.clone(),
+                vocab_size: i.vocab_size,
+                special: i.special.clone(),
+                bos_id: i.bos_id,
+                eos_ids: i.eos_ids.clone(),
+                add_bos: i.add_bos,
+                tokens: i.tokens.clone(),
+                chat_template: Some(source.into()),
+                compiled: OnceLock::new(),
+            }),
+        }
+    }
+
     /// Renders `messages` with the model's chat template, as `transformers`'
     /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=..)`.
     /// Encode the result with `add_special = false`: the template writes the

@@ -1,11 +1,15 @@
 //! `POST /v1/chat/completions`: messages rendered with the model's chat
-//! template (generation prompt added), answered whole or streamed.
+//! template (generation prompt added, `chat_template_kwargs` as extra
+//! variables), answered whole or streamed. A reasoning model's answer is
+//! split (`mm_engine::reasoning`): its reasoning goes to `reasoning_content`
+//! and `reasoning` (the same text under both names), the rest to `content`.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use mm_engine::batch::TokenLogprobs;
 use mm_engine::sched::FinishReason;
-use mm_engine::tokenizer::{ChatMessage, Tokenizer};
+use mm_engine::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
+use mm_engine::{ReasoningSplitter, Split};
 use serde_json::{json, Value};
 
 use super::AppState;
@@ -15,11 +19,13 @@ use crate::gen::{
 };
 use crate::logprobs::{chat_entry, chat_logprobs};
 use crate::params::top_logprobs;
-use crate::protocol::{ChatRequest, Content, Message};
+use crate::protocol::{ChatRequest, Content, Message, TemplateKwargs};
 use crate::sse::{self, ChunkFormat};
 
 /// Messages as the chat template takes them: roles system, user and
-/// assistant (`developer` is a system message); text content only.
+/// assistant (`developer` is a system message); text content only; the
+/// reasoning of a turn (`reasoning_content`, else `reasoning`) as
+/// `reasoning_content`.
 pub fn to_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::invalid_param(
@@ -65,9 +71,30 @@ pub fn to_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 texts.join("\n")
             }
         };
-        out.push(ChatMessage::new(role, content));
+        let mut msg = ChatMessage::new(role, content);
+        msg.reasoning_content = m.reasoning_content.clone().or_else(|| m.reasoning.clone());
+        out.push(msg);
     }
     Ok(out)
+}
+
+/// The conversation rendered with the model's chat template, the request's
+/// `chat_template_kwargs` as extra variables; a template error is a 400.
+/// CPU work: call it on the blocking pool.
+pub fn render(
+    tok: &Tokenizer,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    kwargs: Option<TemplateKwargs>,
+) -> Result<String, ApiError> {
+    let opts = ChatTemplateOptions {
+        add_generation_prompt,
+        extra: kwargs.unwrap_or_default(),
+        ..Default::default()
+    };
+    tok.render_chat_with(messages, &opts).map_err(|e| {
+        ApiError::invalid_param("messages", format!("Cannot apply the chat template: {e}"))
+    })
 }
 
 pub async fn chat_completions(
@@ -91,19 +118,30 @@ pub async fn chat_completions(
     };
     compile_guide(info, &mut p).await?;
     let messages = to_messages(&req.messages)?;
+    let kwargs = req.chat_template_kwargs;
     let tok = info.tokenizer.clone();
     let t = tok.clone();
-    let ids = blocking(move || {
-        t.encode_chat(&messages, true).map_err(|e| {
-            ApiError::invalid_param("messages", format!("Cannot apply the chat template: {e}"))
-        })
+    let (prompt, ids) = blocking(move || {
+        let prompt = render(&t, &messages, true, kwargs)?;
+        let ids = t
+            .encode(&prompt, false)
+            .map_err(|e| ApiError::invalid_param("messages", format!("Cannot tokenize: {e}")))?;
+        Ok((prompt, ids))
     })
     .await?;
+    // Where the prompt leaves off decides where the answer starts. A
+    // grammar constrains the answer from its first token, so a constrained
+    // answer has no reasoning: it is all content.
+    let splitter = match (&info.reasoning, &p.guide) {
+        (Some(r), None) => Some(r.splitter(&prompt)),
+        _ => None,
+    };
     let mut g = submit(&state, info, request_id("chatcmpl-"), vec![ids], &p)?;
     if p.stream {
         let fmt = ChatChunks {
             tok,
             logprobs: want,
+            splitters: splitter.map(|s| vec![s; g.num_choices()]),
         };
         return Ok(sse::respond(g, fmt, p.include_usage, state.cfg.keep_alive));
     }
@@ -117,9 +155,15 @@ pub async fn chat_completions(
             } else {
                 Value::Null
             };
+            let split = match &splitter {
+                Some(s) => s.clone().split_all(&c.text),
+                None => Split::content_only(c.text),
+            };
+            let mut message = json!({"role": "assistant", "content": split.content});
+            add_reasoning(&mut message, &split.reasoning);
             json!({
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
+                "message": message,
                 "logprobs": logprobs,
                 "finish_reason": finish_str(c.finish),
             })
@@ -136,11 +180,52 @@ pub async fn chat_completions(
     .into_response())
 }
 
-/// Chat's stream chunks: a role delta first, then content deltas, then an
-/// empty delta with the finish reason.
+/// Sets `reasoning_content` and `reasoning` of a message or delta, unless
+/// there is no reasoning.
+fn add_reasoning(message: &mut Value, reasoning: &str) {
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
+        message["reasoning"] = json!(reasoning);
+    }
+}
+
+/// The deltas for a piece of a choice's answer: reasoning first, then
+/// content, one delta each; none for an empty piece.
+fn deltas(split: Split) -> Vec<Value> {
+    let mut out = Vec::new();
+    if !split.reasoning.is_empty() {
+        let mut d = json!({});
+        add_reasoning(&mut d, &split.reasoning);
+        out.push(d);
+    }
+    if !split.content.is_empty() {
+        out.push(json!({"content": split.content}));
+    }
+    out
+}
+
+/// Chat's stream chunks: a role delta first, then reasoning and content
+/// deltas, then an empty delta with the finish reason.
 struct ChatChunks {
     tok: Tokenizer,
     logprobs: bool,
+    /// One splitter per choice, for a reasoning model.
+    splitters: Option<Vec<ReasoningSplitter>>,
+}
+
+impl ChatChunks {
+    fn splitter(&mut self, index: usize) -> Option<&mut ReasoningSplitter> {
+        self.splitters.as_mut().and_then(|s| s.get_mut(index))
+    }
+
+    fn entry(index: usize, delta: Value, logprobs: Value) -> Value {
+        json!({
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": null,
+        })
+    }
 }
 
 impl ChunkFormat for ChatChunks {
@@ -148,14 +233,7 @@ impl ChunkFormat for ChatChunks {
 
     fn start(&mut self, g: &Generation) -> Vec<Value> {
         (0..g.num_choices())
-            .map(|i| {
-                json!({
-                    "index": i,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": null,
-                    "finish_reason": null,
-                })
-            })
+            .map(|i| Self::entry(i, json!({"role": "assistant", "content": ""}), Value::Null))
             .collect()
     }
 
@@ -165,26 +243,46 @@ impl ChunkFormat for ChatChunks {
         token: u32,
         text: &str,
         logprobs: Option<&TokenLogprobs>,
-    ) -> Option<Value> {
+    ) -> Vec<Value> {
+        let split = match self.splitter(index) {
+            Some(s) => s.push(text),
+            None => Split::content_only(text),
+        };
+        let mut deltas = deltas(split);
+        // The token's log-probabilities ride on its last delta.
         let lp = match (self.logprobs, logprobs) {
             (true, Some(lp)) => json!({"content": [chat_entry(&self.tok, token, lp)]}),
-            _ if text.is_empty() => return None,
             _ => Value::Null,
         };
-        Some(json!({
-            "index": index,
-            "delta": {"content": text},
-            "logprobs": lp,
-            "finish_reason": null,
-        }))
+        if deltas.is_empty() {
+            if lp.is_null() {
+                return Vec::new();
+            }
+            deltas.push(json!({"content": ""}));
+        }
+        let last = deltas.len() - 1;
+        deltas
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let lp = if i == last { lp.clone() } else { Value::Null };
+                Self::entry(index, d, lp)
+            })
+            .collect()
     }
 
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Value {
-        json!({
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+        let held = self.splitter(index).map(|s| s.finish()).unwrap_or_default();
+        let mut out: Vec<Value> = deltas(held)
+            .into_iter()
+            .map(|d| Self::entry(index, d, Value::Null))
+            .collect();
+        out.push(json!({
             "index": index,
             "delta": {},
             "logprobs": null,
             "finish_reason": finish_str(Some(reason)),
-        })
+        }));
+        out
     }
 }

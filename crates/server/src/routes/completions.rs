@@ -183,7 +183,7 @@ impl ChunkFormat for CompletionChunks {
         token: u32,
         text: &str,
         logprobs: Option<&TokenLogprobs>,
-    ) -> Option<Value> {
+    ) -> Vec<Value> {
         let offset = self.offsets.get(index).copied().unwrap_or(0);
         if let Some(o) = self.offsets.get_mut(index) {
             *o += text.chars().count();
@@ -194,13 +194,15 @@ impl ChunkFormat for CompletionChunks {
                 lp.push(&self.tok, token, l, offset);
                 lp.json()
             }
-            _ if text.is_empty() => return None,
+            _ if text.is_empty() => return Vec::new(),
             _ => Value::Null,
         };
-        Some(json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null}))
+        vec![json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})]
     }
 
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Value {
-        json!({"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(Some(reason))})
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+        vec![
+            json!({"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(Some(reason))}),
+        ]
     }
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::chat::to_messages;
+use super::chat::{render, to_messages};
 use super::completions::ids_from;
 use super::AppState;
 use crate::error::{ApiError, ApiJson};
@@ -12,7 +12,8 @@ use crate::gen::{check_model, ready};
 use crate::protocol::{DetokenizeRequest, TokenizeRequest};
 
 /// `{"prompt": ..., "add_special_tokens": true}` or `{"messages": [...],
-/// "add_generation_prompt": true}` → `{"count", "max_model_len", "tokens"}`.
+/// "add_generation_prompt": true, "chat_template_kwargs": {...}}` →
+/// `{"count", "max_model_len", "tokens"}`.
 pub async fn tokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TokenizeRequest>,
@@ -26,14 +27,12 @@ pub async fn tokenize(
             .map_err(|e| ApiError::invalid_param("prompt", format!("Cannot tokenize: {e}")))?,
         (None, Some(m)) => {
             let msgs = to_messages(m)?;
-            let text = tok
-                .render_chat(&msgs, req.add_generation_prompt.unwrap_or(true))
-                .map_err(|e| {
-                    ApiError::invalid_param(
-                        "messages",
-                        format!("Cannot apply the chat template: {e}"),
-                    )
-                })?;
+            let text = render(
+                tok,
+                &msgs,
+                req.add_generation_prompt.unwrap_or(true),
+                req.chat_template_kwargs.clone(),
+            )?;
             tok.encode(&text, req.add_special_tokens.unwrap_or(false))
                 .map_err(|e| ApiError::invalid_param("messages", format!("Cannot tokenize: {e}")))?
         }

@@ -21,7 +21,7 @@ use mm_engine::batch::TokenLogprobs;
 use mm_engine::constrain::{GrammarCompiler, Guide};
 use mm_engine::sched::FinishReason;
 use mm_engine::tokenizer::Tokenizer;
-use mm_engine::SamplingParams;
+use mm_engine::{ReasoningConfig, SamplingParams};
 use mm_models::DecoderModel;
 use tokio::sync::mpsc;
 
@@ -40,6 +40,9 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// Structured output for this tokenizer, or why it is unavailable.
     pub grammar: Result<GrammarCompiler, String>,
+    /// How chat answers are split into reasoning and content; `None`:
+    /// they are not.
+    pub reasoning: Option<ReasoningConfig>,
 }
 
 /// Where the model thread is in its life.

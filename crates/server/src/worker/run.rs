@@ -12,7 +12,7 @@ use mm_engine::batch::{BatchEngine, BatchRequest, TokenEvent};
 use mm_engine::constrain::GrammarCompiler;
 use mm_engine::sched::{FinishReason, SeqId};
 use mm_engine::tokenizer::{StreamDecoder, Tokenizer};
-use mm_engine::StopFilter;
+use mm_engine::{ReasoningConfig, ReasoningParser, StopFilter};
 use tokio::sync::mpsc;
 
 use super::metrics::ServerMetrics;
@@ -24,6 +24,7 @@ use crate::config::EngineOptions;
 pub(crate) fn spawn(
     load: Loader,
     opts: EngineOptions,
+    reasoning: ReasoningParser,
     model_name: String,
     recorder: PrometheusRecorder,
 ) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
@@ -40,7 +41,7 @@ pub(crate) fn spawn(
             // A panic (a bug) must not leave /health saying 200: catch it,
             // mark the thread failed; the jobs' channels close on unwind.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(load, &opts, &shared, rx, &metrics)
+                run(load, &opts, reasoning, &shared, rx, &metrics)
             }));
             match ran {
                 Ok(Ok(())) => shared.set_status(Status::Stopped),
@@ -71,6 +72,7 @@ struct Live {
 fn run(
     load: Loader,
     opts: &EngineOptions,
+    reasoning: ReasoningParser,
     shared: &Shared,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     metrics: &ServerMetrics,
@@ -84,11 +86,26 @@ fn run(
     if let Err(e) = &grammar {
         tracing::warn!("{e}");
     }
+    let reasoning = match ReasoningConfig::detect(reasoning, &tok) {
+        Ok(r) => {
+            tracing::info!(
+                "chat answers: reasoning between {} and {} goes to reasoning_content",
+                r.open,
+                r.close
+            );
+            Some(r)
+        }
+        Err(why) => {
+            tracing::info!("chat answers: reasoning is not split ({why})");
+            None
+        }
+    };
     let _ = shared.info.set(ModelInfo {
         tokenizer: tok.clone(),
         max_model_len: cfg.max_model_len,
         vocab_size: model.config.vocab_size.min(tok.vocab_size()),
         grammar,
+        reasoning,
     });
     shared.set_status(Status::Ready);
     tracing::info!(
