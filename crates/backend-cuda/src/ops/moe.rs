@@ -78,11 +78,12 @@ struct Tables {
 }
 
 /// The device tables of one MoE layer's experts: gate then up (2·E
-/// entries), and down (E). `ptrs` are the device addresses they were
-/// built from, compared on every use (a table never points to memory
-/// that no longer holds these weights).
+/// entries), and down (E). `key` holds the device addresses and layout
+/// class of every matrix they were built from, compared on every use: a
+/// table is reused only for weights at the same addresses in the same
+/// layouts (the memory of freed weights may hold others later).
 pub struct MoeTable {
-    ptrs: Vec<u64>,
+    key: Vec<(u64, u64, Class)>,
     gate_up: Tables,
     down: Tables,
 }
@@ -91,34 +92,36 @@ fn prepare_all(rt: &Runtime, ws: &[&WeightData]) -> Result<Vec<Arc<DeviceQWeight
     ws.iter().map(|w| qmatmul::prepare(rt, w)).collect()
 }
 
-fn addresses(rt: &Runtime, qs: &[Arc<DeviceQWeight>]) -> Vec<u64> {
+/// Each matrix's code and parameter addresses and layout class, or an
+/// error naming a `what` (gate/up, down) expert the kernels cannot read.
+fn describe(rt: &Runtime, qs: &[Arc<DeviceQWeight>], what: &str) -> Result<Vec<(u64, u64, Class)>> {
     qs.iter()
-        .flat_map(|q| {
+        .map(|q| {
+            let Some((la, lb)) = q.affine.filter(|_| qmatmul::q8_capable(q)) else {
+                return Err(Error::Invalid(format!(
+                    "moe on cuda: a {what} expert's {}-bit GPU layout has no affine value table",
+                    q.bits
+                )));
+            };
             let (c, _s1) = q.codes.device_ptr(&rt.stream);
             let (p, _s2) = q.params.device_ptr(&rt.stream);
-            [c, p]
+            let class = Class {
+                bits: q.bits,
+                mode: q.mode,
+                group: q.group,
+                kp: q.kp,
+                la,
+                lb,
+            };
+            Ok((c, p, class))
         })
         .collect()
 }
 
-fn tables(rt: &Runtime, qs: &[Arc<DeviceQWeight>], what: &str) -> Result<Tables> {
+fn tables(rt: &Runtime, d: &[(u64, u64, Class)]) -> Result<Tables> {
     let mut classes: Vec<Class> = Vec::new();
-    let mut class_of = Vec::with_capacity(qs.len());
-    for q in qs {
-        let Some((la, lb)) = q.affine.filter(|_| qmatmul::q8_capable(q)) else {
-            return Err(Error::Invalid(format!(
-                "moe on cuda: a {what} expert's {}-bit GPU layout has no affine value table",
-                q.bits
-            )));
-        };
-        let c = Class {
-            bits: q.bits,
-            mode: q.mode,
-            group: q.group,
-            kp: q.kp,
-            la,
-            lb,
-        };
+    let mut class_of = Vec::with_capacity(d.len());
+    for &(_, _, c) in d {
         let i = match classes.iter().position(|&k| k == c) {
             Some(i) => i,
             None => {
@@ -128,9 +131,8 @@ fn tables(rt: &Runtime, qs: &[Arc<DeviceQWeight>], what: &str) -> Result<Tables>
         };
         class_of.push(i as i32);
     }
-    let a = addresses(rt, qs);
-    let codes: Vec<u64> = a.iter().step_by(2).copied().collect();
-    let params: Vec<u64> = a.iter().skip(1).step_by(2).copied().collect();
+    let codes: Vec<u64> = d.iter().map(|x| x.0).collect();
+    let params: Vec<u64> = d.iter().map(|x| x.1).collect();
     Ok(Tables {
         codes: upload(rt, &codes, "expert pointers")?,
         params: upload(rt, &params, "expert pointers")?,
@@ -143,18 +145,17 @@ fn tables(rt: &Runtime, qs: &[Arc<DeviceQWeight>], what: &str) -> Result<Tables>
 /// (outside a graph capture: the first step of a model builds them).
 fn table(rt: &Runtime, experts: &MoeExperts<'_>) -> Result<Arc<MoeTable>> {
     let gu: Vec<&WeightData> = experts.gate.iter().chain(&experts.up).copied().collect();
-    let gu = prepare_all(rt, &gu)?;
-    let down = prepare_all(rt, &experts.down)?;
-    let mut ptrs = addresses(rt, &gu);
-    ptrs.extend(addresses(rt, &down));
+    let gu = describe(rt, &prepare_all(rt, &gu)?, "gate/up")?;
+    let down = describe(rt, &prepare_all(rt, &experts.down)?, "down")?;
+    let key: Vec<(u64, u64, Class)> = gu.iter().chain(&down).copied().collect();
     let mut kept = rt.moe_tables.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(t) = kept.iter().find(|t| t.ptrs == ptrs) {
+    if let Some(t) = kept.iter().find(|t| t.key == key) {
         return Ok(t.clone());
     }
     let t = Arc::new(MoeTable {
-        gate_up: tables(rt, &gu, "gate/up")?,
-        down: tables(rt, &down, "down")?,
-        ptrs,
+        gate_up: tables(rt, &gu)?,
+        down: tables(rt, &down)?,
+        key,
     });
     // Tables of models long gone go first (they are small).
     if kept.len() >= 4096 {
