@@ -5,7 +5,8 @@
 //! cache's size, and the MoE layers (dense first layer, experts, shared
 //! experts, correction bias) loaded by name.
 //! Fixtures: DeepSeek-V2 (no q_lora, complex RoPE pairs), DeepSeek-V3
-//! (YaRN with mscale, rotate-half RoPE), GLM-4.7-Flash (interleaved RoPE,
+//! (YaRN with mscale, rotate-half RoPE; and interleaved with mscale =
+//! mscale_all_dim, as GGUF holds it), GLM-4.7-Flash (interleaved RoPE,
 //! biases, v wider than q/k), made by `scripts/make_fixtures.py`.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,12 @@ use mm_formats::{open_source, ModelConfig, WeightSource};
 use mm_models::layers::Ffn;
 use mm_models::{load_model, npy::read_npy, DecoderModel, MlaForm};
 
-const MLA: [&str; 3] = ["deepseek-v2", "deepseek-v3-yarn", "glm4-moe-lite"];
+const MLA: [&str; 4] = [
+    "deepseek-v2",
+    "deepseek-v3-yarn",
+    "deepseek-v3-yarn-interleaved",
+    "glm4-moe-lite",
+];
 const FORMS: [MlaForm; 3] = [MlaForm::Auto, MlaForm::Expanded, MlaForm::Absorbed];
 
 fn fixture(name: &str) -> PathBuf {

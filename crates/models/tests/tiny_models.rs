@@ -128,9 +128,14 @@ arch_test!(qwen2_qkv_bias, "qwen2");
 arch_test!(qwen3_qk_norm_head_dim, "qwen3");
 arch_test!(deepseek_v2_mla_no_q_lora, "deepseek-v2");
 arch_test!(deepseek_v3_mla_yarn, "deepseek-v3-yarn");
+arch_test!(
+    deepseek_v3_mla_yarn_interleaved,
+    "deepseek-v3-yarn-interleaved"
+);
 arch_test!(glm4_moe_lite_mla_interleaved, "glm4-moe-lite");
 arch_test!(qwen3_moe_softmax_top2, "qwen3-moe");
 arch_test!(qwen3_moe_renorm_sparse_step, "qwen3-moe-renorm");
+arch_test!(qwen3_moe_every_layer_sparse, "qwen3-moe-sparse");
 arch_test!(mixtral_moe, "mixtral");
 arch_test!(glm4_moe_groups_bias_shared, "glm4-moe");
 arch_test!(glm4_moe_plain_two_shared, "glm4-moe-plain");

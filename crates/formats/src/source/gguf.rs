@@ -132,7 +132,7 @@ impl GgufSource {
     /// beside it), else its mapped (or own) name.
     fn describe_one(&self, t: &crate::GgufTensorInfo, out: &mut Vec<(String, String, Vec<usize>)>) {
         let fmt = t.format.name().to_string();
-        let mixtral = self.mixtral();
+        let (arch, mixtral) = (self.config.arch, self.mixtral());
         if let (Some((l, proj)), [experts, rows, cols]) =
             (gguf_names::merged_experts(&t.name), &t.shape[..])
         {
@@ -171,7 +171,7 @@ impl GgufSource {
                 _ => {}
             }
         }
-        let name = gguf_names::gguf_to_hf(&t.name, mixtral).unwrap_or_else(|| t.name.clone());
+        let name = gguf_names::gguf_to_hf(&t.name, arch).unwrap_or_else(|| t.name.clone());
         out.push((name, fmt, t.shape.clone()));
     }
 }
@@ -182,10 +182,10 @@ impl WeightSource for GgufSource {
     }
 
     fn tensor(&self, hf_name: &str) -> Result<WeightData> {
-        let Some(p) = place(hf_name) else {
+        let Some(p) = place(hf_name, self.config.arch) else {
             // Tensors without an HF name (e.g. rope_freqs.weight) go by
             // their GGUF name, as describe() lists them.
-            if self.file.contains(hf_name) && gguf_names::gguf_to_hf_name(hf_name).is_none() {
+            if self.file.contains(hf_name) && gguf_names::gguf_to_hf(hf_name, self.config.arch).is_none() {
                 return self.file.tensor(hf_name);
             }
             return Err(Error::MissingTensor(hf_name.to_string()));
@@ -215,7 +215,7 @@ impl WeightSource for GgufSource {
 
     fn contains(&self, hf_name: &str) -> bool {
         let has = |n: &str| self.file.contains(n);
-        match place(hf_name) {
+        match place(hf_name, self.config.arch) {
             Some(Place::Tensor(g, _)) => has(&g),
             Some(Place::Expert {
                 layer,
@@ -235,7 +235,7 @@ impl WeightSource for GgufSource {
                     || (has(&format!("blk.{layer}.attn_k_b.weight"))
                         && has(&format!("blk.{layer}.attn_v_b.weight")))
             }
-            None => has(hf_name) && gguf_names::gguf_to_hf_name(hf_name).is_none(),
+            None => has(hf_name) && gguf_names::gguf_to_hf(hf_name, self.config.arch).is_none(),
         }
     }
 

@@ -13,6 +13,12 @@
 //! - multi-head latent attention's `kv_b_proj`: `blk.N.attn_kv_b.weight`,
 //!   or, from current converters, split into `attn_k_b` and `attn_v_b`
 //!   ([`Place::KvB`]).
+//!
+//! One name depends on the architecture: `glm4moe` files hold the norm
+//! before the feed-forward (HF `post_attention_layernorm`) as
+//! `post_attention_norm`, not `ffn_norm`.
+
+use crate::Arch;
 
 /// Per-layer tensors: HF module path, GGUF module name. The router has two
 /// HF names (Mixtral's first); GGUF → HF picks by architecture.
@@ -30,6 +36,8 @@ const LAYER_MAP: &[(&str, &str)] = &[
     ("self_attn.q_b_proj", "attn_q_b"),
     ("self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"),
     ("self_attn.kv_a_layernorm", "attn_kv_a_norm"),
+    // GGUF → HF only: HF → GGUF is Place::KvB (the split form too).
+    ("self_attn.kv_b_proj", "attn_kv_b"),
     ("mlp.gate_proj", "ffn_gate"),
     ("mlp.up_proj", "ffn_up"),
     ("mlp.down_proj", "ffn_down"),
@@ -114,8 +122,25 @@ fn parse_index(s: &str) -> Option<usize> {
     s.parse().ok()
 }
 
-/// Where HF tensor `hf` is in a GGUF file (None: no GGUF name).
-pub(super) fn place(hf: &str) -> Option<Place> {
+/// The GGUF module name of LAYER_MAP's `g` in a file of `arch`.
+fn arch_module(g: &'static str, arch: Arch) -> &'static str {
+    match (g, arch) {
+        ("ffn_norm", Arch::Glm4Moe) => "post_attention_norm",
+        _ => g,
+    }
+}
+
+/// LAYER_MAP's module name for GGUF module `g` of a file of `arch`.
+fn map_module(g: &str, arch: Arch) -> &str {
+    match (g, arch) {
+        ("post_attention_norm", Arch::Glm4Moe) => "ffn_norm",
+        ("ffn_norm", Arch::Glm4Moe) => "",
+        _ => g,
+    }
+}
+
+/// Where HF tensor `hf` is in a GGUF file of `arch` (None: no GGUF name).
+pub(super) fn place(hf: &str, arch: Arch) -> Option<Place> {
     if let Some((_, g)) = GLOBAL_MAP.iter().find(|(h, _)| *h == hf) {
         return Some(Place::Tensor(g.to_string(), None));
     }
@@ -144,7 +169,10 @@ pub(super) fn place(hf: &str) -> Option<Place> {
         "attn_k" => Some(Permuted::K),
         _ => None,
     };
-    Some(Place::Tensor(format!("blk.{layer}.{g}.{kind}"), perm))
+    Some(Place::Tensor(
+        format!("blk.{layer}.{}.{kind}", arch_module(g, arch)),
+        perm,
+    ))
 }
 
 /// `mlp.experts.E.gate_proj.weight` or `block_sparse_moe.experts.E.w1.weight`.
@@ -167,7 +195,7 @@ fn expert_place(layer: usize, rest: &str) -> Option<Place> {
 /// `blk.3.ffn_up.weight`), for the tensors that are one GGUF tensor
 /// (not routed experts, not `kv_b_proj`).
 pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
-    match place(hf)? {
+    match place(hf, Arch::Llama)? {
         Place::Tensor(g, _) => Some(g),
         _ => None,
     }
@@ -177,12 +205,13 @@ pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
 /// per-expert tensors of older converters (`blk.1.ffn_up.3.weight`); the
 /// router and experts are named as Qwen3-MoE and DeepSeek name them.
 pub fn gguf_to_hf_name(g: &str) -> Option<String> {
-    gguf_to_hf(g, false)
+    gguf_to_hf(g, Arch::Llama)
 }
 
-/// [`gguf_to_hf_name`], with Mixtral's names for the router and experts
-/// when `mixtral`.
-pub(super) fn gguf_to_hf(g: &str, mixtral: bool) -> Option<String> {
+/// [`gguf_to_hf_name`] for a file of `arch` (Mixtral's names for the
+/// router and experts, GLM-4-MoE's norm).
+pub(super) fn gguf_to_hf(g: &str, arch: Arch) -> Option<String> {
+    let mixtral = arch == Arch::Mixtral;
     if let Some((h, _)) = GLOBAL_MAP.iter().find(|(_, gg)| *gg == g) {
         return Some(h.to_string());
     }
@@ -207,6 +236,7 @@ pub(super) fn gguf_to_hf(g: &str, mixtral: bool) -> Option<String> {
     if module == "ffn_gate_inp" {
         return Some(router_name(layer, kind, mixtral));
     }
+    let module = map_module(module, arch);
     let (h, _) = LAYER_MAP.iter().find(|(_, gg)| *gg == module)?;
     Some(format!("model.layers.{layer}.{h}.{kind}"))
 }
@@ -277,7 +307,7 @@ mod tests {
             assert_eq!(gguf_to_hf_name(g).as_deref(), Some(hf), "{g}");
         }
         assert_eq!(
-            gguf_to_hf("blk.1.ffn_gate_inp.weight", true).as_deref(),
+            gguf_to_hf("blk.1.ffn_gate_inp.weight", Arch::Mixtral).as_deref(),
             Some("model.layers.1.block_sparse_moe.gate.weight")
         );
         assert_eq!(
@@ -292,11 +322,11 @@ mod tests {
             })
         };
         assert_eq!(
-            place("model.layers.1.mlp.experts.7.up_proj.weight"),
+            place("model.layers.1.mlp.experts.7.up_proj.weight", Arch::Qwen3Moe),
             e(1, 7, Proj::Up)
         );
         assert_eq!(
-            place("model.layers.3.block_sparse_moe.experts.0.w2.weight"),
+            place("model.layers.3.block_sparse_moe.experts.0.w2.weight", Arch::Qwen3Moe),
             e(3, 0, Proj::Down)
         );
         for bad in [
@@ -306,14 +336,14 @@ mod tests {
             "model.layers.1.mlp.experts.x.up_proj.weight",
             "model.layers.1.mlp.experts.1.up_proj.bias",
         ] {
-            assert_eq!(place(bad), None, "{bad}");
+            assert_eq!(place(bad, Arch::Mixtral), None, "{bad}");
         }
         assert_eq!(
-            place("model.layers.4.self_attn.kv_b_proj.weight"),
+            place("model.layers.4.self_attn.kv_b_proj.weight", Arch::Qwen3Moe),
             Some(Place::KvB { layer: 4 })
         );
         assert_eq!(
-            gguf_to_hf("blk.1.ffn_up.3.weight", true).as_deref(),
+            gguf_to_hf("blk.1.ffn_up.3.weight", Arch::Mixtral).as_deref(),
             Some("model.layers.1.block_sparse_moe.experts.3.w3.weight")
         );
         assert_eq!(
@@ -332,5 +362,21 @@ mod tests {
         );
         assert_eq!(merged_experts("blk.0.ffn_gate.weight"), None);
         assert_eq!(split_kv_b("blk.5.attn_v_b.weight"), Some((5, false)));
+        assert_eq!(
+            gguf_to_hf_name("blk.5.attn_kv_b.weight").as_deref(),
+            Some("model.layers.5.self_attn.kv_b_proj.weight")
+        );
+        // GLM-4-MoE's pre-feed-forward norm.
+        let norm = "model.layers.2.post_attention_layernorm.weight";
+        assert_eq!(
+            place(norm, Arch::Glm4Moe),
+            Some(Place::Tensor("blk.2.post_attention_norm.weight".into(), None))
+        );
+        assert_eq!(
+            gguf_to_hf("blk.2.post_attention_norm.weight", Arch::Glm4Moe).as_deref(),
+            Some(norm)
+        );
+        assert_eq!(gguf_to_hf("blk.2.ffn_norm.weight", Arch::Glm4Moe), None);
+        assert_eq!(gguf_to_hf("blk.2.post_attention_norm.weight", Arch::Qwen3), None);
     }
 }
