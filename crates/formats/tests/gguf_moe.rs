@@ -52,7 +52,11 @@ fn quantized_experts_are_windows_of_the_merged_tensor() {
                 let name = format!("model.layers.{l}.mlp.experts.{e}.{proj}.weight");
                 assert!(src.contains(&name), "{name}");
                 let w = src.tensor(&name).unwrap();
-                assert_eq!((w.format, w.shape.as_slice()), (F::Q8_0, &shape[..]), "{name}");
+                assert_eq!(
+                    (w.format, w.shape.as_slice()),
+                    (F::Q8_0, &shape[..]),
+                    "{name}"
+                );
                 assert_eq!(window(&w), (merged.offset + e * slab, slab), "{name}");
             }
         }
@@ -73,7 +77,10 @@ fn per_expert_mixtral_equals_merged() {
     let experts: Vec<_> = names.iter().filter(|n| n.0.contains(".experts.")).collect();
     assert_eq!(experts.len(), 2 * 8 * 3);
     for (n, fmt, shape) in experts {
-        assert!(n.contains("block_sparse_moe.experts.") && fmt == "BF16", "{n}");
+        assert!(
+            n.contains("block_sparse_moe.experts.") && fmt == "BF16",
+            "{n}"
+        );
         let (a, b) = (merged.tensor(n).unwrap(), single.tensor(n).unwrap());
         assert_eq!((&a.shape, &*a.bytes), (shape, &*b.bytes), "{n}");
     }
@@ -111,27 +118,39 @@ fn kv_b_from_split_and_merged_tensors() {
 /// tensors under their GGUF names.
 #[test]
 fn describe_lists_loadable_hf_names() {
-    let m: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tiny("../tiny-gguf.json")).unwrap(),
-    )
-    .unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny("../tiny-gguf.json")).unwrap()).unwrap();
     for e in m["files"].as_array().unwrap() {
         let rel = e["gguf"].as_str().unwrap();
         let src = open(rel);
         let d = src.describe();
         for (n, fmt, shape) in &d {
-            assert!(n.starts_with("model.") || n == "lm_head.weight", "{rel}: {n}");
+            assert!(
+                n.starts_with("model.") || n == "lm_head.weight",
+                "{rel}: {n}"
+            );
             assert!(src.contains(n), "{rel}: {n}");
             let w = src.tensor(n).unwrap_or_else(|e| panic!("{rel}: {n}: {e}"));
-            assert_eq!((w.format.name(), &w.shape), (fmt.as_str(), shape), "{rel}: {n}");
+            assert_eq!(
+                (w.format.name(), &w.shape),
+                (fmt.as_str(), shape),
+                "{rel}: {n}"
+            );
         }
         let c = src.config();
         let moe = c.moe.as_ref().unwrap();
         let sparse = moe.sparse_layers.iter().filter(|s| **s).count();
         let experts = d.iter().filter(|x| x.0.contains(".experts.")).count();
         assert_eq!(experts, sparse * moe.num_experts * 3, "{rel}");
-        let kv_b = d.iter().filter(|x| x.0.ends_with("kv_b_proj.weight")).count();
-        assert_eq!(kv_b, if c.mla.is_some() { c.num_layers } else { 0 }, "{rel}");
+        let kv_b = d
+            .iter()
+            .filter(|x| x.0.ends_with("kv_b_proj.weight"))
+            .count();
+        assert_eq!(
+            kv_b,
+            if c.mla.is_some() { c.num_layers } else { 0 },
+            "{rel}"
+        );
     }
 }
 
@@ -188,7 +207,12 @@ fn missing_keys_are_errors_naming_them() {
         assert!(e.contains(&format!("'{key}' is missing")), "{key}: {e}");
     }
     let q3 = "qwen3-moe-sparse/gguf/model.bf16.gguf";
-    let e = open_err(&edited(&dir, q3, &|k| k == "qwen3moe.expert_used_count", &[]));
+    let e = open_err(&edited(
+        &dir,
+        q3,
+        &|k| k == "qwen3moe.expert_used_count",
+        &[],
+    ));
     assert!(e.contains("'qwen3moe.expert_used_count' is missing"), "{e}");
     // Values the file cannot mean.
     let e = open_err(&edited(
@@ -222,7 +246,10 @@ fn missing_keys_are_errors_naming_them() {
         &|_| false,
         &[("deepseek2.expert_weights_norm", V::Bool(true))],
     ));
-    assert!(e.contains("expert_weights_norm' = true with softmax"), "{e}");
+    assert!(
+        e.contains("expert_weights_norm' = true with softmax"),
+        "{e}"
+    );
 }
 
 #[test]

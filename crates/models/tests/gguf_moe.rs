@@ -14,12 +14,13 @@
 //! continuation identical. The bf16 files also give the HF fixture's own
 //! logits on the exact path, bit for bit.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
 
-use mm_backend_cpu::CpuBackend;
+use std::path::{Path, PathBuf};
+
+use common::{device, greedy, ids, rel_err};
 use mm_core::Device;
-use mm_formats::{open_source, Arch, ModelConfig};
+use mm_formats::{open_source, Arch, ModelConfig, RopeScaling};
 use mm_models::{load_model, npy::read_npy, DecoderModel, MlaForm};
 use serde_json::Value;
 
@@ -36,27 +37,9 @@ fn files() -> Vec<Value> {
     manifest()["files"].as_array().unwrap().clone()
 }
 
-fn device(exact: bool) -> Device {
-    let b: Arc<dyn mm_core::Backend> = Arc::new(if exact {
-        CpuBackend::exact()
-    } else {
-        CpuBackend::new()
-    });
-    Device::new(b.clone(), b)
-}
-
 fn load(path: &Path, dev: &Device) -> DecoderModel {
     let src = open_source(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     load_model(src.as_ref(), dev, &|_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn ids(v: &Value, key: &str) -> Vec<u32> {
-    v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {key}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// The reference of a manifest entry: (reference.json, logits).
@@ -78,33 +61,6 @@ fn reference(e: &Value) -> (Value, Vec<f32>) {
         ),
     };
     (file, read_npy(&logits).unwrap().1)
-}
-
-/// max |Δ| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    err / max_ref
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
-}
-
-fn greedy(model: &DecoderModel, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = model.new_cache(256).unwrap();
-    let mut logits = model.forward(prompt, &mut cache, false).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let next = argmax(&logits.to_vec().unwrap());
-        out.push(next);
-        logits = model.forward(&[next], &mut cache, false).unwrap();
-    }
-    out
 }
 
 fn prompt_logits(model: &DecoderModel, input: &[u32]) -> Vec<f32> {
@@ -136,7 +92,10 @@ fn gguf_moe_and_mla_match_transformers() {
                 model.set_mla_form(form);
                 let err = rel_err(&prompt_logits(&model, &input), &want);
                 eprintln!("{name} exact={exact} {form:?}: max |Δlogit| {err:.2e} · max |logit|");
-                assert!(err <= tol, "{name} exact={exact} {form:?}: {err:.2e} > {tol:.0e}");
+                assert!(
+                    err <= tol,
+                    "{name} exact={exact} {form:?}: {err:.2e} > {tol:.0e}"
+                );
                 let got = greedy(&model, &prompt, expect.len());
                 assert_eq!(got, expect, "{name} exact={exact} {form:?}: greedy differs");
             }
@@ -163,7 +122,7 @@ fn bf16_gguf_gives_the_hf_checkpoints_logits() {
 }
 
 /// The config read from GGUF metadata is the HF config's where GGUF says
-/// the same thing: dimensions, experts and routing, the MLA shape.
+/// the same thing: dimensions, RoPE, experts and routing, the MLA shape.
 #[test]
 fn gguf_config_matches_the_hf_config() {
     for e in files().iter().filter(|e| e["outtype"] == "bf16") {
@@ -194,7 +153,35 @@ fn gguf_config_matches_the_hf_config() {
             )
         };
         assert_eq!(dims(&g), dims(&h), "{name}");
-        assert_eq!((g.rms_norm_eps, g.rope_theta), (h.rms_norm_eps, h.rope_theta));
+        assert_eq!(
+            (g.rms_norm_eps, g.rope_theta),
+            (h.rms_norm_eps, h.rope_theta)
+        );
+        // YaRN's mscale_all_dim travels as 0.1 · it in an f32.
+        let yarn = |c: &ModelConfig| match c.rope_scaling {
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                mscale,
+                mscale_all_dim,
+                ..
+            }) => Some((
+                (
+                    factor,
+                    original_max_position_embeddings,
+                    beta_fast,
+                    beta_slow,
+                ),
+                [mscale, mscale_all_dim].map(|m| m.map(|m| (m * 1e5).round())),
+            )),
+            _ => None,
+        };
+        match yarn(&h) {
+            Some(y) => assert_eq!(yarn(&g), Some(y), "{name}"),
+            None => assert_eq!(g.rope_scaling, h.rope_scaling, "{name}"),
+        }
         assert_eq!(g.moe, h.moe, "{name}");
         assert_eq!(g.mla, h.mla, "{name}");
         if g.mla.is_none() {

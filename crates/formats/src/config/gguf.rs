@@ -125,10 +125,7 @@ impl ModelConfig {
         let hidden_size = m.usize_req("embedding_length")?;
         let num_heads = m.usize_req("attention.head_count")?;
         if num_heads == 0 {
-            return Err(m.fail(format!(
-                "metadata '{}' is 0",
-                m.key("attention.head_count")
-            )));
+            return Err(m.fail(format!("metadata '{}' is 0", m.key("attention.head_count"))));
         }
         let blocks = m.usize_req("block_count")?;
         // glm4moe counts its multi-token-prediction blocks in block_count.
@@ -190,7 +187,10 @@ impl ModelConfig {
 
         let intermediate_size = m.usize_req("feed_forward_length")?;
         let moe = moe::from_gguf(&m, arch, num_layers, intermediate_size)?;
-        if arch == Arch::DeepseekV2 && moe.as_ref().is_some_and(|c| c.scoring == MoeScoring::Sigmoid)
+        if arch == Arch::DeepseekV2
+            && moe
+                .as_ref()
+                .is_some_and(|c| c.scoring == MoeScoring::Sigmoid)
         {
             arch = Arch::DeepseekV3;
         }
@@ -240,7 +240,7 @@ fn gqa_shape(m: &Meta, hidden: usize, heads: usize) -> Result<(usize, usize)> {
     let d = match m.usize_opt("attention.key_length")? {
         Some(d) => d,
         None => {
-            if hidden % heads != 0 {
+            if !hidden.is_multiple_of(heads) {
                 return Err(m.fail(format!(
                     "embedding_length {hidden} is not divisible by head_count {heads} (and no attention.key_length)"
                 )));
@@ -282,11 +282,11 @@ fn rope_scaling(m: &Meta, arch: Arch) -> Result<Option<RopeScaling>> {
         None | Some("none") => None,
         Some("linear") => {
             let fk = m.key("rope.scaling.factor");
-            let factor = file.get_f32(&fk)?.ok_or_else(|| m.missing("rope.scaling.factor"))?;
+            let factor = file
+                .get_f32(&fk)?
+                .ok_or_else(|| m.missing("rope.scaling.factor"))?;
             if factor.is_nan() || factor <= 0.0 {
-                return Err(m.fail(format!(
-                    "metadata '{fk}' must be positive, found {factor}"
-                )));
+                return Err(m.fail(format!("metadata '{fk}' must be positive, found {factor}")));
             }
             Some(RopeScaling::Linear { factor })
         }

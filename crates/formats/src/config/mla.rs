@@ -134,7 +134,7 @@ pub(super) fn from_gguf(m: &Meta) -> Result<MlaConfig> {
             positive("attention.value_length")?,
         ),
     };
-    if qk <= rope || rope % 2 != 0 {
+    if qk <= rope || !rope.is_multiple_of(2) {
         return Err(m.fail(format!(
             "a query/key head of {qk} values cannot hold the {rope} rotated ones ('{}'): \
              it needs more, and an even number to rotate",

@@ -185,7 +185,9 @@ impl WeightSource for GgufSource {
         let Some(p) = place(hf_name, self.config.arch) else {
             // Tensors without an HF name (e.g. rope_freqs.weight) go by
             // their GGUF name, as describe() lists them.
-            if self.file.contains(hf_name) && gguf_names::gguf_to_hf(hf_name, self.config.arch).is_none() {
+            if self.file.contains(hf_name)
+                && gguf_names::gguf_to_hf(hf_name, self.config.arch).is_none()
+            {
                 return self.file.tensor(hf_name);
             }
             return Err(Error::MissingTensor(hf_name.to_string()));

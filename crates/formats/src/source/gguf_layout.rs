@@ -18,7 +18,7 @@ pub fn unpermute_rows(w: &WeightData, n_head: usize) -> Result<WeightData> {
         .shape
         .first()
         .ok_or_else(|| Error::Invalid("cannot unpermute a 0-dimensional tensor".into()))?;
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(Error::Invalid(format!(
             "cannot unpermute {} rows over {n_head} heads: the head width must be even",
             rows
@@ -28,7 +28,7 @@ pub fn unpermute_rows(w: &WeightData, n_head: usize) -> Result<WeightData> {
     if rows == 0 {
         return Ok(w.clone());
     }
-    if total % rows != 0 {
+    if !total.is_multiple_of(rows) {
         return Err(Error::Invalid(format!(
             "{} tensor of shape {:?} does not split into {rows} rows of whole bytes",
             w.format.name(),
@@ -52,15 +52,14 @@ pub fn unpermute_rows(w: &WeightData, n_head: usize) -> Result<WeightData> {
     WeightData::new(w.format, w.shape.clone(), HostBytes::owned(out))
 }
 
-
 /// Bytes per row of `w`, whose rows are its last dimension.
 fn row_bytes(w: &WeightData) -> Result<(usize, usize)> {
     let cols = *w
         .shape
         .last()
         .ok_or_else(|| Error::Invalid("a 0-dimensional tensor has no rows".into()))?;
-    let rows = if cols == 0 { 0 } else { w.numel() / cols };
-    if rows == 0 || w.bytes.len() % rows != 0 {
+    let rows = w.numel().checked_div(cols).unwrap_or(0);
+    if rows == 0 || !w.bytes.len().is_multiple_of(rows) {
         return Err(Error::Invalid(format!(
             "{} tensor of shape {:?} does not split into rows of whole bytes",
             w.format.name(),
@@ -82,7 +81,9 @@ pub(super) fn rows(w: &WeightData, first: usize, n: usize) -> Result<WeightData>
     }
     let (start, len) = (first * rb, n * rb);
     let bytes = match &w.bytes {
-        HostBytes::Mapped { map, offset, .. } => HostBytes::mapped(map.clone(), offset + start, len),
+        HostBytes::Mapped { map, offset, .. } => {
+            HostBytes::mapped(map.clone(), offset + start, len)
+        }
         HostBytes::Owned(v) => HostBytes::owned(v[start..start + len].to_vec()),
     };
     let cols = *w.shape.last().unwrap_or(&0);
@@ -124,7 +125,11 @@ pub(super) struct KvBShape {
 
 /// (format, shape) of the `kv_b_proj` [`kv_b`] builds from tensors of
 /// these formats: theirs when both are the same dense format, else F32.
-pub(super) fn kv_b_format(k: WeightFormat, v: WeightFormat, s: KvBShape) -> (WeightFormat, Vec<usize>) {
+pub(super) fn kv_b_format(
+    k: WeightFormat,
+    v: WeightFormat,
+    s: KvBShape,
+) -> (WeightFormat, Vec<usize>) {
     let f = if k == v && dense_bytes(k).is_some() {
         k
     } else {
@@ -148,7 +153,12 @@ fn dense_bytes(f: WeightFormat) -> Option<usize> {
 /// unchanged); otherwise both are dequantized and the result is F32,
 /// holding exactly the values the file encodes.
 pub(super) fn kv_b(k_b: &WeightData, v_b: &WeightData, s: KvBShape) -> Result<WeightData> {
-    let KvBShape { heads, nope, v, lora } = s;
+    let KvBShape {
+        heads,
+        nope,
+        v,
+        lora,
+    } = s;
     for (w, want, what) in [
         (k_b, [heads, lora, nope], "attn_k_b"),
         (v_b, [heads, v, lora], "attn_v_b"),
@@ -157,7 +167,11 @@ pub(super) fn kv_b(k_b: &WeightData, v_b: &WeightData, s: KvBShape) -> Result<We
             return Err(Error::Invalid(format!(
                 "{what} has shape {:?}, expected {want:?} (heads, then per head {})",
                 w.shape,
-                if what == "attn_k_b" { "the latent rows of the key columns" } else { "the value rows of the latent" }
+                if what == "attn_k_b" {
+                    "the latent rows of the key columns"
+                } else {
+                    "the value rows of the latent"
+                }
             )));
         }
     }

@@ -244,7 +244,10 @@ pub(super) fn gguf_to_hf(g: &str, arch: Arch) -> Option<String> {
 /// The HF name of expert `e`'s projection `p` in layer `l`.
 pub(super) fn expert_name(l: usize, e: usize, p: Proj, mixtral: bool) -> String {
     let block = if mixtral { "block_sparse_moe" } else { "mlp" };
-    format!("model.layers.{l}.{block}.experts.{e}.{}.weight", p.hf(mixtral))
+    format!(
+        "model.layers.{l}.{block}.experts.{e}.{}.weight",
+        p.hf(mixtral)
+    )
 }
 
 fn router_name(l: usize, kind: &str, mixtral: bool) -> String {
@@ -285,7 +288,10 @@ mod tests {
     #[test]
     fn moe_and_mla_names_map_both_ways() {
         for (hf, g) in [
-            ("model.layers.2.mlp.gate.weight", "blk.2.ffn_gate_inp.weight"),
+            (
+                "model.layers.2.mlp.gate.weight",
+                "blk.2.ffn_gate_inp.weight",
+            ),
             (
                 "model.layers.2.mlp.gate.e_score_correction_bias",
                 "blk.2.exp_probs_b.bias",
@@ -322,11 +328,17 @@ mod tests {
             })
         };
         assert_eq!(
-            place("model.layers.1.mlp.experts.7.up_proj.weight", Arch::Qwen3Moe),
+            place(
+                "model.layers.1.mlp.experts.7.up_proj.weight",
+                Arch::Qwen3Moe
+            ),
             e(1, 7, Proj::Up)
         );
         assert_eq!(
-            place("model.layers.3.block_sparse_moe.experts.0.w2.weight", Arch::Qwen3Moe),
+            place(
+                "model.layers.3.block_sparse_moe.experts.0.w2.weight",
+                Arch::Qwen3Moe
+            ),
             e(3, 0, Proj::Down)
         );
         for bad in [
@@ -370,13 +382,19 @@ mod tests {
         let norm = "model.layers.2.post_attention_layernorm.weight";
         assert_eq!(
             place(norm, Arch::Glm4Moe),
-            Some(Place::Tensor("blk.2.post_attention_norm.weight".into(), None))
+            Some(Place::Tensor(
+                "blk.2.post_attention_norm.weight".into(),
+                None
+            ))
         );
         assert_eq!(
             gguf_to_hf("blk.2.post_attention_norm.weight", Arch::Glm4Moe).as_deref(),
             Some(norm)
         );
         assert_eq!(gguf_to_hf("blk.2.ffn_norm.weight", Arch::Glm4Moe), None);
-        assert_eq!(gguf_to_hf("blk.2.post_attention_norm.weight", Arch::Qwen3), None);
+        assert_eq!(
+            gguf_to_hf("blk.2.post_attention_norm.weight", Arch::Qwen3),
+            None
+        );
     }
 }

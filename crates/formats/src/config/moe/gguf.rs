@@ -72,7 +72,11 @@ pub(in crate::config) fn from_gguf(
                 "metadata '{}' = {k} makes layer {l} {}, but the file {} '{}'",
                 m.key("leading_dense_block_count"),
                 if l >= k { "a MoE layer" } else { "dense" },
-                if sparse_layers[l] { "has its router" } else { "has no router" },
+                if sparse_layers[l] {
+                    "has its router"
+                } else {
+                    "has no router"
+                },
                 router(l)
             )));
         }
@@ -93,7 +97,9 @@ pub(in crate::config) fn from_gguf(
         0
     };
     let expert_ff = match arch {
-        Arch::Mixtral => m.usize_opt("expert_feed_forward_length")?.unwrap_or(dense_ff),
+        Arch::Mixtral => m
+            .usize_opt("expert_feed_forward_length")?
+            .unwrap_or(dense_ff),
         _ => m.usize_req("expert_feed_forward_length")?,
     };
 
@@ -124,7 +130,11 @@ pub(in crate::config) fn from_gguf(
         return Err(m.fail(format!(
             "metadata '{}' must be {} for {}",
             m.key(gating_key),
-            if want == Some(MoeScoring::Softmax) { "softmax (1)" } else { "sigmoid (2)" },
+            if want == Some(MoeScoring::Softmax) {
+                "softmax (1)"
+            } else {
+                "sigmoid (2)"
+            },
             m.arch
         )));
     }
@@ -141,7 +151,7 @@ pub(in crate::config) fn from_gguf(
     let scale = match m.f32_opt("expert_weights_scale")? {
         // llama.cpp skips the scaling when the key is absent or 0.
         None => 1.0,
-        Some(s) if s == 0.0 => 1.0,
+        Some(0.0) => 1.0,
         Some(s) => s,
     };
     let n_group = m.usize_opt("expert_group_count")?.unwrap_or(0).max(1);
