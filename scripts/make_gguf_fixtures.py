@@ -13,6 +13,12 @@ tests/fixtures/tiny/mixtral/gguf/model.per-expert.bf16.gguf
     the merged Mixtral file rewritten with one tensor per expert (blk.N.ffn_gate.E.weight, ...):
     the layout of converters before 2024, which today's converter no longer writes; made here
     with gguf-py's writer from the merged file (same bytes, split per expert)
+tests/fixtures/tiny/deepseek-v2/gguf/model.q8_0.fused.gguf
+    the Q8_0 file with each layer's gate and up experts in one ffn_gate_up_exps tensor (per
+    expert its gate rows, then its up rows), as llama.cpp's loader also reads; the converter
+    writes it (--fuse-gate-up-exps) only for architectures other than these four. Rewritten
+    with gguf-py's writer and checked to hold model.q8_0.gguf's weights exactly, so it shares
+    that file's reference
 tests/fixtures/tiny/deepseek-v2/gguf/model.kv-b.bf16.gguf
     the DeepSeek-V2 file with attn_kv_b (key and value up-projections in one tensor) instead of
     the split attn_k_b/attn_v_b, and key/value_length per head without the *_mla keys: the layout
@@ -28,7 +34,7 @@ How to run
 The llama.cpp directory is a source checkout (or the vendor/llama.cpp of the llama-cpp-python
 sdist) holding convert_hf_to_gguf.py, conversion/ and gguf-py/; nothing is built or downloaded.
 Needs torch, transformers 5, safetensors, numpy, tokenizers and llama.cpp's gguf-py (pip install
--e <llama.cpp>/gguf-py). The HF fixtures must exist (scripts/make_fixtures.py). ~1 minute.
+-e <llama.cpp>/gguf-py). The HF fixtures must exist (scripts/make_fixtures.py). ~2 minutes.
 
 What the converter needs that the fixtures lack, and how it is given
 --------------------------------------------------------------------
@@ -194,6 +200,25 @@ def per_expert(src: Path, dst: Path):
     rewrite(src, dst, tensors)
 
 
+def fused_gate_up(src: Path, dst: Path):
+    """blk.N.ffn_gate_exps + ffn_up_exps [E, rows, ·] -> blk.N.ffn_gate_up_exps [E, 2 rows, ·]."""
+    def tensors(reader):
+        by = {t.name: t for t in reader.tensors}
+        for t in reader.tensors:
+            if t.name.endswith("ffn_up_exps.weight"):
+                continue
+            if t.name.endswith("ffn_gate_exps.weight"):
+                up = by[t.name.replace("ffn_gate_exps", "ffn_up_exps")]
+                assert t.tensor_type == up.tensor_type
+                # Rows of bytes (quantized blocks) stay whole: concatenate per expert.
+                fused = np.concatenate([t.data, up.data], axis=1)
+                yield (t.name.replace("ffn_gate_exps", "ffn_gate_up_exps"),
+                       np.ascontiguousarray(fused), t.tensor_type)
+            else:
+                yield t.name, t.data, t.tensor_type
+    rewrite(src, dst, tensors)
+
+
 def merged_kv_b(src: Path, dst: Path):
     """attn_k_b [heads, lora, nope] + attn_v_b [heads, v, lora] -> attn_kv_b
     [heads * (nope + v), lora] (per head its nope key rows, then its v value rows); key/value
@@ -260,7 +285,12 @@ def hf_state_dict(path: Path) -> dict:
         _, layer, rest = name.split(".", 2)
         module, kind = rest.rsplit(".", 1)
         p = f"model.layers.{layer}"
-        if module.endswith("_exps"):
+        if module == "ffn_gate_up_exps":  # [experts, 2 * width, hidden]: gate rows, up rows
+            half = a.shape[1] // 2
+            for e in range(a.shape[0]):
+                out[f"{p}.mlp.experts.{e}.gate_proj.weight"] = a[e, :half]
+                out[f"{p}.mlp.experts.{e}.up_proj.weight"] = a[e, half:]
+        elif module.endswith("_exps"):
             proj = module[len("ffn_"):-len("_exps")]
             for e in range(a.shape[0]):
                 out[f"{p}.mlp.experts.{e}.{proj}_proj.weight"] = a[e]
@@ -371,6 +401,15 @@ def main():
                                 "outtype": "bf16",
                                 "made_by": "model.bf16.gguf split per expert (gguf-py writer)"})
             if name == "deepseek-v2":
+                q8, fused = out_dir / "model.q8_0.gguf", out_dir / "model.q8_0.fused.gguf"
+                fused_gate_up(q8, fused)
+                a, b = hf_state_dict(q8), hf_state_dict(fused)
+                assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+                entries.append({"gguf": f"{hf}/gguf/model.q8_0.fused.gguf", "reference": hf,
+                                "outtype": "q8_0",
+                                "reference_file": f"{hf}/gguf/reference.q8_0.json",
+                                "made_by": "model.q8_0.gguf with ffn_gate_up_exps "
+                                           "(gguf-py writer)"})
                 merged_kv_b(bf16, out_dir / "model.kv-b.bf16.gguf")
                 entries.append({"gguf": f"{hf}/gguf/model.kv-b.bf16.gguf", "reference": hf,
                                 "outtype": "bf16",

@@ -66,6 +66,33 @@ fn quantized_experts_are_windows_of_the_merged_tensor() {
     assert!(e.contains("expert 8") && e.contains("holding 8"), "{e}");
 }
 
+/// Fused gate/up experts (`ffn_gate_up_exps`, per expert its gate rows then
+/// its up rows) are windows too: half an expert's slab each, in Q8_0.
+#[test]
+fn fused_gate_up_experts_are_half_slabs() {
+    let rel = "deepseek-v2/gguf/model.q8_0.fused.gguf";
+    let src = open(rel);
+    let plain = open("deepseek-v2/gguf/model.q8_0.gguf");
+    let file = GgufFile::open(&tiny(rel)).unwrap();
+    let fused = file.tensor_info("blk.1.ffn_gate_up_exps.weight").unwrap();
+    assert_eq!(
+        (fused.format, fused.shape.as_slice()),
+        (F::Q8_0, &[8, 32, 64][..])
+    );
+    assert!(!file.contains("blk.1.ffn_gate_exps.weight"));
+    let slab = fused.size / 8;
+    for e in 0..8 {
+        for (i, proj) in ["gate_proj", "up_proj"].into_iter().enumerate() {
+            let name = format!("model.layers.1.mlp.experts.{e}.{proj}.weight");
+            let w = src.tensor(&name).unwrap();
+            assert_eq!((w.format, w.shape.as_slice()), (F::Q8_0, &[16, 64][..]));
+            let at = fused.offset + e * slab + i * slab / 2;
+            assert_eq!(window(&w), (at, slab / 2), "{name}");
+            assert_eq!(&*w.bytes, &*plain.tensor(&name).unwrap().bytes, "{name}");
+        }
+    }
+}
+
 /// Mixtral's per-expert layout (older converters) gives the merged
 /// layout's experts byte for byte, under Mixtral's names.
 #[test]
@@ -151,6 +178,22 @@ fn describe_lists_loadable_hf_names() {
             if c.mla.is_some() { c.num_layers } else { 0 },
             "{rel}"
         );
+    }
+}
+
+/// A GGUF model's config written as a `config.json` (what `quantize`
+/// stores beside the weights it takes from a GGUF) reads back the same.
+#[test]
+fn gguf_configs_round_trip_through_config_json() {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny("../tiny-gguf.json")).unwrap()).unwrap();
+    for e in m["files"].as_array().unwrap() {
+        let rel = e["gguf"].as_str().unwrap();
+        let c = open(rel).config().clone();
+        let v = c.to_hf_json();
+        let back = mm_formats::ModelConfig::from_hf_json(&v.to_string())
+            .unwrap_or_else(|err| panic!("{rel}: {err}\n{v}"));
+        assert_eq!(back, c, "{rel}: {v}");
     }
 }
 
