@@ -295,6 +295,74 @@ fn missing_keys_are_errors_naming_them() {
     );
 }
 
+/// Optional keys take llama.cpp's defaults: no YaRN log multiplier is
+/// mscale(factor, 1) on cos/sin and in the softmax scale (transformers'
+/// `mscale_all_dim` 1 without `mscale`); a weights scale of 0 is none; a
+/// `deepseek2` file without a gating function routes by softmax unless it
+/// has correction biases.
+#[test]
+fn optional_keys_take_llama_cpp_defaults() {
+    use mm_formats::{GgufValue as V, MoeScoring, RopeScaling};
+    let dir = TempDir::new("moedefaults");
+    let v3 = "deepseek-v3-yarn-interleaved/gguf/model.bf16.gguf";
+    let p = edited(
+        &dir,
+        v3,
+        &|k| k == "deepseek2.rope.scaling.yarn_log_multiplier",
+        &[("deepseek2.expert_weights_scale", V::F32(0.0))],
+    );
+    let c = open_source(&p).unwrap().config().clone();
+    match c.rope_scaling {
+        Some(RopeScaling::Yarn {
+            factor,
+            mscale,
+            mscale_all_dim,
+            attention_factor,
+            ..
+        }) => assert_eq!(
+            (factor, mscale, mscale_all_dim, attention_factor),
+            (4.0, None, Some(1.0), None)
+        ),
+        s => panic!("{s:?}"),
+    }
+    let m = c.moe.unwrap();
+    assert_eq!(
+        (m.routed_scaling_factor, m.scoring),
+        (1.0, MoeScoring::Sigmoid)
+    );
+    let c = open(v3).config().clone();
+    match c.rope_scaling {
+        Some(RopeScaling::Yarn {
+            mscale: Some(a),
+            mscale_all_dim: Some(b),
+            ..
+        }) => assert!(a == b && (a - 0.707).abs() < 1e-6, "{a} {b}"),
+        s => panic!("{s:?}"),
+    }
+    // Without its correction biases (and renormalisation), a V3 file reads
+    // as softmax-routed (DeepSeek-V2), unless the gating function says
+    // sigmoid.
+    let no_bias = |n: &str| n.ends_with("exp_probs_b.bias") || n == "deepseek2.expert_weights_norm";
+    let c = open_source(&edited(&dir, v3, &no_bias, &[]))
+        .unwrap()
+        .config()
+        .clone();
+    assert_eq!(
+        (c.arch, c.moe.unwrap().scoring),
+        (mm_formats::Arch::DeepseekV2, MoeScoring::Softmax)
+    );
+    let p = edited(
+        &dir,
+        v3,
+        &no_bias,
+        &[("deepseek2.expert_gating_func", V::U32(2))],
+    );
+    let src = open_source(&p).unwrap();
+    assert_eq!(src.config().arch, mm_formats::Arch::DeepseekV3);
+    let e = err_text(src.tensor("model.layers.1.mlp.gate.e_score_correction_bias"));
+    assert!(e.contains("'blk.1.exp_probs_b.bias' is missing"), "{e}");
+}
+
 #[test]
 fn missing_tensors_are_errors_naming_them() {
     let dir = TempDir::new("moetensors");
