@@ -200,23 +200,30 @@ def per_expert(src: Path, dst: Path):
     rewrite(src, dst, tensors)
 
 
-def fused_gate_up(src: Path, dst: Path):
-    """blk.N.ffn_gate_exps + ffn_up_exps [E, rows, ·] -> blk.N.ffn_gate_up_exps [E, 2 rows, ·]."""
+def join_pairs(first: str, second: str, joined: str, join):
+    """A `rewrite` tensor source that replaces each `blk.N.{first}` and its `blk.N.{second}`
+    by `blk.N.{joined}` = `join(first, second)` (reader tensors), the rest unchanged."""
     def tensors(reader):
         by = {t.name: t for t in reader.tensors}
         for t in reader.tensors:
-            if t.name.endswith("ffn_up_exps.weight"):
+            if t.name.endswith(second):
                 continue
-            if t.name.endswith("ffn_gate_exps.weight"):
-                up = by[t.name.replace("ffn_gate_exps", "ffn_up_exps")]
-                assert t.tensor_type == up.tensor_type
-                # Rows of bytes (quantized blocks) stay whole: concatenate per expert.
-                fused = np.concatenate([t.data, up.data], axis=1)
-                yield (t.name.replace("ffn_gate_exps", "ffn_gate_up_exps"),
-                       np.ascontiguousarray(fused), t.tensor_type)
+            if t.name.endswith(first):
+                b = by[t.name.replace(first, second)]
+                assert t.tensor_type == b.tensor_type
+                yield (t.name.replace(first, joined), np.ascontiguousarray(join(t, b)),
+                       t.tensor_type)
             else:
                 yield t.name, t.data, t.tensor_type
-    rewrite(src, dst, tensors)
+    return tensors
+
+
+def fused_gate_up(src: Path, dst: Path):
+    """blk.N.ffn_gate_exps + ffn_up_exps [E, rows, ·] -> blk.N.ffn_gate_up_exps [E, 2 rows, ·]."""
+    # Rows of bytes (quantized blocks) stay whole: concatenate per expert.
+    rewrite(src, dst, join_pairs("ffn_gate_exps.weight", "ffn_up_exps.weight",
+                                 "ffn_gate_up_exps.weight",
+                                 lambda g, u: np.concatenate([g.data, u.data], axis=1)))
 
 
 def merged_kv_b(src: Path, dst: Path):
@@ -229,22 +236,14 @@ def merged_kv_b(src: Path, dst: Path):
     key_mla, val_mla = field("attention.key_length_mla"), field("attention.value_length_mla")
     U32 = gguf.GGUFValueType.UINT32
 
-    def tensors(reader):
-        by = {t.name: t for t in reader.tensors}
-        for t in reader.tensors:
-            if t.name.endswith("attn_v_b.weight"):
-                continue
-            if t.name.endswith("attn_k_b.weight"):
-                v = by[t.name.replace("attn_k_b", "attn_v_b")]
-                assert t.tensor_type == v.tensor_type == gguf.GGMLQuantizationType.BF16
-                # gguf-py reads BF16 as bytes: view them as 16-bit elements.
-                k = np.swapaxes(t.data.view(np.uint16), 1, 2)  # [heads, nope, lora]
-                kv = np.concatenate([k, v.data.view(np.uint16)], axis=1)
-                kv = kv.reshape(-1, kv.shape[-1])
-                yield (t.name.replace("attn_k_b", "attn_kv_b"), np.ascontiguousarray(kv),
-                       t.tensor_type)
-            else:
-                yield t.name, t.data, t.tensor_type
+    def join(k_b, v_b):
+        assert k_b.tensor_type == gguf.GGMLQuantizationType.BF16
+        # gguf-py reads BF16 as bytes: view them as 16-bit elements.
+        k = np.swapaxes(k_b.data.view(np.uint16), 1, 2)  # [heads, nope, lora]
+        kv = np.concatenate([k, v_b.data.view(np.uint16)], axis=1)
+        return kv.reshape(-1, kv.shape[-1])
+
+    tensors = join_pairs("attn_k_b.weight", "attn_v_b.weight", "attn_kv_b.weight", join)
     rewrite(src, dst, tensors,
             skip_keys={"deepseek2.attention.key_length_mla", "deepseek2.attention.value_length_mla",
                        "deepseek2.attention.key_length", "deepseek2.attention.value_length"},

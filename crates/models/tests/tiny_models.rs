@@ -8,9 +8,12 @@
 //! random models, and its prompt rows' 16-bit operands (dense weights on
 //! AVX2) move the logits by up to 1.0e-3 more.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::ids;
 use mm_backend_cpu::CpuBackend;
 use mm_core::Device;
 use mm_formats::open_source;
@@ -27,15 +30,6 @@ fn cpu() -> Device {
 fn cpu_with(b: CpuBackend) -> Device {
     let b: Arc<dyn mm_core::Backend> = Arc::new(b);
     Device::new(b.clone(), b)
-}
-
-fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
-    v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("reference.json lacks {key}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Loads `dir` and checks logits and greedy continuation against its
