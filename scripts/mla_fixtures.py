@@ -14,6 +14,8 @@ experts always added.
 * deepseek-v3-yarn: 3 layers (two MoE), sigmoid + correction bias, noaux_tc
   (4 groups scored by the sum of their best two, 2 compete),
   renormalised, routed_scaling_factor 2.5, 1 shared expert.
+* deepseek-v3-yarn-interleaved: the same with interleaved RoPE and
+  mscale = mscale_all_dim, as a GGUF file holds it.
 * glm4-moe-lite: as V3 with 2 groups of which 1 competes, scaling 1.8, the
   layer pattern from `mlp_layer_types`.
 
@@ -27,6 +29,20 @@ def mla_specs(common):
     """name -> (seed, config, n_input_tokens), as tiny_specs() returns."""
     base = dict(common, intermediate_size=48, tie_word_embeddings=True)
     moe = dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16)
+
+    def v3(rope_interleave, mscale):
+        return DeepseekV3Config(**dict(base, num_hidden_layers=3), num_attention_heads=4,
+                                num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=32,
+                                qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12,
+                                rope_interleave=rope_interleave, first_k_dense_replace=1,
+                                rms_norm_eps=1e-6, **moe, n_shared_experts=1, n_group=4,
+                                topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5,
+                                rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                                 "factor": 4.0,
+                                                 "original_max_position_embeddings": 64,
+                                                 "beta_fast": 32.0, "beta_slow": 1.0,
+                                                 "mscale": mscale, "mscale_all_dim": 0.707})
+
     return {
         # No q_lora (plain q_proj); RoPE on interleaved pairs as complex
         # numbers (V2 always); v_head_dim 16 < qk_head_dim 24; kv_a/o biases.
@@ -46,21 +62,12 @@ def mla_specs(common):
         # original context of 64 with mscale 1 / mscale_all_dim 0.707: the
         # attention factor (cos/sin) and the softmax scale's mscale² both
         # differ from 1. 40 input tokens.
-        "deepseek-v3-yarn": (
-            1012,
-            DeepseekV3Config(**dict(base, num_hidden_layers=3), num_attention_heads=4,
-                             num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=32,
-                             qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12,
-                             rope_interleave=False, first_k_dense_replace=1, rms_norm_eps=1e-6,
-                             **moe, n_shared_experts=1, n_group=4, topk_group=2,
-                             norm_topk_prob=True, routed_scaling_factor=2.5,
-                             rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
-                                              "factor": 4.0,
-                                              "original_max_position_embeddings": 64,
-                                              "beta_fast": 32.0, "beta_slow": 1.0,
-                                              "mscale": 1.0, "mscale_all_dim": 0.707}),
-            40,
-        ),
+        "deepseek-v3-yarn": (1012, v3(rope_interleave=False, mscale=1.0), 40),
+        # As deepseek-v3-yarn in the form a GGUF `deepseek2` file holds (for
+        # make_gguf_fixtures.py): llama.cpp rotates interleaved pairs and takes
+        # mscale = mscale_all_dim (DeepSeek-V2's 0.707 here), so cos/sin are
+        # not scaled and the softmax scale gains mscale(4, 0.707)².
+        "deepseek-v3-yarn-interleaved": (1013, v3(rope_interleave=True, mscale=0.707), 40),
         # GLM-4.7-Flash's layout: q_lora, interleaved RoPE pairs, v_head_dim
         # 32 > qk_head_dim 24, q_a/kv_a/o biases, 2 heads.
         "glm4-moe-lite": (

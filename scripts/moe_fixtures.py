@@ -16,7 +16,7 @@ Made exactly as the dense tiny models (same script, same steps; see make_fixture
 
 Features covered: softmax top-k with (qwen3-moe-renorm, mixtral) and without (qwen3-moe)
 renormalisation, dense layers from mlp_only_layers (qwen3-moe), decoder_sparse_step
-(qwen3-moe-renorm) and first_k_dense_replace (glm4-moe*), sigmoid + correction bias +
+(qwen3-moe-renorm), every layer sparse (qwen3-moe-sparse, the form GGUF holds) and first_k_dense_replace (glm4-moe*), sigmoid + correction bias +
 group-limited top-k with 4 groups of which 2 compete + routed_scaling_factor + renormalisation +
 one shared expert + q/k norm + attention bias + partial rotary 0.5 (glm4-moe), and without
 groups / renormalisation / qk-norm with two shared experts and partial rotary 0.25
@@ -49,6 +49,17 @@ def moe_specs(common: dict) -> dict:
             Qwen3MoeConfig(**dict(c, num_hidden_layers=3), num_attention_heads=4,
                            num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, num_experts=8,
                            norm_topk_prob=True, mlp_only_layers=[], decoder_sparse_step=2, **moe,
+                           rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+            12,
+        ),
+        # Every layer sparse and renormalised: the only Qwen3-MoE llama.cpp's converter and
+        # `qwen3moe` graph take (its tensor list has no dense MLP, its graph always
+        # renormalises), for the GGUF fixture of make_gguf_fixtures.py.
+        "qwen3-moe-sparse": (
+            1106,
+            Qwen3MoeConfig(**c, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           rms_norm_eps=1e-6, num_experts=8, norm_topk_prob=True,
+                           mlp_only_layers=[], decoder_sparse_step=1, **moe,
                            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
             12,
         ),

@@ -3,6 +3,7 @@
 use mm_core::{Error, Result};
 use serde_json::{json, Map, Value};
 
+mod gguf;
 mod mla;
 pub use mla::{is_mla, yarn_get_mscale, MlaConfig};
 mod moe;
@@ -108,13 +109,6 @@ const HF_ARCHS: &[(&str, &str, Arch)] = &[
     ("Qwen3MoeForCausalLM", "qwen3_moe", Arch::Qwen3Moe),
     ("MixtralForCausalLM", "mixtral", Arch::Mixtral),
     ("Glm4MoeForCausalLM", "glm4_moe", Arch::Glm4Moe),
-];
-
-/// GGUF `general.architecture` values we load.
-const GGUF_ARCHS: &[(&str, Arch)] = &[
-    ("llama", Arch::Llama),
-    ("qwen2", Arch::Qwen2),
-    ("qwen3", Arch::Qwen3),
 ];
 
 /// `rope_type` of the metal-marlin extension that writes GGUF per-frequency
@@ -551,194 +545,6 @@ impl ModelConfig {
         put("torch_dtype", json!("float16"));
         moe::to_hf(self, &mut m);
         Value::Object(m)
-    }
-
-    /// Reads the hyper-parameters from GGUF metadata.
-    pub fn from_gguf(file: &crate::GgufFile) -> Result<Self> {
-        let fail = |reason: String| Error::format(&file.path, "GGUF", reason);
-        let arch_name = file.architecture()?;
-        let arch = GGUF_ARCHS
-            .iter()
-            .find(|(n, _)| *n == arch_name)
-            .map(|a| a.1)
-            .ok_or_else(|| {
-                Error::UnsupportedArch(
-                    arch_name.to_string(),
-                    GGUF_ARCHS
-                        .iter()
-                        .map(|a| a.0)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                )
-            })?;
-        let key = |s: &str| format!("{arch_name}.{s}");
-        let missing = |k: &str| {
-            fail(format!(
-                "metadata '{k}' is missing (needed for the model config)"
-            ))
-        };
-        let req_usize = |s: &str| -> Result<usize> {
-            let k = key(s);
-            file.get_u32(&k)?
-                .map(|v| v as usize)
-                .ok_or_else(|| missing(&k))
-        };
-
-        let hidden_size = req_usize("embedding_length")?;
-        let num_heads = req_usize("attention.head_count")?;
-        if num_heads == 0 {
-            return Err(fail(format!(
-                "metadata '{}' is 0",
-                key("attention.head_count")
-            )));
-        }
-        // head_count_kv may be per layer (an array); we need one value.
-        let kv_key = key("attention.head_count_kv");
-        let num_kv_heads = match file.get(&kv_key) {
-            None => num_heads,
-            Some(crate::GgufValue::Array(_)) => {
-                let v = file.get_u32_array(&kv_key)?.unwrap_or_default();
-                match v.first() {
-                    Some(&first) if v.iter().all(|&x| x == first) => first as usize,
-                    _ => {
-                        return Err(fail(format!(
-                            "metadata '{kv_key}' varies per layer ({v:?}), which is not supported"
-                        )))
-                    }
-                }
-            }
-            Some(_) => file.get_u32(&kv_key)?.unwrap_or_default() as usize,
-        };
-        let head_dim = match file.get_u32(&key("attention.key_length"))? {
-            Some(d) => d as usize,
-            None => {
-                if hidden_size % num_heads != 0 {
-                    return Err(fail(format!(
-                        "embedding_length {hidden_size} is not divisible by head_count {num_heads} (and no attention.key_length)"
-                    )));
-                }
-                hidden_size / num_heads
-            }
-        };
-        if let Some(v) = file.get_u32(&key("attention.value_length"))? {
-            if v as usize != head_dim {
-                return Err(fail(format!("attention.value_length {v} differs from key_length {head_dim}, which is not supported")));
-            }
-        }
-        if let Some(r) = file.get_u32(&key("rope.dimension_count"))? {
-            if r as usize != head_dim {
-                return Err(fail(format!(
-                    "partial rotary embeddings (rope.dimension_count {r} of head_dim {head_dim}) are not supported"
-                )));
-            }
-        }
-
-        let vocab_size = match file.get_u32(&key("vocab_size"))? {
-            Some(v) => v as usize,
-            None => match file.get("tokenizer.ggml.tokens") {
-                Some(crate::GgufValue::Array(a)) => a.len(),
-                _ => match file.tensor_info("token_embd.weight") {
-                    Some(t) if t.shape.len() == 2 => t.shape[0],
-                    _ => return Err(missing(&key("vocab_size"))),
-                },
-            },
-        };
-
-        let eps_key = key("attention.layer_norm_rms_epsilon");
-        let rms_norm_eps = file.get_f32(&eps_key)?.ok_or_else(|| missing(&eps_key))?;
-        let rope_theta = file
-            .get_f32(&key("rope.freq_base"))?
-            .unwrap_or(DEFAULT_ROPE_THETA);
-
-        let mut rope_scaling = match file.get_str(&key("rope.scaling.type"))? {
-            None | Some("none") => None,
-            Some("linear") => {
-                let fk = key("rope.scaling.factor");
-                let factor = file.get_f32(&fk)?.ok_or_else(|| missing(&fk))?;
-                if factor.is_nan() || factor <= 0.0 {
-                    return Err(fail(format!(
-                        "metadata '{fk}' must be positive, found {factor}"
-                    )));
-                }
-                Some(RopeScaling::Linear { factor })
-            }
-            Some(other) => {
-                return Err(fail(format!(
-                    "unsupported RoPE scaling type '{other}' in '{}' (supported: none, linear)",
-                    key("rope.scaling.type")
-                )))
-            }
-        };
-        // Older converters wrote only a linear scale.
-        if rope_scaling.is_none() {
-            if let Some(f) = file.get_f32(&key("rope.scale_linear"))? {
-                if f != 1.0 {
-                    if f.is_nan() || f <= 0.0 {
-                        return Err(fail(format!(
-                            "metadata '{}' must be positive, found {f}",
-                            key("rope.scale_linear")
-                        )));
-                    }
-                    rope_scaling = Some(RopeScaling::Linear { factor: f });
-                }
-            }
-        }
-        if file.contains("rope_freqs.weight") {
-            if rope_scaling.is_some() {
-                return Err(fail("both rope_freqs.weight and a linear RoPE scaling are present, which is not supported".into()));
-            }
-            let w = file.tensor("rope_freqs.weight")?;
-            let factors = mm_quant::dequantize_ref(&w)
-                .map_err(|e| fail(format!("tensor 'rope_freqs.weight': {e}")))?;
-            rope_scaling = Some(RopeScaling::FreqFactors(factors));
-        }
-
-        let ctx_key = key("context_length");
-        let max_position_embeddings =
-            file.get_u32(&ctx_key)?.ok_or_else(|| missing(&ctx_key))? as usize;
-
-        let bos_token_id = file.get_u32("tokenizer.ggml.bos_token_id")?;
-        let mut eos_token_ids = Vec::new();
-        for k in [
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.eot_token_id",
-            "tokenizer.ggml.eom_token_id",
-        ] {
-            if let Some(id) = file.get_u32(k)? {
-                if !eos_token_ids.contains(&id) {
-                    eos_token_ids.push(id);
-                }
-            }
-        }
-
-        let cfg = ModelConfig {
-            arch,
-            hidden_size,
-            intermediate_size: req_usize("feed_forward_length")?,
-            num_layers: req_usize("block_count")?,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            vocab_size,
-            rms_norm_eps,
-            rope_theta,
-            rope_scaling,
-            max_position_embeddings,
-            tie_word_embeddings: !file.contains("output.weight"),
-            attention_bias: arch == Arch::Qwen2 || file.contains("blk.0.attn_q.bias"),
-            qk_norm: arch == Arch::Qwen3,
-            bos_token_id,
-            eos_token_ids,
-            sliding_window: None,
-            mla: None,
-            rotary_dim: None,
-            moe: None,
-        };
-        cfg.validate().map_err(|e| match e {
-            Error::Config(m) => fail(format!("model config: {m}")),
-            e => e,
-        })?;
-        Ok(cfg)
     }
 
     /// Checks the values are usable together.

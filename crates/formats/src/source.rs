@@ -1,9 +1,10 @@
 //! One interface over a checkpoint, whatever its file format.
 //!
 //! Tensors are always named as in HF checkpoints
-//! (`model.layers.0.self_attn.q_proj.weight`); GGUF names are mapped and
-//! llama.cpp's q/k row permutation of `llama` GGUFs is undone, so model code
-//! sees one layout.
+//! (`model.layers.0.self_attn.q_proj.weight`); GGUF names are mapped,
+//! llama.cpp's q/k row permutation of `llama` GGUFs is undone and its
+//! merged expert and split MLA tensors are taken apart ([`gguf`]), so model
+//! code sees one layout.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,14 +12,21 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 
 use mm_core::weight::MmFormat;
-use mm_core::{Error, HostBytes, Result, WeightData};
+use mm_core::{Error, Result, WeightData};
 use mm_quant::mm::{
     mm_part_names, mm_weight_from_parts, PartView, QuantizationConfig, TensorQuant,
     QUANT_CONFIG_FILE,
 };
 
 use crate::gguf::GGUF_MAGIC;
-use crate::{Arch, GgufFile, ModelConfig, SafetensorsSet};
+use crate::{GgufFile, ModelConfig, SafetensorsSet};
+
+mod gguf;
+mod gguf_layout;
+mod gguf_names;
+pub use gguf::GgufSource;
+pub use gguf_layout::unpermute_rows;
+pub use gguf_names::{gguf_to_hf_name, hf_to_gguf_name};
 
 /// Tensors under their HF names, with GGUF names and layouts mapped.
 pub trait WeightSource: Send + Sync {
@@ -323,215 +331,5 @@ impl WeightSource for HfSource {
     }
     fn quantization(&self) -> Option<&QuantizationConfig> {
         self.quant.as_ref().map(|q| &q.config)
-    }
-}
-
-// ------------------------------------------------------------------ GGUF
-
-/// Per-layer tensors: HF module path, GGUF module name.
-const LAYER_MAP: &[(&str, &str)] = &[
-    ("input_layernorm", "attn_norm"),
-    ("post_attention_layernorm", "ffn_norm"),
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
-    ("self_attn.q_norm", "attn_q_norm"),
-    ("self_attn.k_norm", "attn_k_norm"),
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
-];
-
-/// Whole-model tensors: HF name, GGUF name.
-const GLOBAL_MAP: &[(&str, &str)] = &[
-    ("model.embed_tokens.weight", "token_embd.weight"),
-    ("model.norm.weight", "output_norm.weight"),
-    ("lm_head.weight", "output.weight"),
-];
-
-/// Which head count a permuted tensor was permuted with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Permuted {
-    Q,
-    K,
-}
-
-fn parse_layer(s: &str) -> Option<usize> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
-    {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// HF name → GGUF name (`model.layers.3.mlp.up_proj.weight` →
-/// `blk.3.ffn_up.weight`).
-pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
-    map_hf(hf).map(|(n, _)| n)
-}
-
-/// HF name → (GGUF name, permutation of its rows in a `llama` GGUF).
-fn map_hf(hf: &str) -> Option<(String, Option<Permuted>)> {
-    if let Some((_, g)) = GLOBAL_MAP.iter().find(|(h, _)| *h == hf) {
-        return Some((g.to_string(), None));
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer = parse_layer(layer)?;
-    let (module, kind) = rest.rsplit_once('.')?;
-    if kind != "weight" && kind != "bias" {
-        return None;
-    }
-    let (_, g) = LAYER_MAP.iter().find(|(h, _)| *h == module)?;
-    let perm = match *g {
-        "attn_q" => Some(Permuted::Q),
-        "attn_k" => Some(Permuted::K),
-        _ => None,
-    };
-    Some((format!("blk.{layer}.{g}.{kind}"), perm))
-}
-
-/// GGUF name → HF name, for the tensors [`hf_to_gguf_name`] maps.
-pub fn gguf_to_hf_name(g: &str) -> Option<String> {
-    if let Some((h, _)) = GLOBAL_MAP.iter().find(|(_, gg)| *gg == g) {
-        return Some(h.to_string());
-    }
-    let rest = g.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer = parse_layer(layer)?;
-    let (module, kind) = rest.rsplit_once('.')?;
-    if kind != "weight" && kind != "bias" {
-        return None;
-    }
-    let (h, _) = LAYER_MAP.iter().find(|(_, gg)| *gg == module)?;
-    Some(format!("model.layers.{layer}.{h}.{kind}"))
-}
-
-/// Undoes llama.cpp's q/k permutation: within each head of `rows / n_head`
-/// rows (width D), GGUF row `h*D + 2*i + j` holds HF row `h*D + j*D/2 + i`.
-/// Moves whole rows of bytes, so it works for block-quantized rows too.
-pub fn unpermute_rows(w: &WeightData, n_head: usize) -> Result<WeightData> {
-    let rows = *w
-        .shape
-        .first()
-        .ok_or_else(|| Error::Invalid("cannot unpermute a 0-dimensional tensor".into()))?;
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
-        return Err(Error::Invalid(format!(
-            "cannot unpermute {} rows over {n_head} heads: the head width must be even",
-            rows
-        )));
-    }
-    let total = w.bytes.len();
-    if rows == 0 {
-        return Ok(w.clone());
-    }
-    if total % rows != 0 {
-        return Err(Error::Invalid(format!(
-            "{} tensor of shape {:?} does not split into {rows} rows of whole bytes",
-            w.format.name(),
-            w.shape
-        )));
-    }
-    let rb = total / rows;
-    let d = rows / n_head;
-    let half = d / 2;
-    let src: &[u8] = &w.bytes;
-    let mut out = vec![0u8; total];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let s = h * d + 2 * i + j;
-                let t = h * d + j * half + i;
-                out[t * rb..(t + 1) * rb].copy_from_slice(&src[s * rb..(s + 1) * rb]);
-            }
-        }
-    }
-    WeightData::new(w.format, w.shape.clone(), HostBytes::owned(out))
-}
-
-/// A GGUF file under HF tensor names.
-pub struct GgufSource {
-    file: GgufFile,
-    config: ModelConfig,
-    /// `llama` GGUFs store q/k rows permuted for interleaved RoPE.
-    permuted: bool,
-}
-
-impl GgufSource {
-    pub fn open(path: &Path) -> Result<Self> {
-        Self::from_file(GgufFile::open(path)?)
-    }
-
-    pub fn from_file(file: GgufFile) -> Result<Self> {
-        let config = ModelConfig::from_gguf(&file)?;
-        let permuted = file.architecture()? == "llama" && config.arch == Arch::Llama;
-        Ok(GgufSource {
-            file,
-            config,
-            permuted,
-        })
-    }
-}
-
-impl WeightSource for GgufSource {
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    fn tensor(&self, hf_name: &str) -> Result<WeightData> {
-        let Some((g, perm)) = map_hf(hf_name) else {
-            // Tensors without an HF name (e.g. rope_freqs.weight) go by
-            // their GGUF name, as describe() lists them.
-            if self.file.contains(hf_name) && gguf_to_hf_name(hf_name).is_none() {
-                return self.file.tensor(hf_name);
-            }
-            return Err(Error::MissingTensor(hf_name.to_string()));
-        };
-        if !self.file.contains(&g) {
-            return Err(Error::MissingTensor(hf_name.to_string()));
-        }
-        let w = self.file.tensor(&g)?;
-        match perm {
-            Some(p) if self.permuted => {
-                let heads = match p {
-                    Permuted::Q => self.config.num_heads,
-                    Permuted::K => self.config.num_kv_heads,
-                };
-                unpermute_rows(&w, heads).map_err(|e| {
-                    Error::format(&self.file.path, "GGUF", format!("tensor '{g}': {e}"))
-                })
-            }
-            _ => Ok(w),
-        }
-    }
-
-    fn contains(&self, hf_name: &str) -> bool {
-        match map_hf(hf_name) {
-            Some((g, _)) => self.file.contains(&g),
-            None => self.file.contains(hf_name) && gguf_to_hf_name(hf_name).is_none(),
-        }
-    }
-
-    fn gguf(&self) -> Option<&GgufFile> {
-        Some(&self.file)
-    }
-
-    fn path(&self) -> Option<&Path> {
-        Some(&self.file.path)
-    }
-
-    fn describe(&self) -> Vec<(String, String, Vec<usize>)> {
-        let mut v: Vec<_> = self
-            .file
-            .tensors
-            .iter()
-            .map(|t| {
-                let name = gguf_to_hf_name(&t.name).unwrap_or_else(|| t.name.clone());
-                (name, t.format.name().to_string(), t.shape.clone())
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
     }
 }

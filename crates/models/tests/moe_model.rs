@@ -13,14 +13,16 @@ use mm_formats::open_source;
 use mm_models::layers::Ffn;
 use mm_models::{load_model, DecoderModel, LinearObserver};
 
-const MOE: [&str; 8] = [
+const MOE: [&str; 10] = [
     "qwen3-moe",
     "qwen3-moe-renorm",
+    "qwen3-moe-sparse",
     "mixtral",
     "glm4-moe",
     "glm4-moe-plain",
     "deepseek-v2",
     "deepseek-v3-yarn",
+    "deepseek-v3-yarn-interleaved",
     "glm4-moe-lite",
 ];
 

@@ -5,34 +5,32 @@
 //! cache's size, and the MoE layers (dense first layer, experts, shared
 //! experts, correction bias) loaded by name.
 //! Fixtures: DeepSeek-V2 (no q_lora, complex RoPE pairs), DeepSeek-V3
-//! (YaRN with mscale, rotate-half RoPE), GLM-4.7-Flash (interleaved RoPE,
+//! (YaRN with mscale, rotate-half RoPE; and interleaved with mscale =
+//! mscale_all_dim, as GGUF holds it), GLM-4.7-Flash (interleaved RoPE,
 //! biases, v wider than q/k), made by `scripts/make_fixtures.py`.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
 
-use mm_backend_cpu::CpuBackend;
+use std::path::{Path, PathBuf};
+
+use common::{device, greedy, ids, rel_err};
 use mm_core::{Device, KvDType, Result, WeightData};
 use mm_formats::{open_source, ModelConfig, WeightSource};
 use mm_models::layers::Ffn;
 use mm_models::{load_model, npy::read_npy, DecoderModel, MlaForm};
 
-const MLA: [&str; 3] = ["deepseek-v2", "deepseek-v3-yarn", "glm4-moe-lite"];
+const MLA: [&str; 4] = [
+    "deepseek-v2",
+    "deepseek-v3-yarn",
+    "deepseek-v3-yarn-interleaved",
+    "glm4-moe-lite",
+];
 const FORMS: [MlaForm; 3] = [MlaForm::Auto, MlaForm::Expanded, MlaForm::Absorbed];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/tiny")
         .join(name)
-}
-
-fn device(exact: bool) -> Device {
-    let b: Arc<dyn mm_core::Backend> = Arc::new(if exact {
-        CpuBackend::exact()
-    } else {
-        CpuBackend::new()
-    });
-    Device::new(b.clone(), b)
 }
 
 fn load(name: &str, dev: &Device) -> DecoderModel {
@@ -46,30 +44,6 @@ fn reference(name: &str) -> (serde_json::Value, Vec<f32>, usize) {
         serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
     let (shape, logits) = read_npy(&d.join("logits.npy")).unwrap();
     (r, logits, shape[1])
-}
-
-fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
-    v[key]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-/// max |Δ| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    err / max_ref
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
 }
 
 /// The prompt's logits in one forward pass and one token at a time (every
@@ -119,15 +93,11 @@ fn greedy_continuations_match_in_every_form() {
         let mut model = load(name, &device(true));
         for form in FORMS {
             model.set_mla_form(form);
-            let mut cache = model.new_cache(256).unwrap();
-            let mut logits = model.forward(&prompt, &mut cache, false).unwrap();
-            let mut out = Vec::new();
-            for _ in 0..expect.len() {
-                let next = argmax(&logits.to_vec().unwrap());
-                out.push(next);
-                logits = model.forward(&[next], &mut cache, false).unwrap();
-            }
-            assert_eq!(out, expect, "{name} {form:?}");
+            assert_eq!(
+                greedy(&model, &prompt, expect.len()),
+                expect,
+                "{name} {form:?}"
+            );
         }
     }
 }

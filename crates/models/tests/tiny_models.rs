@@ -8,9 +8,12 @@
 //! random models, and its prompt rows' 16-bit operands (dense weights on
 //! AVX2) move the logits by up to 1.0e-3 more.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::ids;
 use mm_backend_cpu::CpuBackend;
 use mm_core::Device;
 use mm_formats::open_source;
@@ -27,15 +30,6 @@ fn cpu() -> Device {
 fn cpu_with(b: CpuBackend) -> Device {
     let b: Arc<dyn mm_core::Backend> = Arc::new(b);
     Device::new(b.clone(), b)
-}
-
-fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
-    v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("reference.json lacks {key}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Loads `dir` and checks logits and greedy continuation against its
@@ -128,9 +122,14 @@ arch_test!(qwen2_qkv_bias, "qwen2");
 arch_test!(qwen3_qk_norm_head_dim, "qwen3");
 arch_test!(deepseek_v2_mla_no_q_lora, "deepseek-v2");
 arch_test!(deepseek_v3_mla_yarn, "deepseek-v3-yarn");
+arch_test!(
+    deepseek_v3_mla_yarn_interleaved,
+    "deepseek-v3-yarn-interleaved"
+);
 arch_test!(glm4_moe_lite_mla_interleaved, "glm4-moe-lite");
 arch_test!(qwen3_moe_softmax_top2, "qwen3-moe");
 arch_test!(qwen3_moe_renorm_sparse_step, "qwen3-moe-renorm");
+arch_test!(qwen3_moe_every_layer_sparse, "qwen3-moe-sparse");
 arch_test!(mixtral_moe, "mixtral");
 arch_test!(glm4_moe_groups_bias_shared, "glm4-moe");
 arch_test!(glm4_moe_plain_two_shared, "glm4-moe-plain");

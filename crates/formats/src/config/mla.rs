@@ -3,12 +3,14 @@
 //! (`configuration_deepseek_v2.py`, `configuration_deepseek_v3.py`,
 //! `configuration_glm4_moe_lite.py`, `modeling_rope_utils.py`).
 //!
-//! These models are also mixtures of experts; their MoE fields are not
-//! read here (a checkpoint's MoE layers are refused when the model loads).
+//! Also the same fields from a GGUF `deepseek2` file ([`from_gguf`],
+//! [`yarn_from_gguf`]). These models are also mixtures of experts; their
+//! MoE fields are read in `moe/`.
 
 use mm_core::Result;
 use serde_json::{json, Map, Value};
 
+use super::gguf::Meta;
 use super::{cfg_err, f32_json, Arch, ModelConfig, Obj, RopeScaling};
 
 /// The attention shape of an MLA model.
@@ -105,6 +107,99 @@ pub(super) fn parse(o: &Obj, arch: Arch) -> Result<Option<MlaConfig>> {
         )));
     }
     Ok(Some(c))
+}
+
+/// The MLA shape of a GGUF `deepseek2` file. The converter writes the
+/// latent ranks (`attention.q_lora_rank` only with a query compression),
+/// the rotated width as `rope.dimension_count`, and the per-head widths as
+/// `attention.key_length_mla` / `value_length_mla` (its `key_length` /
+/// `value_length` then describe llama.cpp's one shared latent head); older
+/// files, without the `_mla` keys, give the per-head widths in
+/// `key_length` / `value_length`. llama.cpp rotates interleaved pairs
+/// (its NORM RoPE) for this architecture: `rope_interleave` is true.
+pub(super) fn from_gguf(m: &Meta) -> Result<MlaConfig> {
+    let positive = |key: &str| -> Result<usize> {
+        match m.usize_req(key)? {
+            0 => Err(m.fail(format!("metadata '{}' must be positive", m.key(key)))),
+            v => Ok(v),
+        }
+    };
+    let kv_lora_rank = positive("attention.kv_lora_rank")?;
+    let q_lora_rank = m.usize_opt("attention.q_lora_rank")?.filter(|&r| r > 0);
+    let rope = positive("rope.dimension_count")?;
+    let (qk, v) = match m.usize_opt("attention.key_length_mla")? {
+        Some(k) => (k, positive("attention.value_length_mla")?),
+        None => (
+            positive("attention.key_length")?,
+            positive("attention.value_length")?,
+        ),
+    };
+    if qk <= rope || !rope.is_multiple_of(2) {
+        return Err(m.fail(format!(
+            "a query/key head of {qk} values cannot hold the {rope} rotated ones ('{}'): \
+             it needs more, and an even number to rotate",
+            m.key("rope.dimension_count")
+        )));
+    }
+    Ok(MlaConfig {
+        q_lora_rank,
+        kv_lora_rank,
+        qk_nope_head_dim: qk - rope,
+        qk_rope_head_dim: rope,
+        v_head_dim: v,
+        rope_interleave: true,
+    })
+}
+
+/// YaRN from a GGUF `deepseek2` file, as llama.cpp applies it
+/// (`llama-context.cpp`, `src/models/deepseek2.cpp`): `rope.scaling.factor`,
+/// `original_context_length`, `yarn_beta_fast`/`yarn_beta_slow` (default 32
+/// and 1), and `yarn_log_multiplier` = 0.1 · `mscale_all_dim`. llama.cpp
+/// takes `mscale` equal to `mscale_all_dim` (true of the released
+/// DeepSeek-V2/V3 configs), so cos and sin are not scaled and the softmax
+/// scale gains `mscale(factor, mscale_all_dim)²`; without the multiplier
+/// both take `mscale(factor, 1)`, which is transformers' reading of
+/// `mscale_all_dim` = 1 with no `mscale`. Extra attention or extrapolation
+/// factors are refused.
+pub(super) fn yarn_from_gguf(m: &Meta) -> Result<RopeScaling> {
+    let factor = m
+        .f32_opt("rope.scaling.factor")?
+        .ok_or_else(|| m.missing("rope.scaling.factor"))?;
+    let original = m.usize_req("rope.scaling.original_context_length")?;
+    if factor.is_nan() || factor <= 0.0 || original == 0 {
+        return Err(m.fail(format!(
+            "invalid YaRN scaling: factor {factor}, original_context_length {original}"
+        )));
+    }
+    for k in [
+        "rope.scaling.yarn_ext_factor",
+        "rope.scaling.yarn_attn_factor",
+        "rope.scaling.attn_factor",
+    ] {
+        if let Some(v) = m.f32_opt(k)?.filter(|v| *v != 1.0) {
+            return Err(m.fail(format!(
+                "metadata '{}' = {v} is not supported (only 1)",
+                m.key(k)
+            )));
+        }
+    }
+    let (mscale, mscale_all_dim) = match m.f32_opt("rope.scaling.yarn_log_multiplier")? {
+        Some(l) => {
+            let a = (l as f64 / 0.1) as f32;
+            (Some(a), Some(a))
+        }
+        None => (None, Some(1.0)),
+    };
+    Ok(RopeScaling::Yarn {
+        factor,
+        original_max_position_embeddings: original,
+        beta_fast: m.f32_opt("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+        beta_slow: m.f32_opt("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+        mscale,
+        mscale_all_dim,
+        attention_factor: None,
+        truncate: true,
+    })
 }
 
 /// Writes the MLA fields as transformers names them.

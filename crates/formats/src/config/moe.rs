@@ -11,7 +11,8 @@
 //! | `DeepseekV3ForCausalLM` | as GLM-4-MoE | `first_k_dense_replace` | as GLM-4-MoE (`noaux_tc`) |
 //! | `Glm4MoeLiteForCausalLM` | as GLM-4-MoE | `mlp_layer_types` | as GLM-4-MoE (`noaux_tc`) |
 //!
-//! The DeepSeek family's fields are read in [`deepseek`].
+//! The DeepSeek family's fields are read in [`deepseek`]; the same
+//! hyper-parameters from GGUF metadata in [`gguf`](self::gguf).
 //!
 //! A child of `config` so it reads JSON through the parent's [`Obj`]
 //! (messages name the field).
@@ -22,6 +23,8 @@ use serde_json::{json, Map, Value};
 use super::{cfg_err, f32_json, Arch, ModelConfig, Obj};
 
 mod deepseek;
+mod gguf;
+pub(super) use self::gguf::from_gguf;
 
 pub use mm_core::router::{GroupScore, MoeScoring};
 
