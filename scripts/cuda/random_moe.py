@@ -31,10 +31,9 @@ matter (a zero bias would leave the bias path untested); routers are drawn
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from random_llama import arg, compare  # noqa: E402
+from random_llama import arg, compare, timed  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKENIZER = os.path.join(HERE, "..", "..", "tests", "fixtures", "tokenizer", "smollm2-hf")
@@ -120,27 +119,12 @@ def make(d):
 
 
 def speed(d):
+    """transformers' speed: 64 decode steps (its MoE layers loop over the
+    experts in Python, slow enough that 128 would only lengthen the call)."""
     import torch
     from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).cuda().eval()
-    ids = torch.randint(3, 49152, (1, 512), device="cuda")
-    with torch.no_grad():
-        m(ids)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(2):
-            m(ids)
-        torch.cuda.synchronize()
-        pp = 2 * 512 / (time.perf_counter() - t)
-        one = ids[:, :1]
-        m.generate(one, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        m.generate(one, max_new_tokens=64, min_new_tokens=64, do_sample=False)
-        torch.cuda.synchronize()
-        tg = 64 / (time.perf_counter() - t)
-    print(json.dumps({"peer": "transformers-bf16", "pp512_tok_s": round(pp, 1),
-                      "tg64_tok_s": round(tg, 1), "gpu": torch.cuda.get_device_name()}))
+    timed(m, 49152, 64)
 
 
 if __name__ == "__main__":
