@@ -225,7 +225,10 @@ fn cuda_moe_route_matches_the_host() {
             .unwrap();
             assert_eq!(ids, want.ids, "{e} experts, {rule:?}");
             for (g, w) in wts.iter().zip(&want.weights) {
-                assert!((g - w).abs() <= 1e-6 * w.abs(), "{e} experts, {rule:?}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs(),
+                    "{e} experts, {rule:?}: {g} vs {w}"
+                );
             }
         }
     }

@@ -262,7 +262,16 @@ fn run(
                 rows: n,
                 div: k,
             };
-            gemv(rt, &t.gate_up, ci, &blocks, &src, (&mut gu, 2 * inter), inter, 2)
+            gemv(
+                rt,
+                &t.gate_up,
+                ci,
+                &blocks,
+                &src,
+                (&mut gu, 2 * inter),
+                inter,
+                2,
+            )
         })?;
     }
     let mut out = alloc(rt, pairs * hidden, "expert down outputs")?;
@@ -274,7 +283,16 @@ fn run(
             rows: pairs,
             div: 1,
         };
-        gemv(rt, &t.down, ci, &blocks, &src, (&mut out, hidden), hidden, 1)?;
+        gemv(
+            rt,
+            &t.down,
+            ci,
+            &blocks,
+            &src,
+            (&mut out, hidden),
+            hidden,
+            1,
+        )?;
     }
     let mut y = alloc(rt, n * hidden, "moe output")?;
     let f = rt.function(&MOE, "moe_combine")?;
@@ -286,8 +304,7 @@ fn run(
     let mut l = rt.stream.launch_builder(&f);
     l.arg(&out).arg(wts).arg(&ni).arg(&ki).arg(&hi).arg(&mut y);
     // SAFETY: out holds n·k rows of hidden values, wts n·k, y n rows.
-    unsafe { l.launch(super::cover(n * hidden, 256)) }
-        .map_err(|e| driver_err("moe combine", e))?;
+    unsafe { l.launch(super::cover(n * hidden, 256)) }.map_err(|e| driver_err("moe combine", e))?;
     tensor(rt, vec![n, hidden], y)
 }
 
@@ -408,10 +425,7 @@ fn gemv(
     let c = t.classes[ci];
     let name = format!("moe_q8{Q8_PASSES}_b{}_p{}", c.bits, c.mode);
     let f = rt.function(&MOE, &name)?;
-    let ints = [
-        super::dim(ci, "layout class")?,
-        super::dim(b.e, "experts")?,
-    ];
+    let ints = [super::dim(ci, "layout class")?, super::dim(b.e, "experts")?];
     let dims = [
         super::dim(src.div, "pair divisor")?,
         super::dim(src.rows, "activation rows")?,
