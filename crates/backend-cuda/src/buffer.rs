@@ -113,6 +113,19 @@ pub(crate) fn on_device<'a>(rt: &Runtime, t: &'a Tensor) -> Result<OnDevice<'a>>
     upload(rt, &host, "an input tensor").map(OnDevice::Copied)
 }
 
+/// The buffer `t` owns when `d` is that buffer itself (not a copy): the
+/// identity under which the 8-bit activations of `t` are kept for the next
+/// matmul of the same input (`ops::qmatmul::with_quantized_x`).
+pub(crate) fn kept_input<'a>(
+    t: &'a Tensor,
+    d: &OnDevice<'_>,
+) -> Option<&'a Arc<dyn mm_core::tensor::DeviceBuffer>> {
+    match (t.storage(), d) {
+        (Storage::Device(b), OnDevice::Here(_)) => Some(b),
+        _ => None,
+    }
+}
+
 pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(
     rt: &Runtime,
     host: &[T],

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use mm_core::{Error, Result, RowKind, Tensor, WeightData};
 
-use crate::buffer::{alloc, on_device, tensor, weight, DeviceWeight, OnDevice};
+use crate::buffer::{alloc, on_device, tensor, weight, DeviceWeight};
 use crate::compile::MATMUL;
 use crate::ops::qmatmul::{self, DeviceQWeight};
 use crate::runtime::{driver_err, Runtime};
@@ -73,10 +73,7 @@ pub fn matmul(
     };
     let q8 = !f32_only;
     // The input's identity, for reusing its 8-bit quantization.
-    let input = match (x.storage(), &xd) {
-        (mm_core::tensor::Storage::Device(b), OnDevice::Here(_)) => Some(b),
-        _ => None,
-    };
+    let input = crate::buffer::kept_input(x, &xd);
     if np == 0 {
         simt(rt, &p, xs, input, None, bs, &mut y, n, k, m, q8)?;
     } else if np == n {

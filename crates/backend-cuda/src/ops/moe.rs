@@ -28,7 +28,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use mm_core::{moe::moe_expert_dims, Error, MoeExperts, Result, RouterParams, Tensor, WeightData};
 use mm_core::{MoeScoring, WeightFormat};
 
-use crate::buffer::{alloc, alloc_of, on_device, tensor, upload, OnDevice};
+use crate::buffer::{alloc, alloc_of, on_device, tensor, upload};
 use crate::compile::MOE;
 use crate::ops::qmatmul::{self, DeviceQWeight, Q8_PASSES};
 use crate::runtime::{driver_err, Runtime};
@@ -239,10 +239,7 @@ fn run(
     let e = experts.gate.len();
     let t = table(rt, experts)?;
     let xd = on_device(rt, x)?;
-    let input = match (x.storage(), &xd) {
-        (mm_core::tensor::Storage::Device(b), OnDevice::Here(_)) => Some(b),
-        _ => None,
-    };
+    let input = crate::buffer::kept_input(x, &xd);
     let pairs = n * k;
     let maxb = pairs.div_ceil(NR) + e.min(pairs);
     let (be, bp) = align(rt, ids, pairs, e, maxb)?;
