@@ -216,13 +216,19 @@ PY
 profile)
     m=${2:-/tmp/mm-random-1b-int4}
     ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    # The card's own clocks and warm caches (as a replayed step sees
+    # them), not ncu's defaults (base clocks, caches flushed per launch).
     MM_CUDA_GRAPHS=0 "$ncu" --metrics gpu__time_duration.sum --csv --print-units base \
+        --clock-control none --cache-control none \
         "$B/metal-marlin" logits -m "$m" --ids 1,2,3,4,5,6,7,8 --device cuda --decode 4 \
         --out /tmp/mm-profile.npy >/tmp/mm-ncu.csv 2>/tmp/mm-ncu.err || {
         tail -20 /tmp/mm-ncu.err
         exit 1
     }
-    python3 scripts/cuda/kernel_times.py /tmp/mm-ncu.csv
+    cp /tmp/mm-ncu.csv "${OUT:-/tmp}/" 2>/dev/null || true
+    # --decode 4 runs the prompt without its last 4 ids, then 4 decode
+    # steps: the table is per decode step.
+    python3 scripts/cuda/kernel_times.py /tmp/mm-ncu.csv --skip 1
     ;;
 bench)
     "$B/qmatmul_bench" ${2:-} | tee "${OUT:-/tmp}/qmatmul.txt"

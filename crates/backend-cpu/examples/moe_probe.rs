@@ -113,6 +113,7 @@ fn main() {
         gate: sets[0].iter().collect(),
         up: sets[1].iter().collect(),
         down: sets[2].iter().collect(),
+        shared: None,
     };
     let expert_bytes: usize = [&sets[0][0], &sets[1][0], &sets[2][0]]
         .iter()

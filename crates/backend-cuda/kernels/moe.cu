@@ -3,7 +3,10 @@
 // can be recorded as a graph): moe_route → moe_align → gate/up GEMV →
 // moe_glu_q8 → down GEMV → moe_combine (ops/moe.rs launches them).
 //
-// moe_route: one warp per token; the router logits of a row become scores
+// moe_route: one warp per token (ids and weights ks ≥ k apart per token;
+// with ks = k + 1 the last slot is the shared expert, id E, weight 1, so
+// it runs in the expert launches and moe_combine adds it last, as a
+// separate add would); the router logits of a row become scores
 // (softmax or sigmoid), the correction bias picks (never weighs), the
 // group limit masks all but the best groups, k rounds of a warp arg-max
 // (ties to the lower index) pick the experts, and lane 0 forms the
@@ -52,7 +55,7 @@ __device__ __forceinline__ void warp_argmax(float& key, int& idx) {
 // picked[E] bytes, padded to 4.
 extern "C" __global__ void __launch_bounds__(128)
 moe_route(const float* __restrict__ logits, const float* __restrict__ bias, int n, int E, int k,
-          int sigmoid, int norm, float scale, int n_group, int topk_group, int top2,
+          int sigmoid, int norm, float scale, int n_group, int topk_group, int top2, int ks,
           int* __restrict__ ids, float* __restrict__ wts) {
     extern __shared__ float smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -145,8 +148,12 @@ moe_route(const float* __restrict__ logits, const float* __restrict__ bias, int 
         if (norm) sum = __fadd_rn(sum, sigmoid ? 1e-20f : 0.f);
         for (int j = 0; j < k; j++) {
             float v = norm ? __fdiv_rn(w[j], sum) : w[j];
-            ids[(u64)t * k + j] = top[j];
-            wts[(u64)t * k + j] = __fmul_rn(v, scale);
+            ids[(u64)t * ks + j] = top[j];
+            wts[(u64)t * ks + j] = __fmul_rn(v, scale);
+        }
+        if (ks > k) {  // the shared expert, id E, weight 1, last
+            ids[(u64)t * ks + k] = E;
+            wts[(u64)t * ks + k] = 1.f;
         }
     }
 }

@@ -345,6 +345,8 @@ pub const ATTENTION: Kernel = kernel!(
         "attention_f16_d256",
         "attention_f32_d576",
         "attention_f16_d576",
+        "attention_gqa_f32",
+        "attention_gqa_f16",
     ]
 );
 

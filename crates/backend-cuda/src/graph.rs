@@ -75,10 +75,10 @@ unsafe impl Send for Graphs {}
 
 /// The values staged for a step, by upload-cache key (the same keys and
 /// values the ops compute from the step's arguments).
-type Staged<'a> = [(&'static str, Cow<'a, [u32]>); 6];
+type Staged<'a> = [(&'static str, Cow<'a, [u32]>); 7];
 
 fn staged<'a>(inp: &StepInputs<'a>) -> Staged<'a> {
-    let (qpos, table0) = row_meta(inp.batch);
+    let (qpos, table0, single) = row_meta(inp.batch);
     [
         ("token ids", Cow::Borrowed(inp.ids)),
         ("rope positions", Cow::Borrowed(inp.positions)),
@@ -86,6 +86,7 @@ fn staged<'a>(inp: &StepInputs<'a>) -> Staged<'a> {
         ("block tables", Cow::Borrowed(&inp.batch.block_tables[..])),
         ("query positions", Cow::Owned(qpos)),
         ("block-table starts", Cow::Owned(table0)),
+        ("decode rows", Cow::Owned(single)),
     ]
 }
 

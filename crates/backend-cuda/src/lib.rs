@@ -53,6 +53,37 @@ fn env_is(var: &str, value: &str) -> bool {
 }
 
 impl CudaBackend {
+    /// The routed experts alone and the shared expert, when the expert
+    /// launches do not take it ([`ops::moe::fuses_shared`]).
+    fn shared_apart<'a>(
+        &self,
+        experts: &mm_core::MoeExperts<'a>,
+        kinds: &[mm_core::RowKind],
+    ) -> Option<(mm_core::MoeExperts<'a>, [&'a WeightData; 3])> {
+        let shared = experts.shared?;
+        if ops::moe::fuses_shared(experts, kinds) {
+            return None;
+        }
+        let routed = mm_core::MoeExperts {
+            shared: None,
+            ..experts.clone()
+        };
+        Some((routed, shared))
+    }
+
+    /// A shared expert apart: its SwiGLU through this backend's matmuls
+    /// with the rows' kinds.
+    fn swiglu(
+        &self,
+        x: &Tensor,
+        [g, u, d]: [&WeightData; 3],
+        kinds: &[mm_core::RowKind],
+    ) -> Result<Tensor> {
+        let g = self.matmul_rows(x, g, None, kinds)?;
+        let u = self.matmul_rows(x, u, None, kinds)?;
+        self.matmul_rows(&self.silu_mul(&g, &u)?, d, None, kinds)
+    }
+
     /// GPU `ordinal`; a clear error without a driver, NVRTC or that GPU.
     pub fn new(ordinal: usize) -> Result<Self> {
         Ok(Self {
@@ -281,6 +312,10 @@ impl Backend for CudaBackend {
                 x.shape()
             )));
         }
+        if let Some((routed, shared)) = self.shared_apart(experts, kinds) {
+            let y = ops::moe::moe_routed(&self.rt, x, logits, bias, rule, &routed)?;
+            return self.add(&y, &self.swiglu(x, shared, kinds)?);
+        }
         ops::moe::moe_routed(&self.rt, x, logits, bias, rule, experts)
     }
 
@@ -301,6 +336,10 @@ impl Backend for CudaBackend {
                 kinds.len(),
                 x.shape()
             )));
+        }
+        if let Some((routed, shared)) = self.shared_apart(experts, kinds) {
+            let y = ops::moe::moe_experts(&self.rt, x, &routed, route)?;
+            return self.add(&y, &self.swiglu(x, shared, kinds)?);
         }
         ops::moe::moe_experts(&self.rt, x, experts, route)
     }

@@ -75,6 +75,9 @@ pub struct Runtime {
     /// The expert tables of the MoE layers run so far
     /// ([`crate::ops::moe`]).
     pub(crate) moe_tables: Mutex<Vec<Arc<crate::ops::moe::MoeTable>>>,
+    /// The completion counters of the split attention kernel, zeros
+    /// between launches ([`Runtime::attention_counters`]).
+    attn_counters: Mutex<Option<Arc<CudaSlice<u32>>>>,
 }
 
 /// A cached upload, kept alive by the graphs that read it.
@@ -134,6 +137,7 @@ impl Runtime {
             captured: Mutex::new(Vec::new()),
             quantized_x: Mutex::new(None),
             moe_tables: Mutex::new(Vec::new()),
+            attn_counters: Mutex::new(None),
         }))
     }
 
@@ -259,6 +263,35 @@ impl Runtime {
     }
 
     /// An error while a step is captured: `what` would cross the bus.
+    /// [`crate::ops::attention::COUNTERS`] counters of the split
+    /// attention kernel, allocated zeroed at first use (before any capture:
+    /// a step runs once before it is recorded) and kept for the runtime's
+    /// life, so recorded steps keep reading the same ones. Each launch's
+    /// last blocks set theirs back to zero.
+    pub(crate) fn attention_counters(&self) -> Result<Arc<CudaSlice<u32>>> {
+        let mut c = self.attn_counters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = c.as_ref() {
+            return Ok(b.clone());
+        }
+        self.check_not_capturing("attention counters")?;
+        let n = crate::ops::attention::COUNTERS;
+        let b = self
+            .stream
+            .alloc_zeros::<u32>(n)
+            .map_err(|e| crate::buffer::oom(self, 4 * n, "attention counters", e))?;
+        Ok(c.insert(Arc::new(b)).clone())
+    }
+
+    /// The shared memory a block may ask for (opt-in maximum), bytes.
+    pub(crate) fn max_shared_memory(&self) -> Result<usize> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let v = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| driver_err("reading the GPU's shared memory limit", e))?;
+        Ok(v.max(0) as usize)
+    }
+
     pub(crate) fn check_not_capturing(&self, what: &str) -> Result<()> {
         if self.capturing() {
             return Err(Error::Backend {

@@ -50,9 +50,21 @@ fn every_kernel_compiles() {
         eprintln!("skipped (no NVRTC): {e}");
         return;
     }
+    // MM_COMPILE_ONLY=attention,moe: only those files (a quick look while
+    // editing a kernel; CI compiles every file).
+    let only = std::env::var("MM_COMPILE_ONLY").unwrap_or_default();
+    let files = compile::ALL
+        .iter()
+        .filter(|k| only.is_empty() || only.split(',').any(|o| o == k.name));
     for arch in [80, 90] {
-        for k in compile::ALL {
+        for k in files.clone() {
             let ptx = compile::compile(k, arch).unwrap_or_else(|e| panic!("{e}"));
+            // MM_PTX_DIR=DIR: the PTX kept, for `ptxas -v` (registers,
+            // spills) without a GPU.
+            if let Ok(dir) = std::env::var("MM_PTX_DIR") {
+                let file = format!("{dir}/{}_sm{arch}.ptx", k.name);
+                std::fs::write(&file, &ptx).unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
             for f in k.functions {
                 assert!(
                     ptx.contains(&format!(".entry {f}(")),
@@ -194,6 +206,63 @@ fn cuda_moe_conforms() {
     };
     check_moe_experts(&b, 0, tol, tol).unwrap();
     check_moe_routed(&b, 0, tol).unwrap();
+    mm_conformance::check_moe_shared(&b, 0, tol).unwrap();
+}
+
+/// A shared expert folded into the expert launches (decode rows) gives the
+/// bits of running it apart through the dense matmuls and adding.
+#[test]
+fn cuda_fused_shared_expert_is_bitwise_apart() {
+    use mm_core::backend::Backend;
+    use mm_core::weight::{MmFormat, MmKind};
+    use mm_core::{MoeExperts, RowKind, Tensor, WeightFormat};
+    use rand::{Rng, SeedableRng};
+    let Some(b) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (e, h, i) = (8, 256, 512);
+    let f = WeightFormat::Mm(MmFormat::new(MmKind::IntSym(4), 128).unwrap());
+    let mut w = |r, c| mm_conformance::moe::moe_weight(f, r, c, &mut rng).unwrap();
+    let sets: Vec<Vec<_>> = [(i, h), (i, h), (h, i)]
+        .iter()
+        .map(|&(r, c)| (0..e).map(|_| w(r, c)).collect())
+        .collect();
+    let shared = [w(i, h), w(i, h), w(h, i)];
+    let mut experts = MoeExperts {
+        gate: sets[0].iter().collect(),
+        up: sets[1].iter().collect(),
+        down: sets[2].iter().collect(),
+        shared: None,
+    };
+    let (rule, _) = mm_conformance::moe::moe_rules(e).swap_remove(0);
+    for n in [1usize, 5] {
+        let x: Vec<f32> = (0..n * h).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let logits: Vec<f32> = (0..n * e).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let x = b.upload(&Tensor::from_vec(vec![n, h], x).unwrap()).unwrap();
+        let logits = b
+            .upload(&Tensor::from_vec(vec![n, e], logits).unwrap())
+            .unwrap();
+        let kinds = vec![RowKind::Generated; n];
+        experts.shared = None;
+        let routed = b
+            .moe_routed(&x, &logits, None, &rule, &experts, &kinds)
+            .unwrap();
+        let g = b.matmul_rows(&x, &shared[0], None, &kinds).unwrap();
+        let u = b.matmul_rows(&x, &shared[1], None, &kinds).unwrap();
+        let s = b.silu_mul(&g, &u).unwrap();
+        let s = b.matmul_rows(&s, &shared[2], None, &kinds).unwrap();
+        let apart = b.add(&routed, &s).unwrap().to_vec().unwrap();
+        experts.shared = Some([&shared[0], &shared[1], &shared[2]]);
+        let fused = b
+            .moe_routed(&x, &logits, None, &rule, &experts, &kinds)
+            .unwrap();
+        let fused = fused.to_vec().unwrap();
+        let diff = fused
+            .iter()
+            .zip(&apart)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(diff, 0, "n={n}: {diff} of {} values differ", fused.len());
+    }
 }
 
 /// The routing kernel picks the host's experts (`mm_core::router::route`)

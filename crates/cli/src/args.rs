@@ -272,6 +272,11 @@ pub struct BenchArgs {
     /// Timed runs of each test, after one untimed warm-up run.
     #[arg(short = 'r', long, default_value_t = 5)]
     pub repetitions: usize,
+    /// Tokens already in the KV cache before each test (prefilled untimed),
+    /// as llama-bench's `-d`: prefill and decode with attention over that
+    /// many more keys.
+    #[arg(short = 'd', long, default_value_t = 0)]
+    pub depth: usize,
     /// Seed of the random token ids.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

@@ -16,7 +16,7 @@ mod mla;
 pub use columns::{check_concat_cols, check_slice_cols};
 pub use mla::{check_gather_kv, check_head_matmul};
 pub mod moe;
-pub use moe::{check_moe_experts, check_moe_routed};
+pub use moe::{check_moe_experts, check_moe_routed, check_moe_shared};
 
 /// How far a backend may be from the reference.
 #[derive(Clone, Copy, Debug)]
@@ -303,7 +303,7 @@ pub fn run_quantized(b: &dyn Backend, tol: Tolerance) -> Vec<String> {
 
 pub fn check_rms_norm(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    for &(n, k) in &[(1, 64), (9, 576), (33, 100)] {
+    for &(n, k) in &[(1, 64), (9, 576), (33, 100), (2, 4096), (1, 5000), (3, 30)] {
         let x = randv(&mut rng, n * k);
         let w = randv(&mut rng, k);
         let out = b.rms_norm(
@@ -352,7 +352,7 @@ pub fn check_rope(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
 pub fn check_paged_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     // (heads, kv heads, head_dim, block size, window, [(q_len, kv_len)])
-    let cases: [(usize, usize, usize, usize, Option<usize>, &[(usize, usize)]); 7] = [
+    let cases: [(usize, usize, usize, usize, Option<usize>, &[(usize, usize)]); 10] = [
         (4, 2, 32, 4, None, &[(1, 9), (1, 1), (3, 7)]),
         // More query heads per kv head than one CPU task takes (12).
         (16, 1, 16, 8, None, &[(3, 10), (1, 5)]),
@@ -363,6 +363,14 @@ pub fn check_paged_attention(b: &dyn Backend, seed: u64, tol: Tolerance) -> Resu
         // Multi-head latent attention's absorbed form: heads 576 wide
         // over one shared head.
         (4, 1, 576, 16, None, &[(1, 20), (5, 21)]),
+        // GLM-4.7-Flash's absorbed form (20 heads over one): decode rows
+        // whose keys span several tiles and splits (the CUDA v2 kernel),
+        // next to prompt rows.
+        (20, 1, 576, 16, None, &[(1, 300), (1, 1100), (2, 70)]),
+        // More heads per KV head than one GPU block takes (36: 3 groups),
+        // and a window over a long decode row.
+        (36, 1, 64, 8, None, &[(1, 260), (5, 90)]),
+        (8, 2, 128, 16, Some(200), &[(1, 700), (1, 130), (3, 3)]),
     ];
     for (h, hkv, d, bs, window, seqs) in cases {
         for dtype in [KvDType::F32, KvDType::F16] {

@@ -3,7 +3,7 @@
 //! format a backend takes: dense F32/F16/BF16, every GGML block format and
 //! every metal-marlin format.
 
-use mm_backend_cpu::ops::moe::moe_experts_ref;
+use mm_backend_cpu::ops::moe::{moe_experts_ref, swiglu_ref};
 use mm_backend_cpu::ops::qmatmul::testing::{random_blocks, random_dense};
 use mm_core::router::route;
 use mm_core::{
@@ -87,6 +87,7 @@ pub fn check_moe_experts(
             gate: sets[0].iter().collect(),
             up: sets[1].iter().collect(),
             down: sets[2].iter().collect(),
+            shared: None,
         };
         let deq = |s: &[WeightData]| -> Result<Vec<Vec<f32>>> {
             s.iter().map(mm_quant::dequantize_ref).collect()
@@ -194,6 +195,7 @@ pub fn check_moe_routed(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()
             gate: sets[0].iter().collect(),
             up: sets[1].iter().collect(),
             down: sets[2].iter().collect(),
+            shared: None,
         };
         let deq = |s: &[WeightData]| -> Result<Vec<Vec<f32>>> {
             s.iter().map(mm_quant::dequantize_ref).collect()
@@ -223,6 +225,86 @@ pub fn check_moe_routed(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()
                     rule.n_group
                 );
                 check(&label, &out, &reference, tol)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A shared expert with the routed ones (`MoeExperts::shared`), through
+/// `moe_experts` (host routes) and `moe_routed`: as wide as the routed
+/// experts (a backend may fold it into their launches) and twice as wide,
+/// rows all generated (decode steps) and of mixed kinds; against
+/// `moe_experts_ref` plus `swiglu_ref`.
+pub fn check_moe_shared(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()> {
+    use mm_core::weight::{MmFormat, MmKind};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let e = 8;
+    let formats = [
+        WeightFormat::Q4_0,
+        WeightFormat::Mm(MmFormat::new(MmKind::IntSym(4), 128)?),
+        WeightFormat::Mm(MmFormat::new(MmKind::IntAsym(4), 32)?),
+    ];
+    let deq = |s: &[WeightData]| -> Result<Vec<Vec<f32>>> {
+        s.iter().map(mm_quant::dequantize_ref).collect()
+    };
+    for format in formats.into_iter().filter(|&f| b.supports_moe(f)) {
+        let sets: Vec<Vec<WeightData>> = (0..3)
+            .map(|_| {
+                (0..e)
+                    .map(|_| moe_weight(format, WIDTH, WIDTH, &mut rng))
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        let (g, u, d) = (deq(&sets[0])?, deq(&sets[1])?, deq(&sets[2])?);
+        for inter_s in [WIDTH, 2 * WIDTH] {
+            let shared = [
+                moe_weight(format, inter_s, WIDTH, &mut rng)?,
+                moe_weight(format, inter_s, WIDTH, &mut rng)?,
+                moe_weight(format, WIDTH, inter_s, &mut rng)?,
+            ];
+            let sd = deq(&shared)?;
+            let experts = MoeExperts {
+                gate: sets[0].iter().collect(),
+                up: sets[1].iter().collect(),
+                down: sets[2].iter().collect(),
+                shared: Some([&shared[0], &shared[1], &shared[2]]),
+            };
+            let (rule, _) = moe_rules(e).swap_remove(0);
+            for (n, generated) in [(1usize, true), (6, true), (7, false)] {
+                let x = randv(&mut rng, n * WIDTH);
+                let logits: Vec<f32> = (0..n * e).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+                let r = route(&logits, None, &rule)?;
+                let routed =
+                    moe_experts_ref(&x, &g, &u, &d, &r.ids, &r.weights, WIDTH, WIDTH, r.top_k);
+                let s = swiglu_ref(&x, &sd[0], &sd[1], &sd[2], WIDTH, inter_s);
+                let reference: Vec<f32> = routed.iter().zip(&s).map(|(a, b)| a + b).collect();
+                let kinds = if generated {
+                    vec![RowKind::Generated; n]
+                } else {
+                    mixed_kinds(n)
+                };
+                let xt = up(b, vec![n, WIDTH], x)?;
+                let label = format!(
+                    "moe with a shared expert of {inter_s} {} n={n} generated={generated}",
+                    format.name()
+                );
+                let out = b.moe_routed(
+                    &xt,
+                    &up(b, vec![n, e], logits)?,
+                    None,
+                    &rule,
+                    &experts,
+                    &kinds,
+                )?;
+                check(&format!("{label} (moe_routed)"), &out, &reference, tol)?;
+                let route = MoeRoute {
+                    top_k: r.top_k,
+                    ids: &r.ids,
+                    weights: &r.weights,
+                };
+                let out = b.moe_experts(&xt, &experts, &route, &kinds)?;
+                check(&format!("{label} (moe_experts)"), &out, &reference, tol)?;
             }
         }
     }

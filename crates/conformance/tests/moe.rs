@@ -73,6 +73,7 @@ fn moe_rows_do_not_depend_on_the_batch() {
             gate: sets[0].iter().collect(),
             up: sets[1].iter().collect(),
             down: sets[2].iter().collect(),
+            shared: None,
         };
         let ids: Vec<u32> = (0..n)
             .flat_map(|t| [(t % e) as u32, ((t + 1 + t / e) % e) as u32])
@@ -129,4 +130,12 @@ fn moe_routed_routes_as_the_host() {
     use mm_conformance::check_moe_routed;
     check_moe_routed(&CpuBackend::new(), 0, twice(Tolerance::Q8_RESIDUAL)).unwrap();
     check_moe_routed(&CpuBackend::exact(), 1, Tolerance::F32).unwrap();
+}
+
+/// A shared expert folded into the op gives the reference's values.
+#[test]
+fn moe_shared_expert_conforms() {
+    use mm_conformance::check_moe_shared;
+    check_moe_shared(&CpuBackend::new(), 0, twice(Tolerance::Q8_RESIDUAL)).unwrap();
+    check_moe_shared(&CpuBackend::exact(), 1, Tolerance::F32).unwrap();
 }

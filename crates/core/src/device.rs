@@ -243,8 +243,11 @@ impl Device {
         route: &MoeRoute<'_>,
         kinds: &[RowKind],
     ) -> Result<Tensor> {
-        let all = experts.gate.iter().chain(&experts.up).chain(&experts.down);
-        if all.clone().all(|w| self.primary.supports_moe(w.format)) {
+        if let Some((routed, shared)) = self.shared_apart(experts) {
+            let y = self.moe_experts(x, &routed, route, kinds)?;
+            return self.add(&y, &self.swiglu(x, shared, kinds)?);
+        }
+        if experts.all().all(|w| self.primary.supports_moe(w.format)) {
             return self.primary.moe_experts(x, experts, route, kinds);
         }
         tracing::trace!(
@@ -271,8 +274,11 @@ impl Device {
         experts: &MoeExperts<'_>,
         kinds: &[RowKind],
     ) -> Result<Tensor> {
-        let all = experts.gate.iter().chain(&experts.up).chain(&experts.down);
-        if all.clone().all(|w| self.primary.supports_moe(w.format)) {
+        if let Some((routed, shared)) = self.shared_apart(experts) {
+            let y = self.moe_routed(x, logits, bias, rule, &routed, kinds)?;
+            return self.add(&y, &self.swiglu(x, shared, kinds)?);
+        }
+        if experts.all().all(|w| self.primary.supports_moe(w.format)) {
             return self
                 .primary
                 .moe_routed(x, logits, bias, rule, experts, kinds);
@@ -290,6 +296,38 @@ impl Device {
             experts,
             kinds,
         )?)
+    }
+
+    /// The routed experts alone and the shared expert, when the primary
+    /// backend does not take every expert's format: the shared expert then
+    /// runs apart ([`Device::swiglu`], each matmul wherever its format
+    /// runs) instead of following the routed ones to the CPU.
+    fn shared_apart<'a>(
+        &self,
+        experts: &MoeExperts<'a>,
+    ) -> Option<(MoeExperts<'a>, [&'a WeightData; 3])> {
+        let shared = experts.shared?;
+        if experts.all().all(|w| self.primary.supports_moe(w.format)) {
+            return None;
+        }
+        let routed = MoeExperts {
+            shared: None,
+            ..experts.clone()
+        };
+        Some((routed, shared))
+    }
+
+    /// `down(silu(gate·x) · up·x)` through [`Device::matmul_rows`] with
+    /// the rows' kinds (a dense SwiGLU feed-forward's arithmetic).
+    pub fn swiglu(
+        &self,
+        x: &Tensor,
+        [g, u, d]: [&WeightData; 3],
+        kinds: &[RowKind],
+    ) -> Result<Tensor> {
+        let g = self.matmul_rows(x, g, None, kinds)?;
+        let u = self.matmul_rows(x, u, None, kinds)?;
+        self.matmul_rows(&self.silu_mul(&g, &u)?, d, None, kinds)
     }
 
     /// [`Backend::run_step`] of the primary backend.

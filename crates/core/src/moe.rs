@@ -3,7 +3,7 @@
 
 use crate::{Error, Result, Tensor, WeightData};
 
-/// The routed experts of one MoE layer: expert `e` is the SwiGLU
+/// The experts of one MoE layer: routed expert `e` is the SwiGLU
 /// `down[e](silu(gate[e](x)) * up[e](x))`, with `gate[e]`, `up[e]` of shape
 /// `[inter, hidden]` and `down[e]` of `[hidden, inter]`, each in any stored
 /// format (experts may differ in format).
@@ -12,6 +12,26 @@ pub struct MoeExperts<'a> {
     pub gate: Vec<&'a WeightData>,
     pub up: Vec<&'a WeightData>,
     pub down: Vec<&'a WeightData>,
+    /// A shared expert `[gate, up, down]` (any width `[inter_s, hidden]`,
+    /// `[hidden, inter_s]`) every token goes through with weight 1: its
+    /// output is added after the routed sum, as `add(routed, shared)`
+    /// would (bit for bit the same as running it as its own SwiGLU with the
+    /// backend's matmuls of the same row kinds and adding). A backend may
+    /// fold it into its expert launches.
+    pub shared: Option<[&'a WeightData; 3]>,
+}
+
+impl MoeExperts<'_> {
+    /// Every expert weight, routed then shared.
+    pub fn all(&self) -> impl Iterator<Item = &WeightData> + Clone {
+        let shared = self.shared.iter().flatten();
+        self.gate
+            .iter()
+            .chain(&self.up)
+            .chain(&self.down)
+            .chain(shared)
+            .copied()
+    }
 }
 
 /// Where each token of a step goes: token `t` to experts
@@ -71,6 +91,21 @@ pub fn moe_expert_dims(x: &Tensor, experts: &MoeExperts<'_>) -> Result<(usize, u
             if w.shape != shape {
                 return bad(format!(
                     "expert {i}'s {name} weight is {:?}, expected {shape:?}",
+                    w.shape
+                ));
+            }
+        }
+    }
+    if let Some([g, u, d]) = experts.shared {
+        let (si, _) = g.dims2()?;
+        for (name, w, shape) in [
+            ("gate", g, [si, hidden]),
+            ("up", u, [si, hidden]),
+            ("down", d, [hidden, si]),
+        ] {
+            if w.shape != shape {
+                return bad(format!(
+                    "the shared expert's {name} weight is {:?}, expected {shape:?}",
                     w.shape
                 ));
             }

@@ -22,6 +22,11 @@ use rand::{Rng, SeedableRng};
 pub struct BenchConfig {
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
+    /// Tokens already in the cache before each test (llama-bench's `-d`),
+    /// prefilled untimed: the prefill test appends its prompt to them, the
+    /// decode test generates after them, so attention runs over `depth`
+    /// more keys.
+    pub depth: usize,
     /// Timed runs of each test (after one untimed warm-up run).
     pub repetitions: usize,
     /// Seed of the token ids.
@@ -33,6 +38,7 @@ impl Default for BenchConfig {
         Self {
             prompt_tokens: 512,
             gen_tokens: 128,
+            depth: 0,
             repetitions: 5,
             seed: 42,
         }
@@ -134,19 +140,21 @@ pub fn run_bench(
         ));
     }
     let max = model.config.max_position_embeddings;
-    if cfg.prompt_tokens > max {
+    let d = cfg.depth;
+    if d + cfg.prompt_tokens > max {
         return Err(Error::Invalid(format!(
-            "{} prompt tokens exceed the model's context length {max}",
+            "{d} tokens of depth and {} prompt tokens exceed the model's context length {max}",
             cfg.prompt_tokens
         )));
     }
-    if cfg.gen_tokens > 0 && cfg.gen_tokens + 1 > max {
+    if cfg.gen_tokens > 0 && d + cfg.gen_tokens + 1 > max {
         return Err(Error::Invalid(format!(
-            "1 prefix token and {} generated tokens exceed the model's context length {max}",
+            "{d} tokens of depth, 1 prefix token and {} generated tokens exceed the model's \
+             context length {max}",
             cfg.gen_tokens
         )));
     }
-    let need = cfg.prompt_tokens.max(if cfg.gen_tokens > 0 {
+    let need = d + cfg.prompt_tokens.max(if cfg.gen_tokens > 0 {
         cfg.gen_tokens + 1
     } else {
         0
@@ -155,12 +163,20 @@ pub fn run_bench(
     let mut cache = model.new_cache(need)?;
     let total = cfg.repetitions + 1;
     let mut runs = BenchRuns::default();
+    // The cache holding the first `d` ids (prefilled, untimed).
+    let deep = |cache: &mut mm_models::KvCache| -> Result<()> {
+        cache.clear();
+        if d > 0 {
+            model.forward(&ids[..d], cache, false)?.to_vec()?;
+        }
+        Ok(())
+    };
 
     if cfg.prompt_tokens > 0 {
-        let prompt = &ids[..cfg.prompt_tokens];
+        let prompt = &ids[d..d + cfg.prompt_tokens];
         let mut rates = Vec::with_capacity(cfg.repetitions);
         for r in 0..total {
-            cache.clear();
+            deep(&mut cache)?;
             let t = Instant::now();
             model.forward(prompt, &mut cache, false)?.to_vec()?;
             let secs = t.elapsed().as_secs_f64();
@@ -175,10 +191,10 @@ pub fn run_bench(
     if cfg.gen_tokens > 0 {
         let mut rates = Vec::with_capacity(cfg.repetitions);
         for r in 0..total {
-            cache.clear();
-            model.forward(&ids[..1], &mut cache, false)?.to_vec()?;
+            deep(&mut cache)?;
+            model.forward(&ids[d..=d], &mut cache, false)?.to_vec()?;
             let t = Instant::now();
-            for &id in &ids[1..=cfg.gen_tokens] {
+            for &id in &ids[d + 1..=d + cfg.gen_tokens] {
                 model.forward(&[id], &mut cache, false)?.to_vec()?;
             }
             let secs = t.elapsed().as_secs_f64();
@@ -194,8 +210,9 @@ pub fn run_bench(
 
 /// Aggregate decode throughput of `batch` sequences generating together
 /// through the batched engine ([`crate::batch::BatchEngine`], its paged KV
-/// cache and greedy sampling of every sequence): per run, `batch` one-token
-/// prompts are admitted and prefilled (untimed), then the steps until each
+/// cache and greedy sampling of every sequence): per run, `batch` prompts
+/// of `depth + 1` tokens are admitted and prefilled (untimed), then the
+/// steps until each
 /// has generated `gen_tokens` more tokens are timed. Tokens per second of
 /// every timed run (after one warm-up run); `progress(done, total)` after
 /// each run.
@@ -214,10 +231,12 @@ pub fn run_batched_decode(
             cfg.gen_tokens, cfg.repetitions
         )));
     }
-    let len = cfg.gen_tokens + 2;
+    let d = cfg.depth;
+    let len = d + cfg.gen_tokens + 2;
     if len > model.config.max_position_embeddings {
         return Err(Error::Invalid(format!(
-            "1 prompt token and {} generated tokens exceed the model's context length {}",
+            "{} prompt tokens and {} generated tokens exceed the model's context length {}",
+            d + 1,
             cfg.gen_tokens + 1,
             model.config.max_position_embeddings
         )));
@@ -232,13 +251,13 @@ pub fn run_batched_decode(
         enable_prefix_caching: false,
     };
     let mut engine = BatchEngine::new(model, sched, model.default_kv_dtype())?;
-    let ids = random_ids(batch, model.config.vocab_size, excluded, cfg.seed)?;
+    let ids = random_ids(batch * (d + 1), model.config.vocab_size, excluded, cfg.seed)?;
     let total = cfg.repetitions + 1;
     let mut rates = Vec::with_capacity(cfg.repetitions);
     for r in 0..total {
-        for &id in &ids {
+        for p in ids.chunks(d + 1) {
             engine.add(BatchRequest {
-                prompt: vec![id],
+                prompt: p.to_vec(),
                 max_new_tokens: cfg.gen_tokens + 1,
                 ..Default::default()
             })?;
@@ -331,6 +350,7 @@ mod tests {
             prompt_tokens: 16,
             gen_tokens: 8,
             repetitions: 3,
+            depth: 0,
             seed: 0,
         };
         let mut calls = Vec::new();
@@ -376,5 +396,21 @@ mod tests {
             ..cfg.clone()
         })
         .contains("512"));
+        // With a depth: the tests run after it, and it counts against the
+        // context.
+        let deep = BenchConfig {
+            depth: 100,
+            repetitions: 1,
+            ..cfg.clone()
+        };
+        let runs = run_bench(&m, &deep, &|_| false, &mut |_, _, _| {}).unwrap();
+        assert!(runs.decode_tok_s.unwrap()[0] > 0.0);
+        assert!(bad(BenchConfig {
+            depth: 500,
+            ..cfg.clone()
+        })
+        .contains("500 tokens of depth"));
+        let rates = run_batched_decode(&m, 3, &deep, &|_| false, &mut |_, _| {}).unwrap();
+        assert!(rates.len() == 1 && rates[0] > 0.0);
     }
 }

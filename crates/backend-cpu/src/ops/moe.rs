@@ -12,7 +12,9 @@
 //!    and up weights together (`rayon::join`), then `silu(g) · u`;
 //! 2. down: every active expert's `[n_e, inter]` by its down weight, in
 //!    parallel;
-//! 3. each token sums its `top_k` outputs times their weights in slot order.
+//! 3. each token sums its `top_k` outputs times their weights in slot order;
+//! 4. a shared expert, if any, runs over every row as its own SwiGLU and is
+//!    added last.
 //!
 //! The per-expert products go through the backend's own matmul of a row
 //! batch with its row kinds (the `matmul` passed in: every weight format,
@@ -86,6 +88,15 @@ pub fn moe_experts(
         }
     }
     let ys: Vec<&[f32]> = ys.iter().map(|y| y.as_slice()).collect::<Result<_>>()?;
+    // 4. the shared expert, as its own SwiGLU over every row.
+    let shared = match experts.shared {
+        None => None,
+        Some([g, u, d]) => {
+            let (g, u) = rayon::join(|| matmul(x, g, kinds), || matmul(x, u, kinds));
+            Some(matmul(&super::activation::silu_mul(&g?, &u?)?, d, kinds)?)
+        }
+    };
+    let shared = shared.as_ref().map(|s| s.as_slice()).transpose()?;
     let mut out = mm_core::host_pool::zeroed(n * hidden);
     crate::pool::for_each_chunk_mut(&mut out, hidden, |t, o| {
         for j in 0..k {
@@ -94,6 +105,10 @@ pub fn moe_experts(
             let w = route.weights[p];
             let y = &ys[a][r * hidden..(r + 1) * hidden];
             o.iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
+        }
+        if let Some(s) = shared {
+            let s = &s[t * hidden..(t + 1) * hidden];
+            o.iter_mut().zip(s).for_each(|(o, s)| *o += s);
         }
     });
     Tensor::from_vec(vec![n, hidden], out)
@@ -143,4 +158,34 @@ pub fn moe_experts_ref(
         }
     }
     out
+}
+
+/// Scalar reference of a shared expert: every token's SwiGLU
+/// `down(silu(gate·x)·up·x)` in f64 over dequantized weights (`gate`, `up`
+/// `[inter·hidden]`, `down` `[hidden·inter]`, row-major).
+pub fn swiglu_ref(
+    x: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    down: &[f32],
+    hidden: usize,
+    inter: usize,
+) -> Vec<f32> {
+    let dot =
+        |w: &[f32], xs: &[f64]| -> f64 { w.iter().zip(xs).map(|(&a, &b)| a as f64 * b).sum() };
+    x.chunks(hidden)
+        .flat_map(|xt| {
+            let xt: Vec<f64> = xt.iter().map(|&v| v as f64).collect();
+            let h: Vec<f64> = (0..inter)
+                .map(|i| {
+                    let g = dot(&gate[i * hidden..(i + 1) * hidden], &xt);
+                    let u = dot(&up[i * hidden..(i + 1) * hidden], &xt);
+                    g / (1.0 + (-g).exp()) * u
+                })
+                .collect();
+            (0..hidden)
+                .map(|o| dot(&down[o * inter..(o + 1) * inter], &h) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

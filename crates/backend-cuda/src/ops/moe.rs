@@ -78,7 +78,7 @@ struct Tables {
 }
 
 /// The device tables of one MoE layer's experts: gate then up (2·E
-/// entries), and down (E). `key` holds the device addresses and layout
+/// entries), and down (E), the shared expert (when fused) last of each. `key` holds the device addresses and layout
 /// class of every matrix they were built from, compared on every use: a
 /// table is reused only for weights at the same addresses in the same
 /// layouts (the memory of freed weights may hold others later).
@@ -144,9 +144,18 @@ fn tables(rt: &Runtime, d: &[(u64, u64, Class)]) -> Result<Tables> {
 /// The layer's tables: kept ones whose addresses still match, else built
 /// (outside a graph capture: the first step of a model builds them).
 fn table(rt: &Runtime, experts: &MoeExperts<'_>) -> Result<Arc<MoeTable>> {
-    let gu: Vec<&WeightData> = experts.gate.iter().chain(&experts.up).copied().collect();
+    let s = experts.shared;
+    let gate = experts.gate.iter().copied().chain(s.map(|s| s[0]));
+    let up = experts.up.iter().copied().chain(s.map(|s| s[1]));
+    let down: Vec<&WeightData> = experts
+        .down
+        .iter()
+        .copied()
+        .chain(s.map(|s| s[2]))
+        .collect();
+    let gu: Vec<&WeightData> = gate.chain(up).collect();
     let gu = describe(rt, &prepare_all(rt, &gu)?, "gate/up")?;
-    let down = describe(rt, &prepare_all(rt, &experts.down)?, "down")?;
+    let down = describe(rt, &prepare_all(rt, &down)?, "down")?;
     let key: Vec<(u64, u64, Class)> = gu.iter().chain(&down).copied().collect();
     let mut kept = rt.moe_tables.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(t) = kept.iter().find(|t| t.key == key) {
@@ -198,8 +207,23 @@ pub fn moe_routed(
     }
     let ld = on_device(rt, logits)?;
     let bd = bias.map(|b| on_device(rt, b)).transpose()?;
-    let (ids, wts) = route(rt, ld.slice(), bd.as_ref().map(|b| b.slice()), rule, n)?;
-    run(rt, x, experts, (&ids, &wts), k)
+    let ks = k + usize::from(experts.shared.is_some());
+    let (ids, wts) = route(rt, ld.slice(), bd.as_ref().map(|b| b.slice()), rule, n, ks)?;
+    run(rt, x, experts, (&ids, &wts), ks)
+}
+
+/// Whether [`moe_routed`] and [`moe_experts`] take `experts`' shared
+/// expert into the expert launches (as expert `E`, chosen by every token
+/// with weight 1): when it is as wide as the routed experts and every row
+/// is a generated token. Prompt rows keep it apart, on the tensor cores
+/// of the dense matmuls, which a prompt's many rows of one weight favour.
+pub fn fuses_shared(experts: &MoeExperts<'_>, kinds: &[mm_core::RowKind]) -> bool {
+    match (experts.shared, experts.gate.first()) {
+        (Some([g, ..]), Some(r)) => {
+            g.shape == r.shape && kinds.iter().all(|&k| k == mm_core::RowKind::Generated)
+        }
+        _ => false,
+    }
 }
 
 /// The experts with a route given on the host (`Backend::moe_experts`:
@@ -221,10 +245,21 @@ pub fn moe_experts(
     if n == 0 {
         return Ok(Tensor::zeros(vec![0, hidden]));
     }
-    let ids: Vec<i32> = route.ids.iter().map(|&i| i as i32).collect();
+    // With the shared expert: id e, weight 1, in a last slot per token.
+    let k = route.top_k;
+    let ks = k + usize::from(experts.shared.is_some());
+    let (mut ids, mut wts) = (Vec::with_capacity(n * ks), Vec::with_capacity(n * ks));
+    for t in 0..n {
+        ids.extend(route.ids[t * k..(t + 1) * k].iter().map(|&i| i as i32));
+        wts.extend_from_slice(&route.weights[t * k..(t + 1) * k]);
+        if ks > k {
+            ids.push(e as i32);
+            wts.push(1.0);
+        }
+    }
     let ids = upload(rt, &ids, "expert ids")?;
-    let wts = upload(rt, route.weights, "expert weights")?;
-    run(rt, x, experts, (&ids, &wts), route.top_k)
+    let wts = upload(rt, &wts, "expert weights")?;
+    run(rt, x, experts, (&ids, &wts), ks)
 }
 
 /// Steps 2–6 of the module header on routed pairs `ids`/`wts` (`n·k`).
@@ -236,7 +271,8 @@ fn run(
     k: usize,
 ) -> Result<Tensor> {
     let (n, hidden, inter) = moe_expert_dims(x, experts)?;
-    let e = experts.gate.len();
+    // The shared expert, if any, is expert e of the tables.
+    let e = experts.gate.len() + usize::from(experts.shared.is_some());
     let t = table(rt, experts)?;
     let xd = on_device(rt, x)?;
     let input = crate::buffer::kept_input(x, &xd);
@@ -305,17 +341,19 @@ fn run(
     tensor(rt, vec![n, hidden], y)
 }
 
-/// `moe_route`: each row's k expert ids and weights.
+/// `moe_route`: each row's k expert ids and weights, `ks` apart (k, or
+/// k + 1 with the shared expert last).
 fn route(
     rt: &Runtime,
     logits: &CudaSlice<f32>,
     bias: Option<&CudaSlice<f32>>,
     rule: &RouterParams,
     n: usize,
+    ks: usize,
 ) -> Result<(CudaSlice<i32>, CudaSlice<f32>)> {
     let (e, k) = (rule.num_experts, rule.top_k);
-    let mut ids = alloc_of::<i32>(rt, n * k, "expert ids")?;
-    let mut wts = alloc(rt, n * k, "expert weights")?;
+    let mut ids = alloc_of::<i32>(rt, n * ks, "expert ids")?;
+    let mut wts = alloc(rt, n * ks, "expert weights")?;
     let f = rt.function(&MOE, "moe_route")?;
     let ints = [
         super::dim(n, "moe rows")?,
@@ -340,7 +378,8 @@ fn route(
     for v in &groups {
         l.arg(v);
     }
-    l.arg(&mut ids).arg(&mut wts);
+    let ksi = super::dim(ks, "expert slots")?;
+    l.arg(&ksi).arg(&mut ids).arg(&mut wts);
     // Four warps (tokens) per block, each with scores, choices and flags.
     let per_warp = (2 * e + e.div_ceil(4)) * 4;
     let cfg = LaunchConfig {
@@ -349,7 +388,8 @@ fn route(
         shared_mem_bytes: (4 * per_warp) as u32,
     };
     // SAFETY: logits hold n rows of e values, bias e (checked by the
-    // caller), the outputs n·k; shared memory as the kernel lays it out.
+    // caller), the outputs n·ks (ks ≥ k); shared memory as the kernel
+    // lays it out.
     unsafe { l.launch(cfg) }.map_err(|e| driver_err("moe routing", e))?;
     Ok((ids, wts))
 }
@@ -513,7 +553,7 @@ pub fn route_to_host(
     }
     let ld = upload(rt, logits, "router logits")?;
     let bd = bias.map(|b| upload(rt, b, "correction bias")).transpose()?;
-    let (ids, wts) = route(rt, &ld, bd.as_ref(), rule, n)?;
+    let (ids, wts) = route(rt, &ld, bd.as_ref(), rule, n, rule.top_k)?;
     let read = |e| driver_err("reading the routing back", e);
     let ids = rt.stream.clone_dtoh(&ids).map_err(read)?;
     let wts = rt.stream.clone_dtoh(&wts).map_err(read)?;

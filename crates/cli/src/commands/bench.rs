@@ -26,15 +26,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let (path, source) = open(&margs)?;
     let max = source.config().max_position_embeddings;
-    if a.prompt_tokens > max {
+    if a.depth + a.prompt_tokens > max {
         bail!(
-            "--prompt-tokens {} exceeds the model's context length {max}",
+            "--depth {} plus --prompt-tokens {} exceeds the model's context length {max}",
+            a.depth,
             a.prompt_tokens
         );
     }
-    if a.gen_tokens >= max {
+    if a.depth + a.gen_tokens >= max {
         bail!(
-            "--gen-tokens {} plus the 1-token prefix exceeds the model's context length {max}",
+            "--depth {} plus --gen-tokens {} plus the 1-token prefix exceeds the model's context length {max}",
+            a.depth,
             a.gen_tokens
         );
     }
@@ -72,10 +74,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         prompt_tokens: a.prompt_tokens,
         gen_tokens: a.gen_tokens,
         repetitions: a.repetitions,
+        depth: a.depth,
         seed: a.seed,
     };
-    let pp = format!("pp{}", a.prompt_tokens);
-    let tg = format!("tg{}", a.gen_tokens);
+    // llama-bench's labels: "pp512 @ d4096" with a depth.
+    let at = match a.depth {
+        0 => String::new(),
+        d => format!(" @ d{d}"),
+    };
+    let pp = format!("pp{}{at}", a.prompt_tokens);
+    let tg = format!("tg{}{at}", a.gen_tokens);
     let total = (a.prompt_tokens > 0) as u64 + (a.gen_tokens > 0) as u64;
     let bar = ProgressBar::new(total * (a.repetitions as u64 + 1));
     bar.set_style(
@@ -126,6 +134,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "params": summary.params,
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
+            "depth": a.depth,
             "repetitions": a.repetitions,
             "prefill_tok_s": pstats.map(|s| s.median),
             "decode_tok_s": dstats.map(|s| s.median),

@@ -142,12 +142,13 @@ impl Moe {
             }
         };
         let logits = self.router_logits(x, device)?;
-        let experts = MoeExperts {
+        let mut experts = MoeExperts {
             gate: self.experts.iter().map(|x| &x.gate.weight).collect(),
             up: self.experts.iter().map(|x| &x.up.weight).collect(),
             down: self.experts.iter().map(|x| &x.down.weight).collect(),
+            shared: None,
         };
-        let y = if self.experts.first().is_some_and(|x| x.gate.has_observer()) {
+        if self.experts.first().is_some_and(|x| x.gate.has_observer()) {
             // Calibration: each expert's observers see the rows routed to
             // it, so the route is needed on the host.
             let bias = self.bias.as_ref().map(|b| &b.1[..]);
@@ -158,15 +159,18 @@ impl Moe {
                 weights: &r.weights,
             };
             self.observe_experts(x, &route, device)?;
-            device.moe_experts(x, &experts, &route, kinds)?
-        } else {
-            let bias = self.bias.as_ref().map(|b| &b.0);
-            device.moe_routed(x, &logits, bias, &self.params, &experts, kinds)?
-        };
-        match &self.shared {
-            None => Ok(y),
-            Some(s) => device.add(&y, &s.forward_rows(x, Some(kinds), device)?),
+            let y = device.moe_experts(x, &experts, &route, kinds)?;
+            // The shared expert's observers see every row.
+            return match &self.shared {
+                None => Ok(y),
+                Some(s) => device.add(&y, &s.forward_rows(x, Some(kinds), device)?),
+            };
         }
+        // The shared expert goes with the routed ones (the same arithmetic
+        // as running it apart; a backend may fold it into their launches).
+        experts.shared = self.shared.as_ref().map(|s| s.linears().map(|l| &l.weight));
+        let bias = self.bias.as_ref().map(|b| &b.0);
+        device.moe_routed(x, &logits, bias, &self.params, &experts, kinds)
     }
 
     /// Shows each expert's observers the rows routed to it (calibration:
