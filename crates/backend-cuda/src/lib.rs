@@ -249,6 +249,16 @@ impl Backend for CudaBackend {
         ops::concat_cols::concat_cols(&self.rt, a, b, groups, b_groups)
     }
 
+    fn supports_sampling(&self) -> bool {
+        true
+    }
+
+    /// Penalties, bias, greedy and draws on the GPU ([`ops::sample`]):
+    /// only the ids come back.
+    fn sample(&self, logits: &Tensor, rows: &[mm_core::SampleRow]) -> Result<Vec<u32>> {
+        ops::sample::sample(&self.rt, logits, rows)
+    }
+
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         ops::activation::silu_mul(&self.rt, gate, up)
     }

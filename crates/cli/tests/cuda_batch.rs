@@ -78,3 +78,87 @@ fn batched_decode_is_the_same_with_and_without_graphs() {
         assert_eq!(with, without, "{name}: graphs changed the decode");
     }
 }
+
+/// Every event of a run with sampling on the GPU (`on_device`) or on the
+/// host: (sequence, token). Greedy and seeded draws over few candidates
+/// (top-k 8: a boundary within the sampler's tolerance is too unlikely to
+/// meet), penalties and bias.
+fn run_sampled(model_dir: &Path, gpu: CudaBackend, on_device: bool) -> Vec<(u64, u32)> {
+    use mm_engine::SamplingParams;
+    let cpu: Arc<dyn mm_core::Backend> = Arc::new(mm_backend_cpu::CpuBackend::new());
+    let device = Device::new(Arc::new(gpu), cpu);
+    let src = mm_formats::open_source(model_dir).expect("fixture");
+    let model = mm_models::load_model(src.as_ref(), &device, &|_, _| {}).expect("model");
+    let cfg = SchedulerConfig {
+        num_blocks: 64,
+        ..Default::default()
+    };
+    let mut engine = BatchEngine::new(&model, cfg, model.default_kv_dtype()).expect("engine");
+    engine.set_device_sampling(on_device);
+    let vocab = model.config.vocab_size as u32;
+    let params = [
+        SamplingParams::default(),
+        SamplingParams {
+            temperature: 0.9,
+            top_k: 8,
+            top_p: 0.9,
+            seed: 3,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: 1.1,
+            top_k: 8,
+            min_p: 0.05,
+            repeat_penalty: 1.3,
+            presence_penalty: 0.4,
+            frequency_penalty: 0.2,
+            logit_bias: vec![(5, 1.0), (9, -2.0)],
+            seed: 4,
+            ..Default::default()
+        },
+        SamplingParams {
+            repeat_penalty: 1.2,
+            logit_bias: vec![(17, 0.5)],
+            ..Default::default()
+        },
+    ];
+    for (i, p) in params.into_iter().enumerate() {
+        engine
+            .add(BatchRequest {
+                prompt: (0..3 + i as u32)
+                    .map(|j| (11 * j + i as u32) % vocab)
+                    .collect(),
+                max_new_tokens: 20,
+                sampling: p,
+                ..Default::default()
+            })
+            .expect("request");
+    }
+    let mut events = Vec::new();
+    while engine.has_unfinished() {
+        for e in engine.step().expect("step") {
+            events.push((e.id, e.token));
+        }
+    }
+    events
+}
+
+/// The engine's sampling on the GPU (only the ids come back) picks the
+/// host sampler's tokens, decode steps replayed as graphs.
+#[test]
+fn sampling_on_the_gpu_equals_the_host_sampler() {
+    let Some(b) = gpu() else { return };
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    let root = if built.is_dir() {
+        built
+    } else {
+        Path::new("tests/fixtures/tiny").to_path_buf()
+    };
+    for name in ["llama", "qwen3", "qwen3-moe"] {
+        let dir = root.join(name);
+        let host = run_sampled(&dir, b.clone(), false);
+        let device = run_sampled(&dir, b.clone(), true);
+        assert_eq!(host.len(), 80, "{name}: every token sampled");
+        assert_eq!(device, host, "{name}: GPU sampling differs from the host's");
+    }
+}
