@@ -19,7 +19,10 @@
 // the vocabulary: v = l / T is stored in place, and every selection the
 // host makes on its sorted candidates (value descending, ties to the lower
 // id) is a cut at some position of that order, found by a radix descent
-// over an order-preserving 32-bit key of v: four levels of 8 bits, each a
+// over an order-preserving 32-bit key of v: levels of 11, 8, 8 and 5 bits
+// (the first one wide: logits crowd a few exponents, and a wide first
+// level spreads them over more bins, so fewer atomics collide and later
+// levels read fewer elements), each a
 // histogram of (count, mass) of the elements that share the key prefix
 // chosen so far, scanned from the largest key for the first bin where the
 // running count reaches a target count or the running mass a target
@@ -36,10 +39,10 @@
 // sort is used for.
 //
 // Agreement with the host: the host sums probabilities in f32 in candidate
-// order, this sums exact fixed point; both round exp. The id is the host's
-// except where r·total, or the top-p / min-p threshold, lies within about
-// 1e-5 of the kept mass of a boundary between two candidates (tested at
-// mm_conformance::SAMPLE_TOL = 1e-4).
+// order, this sums exact fixed point; exp differs by an ulp or two. The id
+// is the host's except where r·total, or the top-p / min-p threshold, lies
+// within about 1e-5 of the kept mass of a boundary between two candidates
+// (tested at mm_conformance::SAMPLE_TOL = 1e-4).
 
 #define SAMPLE_THREADS 1024
 #define ENTRY_WORDS 10
@@ -47,6 +50,8 @@
 #define NO_TOKEN 0xffffffffu
 #define ALL_MASS 0xffffffffffffffffull
 #define FIX_ONE 1099511627776.0  // 2^40
+#define TOP_BINS 2048               // the first level's 11 bits
+#define BINS 256                    // the other levels' bins at most
 
 // Larger v, larger key; -0 below +0 (as f32::total_cmp). NaN is skipped
 // before a key is taken.
@@ -59,54 +64,35 @@ __device__ __forceinline__ float key_value(u32 k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-// The host's exp(v - max) (f32, rounded once), +inf candidates sharing the
-// mass when the max is +inf.
+// The host's exp(v - max) (expf: within 2 ulp of the host's, far inside
+// the tolerance), +inf candidates sharing the mass when the max is +inf.
 __device__ __forceinline__ float weight(float v, float mx) {
     if (mx == INFINITY) return v == INFINITY ? 1.f : 0.f;
-    return (float)exp((double)(v - mx));
+    return expf(v - mx);
 }
 
 __device__ __forceinline__ u64 fixed(float w) { return __double2ull_rn((double)w * FIX_ONE); }
 
-__device__ __forceinline__ u32 warp_max_u32(u32 v) {
+// Max (MAX) or sum of v over a warp / a block; every thread gets the
+// result. `part` holds 32 values of shared memory.
+template <bool MAX, typename T>
+__device__ __forceinline__ T warp_reduce(T v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-        const u32 w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = v > w ? v : w;
+        const T w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? (v > w ? v : w) : v + w;
     }
     return v;
 }
 
-__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Block-wide max / sum; every thread gets the result. `part` holds 32
-// values of shared memory.
-__device__ u32 block_max_u32(u32 v, u32* part) {
-    v = warp_max_u32(v);
+template <bool MAX, typename T>
+__device__ T block_reduce(T v, T* part) {
+    v = warp_reduce<MAX>(v);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (lane == 0) part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        v = warp_max_u32(lane < (int)(blockDim.x >> 5) ? part[lane] : 0u);
-        if (lane == 0) part[0] = v;
-    }
-    __syncthreads();
-    v = part[0];
-    __syncthreads();
-    return v;
-}
-
-__device__ u64 block_sum_u64(u64 v, u64* part) {
-    v = warp_sum_u64(v);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = warp_sum_u64(lane < (int)(blockDim.x >> 5) ? part[lane] : 0ull);
+        v = warp_reduce<MAX>(lane < (int)(blockDim.x >> 5) ? part[lane] : (T)0);
         if (lane == 0) part[0] = v;
     }
     __syncthreads();
@@ -123,6 +109,18 @@ __device__ __forceinline__ bool better(float v, u32 i, float bv, u32 bi) {
     return v > bv || (v == bv && i < bi);
 }
 
+__device__ __forceinline__ void warp_argmax(float& bv, u32& bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (better(ov, oi, bv, bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+}
+
 // First index of the largest non-NaN value of x[0..V) (NO_TOKEN if none).
 __device__ u32 block_argmax(const float* x, int V, float* pv, u32* pi) {
     float bv = -INFINITY;
@@ -134,15 +132,7 @@ __device__ u32 block_argmax(const float* x, int V, float* pv, u32* pi) {
             bi = (u32)i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (better(ov, oi, bv, bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(bv, bi);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (lane == 0) {
         pv[warp] = bv;
@@ -153,15 +143,7 @@ __device__ u32 block_argmax(const float* x, int V, float* pv, u32* pi) {
         const bool in = lane < (int)(blockDim.x >> 5);
         bv = in ? pv[lane] : -INFINITY;
         bi = in ? pi[lane] : NO_TOKEN;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (better(ov, oi, bv, bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(bv, bi);
         if (lane == 0) pi[0] = bi;
     }
     __syncthreads();
@@ -178,19 +160,21 @@ struct Pick {
     u64 mass_above;
 };
 
-// Run by warp 0: among bins 255 … 0 (descending keys), the first non-empty
-// one where the running count (from `above`) reaches tc or the running
-// mass (from `mass_above`) reaches tm; the last non-empty one if none does.
-__device__ void find_bin(const u32* cnt, const u64* mass, u32 above, u64 mass_above, u32 tc,
-                         u64 tm, Pick* out) {
+// Run by warp 0: among bins nb-1 … 0 (descending keys; nb a multiple of
+// 32), the first non-empty one where the running count (from `above`)
+// reaches tc or the running mass (from `mass_above`) reaches tm; the last
+// non-empty one if none does.
+__device__ void find_bin(const u32* cnt, const u64* mass, int nb, u32 above, u64 mass_above,
+                         u32 tc, u64 tm, Pick* out) {
     const int lane = threadIdx.x & 31;
-    // Lane l holds bins 255 - 8l … 248 - 8l.
+    const int per = nb >> 5;
+    // Lane l holds bins nb-1 - per·l down to nb - per·(l+1).
+    const int hi = nb - 1 - per * lane;
     u32 c = 0;
     u64 m = 0;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        c += cnt[255 - 8 * lane - j];
-        m += mass[255 - 8 * lane - j];
+    for (int j = 0; j < per; ++j) {
+        c += cnt[hi - j];
+        m += mass[hi - j];
     }
     // Exclusive prefix over lanes.
     u32 pc = c;
@@ -217,8 +201,8 @@ __device__ void find_bin(const u32* cnt, const u64* mass, u32 above, u64 mass_ab
         u32 rc = above + pc, before_c = rc;
         u64 rm = mass_above + pm, before_m = rm;
         int pick = -1;
-        for (int j = 0; j < 8; ++j) {
-            const int b = 255 - 8 * lane - j;
+        for (int j = 0; j < per; ++j) {
+            const int b = hi - j;
             if (cnt[b] == 0) continue;
             pick = b;
             before_c = rc;
@@ -250,10 +234,10 @@ __device__ __forceinline__ u32 cut_count(const Cut& c) { return c.above + c.q; }
 __device__ __forceinline__ u64 cut_mass(const Cut& c) { return c.mass_above + c.each * c.q; }
 
 struct Shared {
-    u32 top_cnt[256];
-    u64 top_mass[256];
-    u32 cnt[256];
-    u64 mass[256];
+    u32 top_cnt[TOP_BINS];
+    u64 top_mass[TOP_BINS];
+    u32 cnt[BINS];
+    u64 mass[BINS];
     Pick pick;
     u64 part64[32];
     u32 part32[32];
@@ -270,11 +254,12 @@ __device__ Cut descend(const float* x, int V, float mx, Shared& s, u32 tc, u64 t
     u32 ties = 0;
     u64 total = 0;
     for (int level = 0; level < 4; ++level) {
-        const int shift = 24 - 8 * level;
+        const int width = level == 0 ? 11 : (level == 3 ? 5 : 8);
+        const int shift = level == 0 ? 21 : (level == 1 ? 13 : (level == 2 ? 5 : 0));
         const u32* cnt = s.top_cnt;
         const u64* mass = s.top_mass;
         if (level > 0) {
-            for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+            for (int b = threadIdx.x; b < BINS; b += blockDim.x) {
                 s.cnt[b] = 0;
                 s.mass[b] = 0;
             }
@@ -283,8 +268,8 @@ __device__ Cut descend(const float* x, int V, float mx, Shared& s, u32 tc, u64 t
                 const float v = x[i];
                 if (v != v) continue;
                 const u32 k = order_key(v);
-                if ((k >> (shift + 8)) != prefix) continue;
-                const u32 b = (k >> shift) & 255u;
+                if ((k >> (shift + width)) != prefix) continue;
+                const u32 b = (k >> shift) & ((1u << width) - 1u);
                 atomicAdd(&s.cnt[b], 1u);
                 atomicAdd(&s.mass[b], fixed(weight(v, mx)));
             }
@@ -292,7 +277,8 @@ __device__ Cut descend(const float* x, int V, float mx, Shared& s, u32 tc, u64 t
             cnt = s.cnt;
             mass = s.mass;
         }
-        if (threadIdx.x < 32) find_bin(cnt, mass, above, mass_above, tc, tm, &s.pick);
+        if (threadIdx.x < 32)
+            find_bin(cnt, mass, 1 << width, above, mass_above, tc, tm, &s.pick);
         __syncthreads();
         const u32 b = s.pick.bin;
         above = s.pick.above;
@@ -300,7 +286,7 @@ __device__ Cut descend(const float* x, int V, float mx, Shared& s, u32 tc, u64 t
         ties = cnt[b];
         total = mass[b];
         __syncthreads();
-        prefix = (prefix << 8) | b;
+        prefix = (prefix << width) | b;
     }
     Cut c;
     c.key = prefix;
@@ -402,8 +388,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
             nn++;
         }
     }
-    kmax = block_max_u32(kmax, s.part32);
-    const u32 cands = (u32)block_sum_u64(nn, s.part64);
+    kmax = block_reduce<true>(kmax, s.part32);
+    const u32 cands = (u32)block_reduce<false>(nn, s.part64);
     const float mx = key_value(kmax);
     if (cands == 0 || mx == -INFINITY) {
         if (threadIdx.x == 0) ids[e] = NO_TOKEN;
@@ -411,7 +397,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
     // The first level's histogram (shared by every descent) and min-p's
     // count of weights at least min_p.
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+    for (int b = threadIdx.x; b < TOP_BINS; b += blockDim.x) {
         s.top_cnt[b] = 0;
         s.top_mass[b] = 0;
     }
@@ -421,14 +407,16 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         const float v = x[i];
         if (v != v) continue;
         const float w = weight(v, mx);
-        const u32 b = order_key(v) >> 24;
+        const u32 b = order_key(v) >> 21;
         atomicAdd(&s.top_cnt[b], 1u);
         atomicAdd(&s.top_mass[b], fixed(w));
         nm += w >= min_p;
     }
     __syncthreads();
-    const u32 n_minp = (u32)block_sum_u64(nm, s.part64);
-    const u64 all = block_sum_u64(threadIdx.x < 256 ? s.top_mass[threadIdx.x] : 0ull, s.part64);
+    const u32 n_minp = (u32)block_reduce<false>(nm, s.part64);
+    u64 part = 0;
+    for (int b = threadIdx.x; b < TOP_BINS; b += blockDim.x) part += s.top_mass[b];
+    const u64 all = block_reduce<false>(part, s.part64);
     // top-k: the mass of the first k candidates.
     const u32 k = (top_k == 0 || top_k >= cands) ? cands : top_k;
     u64 sk = all;

@@ -30,17 +30,7 @@ pub const SAMPLE_TOL: f64 = 1e-4;
 pub fn draw_slack(logits: &[f32], row: &SampleRow, token: u32) -> Option<f64> {
     let mut l = logits.to_vec();
     row.apply_penalties(&mut l);
-    let t = row.temperature;
-    let mut cand: Vec<(u32, f32)> = l
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, v / t))
-        .filter(|c| !c.1.is_nan())
-        .collect();
-    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if row.top_k > 0 {
-        cand.truncate(row.top_k);
-    }
+    let cand = mm_core::sample::candidates(&l, row.temperature, row.top_k);
     let mx = cand.first()?.1;
     let w: Vec<f64> = cand
         .iter()

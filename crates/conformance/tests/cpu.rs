@@ -40,3 +40,16 @@ fn cpu_exact_backend_quantized_matmul_is_f32_precise() {
     let fails = run_quantized(&CpuBackend::exact(), Tolerance::F32);
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
+
+/// Sampling at a real vocabulary (Qwen2/3's 151936), one row of every
+/// family: the CPU op equals the reference, whose draws stay within
+/// `SAMPLE_TOL` of their exact (f64) cumulative intervals, the tolerance
+/// other backends are held to.
+#[test]
+fn cpu_sample_at_a_large_vocabulary() {
+    for seed in 0..2 {
+        let near = mm_conformance::check_sample_large(&CpuBackend::new(), 151_936, 11, seed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(near, 0);
+    }
+}

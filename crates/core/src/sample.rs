@@ -164,21 +164,7 @@ pub fn sample_row(logits: &[f32], row: &SampleRow) -> Result<u32> {
     if !row.draws() {
         return Ok(argmax(&l));
     }
-    let t = row.temperature;
-    let mut cand: Vec<(u32, f32)> = l
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, v / t))
-        .filter(|c| !c.1.is_nan())
-        .collect();
-    let by_value = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    // Only the first top_k candidates are ever read: select them, then
-    // sort those (the same order as sorting all).
-    if row.top_k > 0 && row.top_k < cand.len() {
-        cand.select_nth_unstable_by(row.top_k - 1, by_value);
-        cand.truncate(row.top_k);
-    }
-    cand.sort_unstable_by(by_value);
+    let cand = candidates(&l, row.temperature, row.top_k);
     let Some(&(_, mx)) = cand.first() else {
         return Err(no_candidate(row));
     };
@@ -261,6 +247,27 @@ pub fn check_rows(len: usize, vocab: usize, rows: &[SampleRow]) -> Result<usize>
         r.check()?;
     }
     Ok(n)
+}
+
+/// The draw's candidates `(id, l / temperature)` of the penalized row `l`:
+/// NaN dropped, sorted by value descending (ties to the lower id), the
+/// first `top_k` (0: all).
+pub fn candidates(l: &[f32], temperature: f32, top_k: usize) -> Vec<(u32, f32)> {
+    let mut cand: Vec<(u32, f32)> = l
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v / temperature))
+        .filter(|c| !c.1.is_nan())
+        .collect();
+    let by_value = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    // Only the first top_k candidates are ever read: select them, then
+    // sort those (the same order as sorting all).
+    if top_k > 0 && top_k < cand.len() {
+        cand.select_nth_unstable_by(top_k - 1, by_value);
+        cand.truncate(top_k);
+    }
+    cand.sort_unstable_by(by_value);
+    cand
 }
 
 fn no_candidate(row: &SampleRow) -> Error {
