@@ -14,9 +14,10 @@
 // frequency·n): the same f32 operations as the host.
 //
 // Strategy: one block of 1024 threads per entry. The row is copied into
-// work and edited. Greedy: an arg-max reduction (first index on ties; NaN
-// never wins, except at index 0, as the host's loop). A draw never sorts
-// the vocabulary: v = l / T is stored in place, and every selection the
+// work (divided by the temperature when it draws) and edited; a greedy row
+// without edits reads the logits as they are. Greedy: an arg-max reduction
+// (first index on ties; NaN never wins, except at index 0, as the host's
+// loop). A draw never sorts the vocabulary: every selection the
 // host makes on its sorted candidates (value descending, ties to the lower
 // id) is a cut at some position of that order, found by a radix descent
 // over an order-preserving 32-bit key of v: levels of 11, 8, 8 and 5 bits
@@ -38,11 +39,13 @@
 // them a dozen times from L2, and the cut positions are all the host's
 // sort is used for.
 //
-// Agreement with the host: the host sums probabilities in f32 in candidate
-// order, this sums exact fixed point; exp differs by an ulp or two. The id
-// is the host's except where r·total, or the top-p / min-p threshold, lies
-// within about 1e-5 of the kept mass of a boundary between two candidates
-// (tested at mm_conformance::SAMPLE_TOL = 1e-4).
+// Agreement with the host: this sums exact fixed point (exp within an ulp
+// or two of the host's), so its cut-offs and draw lie within ~1e-6 of the
+// kept mass of the exact (f64) ones (tested at mm_conformance::SAMPLE_TOL
+// = 1e-4). The host sums f32 probabilities in candidate order, which drift
+// from exact with the number of candidates (up to ~1e-3 of the mass over
+// 150k, far less over the few a peaked top-p row keeps): the ids agree
+// except where r·total or a cut-off lies within that drift of a boundary.
 
 #define SAMPLE_THREADS 1024
 #define ENTRY_WORDS 10
@@ -360,16 +363,25 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     const u32 edits = me[7], n_edits = me[8];
     const float rp = __uint_as_float(me[9]);
     const float* src = logits + (u64)row * V;
+    if (!draws && n_edits == 0) {
+        // Plain greedy: the logits as they are.
+        const u32 best = block_argmax(src, V, s.partf, s.part32);
+        if (threadIdx.x == 0) ids[e] = (src[0] != src[0] || best == NO_TOKEN) ? 0u : best;
+        return;
+    }
+    // The row, edited, divided by the temperature when it draws (the host's
+    // (l + edits) / T), in work.
     float* x = work + (u64)e * V;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) x[i] = src[i];
+    const float t = draws ? temp : 1.f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) x[i] = draws ? src[i] / t : src[i];
     __syncthreads();
     for (u32 j = threadIdx.x; j < n_edits; j += blockDim.x) {
         const u32* ed = meta + edits + (u64)j * EDIT_WORDS;
-        float v = x[ed[0]];
+        float v = src[ed[0]];
         for (u32 k = 0; k < ed[2]; ++k) v += __uint_as_float(meta[ed[1] + k]);
         if (ed[3] & 1u) v = v > 0.f ? v / rp : v * rp;
         if (ed[3] & 2u) v -= __uint_as_float(ed[4]);
-        x[ed[0]] = v;
+        x[ed[0]] = draws ? v / t : v;
     }
     __syncthreads();
     if (!draws) {
@@ -377,12 +389,11 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         if (threadIdx.x == 0) ids[e] = (x[0] != x[0] || best == NO_TOKEN) ? 0u : best;
         return;
     }
-    // v = l / T in place; the largest key and the candidates (non-NaN).
+    // The largest key and the candidates (non-NaN).
     u32 kmax = 0;
     u64 nn = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        const float v = x[i] / temp;
-        x[i] = v;
+        const float v = x[i];
         if (v == v) {
             kmax = kmax > order_key(v) ? kmax : order_key(v);
             nn++;

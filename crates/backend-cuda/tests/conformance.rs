@@ -239,14 +239,15 @@ fn cuda_moe_route_matches_the_host() {
 /// top-k up to and past the vocabulary, top-p, min-p, all three, penalties
 /// and bias) on random logits with ties, NaN and −∞, at the vocabularies of
 /// Llama-2 (32000), Qwen2/3 (151936) and Gemma 3 (262144), 1 to 64 rows.
-/// Greedy ids must be the host's; a draw may differ only where `r·total`
-/// or a top-p/min-p cut-off lies within `SAMPLE_TOL` of a candidate
-/// boundary (checked in f64). The small cases run in
+/// Greedy ids must be the host's; a draw that differs must lie within
+/// `SAMPLE_TOL` of the exact (f64) interval of its candidate (the host's
+/// f32 running sums drift further at these sizes: the test prints how
+/// far). The small cases run in
 /// `cuda_backend_conforms` (`check_sample`).
 #[test]
 fn cuda_sample_matches_the_host() {
     let Some(b) = gpu() else { return };
-    let (mut near, mut rows) = (0, 0);
+    let (mut near, mut rows, mut drift) = (0, 0, 0.0f64);
     for (i, (vocab, n)) in [
         (32000usize, 1usize),
         (32000, 64),
@@ -259,12 +260,17 @@ fn cuda_sample_matches_the_host() {
     .into_iter()
     .enumerate()
     {
-        let d = mm_conformance::check_sample_large(&b, vocab, n, i as u64)
+        let r = mm_conformance::check_sample_large(&b, vocab, n, i as u64)
             .unwrap_or_else(|e| panic!("{e}"));
-        near += d;
+        near += r.near;
+        drift = drift.max(r.ref_slack);
         rows += n;
     }
-    eprintln!("{rows} rows: {near} draws differed from the host within the tolerance");
+    eprintln!(
+        "{rows} rows: {near} draws differed from the host's, each within {:.0e} of exact \
+         (the host's own draws within {drift:.1e})",
+        mm_conformance::SAMPLE_TOL
+    );
 }
 
 /// The logits rows the engine samples on the host cross the bus alone,

@@ -18,7 +18,7 @@ pub use mla::{check_gather_kv, check_head_matmul};
 pub mod moe;
 pub mod sample;
 pub use moe::{check_moe_experts, check_moe_routed};
-pub use sample::{check_sample, check_sample_large, SAMPLE_TOL};
+pub use sample::{check_sample, check_sample_large, SampleReport, REF_TOL, SAMPLE_TOL};
 
 /// How far a backend may be from the reference.
 #[derive(Clone, Copy, Debug)]

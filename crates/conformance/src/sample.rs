@@ -4,11 +4,19 @@
 //! Greedy rows must give exactly the reference's id. A drawing row may
 //! differ only where the reference's f32 sums (in candidate order) and a
 //! backend's (in its own order) round apart: the id a backend returns must
-//! be a candidate whose cumulative-probability interval contains `r` times
-//! the kept total within [`SAMPLE_TOL`] of the kept total, for a top-p or
-//! min-p cut-off that also lies within [`SAMPLE_TOL`] of the exact one
-//! (all computed in f64: [`draw_slack`]). The CPU backend must match
-//! exactly; the reference itself is checked to stay within the tolerance.
+//! be a candidate whose exact (f64) cumulative-probability interval
+//! contains `r` times the kept total within [`SAMPLE_TOL`] of the kept
+//! total, for a top-p or min-p cut-off that also lies within
+//! [`SAMPLE_TOL`] of the exact one ([`draw_slack`]). The CPU backend must
+//! match exactly.
+//!
+//! The reference itself drifts further from the exact intervals as the
+//! candidates grow: its f32 running sums (the engine's arithmetic since its
+//! first version, kept so seeds reproduce) lose up to ~1e-3 of the mass
+//! over 150k candidates (measured: 7.2e-4 on a top-p 0.8 row of 151936), so
+//! a backend that sums exactly (the GPU's fixed point) agrees with it
+//! except where `r·total` lies within that drift of a boundary; the
+//! reference is checked to stay within [`REF_TOL`].
 
 use mm_backend_cpu::ops::sample::sample_ref;
 use mm_core::{Backend, Error, Result, SampleRow, Tensor};
@@ -21,6 +29,11 @@ use super::{up, Tolerance};
 /// min-p cut-off may lie from a candidate boundary for a backend's draw
 /// to differ from the reference's.
 pub const SAMPLE_TOL: f64 = 1e-4;
+
+/// How far (a fraction of the kept probability) the reference's own draws
+/// may lie from their exact intervals (its f32 running sums; see the
+/// module docs).
+pub const REF_TOL: f64 = 1e-2;
 
 /// How far outside its cumulative interval `r · total` lies for `token`
 /// drawn by `row` from `logits` (one row), as a fraction of the kept
@@ -84,8 +97,16 @@ pub fn draw_slack(logits: &[f32], row: &SampleRow, token: u32) -> Option<f64> {
     best
 }
 
-/// Compares a backend's ids with the reference's; returns how many draws
-/// differed within the tolerance.
+/// What a comparison with the reference found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleReport {
+    /// Draws that differed from the reference within [`SAMPLE_TOL`].
+    pub near: usize,
+    /// The largest distance of a reference draw from its exact interval.
+    pub ref_slack: f64,
+}
+
+/// Compares a backend's ids with the reference's.
 fn compare(
     name: &str,
     logits: &[f32],
@@ -93,7 +114,7 @@ fn compare(
     rows: &[SampleRow],
     got: &[u32],
     exact: bool,
-) -> Result<usize> {
+) -> Result<SampleReport> {
     let want = sample_ref(logits, vocab, rows)?;
     if got.len() != want.len() {
         return Err(Error::Other(format!(
@@ -102,13 +123,12 @@ fn compare(
             want.len()
         )));
     }
-    let mut near = 0;
+    let mut rep = SampleReport::default();
     for (i, r) in rows.iter().enumerate() {
         let l = &logits[r.row * vocab..(r.row + 1) * vocab];
         if r.draws() {
-            // The reference itself honours the tolerance.
             match draw_slack(l, r, want[i]) {
-                Some(s) if s <= SAMPLE_TOL => {}
+                Some(s) if s <= REF_TOL => rep.ref_slack = rep.ref_slack.max(s),
                 s => {
                     return Err(Error::Other(format!(
                         "{name}: the reference's draw {} of row {i} is {s:?} off its interval",
@@ -122,7 +142,7 @@ fn compare(
         }
         let slack = r.draws().then(|| draw_slack(l, r, got[i])).flatten();
         match slack {
-            Some(s) if !exact && s <= SAMPLE_TOL => near += 1,
+            Some(s) if !exact && s <= SAMPLE_TOL => rep.near += 1,
             _ => {
                 return Err(Error::Other(format!(
                     "{name}: row {i} ({r:?}) gave {}, the reference {} (slack {slack:?})",
@@ -131,7 +151,7 @@ fn compare(
             }
         }
     }
-    Ok(near)
+    Ok(rep)
 }
 
 /// Logits of `rows × vocab`: roughly normal with a per-row spread, every
@@ -326,9 +346,14 @@ fn check_sample_edges(b: &dyn Backend) -> Result<()> {
 }
 
 /// `rows` rows of `vocab` random logits through every family (see
-/// [`sample_params`]) against the reference; returns the draws that
-/// differed within the tolerance. For large vocabularies on a GPU.
-pub fn check_sample_large(b: &dyn Backend, vocab: usize, rows: usize, seed: u64) -> Result<usize> {
+/// [`sample_params`]) against the reference. For large vocabularies on a
+/// GPU.
+pub fn check_sample_large(
+    b: &dyn Backend,
+    vocab: usize,
+    rows: usize,
+    seed: u64,
+) -> Result<SampleReport> {
     let mut rng = StdRng::seed_from_u64(seed);
     let logits = sample_logits(&mut rng, rows, vocab);
     let params: Vec<SampleRow> = (0..rows)

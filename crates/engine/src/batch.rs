@@ -6,8 +6,11 @@
 //! [`mm_models::Step`] (ids, positions, KV slots, block tables), runs
 //! [`DecoderModel::forward_step`] over the shared [`PagedKv`] and samples
 //! the next token of every sequence whose prompt is complete with that
-//! request's own [`Sampler`] (its parameters and seed). Only the sampled ids
-//! leave the step; the KV cache stays where the backend keeps it.
+//! request's own [`Sampler`] (its parameters and seed): on the backend
+//! ([`mm_core::Device::sample`]) for rows that need no host logits, so only
+//! the sampled ids leave the step, on the host for rows with a grammar mask
+//! or log-probabilities (only those rows read back). The KV cache stays
+//! where the backend keeps it.
 //!
 //! End of a sequence: its token budget (the scheduler finishes it), an EOS
 //! token, or the caller ([`BatchEngine::finish`] for stop strings,

@@ -34,8 +34,9 @@ struct Edit {
     subtract: Option<f32>,
 }
 
-/// The kernel's input array for `rows` over a vocabulary of `vocab`.
-fn pack(rows: &[SampleRow], vocab: usize) -> Result<Vec<u32>> {
+/// The kernel's input array for `rows` over a vocabulary of `vocab`, and
+/// whether any row needs a scratch row (a draw, or a token to edit).
+fn pack(rows: &[SampleRow], vocab: usize) -> Result<(Vec<u32>, bool)> {
     let mut edits_of = Vec::with_capacity(rows.len());
     for r in rows {
         let mut e: BTreeMap<u32, Edit> = BTreeMap::new();
@@ -97,9 +98,10 @@ fn pack(rows: &[SampleRow], vocab: usize) -> Result<Vec<u32>> {
             biases.extend(ed.biases.iter().map(|b| b.to_bits()));
         }
     }
+    let scratch = n_edits > 0 || rows.iter().any(|r| r.draws());
     meta.extend_from_slice(&edits);
     meta.extend_from_slice(&biases);
-    Ok(meta)
+    Ok((meta, scratch))
 }
 
 /// [`mm_core::Backend::sample`] on the GPU: one block per row of `rows`.
@@ -111,9 +113,12 @@ pub fn sample(rt: &Runtime, logits: &Tensor, rows: &[SampleRow]) -> Result<Vec<u
     }
     let v = super::dim(vocab, "sample vocabulary")?;
     super::dim(rows.len(), "sampled rows")?;
-    let meta = upload(rt, &pack(rows, vocab)?, "sampling parameters")?;
+    let (meta, scratch) = pack(rows, vocab)?;
+    let meta = upload(rt, &meta, "sampling parameters")?;
     let ld = on_device(rt, logits)?;
-    let mut work = alloc(rt, rows.len() * vocab, "sampling scratch rows")?;
+    // Plain greedy rows read the logits as they are: no scratch.
+    let work_len = if scratch { rows.len() * vocab } else { 1 };
+    let mut work = alloc(rt, work_len, "sampling scratch rows")?;
     let mut ids = alloc_of::<u32>(rt, rows.len(), "sampled ids")?;
     let f = rt.function(&SAMPLE, "sample_rows")?;
     let mut l = rt.stream.launch_builder(&f);
@@ -123,7 +128,8 @@ pub fn sample(rt: &Runtime, logits: &Tensor, rows: &[SampleRow]) -> Result<Vec<u
         .arg(&mut ids)
         .arg(&v);
     // SAFETY: logits hold rows·vocab values (check_rows) and every entry's
-    // row is below rows; work holds one row per entry; meta is the layout
+    // row is below rows; work holds one row per entry that draws or edits
+    // (the kernel touches no other); meta is the layout
     // `pack` wrote, every edit's token below vocab and its biases inside.
     unsafe { l.launch(super::grid(rows.len(), THREADS)) }.map_err(|e| driver_err("sample", e))?;
     let got = rt
@@ -164,7 +170,9 @@ mod tests {
             r: 0.25,
             ..Default::default()
         };
-        let m = pack(&[r], 10).unwrap();
+        let (m, scratch) = pack(&[r], 10).unwrap();
+        assert!(scratch);
+        assert!(!pack(&[SampleRow::default()], 10).unwrap().1);
         let f = f32::to_bits;
         assert_eq!(&m[..3], &[0, 1, f(0.5)]);
         assert_eq!(m[3], 10, "top_k clamped to the vocabulary");
