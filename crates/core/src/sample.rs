@@ -226,7 +226,7 @@ pub fn check_rows(len: usize, vocab: usize, rows: &[SampleRow]) -> Result<usize>
     if vocab == 0 {
         return Err(Error::Invalid("sample: a vocabulary of 0 tokens".into()));
     }
-    if len % vocab != 0 {
+    if !len.is_multiple_of(vocab) {
         return Err(Error::Invalid(format!(
             "sample: {len} logits are not rows of {vocab}"
         )));
