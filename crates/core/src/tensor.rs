@@ -198,3 +198,20 @@ fn gather(v: &[f32], ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_to_vec_takes_rows_in_the_order_asked() {
+        let t = Tensor::from_vec(vec![4, 3], (0..12).map(|v| v as f32).collect()).unwrap();
+        assert_eq!(
+            t.rows_to_vec(&[2, 3, 0]).unwrap(),
+            [6., 7., 8., 9., 10., 11., 0., 1., 2.]
+        );
+        assert!(t.rows_to_vec(&[]).unwrap().is_empty());
+        assert!(t.rows_to_vec(&[4]).is_err());
+        assert!(Tensor::zeros(vec![12]).rows_to_vec(&[0]).is_err());
+    }
+}
