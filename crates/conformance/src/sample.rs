@@ -37,10 +37,10 @@ pub const REF_TOL: f64 = 1e-2;
 
 /// How far outside its cumulative interval `r · total` lies for `token`
 /// drawn by `row` from `logits` (one row), as a fraction of the kept
-/// total, over every top-p / min-p cut-off within [`SAMPLE_TOL`] of the
-/// exact one; 0 inside. `None`: `token` can never be drawn (NaN, outside
-/// the top-k or beyond every admissible cut-off).
-pub fn draw_slack(logits: &[f32], row: &SampleRow, token: u32) -> Option<f64> {
+/// total, over every top-p / min-p cut-off within `tol` of the exact one;
+/// 0 inside. `None`: `token` can never be drawn (NaN, outside the top-k or
+/// beyond every admissible cut-off).
+pub fn draw_slack(logits: &[f32], row: &SampleRow, token: u32, tol: f64) -> Option<f64> {
     let mut l = logits.to_vec();
     row.apply_penalties(&mut l);
     let cand = mm_core::sample::candidates(&l, row.temperature, row.top_k);
@@ -59,7 +59,6 @@ pub fn draw_slack(logits: &[f32], row: &SampleRow, token: u32) -> Option<f64> {
         c[i + 1] = c[i] + x / s;
     }
     let len = w.len();
-    let tol = SAMPLE_TOL;
     // Admissible cut-offs: every m the tolerance allows for each rule.
     let top_p: Vec<usize> = match row.top_p < 1.0 {
         false => vec![len],
@@ -127,7 +126,7 @@ fn compare(
     for (i, r) in rows.iter().enumerate() {
         let l = &logits[r.row * vocab..(r.row + 1) * vocab];
         if r.draws() {
-            match draw_slack(l, r, want[i]) {
+            match draw_slack(l, r, want[i], REF_TOL) {
                 Some(s) if s <= REF_TOL => rep.ref_slack = rep.ref_slack.max(s),
                 s => {
                     return Err(Error::Other(format!(
@@ -140,7 +139,10 @@ fn compare(
         if got[i] == want[i] {
             continue;
         }
-        let slack = r.draws().then(|| draw_slack(l, r, got[i])).flatten();
+        let slack = r
+            .draws()
+            .then(|| draw_slack(l, r, got[i], SAMPLE_TOL))
+            .flatten();
         match slack {
             Some(s) if !exact && s <= SAMPLE_TOL => rep.near += 1,
             _ => {
