@@ -40,7 +40,9 @@
 #   scripts/test-cuda.sh bench [--quick]
 #                                # on the GPU machine: the quantized matmul
 #                                # kernels and their peers (cuBLAS fp16,
-#                                # PyTorch int4) in one run, as a table
+#                                # PyTorch int4) in one run, as a table;
+#                                # then sampling on the GPU against read-back
+#                                # and host sampling (sample_bench)
 #
 # `run` fails on any test failure and when no GPU is usable.
 set -euo pipefail
@@ -52,8 +54,8 @@ build)
     rm -rf "$B" && mkdir -p "$B"
     cargo build --release --features cuda -p metal-marlin
     cp target/release/metal-marlin "$B/"
-    cargo build --release -p mm-backend-cuda --example qmatmul_bench
-    cp target/release/examples/qmatmul_bench "$B/"
+    cargo build --release -p mm-backend-cuda --example qmatmul_bench --example sample_bench
+    cp target/release/examples/qmatmul_bench target/release/examples/sample_bench "$B/"
     cargo test --release -p mm-backend-cuda --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
@@ -86,6 +88,7 @@ run | quick)
         "$B/test-conformance" --test-threads=1 cuda_
         "$B/test-cuda_batch" --test-threads=1
         "$B/qmatmul_bench" --quick
+        "$B/sample_bench" --quick
         models=(tests/fixtures/tiny/llama/ tests/fixtures/tiny/qwen3/
             tests/fixtures/tiny/qwen3-moe/ tests/fixtures/tiny/glm4-moe/
             tests/fixtures/tiny/glm4-moe-lite/ tests/fixtures/tiny/deepseek-v3-yarn/)
@@ -234,6 +237,7 @@ bench)
     "$B/qmatmul_bench" ${2:-} | tee "${OUT:-/tmp}/qmatmul.txt"
     python3 scripts/cuda/peers.py measure ${2:-} >/dev/null
     python3 scripts/cuda/peers.py table "${OUT:-/tmp}/qmatmul.jsonl" "${OUT:-/tmp}/peers.jsonl"
+    "$B/sample_bench" ${2:-} | tee "${OUT:-/tmp}/sample.txt"
     ;;
 *)
     echo "usage: $0 build|run|quick|model [1b|8b]|moe [SHAPE] [LAYERS]|profile [MODEL]|bench [--quick]" >&2

@@ -223,6 +223,15 @@ impl Backend for CpuBackend {
         ops::slice_cols::slice_cols(x, groups, offset, len, pairs)
     }
 
+    fn supports_sampling(&self) -> bool {
+        true
+    }
+
+    /// Rows in parallel ([`ops::sample`]).
+    fn sample(&self, logits: &Tensor, rows: &[mm_core::SampleRow]) -> Result<Vec<u32>> {
+        ops::sample::sample(logits, rows)
+    }
+
     fn concat_cols(
         &self,
         a: &Tensor,

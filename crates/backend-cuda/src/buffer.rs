@@ -37,6 +37,29 @@ impl DeviceBuffer for CudaBuffer {
             .map_err(|e| driver_err("copying a tensor to the host", e))
     }
 
+    /// One copy per range (the engine reads back the few logits rows the
+    /// host samples).
+    fn ranges_to_host(&self, ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; ranges.iter().map(|r| r.1).sum()];
+        let mut at = 0;
+        for &(s, l) in ranges {
+            let end = s.checked_add(l).filter(|&e| e <= self.data.len());
+            let Some(end) = end else {
+                return Err(Error::Invalid(format!(
+                    "values {s}..+{l} of a buffer of {}",
+                    self.data.len()
+                )));
+            };
+            if l > 0 {
+                self.stream
+                    .memcpy_dtoh(&self.data.slice(s..end), &mut out[at..at + l])
+                    .map_err(|e| driver_err("copying tensor rows to the host", e))?;
+            }
+            at += l;
+        }
+        Ok(out)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -332,6 +332,7 @@ pub const GATHER_KV: Kernel = kernel!("gather_kv", ["gather_kv_f32", "gather_kv_
 pub const HEAD_MATMUL: Kernel = kernel!("head_matmul", ["head_matmul_f32"]);
 pub const SLICE_COLS: Kernel = kernel!("slice_cols", ["slice_cols_f32"]);
 pub const CONCAT_COLS: Kernel = kernel!("concat_cols", ["concat_cols_f32"]);
+pub const SAMPLE: Kernel = kernel!("sample", ["sample_rows"]);
 pub const ATTENTION: Kernel = kernel!(
     "attention",
     [
@@ -366,6 +367,7 @@ pub const ALL: &[Kernel] = &[
     HEAD_MATMUL,
     SLICE_COLS,
     CONCAT_COLS,
+    SAMPLE,
     ATTENTION,
 ];
 

@@ -33,6 +33,10 @@ pub struct CudaBackend {
     rt: Arc<Runtime>,
     exact: bool,
     tensor_cores: bool,
+    /// Sampling on the GPU ([`ops::sample`]); off unless
+    /// `MM_CUDA_SAMPLING=1` or [`CudaBackend::device_sampling`]: its kernel
+    /// has not yet run on a GPU (the engine samples on the host meanwhile).
+    sampling: bool,
     /// Decode steps recorded as CUDA graphs ([`graph`]); None when off.
     graphs: Option<Arc<Mutex<graph::Graphs>>>,
 }
@@ -90,6 +94,7 @@ impl CudaBackend {
             rt: Runtime::new(ordinal)?,
             exact: false,
             tensor_cores: !env_is("MM_CUDA_TENSOR_CORES", "0"),
+            sampling: env_is("MM_CUDA_SAMPLING", "1"),
             graphs: None,
         }
         .graphs(!env_is("MM_CUDA_GRAPHS", "0")))
@@ -120,6 +125,12 @@ impl CudaBackend {
     /// Whether prompt rows run on the tensor cores (f16 operands) in the
     /// default precision; on unless `MM_CUDA_TENSOR_CORES=0`, which sends
     /// every row to the f32 kernels.
+    /// Whether the engine samples on the GPU (see the field).
+    pub fn device_sampling(mut self, on: bool) -> Self {
+        self.sampling = on;
+        self
+    }
+
     pub fn tensor_cores(self, on: bool) -> Self {
         let graphs = self.graphs.is_some();
         Self {
@@ -278,6 +289,16 @@ impl Backend for CudaBackend {
         b_groups: usize,
     ) -> Result<Tensor> {
         ops::concat_cols::concat_cols(&self.rt, a, b, groups, b_groups)
+    }
+
+    fn supports_sampling(&self) -> bool {
+        self.sampling
+    }
+
+    /// Penalties, bias, greedy and draws on the GPU ([`ops::sample`]):
+    /// only the ids come back.
+    fn sample(&self, logits: &Tensor, rows: &[mm_core::SampleRow]) -> Result<Vec<u32>> {
+        ops::sample::sample(&self.rt, logits, rows)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

@@ -16,7 +16,9 @@ mod mla;
 pub use columns::{check_concat_cols, check_slice_cols};
 pub use mla::{check_gather_kv, check_head_matmul};
 pub mod moe;
+pub mod sample;
 pub use moe::{check_moe_experts, check_moe_routed, check_moe_shared};
+pub use sample::{check_sample, check_sample_large, SampleReport, REF_TOL, SAMPLE_TOL};
 
 /// How far a backend may be from the reference.
 #[derive(Clone, Copy, Debug)]
@@ -531,7 +533,7 @@ pub fn run_supported(b: &dyn Backend, tol: Tolerance, apart: &[(&str, Tolerance)
     use mm_core::backend::Op;
     type Check = fn(&dyn Backend, u64, Tolerance) -> Result<()>;
     let dense = [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16];
-    let checks: [(&str, Check, bool); 11] = [
+    let checks: [(&str, Check, bool); 12] = [
         (
             "matmul",
             check_matmul,
@@ -575,6 +577,7 @@ pub fn run_supported(b: &dyn Backend, tol: Tolerance, apart: &[(&str, Tolerance)
             check_concat_cols,
             b.supports(Op::ConcatCols, None),
         ),
+        ("sample", check_sample, b.supports_sampling()),
     ];
     let mut r = Report::default();
     for (name, f, supported) in checks {

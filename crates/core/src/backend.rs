@@ -11,6 +11,7 @@
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::moe::{MoeExperts, MoeRoute};
 use crate::router::RouterParams;
+use crate::sample::SampleRow;
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// Ops a backend may or may not implement.
@@ -271,6 +272,23 @@ pub trait Backend: Send + Sync {
             weights: &r.weights,
         };
         self.moe_experts(x, experts, &route, kinds)
+    }
+
+    /// Whether [`Backend::sample`] runs where this backend keeps its
+    /// tensors (so only the sampled ids cross the bus). Not an [`Op`];
+    /// default: no, and [`crate::Device`] samples on the host.
+    fn supports_sampling(&self) -> bool {
+        false
+    }
+
+    /// The token each of `rows` picks from its row of `logits[n, vocab]`
+    /// ([`crate::sample`]: penalties, bias, greedy or a draw at the row's
+    /// `r`); one id per entry of `rows`, in order. Rows of `logits` that no
+    /// entry names are not read. Default: the logits are read back and
+    /// sampled on the host ([`crate::sample::sample_rows`]).
+    fn sample(&self, logits: &Tensor, rows: &[SampleRow]) -> Result<Vec<u32>> {
+        let (_, vocab) = logits.dims2()?;
+        crate::sample::sample_rows(&logits.to_vec()?, vocab, rows)
     }
 
     /// Runs `body`: one decode step's forward pass, whose ops read nothing

@@ -11,6 +11,7 @@ use crate::backend::{Backend, Op, RowKind, StepInputs};
 use crate::kv::{KvDType, KvStore, PagedBatch, PagedParams};
 use crate::moe::{MoeExperts, MoeRoute};
 use crate::router::RouterParams;
+use crate::sample::SampleRow;
 use crate::{Result, Tensor, WeightData, WeightFormat};
 
 /// The backend a model runs on, with CPU fallback.
@@ -328,6 +329,21 @@ impl Device {
         let g = self.matmul_rows(x, g, None, kinds)?;
         let u = self.matmul_rows(x, u, None, kinds)?;
         self.matmul_rows(&self.silu_mul(&g, &u)?, d, None, kinds)
+    }
+
+    /// Whether [`Device::sample`] runs on the primary backend (only the ids
+    /// cross the bus).
+    pub fn supports_sampling(&self) -> bool {
+        self.primary.supports_sampling()
+    }
+
+    /// [`Backend::sample`] on the primary backend when it samples, else on
+    /// the CPU backend over a host copy of the logits.
+    pub fn sample(&self, logits: &Tensor, rows: &[SampleRow]) -> Result<Vec<u32>> {
+        if self.primary.supports_sampling() {
+            return self.primary.sample(logits, rows);
+        }
+        self.cpu.sample(&logits.to_host()?, rows)
     }
 
     /// [`Backend::run_step`] of the primary backend.

@@ -17,6 +17,7 @@ pub mod host_pool;
 pub mod kv;
 pub mod moe;
 pub mod router;
+pub mod sample;
 pub mod tensor;
 pub mod weight;
 
@@ -27,5 +28,6 @@ pub use error::{Error, Result};
 pub use kv::{KvDType, KvStorage, KvStore, PagedBatch, PagedParams, SeqSpan};
 pub use moe::{MoeExperts, MoeRoute};
 pub use router::{GroupScore, MoeScoring, RouterParams};
+pub use sample::SampleRow;
 pub use tensor::{Storage, Tensor};
 pub use weight::{WeightData, WeightFormat};

@@ -14,6 +14,12 @@ pub trait DeviceBuffer: Send + Sync + std::fmt::Debug {
     fn len(&self) -> usize;
     /// Copies the values to the host.
     fn to_host(&self) -> Result<Vec<f32>>;
+    /// Copies the values of `ranges` (`(start, len)`, in elements) to the
+    /// host one after another. Default: everything, then the ranges.
+    fn ranges_to_host(&self, ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
+        let all = self.to_host()?;
+        gather(&all, ranges)
+    }
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -145,6 +151,27 @@ impl Tensor {
         }
     }
 
+    /// Rows `rows` of a 2-D tensor (`[rows.len(), cols]`, in that order)
+    /// copied to the host: only those rows cross the bus.
+    pub fn rows_to_vec(&self, rows: &[usize]) -> Result<Vec<f32>> {
+        let (n, cols) = self.dims2()?;
+        if let Some(r) = rows.iter().find(|&&r| r >= n) {
+            return Err(Error::Invalid(format!("row {r} of a tensor of {n} rows")));
+        }
+        // Consecutive rows as one range.
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        for &r in rows {
+            match ranges.last_mut() {
+                Some((s, l)) if *s + *l == r * cols => *l += cols,
+                _ => ranges.push((r * cols, cols)),
+            }
+        }
+        match &self.storage {
+            Storage::Cpu(v) => gather(v, &ranges),
+            Storage::Device(b) => b.ranges_to_host(&ranges),
+        }
+    }
+
     /// A host copy of this tensor (cheap clone when already on the host).
     pub fn to_host(&self) -> Result<Tensor> {
         Ok(Tensor {
@@ -156,5 +183,35 @@ impl Tensor {
     /// True when the values live on the host.
     pub fn is_host(&self) -> bool {
         matches!(self.storage, Storage::Cpu(_))
+    }
+}
+
+/// The values of `ranges` (`(start, len)`) of `v`, one after another.
+fn gather(v: &[f32], ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(ranges.iter().map(|r| r.1).sum());
+    for &(s, l) in ranges {
+        let part = s
+            .checked_add(l)
+            .and_then(|e| v.get(s..e))
+            .ok_or_else(|| Error::Invalid(format!("values {s}..+{l} of {}", v.len())))?;
+        out.extend_from_slice(part);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_to_vec_takes_rows_in_the_order_asked() {
+        let t = Tensor::from_vec(vec![4, 3], (0..12).map(|v| v as f32).collect()).unwrap();
+        assert_eq!(
+            t.rows_to_vec(&[2, 3, 0]).unwrap(),
+            [6., 7., 8., 9., 10., 11., 0., 1., 2.]
+        );
+        assert!(t.rows_to_vec(&[]).unwrap().is_empty());
+        assert!(t.rows_to_vec(&[4]).is_err());
+        assert!(Tensor::zeros(vec![12]).rows_to_vec(&[0]).is_err());
     }
 }

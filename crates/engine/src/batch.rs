@@ -6,8 +6,11 @@
 //! [`mm_models::Step`] (ids, positions, KV slots, block tables), runs
 //! [`DecoderModel::forward_step`] over the shared [`PagedKv`] and samples
 //! the next token of every sequence whose prompt is complete with that
-//! request's own [`Sampler`] (its parameters and seed). Only the sampled ids
-//! leave the step; the KV cache stays where the backend keeps it.
+//! request's own [`Sampler`] (its parameters and seed): on the backend
+//! ([`mm_core::Device::sample`]) for rows that need no host logits, so only
+//! the sampled ids leave the step, on the host for rows with a grammar mask
+//! or log-probabilities (only those rows read back). The KV cache stays
+//! where the backend keeps it.
 //!
 //! End of a sequence: its token budget (the scheduler finishes it), an EOS
 //! token, or the caller ([`BatchEngine::finish`] for stop strings,
@@ -18,7 +21,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use mm_core::{Error, KvDType, PagedBatch, Result, RowKind, SeqSpan};
+use mm_core::{Error, KvDType, PagedBatch, Result, RowKind, SeqSpan, Tensor};
 use mm_models::{DecoderModel, PagedKv, Step};
 
 use crate::constrain::Guide;
@@ -82,6 +85,7 @@ pub struct BatchEngine<'m> {
     kv: PagedKv,
     sched: Scheduler,
     live: HashMap<SeqId, Live>,
+    device_sampling: bool,
 }
 
 impl<'m> BatchEngine<'m> {
@@ -94,6 +98,7 @@ impl<'m> BatchEngine<'m> {
             kv,
             sched: Scheduler::new(cfg)?,
             live: HashMap::new(),
+            device_sampling: true,
         })
     }
 
@@ -151,6 +156,12 @@ impl<'m> BatchEngine<'m> {
 
     /// Runs one step; returns the tokens it sampled (none when nothing was
     /// runnable). On a model error the step is dropped and can be retried.
+    ///
+    /// Sampling: where the backend samples on the device
+    /// ([`mm_core::Device::supports_sampling`]), the rows that need no host
+    /// logits (no grammar mask, no log-probabilities) are sampled there
+    /// and only their ids come back; the other rows, and every row
+    /// elsewhere, are read back and sampled on the host, in parallel.
     pub fn step(&mut self) -> Result<Vec<TokenEvent>> {
         let plan = self.sched.schedule()?;
         if plan.is_empty() {
@@ -158,60 +169,19 @@ impl<'m> BatchEngine<'m> {
         }
         let prompt_len = |id| self.sched.get(id).map_or(0, |q| q.prompt_len());
         let step = model_step(&plan, self.kv.block_size(), prompt_len);
-        let logits = match self.model.forward_step(&step, &mut self.kv) {
-            Ok(l) => l.to_vec(),
-            Err(e) => Err(e),
-        };
-        let logits = match logits {
-            Ok(l) => l,
+        let picked = self
+            .model
+            .forward_step(&step, &mut self.kv)
+            .and_then(|logits| self.sample_step(&plan, &logits));
+        let done = match picked {
+            Ok(d) => d,
             Err(e) => {
                 self.sched.abort_step();
                 return Err(e);
             }
         };
-        let vocab = logits.len() / step.logits_rows.len().max(1);
-        let mut masked = self.grammar_masks(&plan, &logits, vocab);
-        // Every sequence samples from its row, in parallel: a sampler's
-        // pass over the vocabulary takes tens of microseconds, and a batch
-        // holds up to hundreds of rows.
-        if let Some(s) = plan
-            .seqs
-            .iter()
-            .find(|s| s.needs_logits && !self.live.contains_key(&s.id))
-        {
-            return Err(Error::Other(format!("sequence {} has no sampler", s.id)));
-        }
-        let mut work = Vec::new();
-        for (row, s) in plan.seqs.iter().filter(|s| s.needs_logits).enumerate() {
-            let Some(live) = self.live.remove(&s.id) else {
-                continue;
-            };
-            let seq = self.sched.get(s.id);
-            let history = seq.map_or(&[][..], |q| q.tokens());
-            let cached = seq.map_or(0, |q| q.cached_tokens);
-            work.push((s.id, row, live, masked.remove(&s.id), history, cached));
-        }
-        let done: Vec<_> = work
-            .into_par_iter()
-            .map(|(id, row, mut live, mask, history, cached)| {
-                let lg = &logits[row * vocab..(row + 1) * vocab];
-                let token = match (&mut live.guide, mask) {
-                    (Some(g), Some(m)) => {
-                        let t = live.sampler.sample(&m, history);
-                        if let Err(e) = g.accept(t) {
-                            tracing::warn!("sequence {id}: {e}");
-                        }
-                        t
-                    }
-                    _ => live.sampler.sample(lg, history),
-                };
-                let lp = live.logprobs.map(|k| token_logprobs(lg, token, k));
-                (id, live, token, lp, cached)
-            })
-            .collect();
         let mut extra = HashMap::with_capacity(done.len());
-        for (id, live, token, lp, cached) in done {
-            self.live.insert(id, live);
+        for (id, token, lp, cached) in done {
             extra.insert(id, (token, lp, cached));
         }
         let sampled: Vec<(SeqId, Option<u32>)> = plan
@@ -255,26 +225,155 @@ impl<'m> BatchEngine<'m> {
     }
 }
 
+/// A sampled token: its sequence, id, log-probabilities (when asked for)
+/// and the sequence's cached prompt tokens.
+type Picked = (SeqId, u32, Option<TokenLogprobs>, usize);
+
 impl BatchEngine<'_> {
-    /// The logits of every guided sequence of `plan` with the tokens its
-    /// grammar forbids at −∞; the guides run in parallel (a mask takes
-    /// about a millisecond).
+    /// Whether rows that need no host logits are sampled by the backend
+    /// when it can (the default); `false` samples every row on the host
+    /// (tests compare the two).
+    pub fn set_device_sampling(&mut self, on: bool) {
+        self.device_sampling = on;
+    }
+
+    /// The token of every sequence of `plan` whose logits (`[rows, vocab]`,
+    /// in plan order) came back: see [`BatchEngine::step`].
+    fn sample_step(&mut self, plan: &StepPlan, logits: &Tensor) -> Result<Vec<Picked>> {
+        let (n, vocab) = logits.dims2()?;
+        let seqs: Vec<SeqId> = plan
+            .seqs
+            .iter()
+            .filter(|s| s.needs_logits)
+            .map(|s| s.id)
+            .collect();
+        if seqs.len() != n {
+            return Err(Error::Other(format!(
+                "the step returned {n} logits rows for {} sequences",
+                seqs.len()
+            )));
+        }
+        if let Some(id) = seqs.iter().find(|id| !self.live.contains_key(id)) {
+            return Err(Error::Other(format!("sequence {id} has no sampler")));
+        }
+        let dev = self.model.device();
+        let on_device = self.device_sampling && dev.supports_sampling();
+        let (mut host_rows, mut dev_rows) = (Vec::new(), Vec::new());
+        for (row, id) in seqs.iter().enumerate() {
+            let l = &self.live[id];
+            match on_device && l.guide.is_none() && l.logprobs.is_none() {
+                true => dev_rows.push(row),
+                false => host_rows.push(row),
+            }
+        }
+        let mut out = Vec::with_capacity(n);
+        if !dev_rows.is_empty() {
+            let mut params = Vec::with_capacity(dev_rows.len());
+            for &row in &dev_rows {
+                let history = self.sched.get(seqs[row]).map_or(&[][..], |q| q.tokens());
+                if let Some(l) = self.live.get_mut(&seqs[row]) {
+                    params.push(l.sampler.row(history, row));
+                }
+            }
+            let ids = dev.sample(logits, &params)?;
+            for (&row, token) in dev_rows.iter().zip(ids) {
+                let id = seqs[row];
+                if let Some(l) = self.live.get_mut(&id) {
+                    l.sampler.accept(token);
+                }
+                let cached = self.sched.get(id).map_or(0, |q| q.cached_tokens);
+                out.push((id, token, None, cached));
+            }
+        }
+        if !host_rows.is_empty() {
+            // Only the host rows cross the bus; host row k is logits row
+            // host_rows[k].
+            let host = match host_rows.len() == n {
+                true => logits.to_vec()?,
+                false => logits.rows_to_vec(&host_rows)?,
+            };
+            let rows: Vec<(SeqId, usize)> = host_rows
+                .iter()
+                .enumerate()
+                .map(|(k, &row)| (seqs[row], k))
+                .collect();
+            out.extend(self.sample_host(&rows, &host, vocab)?);
+        }
+        Ok(out)
+    }
+
+    /// Samples `rows` (sequence, row of `host[.., vocab]`) on the host, in
+    /// parallel: a sampler's pass over the vocabulary takes tens of
+    /// microseconds, and a batch holds up to hundreds of rows.
+    fn sample_host(
+        &mut self,
+        rows: &[(SeqId, usize)],
+        host: &[f32],
+        vocab: usize,
+    ) -> Result<Vec<Picked>> {
+        let mut masked = self.grammar_masks(rows, host, vocab);
+        let mut work = Vec::new();
+        for &(id, k) in rows {
+            let Some(live) = self.live.remove(&id) else {
+                continue;
+            };
+            let seq = self.sched.get(id);
+            let history = seq.map_or(&[][..], |q| q.tokens());
+            let cached = seq.map_or(0, |q| q.cached_tokens);
+            work.push((id, k, live, masked.remove(&id), history, cached));
+        }
+        let done: Vec<_> = work
+            .into_par_iter()
+            .map(|(id, k, mut live, mask, history, cached)| {
+                let lg = &host[k * vocab..(k + 1) * vocab];
+                let token = match (&mut live.guide, mask) {
+                    (Some(g), Some(m)) => live.sampler.sample(&m, history).inspect(|&t| {
+                        if let Err(e) = g.accept(t) {
+                            tracing::warn!("sequence {id}: {e}");
+                        }
+                    }),
+                    _ => live.sampler.sample(lg, history),
+                };
+                let lp = match (&token, live.logprobs) {
+                    (Ok(t), Some(k)) => Some(token_logprobs(lg, *t, k)),
+                    _ => None,
+                };
+                (id, live, token, lp, cached)
+            })
+            .collect();
+        let (mut out, mut failed) = (Vec::with_capacity(done.len()), None);
+        for (id, live, token, lp, cached) in done {
+            self.live.insert(id, live);
+            match token {
+                Ok(t) => out.push((id, t, lp, cached)),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// The logits of every guided sequence of `rows` (sequence, row of
+    /// `host[.., vocab]`) with the tokens its grammar forbids at −∞; the
+    /// guides run in parallel (a mask takes about a millisecond).
     fn grammar_masks(
         &mut self,
-        plan: &StepPlan,
-        logits: &[f32],
+        rows: &[(SeqId, usize)],
+        host: &[f32],
         vocab: usize,
     ) -> HashMap<SeqId, Vec<f32>> {
         let mut work = Vec::new();
-        for (row, s) in plan.seqs.iter().filter(|s| s.needs_logits).enumerate() {
-            if let Some(g) = self.live.get_mut(&s.id).and_then(|l| l.guide.take()) {
-                work.push((s.id, row, g));
+        for &(id, k) in rows {
+            if let Some(g) = self.live.get_mut(&id).and_then(|l| l.guide.take()) {
+                work.push((id, k, g));
             }
         }
         let done: Vec<(SeqId, Guide, Vec<f32>)> = work
             .into_par_iter()
-            .map(|(id, row, mut g)| {
-                let mut l = logits[row * vocab..(row + 1) * vocab].to_vec();
+            .map(|(id, k, mut g)| {
+                let mut l = host[k * vocab..(k + 1) * vocab].to_vec();
                 g.mask(&mut l);
                 (id, g, l)
             })

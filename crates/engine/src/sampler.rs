@@ -1,14 +1,18 @@
 //! Token sampling: logit bias → repetition penalty → presence/frequency
 //! penalties → greedy, or temperature → top-k → top-p → min-p → a draw
 //! from a seeded generator (transformers' order for the shared steps; the
-//! OpenAI penalties as vLLM applies them).
+//! OpenAI penalties as vLLM applies them). The arithmetic is
+//! [`mm_core::sample`]'s; this keeps a request's parameters, random stream
+//! and produced-token counts.
 
 use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use mm_core::{Error, Result};
+pub use mm_core::sample::argmax;
+use mm_core::sample::sample_row;
+use mm_core::{Error, Result, SampleRow};
 
 /// Sampling settings. `temperature <= 0` means greedy.
 #[derive(Clone, Debug)]
@@ -91,7 +95,10 @@ impl SamplingParams {
 
 /// A sampler with its own random stream. It counts the tokens it produced
 /// (every sampled token is taken to be appended to the sequence), which
-/// the presence and frequency penalties use.
+/// the presence and frequency penalties use. The selection itself is
+/// [`mm_core::sample`], shared with every backend's `sample` op: a row
+/// built by [`Sampler::row`] picks on the device the token
+/// [`Sampler::sample`] picks on the host.
 pub struct Sampler {
     p: SamplingParams,
     rng: StdRng,
@@ -108,97 +115,57 @@ impl Sampler {
         })
     }
 
-    /// Picks the next token from `logits` given the tokens so far.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let t = self.pick(logits, history);
-        *self.produced.entry(t).or_insert(0) += 1;
-        t
+    /// Picks the next token from `logits` given the tokens so far. Errors:
+    /// an empty row, or a drawing row with nothing to draw (every value
+    /// NaN or −∞).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32> {
+        let row = self.row(history, 0);
+        let t = sample_row(logits, &row)?;
+        self.accept(t);
+        Ok(t)
     }
 
-    fn pick(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut l = logits.to_vec();
-        for &(t, b) in &self.p.logit_bias {
-            if let Some(v) = l.get_mut(t as usize) {
-                *v += b;
-            }
+    /// The next token's [`SampleRow`] for logits row `row`, given the
+    /// tokens so far; draws its random number from this sampler's stream
+    /// (one draw per token when the temperature is above 0, as
+    /// [`Sampler::sample`] does). Follow it with [`Sampler::accept`] of
+    /// the token it picked.
+    pub fn row(&mut self, history: &[u32], row: usize) -> SampleRow {
+        let p = &self.p;
+        let mut repeat_tokens = Vec::new();
+        if p.repeat_penalty != 1.0 {
+            let start = history.len().saturating_sub(p.repeat_last_n);
+            repeat_tokens = history[start..].to_vec();
+            repeat_tokens.sort_unstable();
+            repeat_tokens.dedup();
         }
-        if self.p.repeat_penalty != 1.0 {
-            let start = history.len().saturating_sub(self.p.repeat_last_n);
-            let mut seen = history[start..].to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(v) = l.get_mut(t as usize) {
-                    *v = if *v > 0.0 {
-                        *v / self.p.repeat_penalty
-                    } else {
-                        *v * self.p.repeat_penalty
-                    };
-                }
-            }
+        let mut r = SampleRow {
+            row,
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            repeat_tokens,
+            presence_penalty: p.presence_penalty,
+            frequency_penalty: p.frequency_penalty,
+            produced: Vec::new(),
+            logit_bias: p.logit_bias.clone(),
+            r: 0.0,
+        };
+        if r.penalizes_produced() {
+            r.produced = self.produced.iter().map(|(&t, &n)| (t, n)).collect();
         }
-        if self.p.presence_penalty != 0.0 || self.p.frequency_penalty != 0.0 {
-            for (&t, &n) in &self.produced {
-                if let Some(v) = l.get_mut(t as usize) {
-                    *v -= self.p.presence_penalty + self.p.frequency_penalty * n as f32;
-                }
-            }
+        if r.draws() {
+            r.r = self.rng.gen::<f32>();
         }
-        if self.p.temperature <= 0.0 {
-            return argmax(&l);
-        }
-        let t = self.p.temperature;
-        let mut cand: Vec<(u32, f32)> = l
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| (i as u32, v / t))
-            .collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.p.top_k > 0 {
-            cand.truncate(self.p.top_k);
-        }
-        let mx = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - mx).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        if self.p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, p) in probs.iter().enumerate() {
-                acc += p;
-                if acc >= self.p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
-        }
-        if self.p.min_p > 0.0 {
-            let thr = probs[0] * self.p.min_p;
-            let keep = probs.iter().take_while(|&&p| p >= thr).count().max(1);
-            probs.truncate(keep);
-        }
-        let total: f32 = probs.iter().sum();
-        let mut r = self.rng.gen::<f32>() * total;
-        for (i, p) in probs.iter().enumerate() {
-            r -= p;
-            if r <= 0.0 {
-                return cand[i].0;
-            }
-        }
-        cand[probs.len() - 1].0
+        r
     }
-}
 
-/// Index of the largest value (the first on ties, as torch.argmax).
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
+    /// Records `token` as produced (the presence/frequency penalties).
+    pub fn accept(&mut self, token: u32) {
+        *self.produced.entry(token).or_insert(0) += 1;
     }
-    best as u32
 }
 
 #[cfg(test)]
@@ -208,7 +175,7 @@ mod tests {
     #[test]
     fn greedy_picks_max_and_first_tie() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
-        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0], &[]).unwrap(), 1);
     }
 
     #[test]
@@ -221,7 +188,9 @@ mod tests {
         };
         let run = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone()).unwrap();
-            (0..20).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&logits, &[]).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(&p), run(&p));
         let k1 = SamplingParams {
@@ -242,7 +211,7 @@ mod tests {
             ..Default::default()
         };
         let mut s = Sampler::new(p).unwrap();
-        assert!((0..200).all(|_| s.sample(&logits, &[]) == 0));
+        assert!((0..200).all(|_| s.sample(&logits, &[]).unwrap() == 0));
         let p = SamplingParams {
             temperature: 1.0,
             min_p: 0.3,
@@ -250,7 +219,7 @@ mod tests {
             ..Default::default()
         };
         let mut s = Sampler::new(p).unwrap();
-        let drawn: Vec<u32> = (0..500).map(|_| s.sample(&logits, &[])).collect();
+        let drawn: Vec<u32> = (0..500).map(|_| s.sample(&logits, &[]).unwrap()).collect();
         assert!(drawn.iter().all(|&t| t <= 1) && drawn.contains(&1));
     }
 
@@ -261,7 +230,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(s.sample(&[2.0, 1.5], &[0]), 1);
+        assert_eq!(s.sample(&[2.0, 1.5], &[0]).unwrap(), 1);
     }
 
     #[test]
@@ -271,13 +240,13 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(s.sample(&[2.0, 1.5, 0.0], &[]), 1);
+        assert_eq!(s.sample(&[2.0, 1.5, 0.0], &[]).unwrap(), 1);
         let mut s = Sampler::new(SamplingParams {
             logit_bias: vec![(0, -100.0)],
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(s.sample(&[2.0, 1.5, 0.0], &[]), 1);
+        assert_eq!(s.sample(&[2.0, 1.5, 0.0], &[]).unwrap(), 1);
     }
 
     #[test]
@@ -291,7 +260,9 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let picks: Vec<u32> = (0..4).map(|_| s.sample(&logits, &[0, 0, 0])).collect();
+        let picks: Vec<u32> = (0..4)
+            .map(|_| s.sample(&logits, &[0, 0, 0]).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 0, 0]);
     }
 
@@ -304,7 +275,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let picks: Vec<u32> = (0..4).map(|_| s.sample(&logits, &[])).collect();
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&logits, &[]).unwrap()).collect();
         assert_eq!(picks, vec![0, 0, 0, 1]);
         // A negative penalty encourages repeats.
         let mut s = Sampler::new(SamplingParams {
@@ -313,7 +284,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let picks: Vec<u32> = (0..3).map(|_| s.sample(&logits, &[])).collect();
+        let picks: Vec<u32> = (0..3).map(|_| s.sample(&logits, &[]).unwrap()).collect();
         assert_eq!(picks, vec![1, 1, 1]);
     }
 

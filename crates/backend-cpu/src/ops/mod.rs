@@ -11,6 +11,7 @@ pub mod moe;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod sample;
 pub mod slice_cols;
 pub mod vmath;
 pub mod write_kv;

@@ -13,6 +13,7 @@ pub mod moe;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod sample;
 pub mod slice_cols;
 pub mod tc_matmul;
 pub mod write_kv;
