@@ -15,11 +15,11 @@
 extern "C" __global__ void __launch_bounds__(RN_T) rms_norm_f32(const float* __restrict__ x,
                                                                 const float* __restrict__ w,
                                                                 float* __restrict__ y, int k,
-                                                                float eps) {
+                                                                float eps, int vec) {
     __shared__ float part[32];
     const float* xr = x + (u64)blockIdx.x * k;
     float* yr = y + (u64)blockIdx.x * k;
-    if ((k & 3) == 0 && k <= RN_T * 4 * RN_V) {
+    if (vec && (k & 3) == 0 && k <= RN_T * 4 * RN_V) {
         const int k4 = k >> 2;
         const float4* x4 = (const float4*)xr;
         float4 v[RN_V];

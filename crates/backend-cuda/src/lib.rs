@@ -37,6 +37,11 @@ pub struct CudaBackend {
     /// `MM_CUDA_SAMPLING=1` or [`CudaBackend::device_sampling`]: its kernel
     /// has not yet run on a GPU (the engine samples on the host meanwhile).
     sampling: bool,
+    /// The kernels written in the tenth session and not yet run on a GPU:
+    /// v2 paged attention, RMSNorm rows in registers, the shared expert in
+    /// the expert launches. Off unless `MM_CUDA_NEXT=1` or
+    /// [`CudaBackend::next_kernels`]; the GPU tests run both ways.
+    next: bool,
     /// Decode steps recorded as CUDA graphs ([`graph`]); None when off.
     graphs: Option<Arc<Mutex<graph::Graphs>>>,
 }
@@ -65,7 +70,7 @@ impl CudaBackend {
         kinds: &[mm_core::RowKind],
     ) -> Option<(mm_core::MoeExperts<'a>, [&'a WeightData; 3])> {
         let shared = experts.shared?;
-        if ops::moe::fuses_shared(experts, kinds) {
+        if self.next && ops::moe::fuses_shared(experts, kinds) {
             return None;
         }
         let routed = mm_core::MoeExperts {
@@ -95,6 +100,7 @@ impl CudaBackend {
             exact: false,
             tensor_cores: !env_is("MM_CUDA_TENSOR_CORES", "0"),
             sampling: env_is("MM_CUDA_SAMPLING", "1"),
+            next: env_is("MM_CUDA_NEXT", "1"),
             graphs: None,
         }
         .graphs(!env_is("MM_CUDA_GRAPHS", "0")))
@@ -125,6 +131,12 @@ impl CudaBackend {
     /// Whether prompt rows run on the tensor cores (f16 operands) in the
     /// default precision; on unless `MM_CUDA_TENSOR_CORES=0`, which sends
     /// every row to the f32 kernels.
+    /// Whether the kernels not yet run on a GPU are used (see the field).
+    pub fn next_kernels(mut self, on: bool) -> Self {
+        self.next = on;
+        self
+    }
+
     /// Whether the engine samples on the GPU (see the field).
     pub fn device_sampling(mut self, on: bool) -> Self {
         self.sampling = on;
@@ -228,7 +240,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-        ops::rms_norm::rms_norm(&self.rt, x, w, eps)
+        ops::rms_norm::rms_norm(&self.rt, x, w, eps, self.next)
     }
 
     fn rope(
@@ -259,7 +271,7 @@ impl Backend for CudaBackend {
         batch: &PagedBatch,
         p: &PagedParams,
     ) -> Result<Tensor> {
-        ops::attention::paged_attention(&self.rt, q, k, v, batch, p)
+        ops::attention::paged_attention(&self.rt, q, k, v, batch, p, self.next)
     }
 
     fn gather_kv(&self, store: &KvStore, slots: &[u32]) -> Result<Tensor> {

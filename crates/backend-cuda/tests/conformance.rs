@@ -30,15 +30,26 @@ fn gpu() -> Option<CudaBackend> {
 #[test]
 fn cuda_backend_conforms() {
     let Some(b) = gpu() else { return };
-    let b = b.device_sampling(true);
     eprintln!("GPU: {}", b.describe());
-    let r = run_supported(&b.clone().exact(), Tolerance::F32, &[]);
-    assert!(r.fails.is_empty(), "exact: {}", r.fails.join("\n"));
-    // Every op of the suite runs on the GPU (quantized weights apart: below).
-    assert!(r.skipped.is_empty(), "ops not run: {:?}", r.skipped);
-    let tc = b.clone().tensor_cores(true);
-    let r = run_supported(&tc, Tolerance::F32, &[("matmul", Tolerance::F16_OPERANDS)]);
-    assert!(r.fails.is_empty(), "default: {}", r.fails.join("\n"));
+    // The kernels in use and those not yet run on a GPU (next_kernels).
+    for next in [false, true] {
+        let b = b.clone().device_sampling(true).next_kernels(next);
+        let r = run_supported(&b.clone().exact(), Tolerance::F32, &[]);
+        assert!(
+            r.fails.is_empty(),
+            "exact, next {next}: {}",
+            r.fails.join("\n")
+        );
+        // Every op of the suite runs on the GPU (quantized weights apart: below).
+        assert!(r.skipped.is_empty(), "ops not run: {:?}", r.skipped);
+        let tc = b.clone().tensor_cores(true);
+        let r = run_supported(&tc, Tolerance::F32, &[("matmul", Tolerance::F16_OPERANDS)]);
+        assert!(
+            r.fails.is_empty(),
+            "default, next {next}: {}",
+            r.fails.join("\n")
+        );
+    }
 }
 
 /// Every kernel file compiles for Ampere and Hopper.
@@ -208,6 +219,8 @@ fn cuda_moe_conforms() {
     check_moe_experts(&b, 0, tol, tol).unwrap();
     check_moe_routed(&b, 0, tol).unwrap();
     mm_conformance::check_moe_shared(&b, 0, tol).unwrap();
+    // The shared expert in the expert launches (next_kernels).
+    mm_conformance::check_moe_shared(&b.next_kernels(true), 0, tol).unwrap();
 }
 
 /// A shared expert folded into the expert launches (decode rows) gives the
@@ -219,6 +232,7 @@ fn cuda_fused_shared_expert_is_bitwise_apart() {
     use mm_core::{MoeExperts, RowKind, Tensor, WeightFormat};
     use rand::{Rng, SeedableRng};
     let Some(b) = gpu() else { return };
+    let b = b.next_kernels(true);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let (e, h, i) = (8, 256, 512);
     let f = WeightFormat::Mm(MmFormat::new(MmKind::IntSym(4), 128).unwrap());

@@ -19,7 +19,8 @@ use mm_models::DecoderModel;
 
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
-        Ok(b) => Some(b.device_sampling(true)),
+        // Sampling and the kernels not yet run on a GPU, on.
+        Ok(b) => Some(b.device_sampling(true).next_kernels(true)),
         Err(e) if std::env::var_os("MM_REQUIRE_CUDA").is_none_or(|v| v != "1") => {
             eprintln!("skipped (no usable GPU): {e}");
             None

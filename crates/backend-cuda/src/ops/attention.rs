@@ -1,9 +1,10 @@
 //! Causal GQA paged attention on the GPU (`kernels/attention.cu`): the
 //! CPU op's contract (`mm_core::Backend::paged_attention`), decode and
-//! prefill rows in one launch, f32 or f16 stores, sliding windows. Models
-//! with several query heads per KV head take the v2 kernel (the heads of a
-//! KV head in one block, decode rows' keys split); others v1. The choice
-//! depends on the model's shape only, never on the batch.
+//! prefill rows in one launch, f32 or f16 stores, sliding windows. With
+//! the backend's next kernels (not yet run on a GPU), models with several
+//! query heads per KV head take the v2 kernel (the heads of a KV head in
+//! one block, decode rows' keys split); others v1. The choice depends on
+//! the model's shape only, never on the batch.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use mm_core::{Error, KvDType, KvStore, PagedBatch, PagedParams, Result, Tensor};
@@ -69,6 +70,7 @@ pub fn paged_attention(
     v: &KvStore,
     batch: &PagedBatch,
     p: &PagedParams,
+    v2: bool,
 ) -> Result<Tensor> {
     let rows = mm_core::kv::attention_rows(q, k, v, batch, p)?;
     let (h, hkv, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
@@ -113,7 +115,8 @@ pub fn paged_attention(
         None => 0,
         Some(w) => super::dim(w.max(1), "window")?,
     };
-    if let Some((groups, gb)) = gqa_groups(h / hkv, d).filter(|_| rows * hkv * GB <= COUNTERS) {
+    let v2 = v2 && rows * hkv * GB <= COUNTERS;
+    if let Some((groups, gb)) = gqa_groups(h / hkv, d).filter(|_| v2) {
         let splits = if single.contains(&1) { MAXS } else { 1 };
         let single = rt.upload_cached("decode rows", &single)?;
         let count = rt.attention_counters()?;

@@ -7,7 +7,9 @@ use crate::buffer::{alloc, on_device, tensor};
 use crate::compile::RMS_NORM;
 use crate::runtime::{driver_err, Runtime};
 
-pub fn rms_norm(rt: &Runtime, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+/// `vec`: rows read once into registers (the kernel's first path; see
+/// kernels/rms_norm.cu), else the strided loop.
+pub fn rms_norm(rt: &Runtime, x: &Tensor, w: &Tensor, eps: f32, vec: bool) -> Result<Tensor> {
     let k = *x.shape().last().unwrap_or(&0);
     if w.numel() != k || k == 0 {
         return Err(Error::Invalid(format!(
@@ -23,12 +25,14 @@ pub fn rms_norm(rt: &Runtime, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor
     let mut y = alloc(rt, x.numel(), "rms_norm output")?;
     let f = rt.function(&RMS_NORM, "rms_norm_f32")?;
     let k = super::dim(k, "rms_norm width")?;
+    let vec = i32::from(vec);
     let mut b = rt.stream.launch_builder(&f);
     b.arg(xd.slice())
         .arg(wd.slice())
         .arg(&mut y)
         .arg(&k)
-        .arg(&eps);
+        .arg(&eps)
+        .arg(&vec);
     // SAFETY: x and y hold rows·k values, w holds k.
     unsafe { b.launch(super::grid(rows, 256)) }.map_err(|e| driver_err("rms_norm", e))?;
     tensor(rt, x.shape().to_vec(), y)
