@@ -78,6 +78,8 @@ pub struct Runtime {
     /// The completion counters of the split attention kernel, zeros
     /// between launches ([`Runtime::attention_counters`]).
     attn_counters: Mutex<Option<Arc<CudaSlice<u32>>>>,
+    /// The opt-in shared memory limit of a block, read once.
+    max_smem: std::sync::OnceLock<usize>,
 }
 
 /// A cached upload, kept alive by the graphs that read it.
@@ -138,6 +140,7 @@ impl Runtime {
             quantized_x: Mutex::new(None),
             moe_tables: Mutex::new(Vec::new()),
             attn_counters: Mutex::new(None),
+            max_smem: std::sync::OnceLock::new(),
         }))
     }
 
@@ -285,11 +288,14 @@ impl Runtime {
     /// The shared memory a block may ask for (opt-in maximum), bytes.
     pub(crate) fn max_shared_memory(&self) -> Result<usize> {
         use cudarc::driver::sys::CUdevice_attribute as A;
+        if let Some(&v) = self.max_smem.get() {
+            return Ok(v);
+        }
         let v = self
             .ctx
             .attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(|e| driver_err("reading the GPU's shared memory limit", e))?;
-        Ok(v.max(0) as usize)
+        Ok(*self.max_smem.get_or_init(|| v.max(0) as usize))
     }
 
     pub(crate) fn check_not_capturing(&self, what: &str) -> Result<()> {

@@ -44,6 +44,17 @@ pub fn moe_weight(
     WeightData::new(format, vec![rows, cols], HostBytes::owned(bytes))
 }
 
+/// Gate, up and down weights of `e` experts of `format`, `WIDTH` square.
+fn expert_sets(format: WeightFormat, e: usize, rng: &mut StdRng) -> Result<Vec<Vec<WeightData>>> {
+    (0..3)
+        .map(|_| {
+            (0..e)
+                .map(|_| moe_weight(format, WIDTH, WIDTH, rng))
+                .collect()
+        })
+        .collect()
+}
+
 /// Every format the check covers.
 pub fn moe_formats() -> Result<Vec<WeightFormat>> {
     use mm_quant::mm::{MmFormat, MmKind};
@@ -184,13 +195,7 @@ pub fn check_moe_routed(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()
         WeightFormat::Mm(MmFormat::new(MmKind::IntSym(8), 128)?),
     ];
     for format in formats.into_iter().filter(|&f| b.supports_moe(f)) {
-        let sets: Vec<Vec<WeightData>> = (0..3)
-            .map(|_| {
-                (0..e)
-                    .map(|_| moe_weight(format, WIDTH, WIDTH, &mut rng))
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
+        let sets = expert_sets(format, e, &mut rng)?;
         let experts = MoeExperts {
             gate: sets[0].iter().collect(),
             up: sets[1].iter().collect(),
@@ -249,13 +254,7 @@ pub fn check_moe_shared(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<()
         s.iter().map(mm_quant::dequantize_ref).collect()
     };
     for format in formats.into_iter().filter(|&f| b.supports_moe(f)) {
-        let sets: Vec<Vec<WeightData>> = (0..3)
-            .map(|_| {
-                (0..e)
-                    .map(|_| moe_weight(format, WIDTH, WIDTH, &mut rng))
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
+        let sets = expert_sets(format, e, &mut rng)?;
         let (g, u, d) = (deq(&sets[0])?, deq(&sets[1])?, deq(&sets[2])?);
         for inter_s in [WIDTH, 2 * WIDTH] {
             let shared = [

@@ -51,12 +51,8 @@ pub(crate) const COUNTERS: usize = 1 << 16;
 /// `(groups, heads per group)` of the v2 kernel for `g` query heads per
 /// KV head, or `None` when v1 runs: one query head per KV head (nothing to
 /// share), or a head width the 8-wide loads cannot take.
-/// `MM_CUDA_ATTENTION=v1` keeps every model on v1 (a baseline for
-/// benchmarks).
 fn gqa_groups(g: usize, d: usize) -> Option<(usize, usize)> {
-    static V1: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let v1 = *V1.get_or_init(|| std::env::var_os("MM_CUDA_ATTENTION").is_some_and(|v| v == "v1"));
-    if v1 || g < 2 || d % 8 != 0 || d > 576 {
+    if g < 2 || d % 8 != 0 || d > 576 {
         return None;
     }
     let groups = g.div_ceil(GB);
