@@ -15,7 +15,7 @@ pub mod buffer;
 pub mod compile;
 pub mod graph;
 pub mod ops;
-pub mod qlayout;
+pub use mm_quant::gpu_layout as qlayout;
 pub mod runtime;
 
 use std::sync::{Arc, Mutex};

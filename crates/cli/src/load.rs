@@ -36,17 +36,41 @@ pub fn device(kind: DeviceKind, p: PrecisionArgs) -> Result<Device> {
             Ok(d) => Ok(d),
             Err(e) => {
                 if cfg!(feature = "cuda") {
-                    tracing::info!("no usable GPU, running on the CPU: {e:#}");
+                    tracing::info!("no usable CUDA GPU: {e:#}");
                 }
-                Ok(Device::new(cpu.clone(), cpu))
+                match wgpu(cpu.clone(), true) {
+                    Ok(d) => Ok(d),
+                    Err(e) => {
+                        if cfg!(any(feature = "cuda", feature = "wgpu")) {
+                            tracing::info!("no usable GPU, running on the CPU: {e:#}");
+                        }
+                        Ok(Device::new(cpu.clone(), cpu))
+                    }
+                }
             }
         },
         DeviceKind::Cpu => Ok(Device::new(cpu.clone(), cpu)),
         DeviceKind::Cuda => cuda(cpu, p.exact),
-        DeviceKind::Wgpu => {
-            bail!("this build has no wgpu backend (rebuild with `--features wgpu`)")
-        }
+        DeviceKind::Wgpu => wgpu(cpu, false),
     }
+}
+
+/// A Vulkan or Metal adapter through wgpu as the primary backend, the CPU
+/// running what it does not. `hardware`: refuse a CPU emulation of a GPU
+/// (lavapipe), which `--device auto` passes over for the CPU backend.
+#[cfg(feature = "wgpu")]
+fn wgpu(cpu: Arc<dyn mm_core::Backend>, hardware: bool) -> Result<Device> {
+    let gpu = mm_backend_wgpu::WgpuBackend::new().context("--device wgpu")?;
+    if hardware && gpu.is_software() {
+        bail!("{} emulates a GPU on the CPU", gpu.describe());
+    }
+    tracing::info!("GPU: {}", gpu.describe());
+    Ok(Device::new(Arc::new(gpu), cpu))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(_cpu: Arc<dyn mm_core::Backend>, _hardware: bool) -> Result<Device> {
+    bail!("this build has no wgpu backend (rebuild with `--features wgpu`)")
 }
 
 /// GPU 0 as the primary backend, the CPU running what it does not.

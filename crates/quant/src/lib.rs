@@ -6,6 +6,7 @@
 pub mod dense;
 pub mod ggml;
 pub mod gptq;
+pub mod gpu_layout;
 pub mod mm;
 pub mod ste;
 

@@ -2,7 +2,8 @@
 //! (`Backend::prepare`) from the stored format, and its host reference.
 //!
 //! Every supported format becomes one shape the kernels of
-//! `kernels/qmatmul.cu` read: codes widened to 4 bits (formats of 2–4-bit
+//! the GPU backends read (CUDA `kernels/qmatmul.cu`, wgpu
+//! `shaders/w_q4.wgsl` and `w_q8.wgsl`): codes widened to 4 bits (formats of 2–4-bit
 //! codes) or 8 bits (5–8-bit codes), a table `lut[2^bits]` of their
 //! unscaled values, and per group of `group` columns a scale `s` and an
 //! offset `o`, so that
@@ -18,15 +19,15 @@
 //! f16, f32 where a scale is a product (K-quants) or a power of two past
 //! f16's range (MXFP4). Every value equals the format's reference
 //! dequantization up to f32 rounding of `s·lut + o` ([`QLayout::dequantize`]
-//! is checked against `mm_quant::dequantize_ref`).
+//! is checked against `dequantize_ref` in the conformance tests).
 //!
 //! Rows are padded with zero codes to `kp`, a multiple of 32 columns, so
 //! every row starts 16-byte aligned; the kernels never read `x` past `cols`.
 
+use crate::ggml::{get_scale_min_k4, K_SCALE_SIZE};
 use half::f16;
 use mm_core::weight::{MmKind, MmScale};
 use mm_core::{Error, Result, WeightData, WeightFormat};
-use mm_quant::ggml::{get_scale_min_k4, K_SCALE_SIZE};
 
 /// How a group's parameters are stored (the kernels' `P`).
 #[derive(Clone, Debug, PartialEq)]
@@ -136,7 +137,7 @@ impl QLayout {
         let kp = cols.div_ceil(32) * 32;
         let unsupported = || {
             Error::Invalid(format!(
-                "cuda: {} weights have no GPU layout yet",
+                "{} weights have no GPU layout yet",
                 w.format.name()
             ))
         };
@@ -162,7 +163,7 @@ impl QLayout {
                 let table: Vec<f32> = (0..1u32 << bits)
                     .map(|c| match f.kind {
                         MmKind::IntAsym(_) => c as f32,
-                        k => mm_quant::mm::decode(k, c as u8, 0),
+                        k => crate::mm::decode(k, c as u8, 0),
                     })
                     .collect();
                 let mode = match (f.kind, f.kind.scale()) {
@@ -199,7 +200,7 @@ impl QLayout {
             };
             if found != groups {
                 return Err(Error::Other(format!(
-                    "cuda layout of {} {rows}x{cols}: {found} groups in a row, expected {groups}",
+                    "GPU layout of {} {rows}x{cols}: {found} groups in a row, expected {groups}",
                     w.format.name()
                 )));
             }
@@ -285,14 +286,13 @@ fn mm_row(
     let scales = w.scales.as_ref().ok_or_else(|| missing("scales"))?;
     let groups = f.groups_per_row(cols);
     let cb = f.code_bytes(cols);
-    mm_quant::mm::unpack_codes(f.bits(), &w.bytes[r * cb..][..cb], &mut row.codes[..cols])?;
+    crate::mm::unpack_codes(f.bits(), &w.bytes[r * cb..][..cb], &mut row.codes[..cols])?;
     for g in 0..groups {
         match f.kind.scale() {
             MmScale::F16 => row.raw16.push(f16_at(scales, 2 * (r * groups + g))),
-            MmScale::E8M0 => row.params.push((
-                mm_quant::mm::codec::e8m0_to_f32(scales[r * groups + g]),
-                0.0,
-            )),
+            MmScale::E8M0 => row
+                .params
+                .push((crate::mm::codec::e8m0_to_f32(scales[r * groups + g]), 0.0)),
         }
         if f.kind.has_zeros() {
             let zeros = w.zeros.as_ref().ok_or_else(|| missing("zero-points"))?;
@@ -383,7 +383,7 @@ fn ggml_row(f: WeightFormat, src: &[u8], row: &mut Row) {
             F::Q3K => {
                 let hm = &blk[0..32];
                 let sb: &[u8; K_SCALE_SIZE] = blk[96..108].try_into().expect("12 scale bytes");
-                let scales = mm_quant::ggml::unpack_q3_k_scales(sb);
+                let scales = crate::ggml::unpack_q3_k_scales(sb);
                 let d = h2f(f16_at(blk, 108));
                 for (o16, chunk) in out.chunks_exact_mut(16).enumerate() {
                     let (n, j, half) = (o16 / 8, (o16 / 2) % 4, o16 % 2);
@@ -415,40 +415,5 @@ fn ggml_row(f: WeightFormat, src: &[u8], row: &mut Row) {
             }
             _ => unreachable!("checked by supports()"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The layout's values equal the reference dequantization of every
-    /// format the conformance suite draws (GGML and metal-marlin, every
-    /// group size), within f32 rounding of `s·lut + o`.
-    #[test]
-    fn layout_matches_reference_dequantization() {
-        let mut ws = mm_conformance::ggml_weights(7).unwrap();
-        ws.extend(mm_conformance::mm_weights(7).unwrap());
-        let mut seen = 0;
-        for (f, w) in ws {
-            if !supports(f) {
-                continue;
-            }
-            seen += 1;
-            let l = QLayout::from_weight(&w).unwrap();
-            let got = l.dequantize();
-            let want = mm_quant::dequantize_ref(&w).unwrap();
-            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-30);
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 2e-7 * scale + 1e-6 * b.abs(),
-                    "{} {:?} value {i}: layout {a}, reference {b}",
-                    f.name(),
-                    w.shape
-                );
-            }
-            assert_eq!(got.len(), want.len());
-        }
-        assert!(seen >= 20, "only {seen} formats checked");
     }
 }

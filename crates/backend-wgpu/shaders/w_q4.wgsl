@@ -1,0 +1,28 @@
+// Weight loads, the quantized GPU layout with 4-bit codes (mm_quant's
+// GpuLayout: every GGUF and metal-marlin format of 2–4-bit codes): eight
+// codes per u32, code c of a row at bits 4·c; rows of p.kp codes (a
+// multiple of 32); per group of p.group columns a scale s and offset o
+// (slot PARAM decodes the layout's parameter storage); w = s·lut[code] + o.
+@group(0) @binding(8) var<storage, read> wq: array<u32>;
+@group(0) @binding(9) var<storage, read> wpar: array<u32>;
+@group(0) @binding(10) var<storage, read> wlut: array<f32>;
+
+fn wparam(g: u32) -> vec2<f32> {
+    {{PARAM}}
+}
+
+fn wval(row: u32, col: u32) -> f32 {
+    let i = row * p.kp + col;
+    let code = (wq[i / 8u] >> ((i % 8u) * 4u)) & 15u;
+    let s = wparam(row * (p.kp / p.group) + col / p.group);
+    return s.x * wlut[code] + s.y;
+}
+
+// Columns 8·c8 .. 8·c8 + 8 of a row: one word, one group.
+fn w8(row: u32, c8: u32, lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>) {
+    let col = c8 * 8u;
+    let w = wq[(row * p.kp + col) / 8u];
+    let s = wparam(row * (p.kp / p.group) + col / p.group);
+    *lo = s.x * vec4<f32>(wlut[w & 15u], wlut[(w >> 4u) & 15u], wlut[(w >> 8u) & 15u], wlut[(w >> 12u) & 15u]) + s.y;
+    *hi = s.x * vec4<f32>(wlut[(w >> 16u) & 15u], wlut[(w >> 20u) & 15u], wlut[(w >> 24u) & 15u], wlut[w >> 28u]) + s.y;
+}

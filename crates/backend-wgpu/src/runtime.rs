@@ -1,0 +1,501 @@
+//! One GPU through wgpu: the adapter and its capability tier, the kernel
+//! pipelines (built once per kernel variant), and the command encoder that
+//! every op records its dispatches into.
+//!
+//! Ops never wait for the GPU. Their dispatches go into one open compute
+//! pass (wgpu places the barriers between dispatches that share a buffer);
+//! the encoder is submitted when a result is read back, and every
+//! [`FLUSH_EVERY`] dispatches so the GPU starts while the host records the
+//! rest. Reading back is the only synchronization.
+//!
+//! wgpu reports a failed command (a validation error, memory running out)
+//! to a handler instead of the call that caused it; the handler keeps the
+//! first message, and the next submission or read-back returns it as this
+//! backend's error, so a bad input fails the op that meets it instead of
+//! aborting the process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mm_core::{Error, Result};
+
+use crate::shader::{self, Variant};
+
+/// What the device can do, chosen when it is opened; every tier runs every
+/// op, each with its own kernel variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// f32 arithmetic, reductions through workgroup memory: any adapter
+    /// (Mesa's lavapipe in CI).
+    T0,
+    /// T0 plus subgroup reductions (`subgroupAdd`, Metal's `simd_sum`),
+    /// written for any subgroup size.
+    T1,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::T0 => "T0",
+            Tier::T1 => "T1",
+        }
+    }
+}
+
+/// Dispatches recorded before the encoder is submitted unasked.
+pub const FLUSH_EVERY: usize = 256;
+
+/// A compiled kernel variant.
+pub struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    name: String,
+}
+
+#[derive(Default)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    dispatches: usize,
+}
+
+/// The opened device.
+pub struct Runtime {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub tier: Tier,
+    pub limits: wgpu::Limits,
+    /// Kernels built with naga's bounds checks (tests) or without (speed).
+    checked: bool,
+    kernels: Mutex<HashMap<String, Arc<Kernel>>>,
+    pending: Mutex<Pending>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({:?}, {})",
+            self.info.name,
+            self.info.backend,
+            self.tier.name()
+        )
+    }
+}
+
+fn err(what: impl std::fmt::Display) -> Error {
+    Error::Other(format!("wgpu: {what}"))
+}
+
+/// Options for [`Runtime::open`].
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// The adapter whose name contains this (case-insensitive); default:
+    /// the first hardware adapter, else the first software one.
+    pub adapter: Option<String>,
+    /// The highest tier to use (default: the best the adapter allows).
+    pub max_tier: Option<Tier>,
+    /// Keep naga's bounds checks in the kernels (tests do).
+    pub checked: bool,
+}
+
+impl OpenOptions {
+    /// Defaults, overridden by `MM_WGPU_ADAPTER` (an adapter name part) and
+    /// `MM_WGPU_TIER` (0 or 1).
+    pub fn from_env() -> Self {
+        let adapter = std::env::var("MM_WGPU_ADAPTER")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let max_tier = match std::env::var("MM_WGPU_TIER").ok().as_deref() {
+            Some("0") => Some(Tier::T0),
+            Some("1") => Some(Tier::T1),
+            _ => None,
+        };
+        Self {
+            adapter,
+            max_tier,
+            checked: false,
+        }
+    }
+}
+
+/// Every adapter wgpu sees on Vulkan and Metal, as `(name, type, backend)`.
+pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = instance();
+    pollster::block_on(instance.enumerate_adapters(backends()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL)
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends();
+    wgpu::Instance::new(desc)
+}
+
+impl Runtime {
+    /// Opens an adapter (see [`OpenOptions`]); an error says why none is
+    /// usable (no Vulkan/Metal driver, no adapter of the name asked for).
+    pub fn open(opts: &OpenOptions) -> Result<Arc<Self>> {
+        let instance = instance();
+        let mut all = pollster::block_on(instance.enumerate_adapters(backends()));
+        if all.is_empty() {
+            return Err(err(
+                "no Vulkan or Metal adapter found (is a Vulkan driver installed? \
+                 Mesa's lavapipe: apt install mesa-vulkan-drivers)",
+            ));
+        }
+        let software = |a: &wgpu::Adapter| a.get_info().device_type == wgpu::DeviceType::Cpu;
+        all.sort_by_key(|a| software(a));
+        let adapter = match &opts.adapter {
+            Some(want) => {
+                let w = want.to_lowercase();
+                let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                all.into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                    .ok_or_else(|| err(format!("no adapter named like {want:?} among {names:?}")))?
+            }
+            None => all.swap_remove(0),
+        };
+        let info = adapter.get_info();
+        let have = adapter.features();
+        let t1 = wgpu::Features::SUBGROUP;
+        let mut tier = if have.contains(t1) {
+            Tier::T1
+        } else {
+            Tier::T0
+        };
+        if let Some(max) = opts.max_tier {
+            tier = tier.min(max);
+        }
+        let features = if tier >= Tier::T1 {
+            t1
+        } else {
+            wgpu::Features::empty()
+        };
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("metal-marlin"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| err(format!("opening {}: {e}", info.name)))?;
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        Ok(Arc::new(Self {
+            device,
+            queue,
+            info,
+            tier,
+            limits,
+            checked: opts.checked,
+            kernels: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
+            error,
+        }))
+    }
+
+    /// "name (backend, tier)".
+    pub fn describe(&self) -> String {
+        format!("{self:?}")
+    }
+
+    /// Whether the adapter is a CPU emulation (lavapipe), slower than the
+    /// CPU backend: `--device auto` passes it over.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The error wgpu reported since the last check, if any.
+    pub fn check(&self) -> Result<()> {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(e) => Err(err(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The kernel of `v`, built on first use.
+    pub fn kernel(&self, v: &Variant) -> Result<Arc<Kernel>> {
+        let key = v.key();
+        let mut map = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = map.get(&key) {
+            return Ok(k.clone());
+        }
+        let source = shader::render(v, self.tier)?;
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(&key),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = if self.checked {
+            self.device.create_shader_module(desc)
+        } else {
+            // SAFETY: every kernel bounds its own indices (the checked
+            // build, in the tests, runs the same kernels with naga's
+            // clamps and must give the same results).
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        };
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: None,
+                module: &module,
+                entry_point: Some(v.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(err(format!("building kernel {key}: {e}")));
+        }
+        let layout = pipeline.get_bind_group_layout(0);
+        let k = Arc::new(Kernel {
+            pipeline,
+            layout,
+            name: key.clone(),
+        });
+        map.insert(key, k.clone());
+        Ok(k)
+    }
+
+    /// A zeroed storage buffer of `bytes` (rounded up to 4), or an error
+    /// naming a size past the adapter's limits.
+    pub fn alloc(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        let cap = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if size > cap {
+            return Err(err(format!(
+                "{what} needs a buffer of {size} bytes, past this adapter's limit of {cap} \
+                 bytes per binding ({})",
+                self.info.name
+            )));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data` (padded with zeros to 4 bytes).
+    pub fn upload(&self, data: &[u8], what: &str) -> Result<wgpu::Buffer> {
+        let size = (data.len() as u64).max(4).div_ceil(4) * 4;
+        let cap = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if size > cap {
+            return Err(err(format!(
+                "{what} needs a buffer of {size} bytes, past this adapter's limit of {cap} \
+                 bytes per binding ({})",
+                self.info.name
+            )));
+        }
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buf
+                .get_mapped_range_mut(..)
+                .map_err(|e| err(format!("mapping {what}: {e}")))?;
+            view.slice(..data.len()).copy_from_slice(data);
+        }
+        buf.unmap();
+        Ok(buf)
+    }
+
+    /// Records `kernel` over `groups` workgroups: binding 0 the
+    /// parameters `params` (a uniform block of u32 words, padded here to
+    /// 16 bytes), then each buffer of `buffers` at its binding.
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(err(format!(
+                "{}: {groups:?} workgroups, past the limit of {max} per dimension",
+                kernel.name
+            )));
+        }
+        let mut words = params.to_vec();
+        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
+        let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: (words.len() * 4) as u64,
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: true,
+        });
+        uniform
+            .get_mapped_range_mut(..)
+            .map_err(|e| err(format!("mapping parameters: {e}")))?
+            .copy_from_slice(bytemuck::cast_slice(&words));
+        uniform.unmap();
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (binding, b) in buffers {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.name),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        let flush = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.pass.is_none() {
+                let enc = p.encoder.get_or_insert_with(|| {
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+                });
+                let pass = enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                    .forget_lifetime();
+                p.pass = Some(pass);
+            }
+            let pass = p.pass.as_mut().expect("a pass was just opened");
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            p.dispatches += 1;
+            p.dispatches >= FLUSH_EVERY
+        };
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Submits what was recorded.
+    pub fn flush(&self) -> Result<()> {
+        let enc = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.pass = None;
+            p.dispatches = 0;
+            p.encoder.take()
+        };
+        if let Some(enc) = enc {
+            self.queue.submit([enc.finish()]);
+        }
+        self.check()
+    }
+
+    /// Records a copy of `bytes` bytes of `src` from `src_off` into `dst`
+    /// at `dst_off` (offsets and size multiples of 4).
+    pub fn copy(
+        &self,
+        src: &wgpu::Buffer,
+        src_off: u64,
+        dst: &wgpu::Buffer,
+        dst_off: u64,
+        bytes: u64,
+    ) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.pass = None;
+        let enc = p.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        enc.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
+        Ok(())
+    }
+
+    /// `bytes` bytes of `buf` from `offset` (multiples of 4), after every
+    /// op recorded so far.
+    pub fn read(&self, buf: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy(buf, offset, &staging, 0, bytes)?;
+        self.flush()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| err(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| err("the read-back was dropped"))?
+            .map_err(|e| err(format!("reading back: {e}")))?;
+        self.check()?;
+        let out = staging
+            .get_mapped_range(..)
+            .map_err(|e| err(format!("reading back: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Waits until the GPU has run everything recorded so far.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| err(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+}
+
+/// Workgroup counts covering `n` items of `per` each, spread over x and y
+/// when x alone would pass the per-dimension limit (kernels linearize
+/// `(y · gx + x)`).
+pub fn grid(n: usize, per: usize, max: u32) -> [u32; 3] {
+    let g = n.div_ceil(per.max(1)) as u64;
+    let max = max.max(1) as u64;
+    if g <= max {
+        [g as u32, 1, 1]
+    } else {
+        let y = g.div_ceil(max);
+        [g.div_ceil(y) as u32, y as u32, 1]
+    }
+}

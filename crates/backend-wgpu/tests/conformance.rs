@@ -1,0 +1,82 @@
+//! The conformance suite on the wgpu backend: every op it runs against the
+//! CPU references, at every tier the adapter has (f32 tolerance: the
+//! kernels compute in f32, sums in another order), with naga's bounds
+//! checks in the kernels; then the quantized formats.
+//!
+//! Without a Vulkan or Metal adapter the tests say why and pass;
+//! `MM_REQUIRE_WGPU=1` (CI, which installs Mesa's lavapipe) makes that a
+//! failure.
+
+use mm_backend_wgpu::{OpenOptions, Tier, WgpuBackend};
+use mm_conformance::{run_quantized, run_supported, Tolerance};
+
+fn gpu(tier: Tier) -> Option<WgpuBackend> {
+    let opts = OpenOptions {
+        max_tier: Some(tier),
+        checked: true,
+        ..OpenOptions::from_env()
+    };
+    match WgpuBackend::open(&opts) {
+        Ok(b) if b.runtime().tier == tier => Some(b),
+        Ok(b) => {
+            eprintln!(
+                "tier {} skipped: {} has no subgroups",
+                tier.name(),
+                b.describe()
+            );
+            None
+        }
+        Err(e) if std::env::var_os("MM_REQUIRE_WGPU").is_none_or(|v| v != "1") => {
+            eprintln!("skipped (no usable adapter): {e}");
+            None
+        }
+        Err(e) => panic!("MM_REQUIRE_WGPU=1 but: {e}"),
+    }
+}
+
+/// Ops this backend leaves to the CPU (MLA's column ops, the MoE experts,
+/// sampling): the suite skips them.
+const NOT_HERE: [&str; 6] = [
+    "gather_kv",
+    "head_matmul",
+    "slice_cols",
+    "concat_cols",
+    "moe",
+    "sample",
+];
+
+#[test]
+fn wgpu_backend_conforms() {
+    for tier in [Tier::T0, Tier::T1] {
+        let Some(b) = gpu(tier) else { continue };
+        eprintln!("adapter: {}", b.describe());
+        let r = run_supported(&b, Tolerance::F32, &[]);
+        assert!(
+            r.fails.is_empty(),
+            "{}: {}",
+            tier.name(),
+            r.fails.join("\n")
+        );
+        let missing: Vec<_> = r
+            .skipped
+            .iter()
+            .filter(|s| !NOT_HERE.iter().any(|n| s.contains(n)))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{}: ops not run: {missing:?}",
+            tier.name()
+        );
+    }
+}
+
+/// Every GGML and metal-marlin format, through the GPU layout: the kernels
+/// multiply f32 activations by the exactly dequantized weights.
+#[test]
+fn wgpu_quantized_formats_conform() {
+    for tier in [Tier::T0, Tier::T1] {
+        let Some(b) = gpu(tier) else { continue };
+        let fails = run_quantized(&b, Tolerance::F32);
+        assert!(fails.is_empty(), "{}: {}", tier.name(), fails.join("\n"));
+    }
+}

@@ -1,0 +1,60 @@
+//! Every kernel variant of every tier, translated by naga to MSL (what
+//! Metal compiles on a Mac) and to SPIR-V (Vulkan), after naga's
+//! validation: a kernel that Metal could not take fails here, on any
+//! machine, GPU or not.
+
+use mm_backend_wgpu::shader::{all, render};
+use mm_backend_wgpu::Tier;
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+#[test]
+fn every_kernel_translates_to_msl_and_spirv() {
+    let variants = all();
+    assert!(variants.len() >= 30, "only {} variants", variants.len());
+    let mut done = 0;
+    for tier in [Tier::T0, Tier::T1] {
+        // unpack2x16float needs SHADER_FLOAT16_IN_FLOAT32, a downlevel
+        // flag every Vulkan and Metal device has.
+        let caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32
+            | match tier {
+                Tier::T0 => Capabilities::empty(),
+                Tier::T1 => Capabilities::SUBGROUP,
+            };
+        for v in &variants {
+            let text = render(v, tier).unwrap();
+            let what = format!(
+                "{} ({})",
+                v.key().split(';').next().unwrap_or(""),
+                tier.name()
+            );
+            let module = naga::front::wgsl::parse_str(&text)
+                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&text)));
+            let info = Validator::new(ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&text)));
+            let msl = naga::back::msl::Options {
+                lang_version: (2, 4),
+                ..Default::default()
+            };
+            let (out, _) = naga::back::msl::write_string(
+                &module,
+                &info,
+                &msl,
+                &naga::back::msl::PipelineOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{what}: MSL: {e}"));
+            assert!(out.contains("kernel void"), "{what}: no MSL kernel");
+            if tier == Tier::T1 {
+                assert!(out.contains("simd_"), "{what}: no simdgroup op in the MSL");
+            }
+            let spv = naga::back::spv::Options {
+                lang_version: (1, 3),
+                ..Default::default()
+            };
+            naga::back::spv::write_vec(&module, &info, &spv, None)
+                .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
+            done += 1;
+        }
+    }
+    eprintln!("{done} kernel variants translated");
+}
