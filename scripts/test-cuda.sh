@@ -37,6 +37,14 @@
 #                                # time of every kernel of 4 decode steps of
 #                                # MODEL (default the 1b int4 model), without
 #                                # graphs, summed per kernel name
+#   scripts/test-cuda.sh wgpu [1b|8b]
+#                                # on the GPU machine, with a Vulkan loader
+#                                # (libvulkan.so.1) and the NVIDIA driver's
+#                                # Vulkan ICD: the wgpu backend's
+#                                # conformance at both tiers, a random
+#                                # Llama-shape model's logits with
+#                                # --device wgpu against transformers', and
+#                                # its int4 bench on wgpu next to CUDA
 #   scripts/test-cuda.sh bench [--quick]
 #                                # on the GPU machine: the quantized matmul
 #                                # kernels and their peers (cuBLAS fp16,
@@ -52,7 +60,7 @@ B=target/cuda-bundle
 case "${1:-}" in
 build)
     rm -rf "$B" && mkdir -p "$B"
-    cargo build --release --features cuda -p metal-marlin
+    cargo build --release --features cuda,wgpu -p metal-marlin
     cp target/release/metal-marlin "$B/"
     cargo build --release -p mm-backend-cuda --example qmatmul_bench --example sample_bench
     cp target/release/examples/qmatmul_bench target/release/examples/sample_bench "$B/"
@@ -73,6 +81,14 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["executable"])' |
         while read -r exe; do cp "$exe" "$B/test-cuda_batch"; done
+    cargo test --release -p mm-backend-wgpu --test conformance --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])' |
+        while read -r exe; do cp "$exe" "$B/test-wgpu-conformance"; done
     strip "$B"/*
     ls -la "$B"
     ;;
@@ -178,6 +194,20 @@ model)
     echo "== bench $d-int4 decode without CUDA graphs"
     MM_CUDA_GRAPHS=0 "$B/metal-marlin" bench -m "$d-int4" --device cuda -p 0 -n 128 -r 3
     python3 scripts/cuda/random_llama.py speed "$d"
+    ;;
+wgpu)
+    export MM_REQUIRE_WGPU=1
+    "$B/test-wgpu-conformance" --test-threads=1
+    d=/tmp/mm-random-${2:-1b}
+    [ -d "$d" ] || python3 scripts/cuda/random_llama.py make "$d" --shape "${2:-1b}"
+    ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$d/reference.json'))['input_ids'])))")
+    "$B/metal-marlin" logits -m "$d" --ids "$ids" --device wgpu --out /tmp/mm-wgpu.npy
+    python3 scripts/cuda/random_llama.py compare "$d" /tmp/mm-wgpu.npy
+    [ -d "$d-int4" ] || "$B/metal-marlin" quantize "$d" --out "$d-int4" --format int4 >/dev/null
+    for dev in wgpu cuda; do
+        echo "== bench $d-int4 --device $dev"
+        "$B/metal-marlin" bench -m "$d-int4" --device "$dev" -p 512 -n 128 -r 3
+    done
     ;;
 moe)
     export MM_CUDA_TENSOR_CORES=1 MM_CUDA_GRAPHS=1

@@ -29,7 +29,7 @@ pub fn kv_store(rt: &Arc<Runtime>, slots: usize, width: usize, dtype: KvDType) -
         KvDType::F32 => Elem::F32,
         KvDType::F16 => Elem::F16,
     };
-    if elem == Elem::F16 && width % 2 != 0 {
+    if elem == Elem::F16 && !width.is_multiple_of(2) {
         return Err(Error::Invalid(format!(
             "wgpu: an f16 KV store needs an even width, not {width}"
         )));
