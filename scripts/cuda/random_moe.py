@@ -106,6 +106,15 @@ def make(d):
             if n.endswith("e_score_correction_bias"):
                 b.copy_(0.05 * torch.randn_like(b.float()))
     m.save_pretrained(d)
+    # GLM-4.7-Flash's own config.json also names its dense lead in
+    # DeepSeek's key, which llama.cpp's converter reads (without it the
+    # converter takes every layer for a MoE one).
+    types = getattr(cfg, "mlp_layer_types", None)
+    if types is not None:
+        path = os.path.join(d, "config.json")
+        c = json.load(open(path))
+        c.setdefault("first_k_dense_replace", types.count("dense"))
+        json.dump(c, open(path, "w"), indent=2)
     save_tokenizer(d)
     g = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(3, 49152, (24,), generator=g).tolist()

@@ -8,11 +8,12 @@
 //! one file per op as in every backend; [`shader`] fills their slots per
 //! variant, and the tests translate every variant to MSL and SPIR-V.
 //!
-//! Status: the ops of the dense models run here (embedding, RMSNorm, RoPE,
-//! paged attention over KV stores in GPU memory, SiLU·mul, add, matmul of
-//! dense and every quantized weight format in `mm_quant::gpu_layout`);
-//! the rest (MLA's column ops, MoE experts, sampling) runs on the CPU
-//! through [`mm_core::Device`]. Activations are f32. Each op is checked
+//! Status: the ops of the dense models and of multi-head latent attention
+//! run here (embedding, RMSNorm, RoPE, paged attention over KV stores in
+//! GPU memory, SiLU·mul, add, matmul of dense and every quantized weight
+//! format in `mm_quant::gpu_layout`, MLA's column ops, KV read-back and
+//! per-head matmuls); the MoE experts and sampling run on the CPU through
+//! [`mm_core::Device`]. Activations are f32. Each op is checked
 //! against the CPU references by the conformance suite
 //! (`tests/conformance.rs`).
 
@@ -73,7 +74,7 @@ impl Backend for WgpuBackend {
         match op {
             Op::Matmul | Op::Embedding => format.is_some_and(ops::matmul::supports),
             Op::RmsNorm | Op::Rope | Op::Attention | Op::SiluMul | Op::Add | Op::WriteKv => true,
-            Op::GatherKv | Op::HeadMatmul | Op::SliceCols | Op::ConcatCols => false,
+            Op::GatherKv | Op::HeadMatmul | Op::SliceCols | Op::ConcatCols => true,
         }
     }
 
@@ -128,6 +129,35 @@ impl Backend for WgpuBackend {
         p: &PagedParams,
     ) -> Result<Tensor> {
         ops::attention::paged_attention(&self.rt, q, k, v, batch, p)
+    }
+
+    fn gather_kv(&self, store: &KvStore, slots: &[u32]) -> Result<Tensor> {
+        ops::gather_kv::gather_kv(&self.rt, store, slots)
+    }
+
+    fn head_matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        ops::head_matmul::head_matmul(&self.rt, x, w)
+    }
+
+    fn slice_cols(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        offset: usize,
+        len: usize,
+        pairs: bool,
+    ) -> Result<Tensor> {
+        ops::slice_cols::slice_cols(&self.rt, x, groups, offset, len, pairs)
+    }
+
+    fn concat_cols(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        groups: usize,
+        b_groups: usize,
+    ) -> Result<Tensor> {
+        ops::concat_cols::concat_cols(&self.rt, a, b, groups, b_groups)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

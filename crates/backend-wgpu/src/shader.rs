@@ -50,10 +50,14 @@ pub fn source(file: &str) -> Result<&'static str> {
     Ok(match file {
         "activation" => include_str!("../shaders/activation.wgsl"),
         "attention" => include_str!("../shaders/attention.wgsl"),
+        "concat_cols" => include_str!("../shaders/concat_cols.wgsl"),
         "embedding" => include_str!("../shaders/embedding.wgsl"),
+        "gather_kv" => include_str!("../shaders/gather_kv.wgsl"),
+        "head_matmul" => include_str!("../shaders/head_matmul.wgsl"),
         "matmul" => include_str!("../shaders/matmul.wgsl"),
         "rms_norm" => include_str!("../shaders/rms_norm.wgsl"),
         "rope" => include_str!("../shaders/rope.wgsl"),
+        "slice_cols" => include_str!("../shaders/slice_cols.wgsl"),
         "write_kv" => include_str!("../shaders/write_kv.wgsl"),
         other => return Err(Error::Other(format!("wgpu: no kernel file {other:?}"))),
     })
@@ -107,10 +111,14 @@ pub fn all() -> Vec<Variant> {
     let mut v = Vec::new();
     v.extend(crate::ops::activation::variants());
     v.extend(crate::ops::attention::variants());
+    v.extend(crate::ops::concat_cols::variants());
     v.extend(crate::ops::embedding::variants());
+    v.extend(crate::ops::gather_kv::variants());
+    v.extend(crate::ops::head_matmul::variants());
     v.extend(crate::ops::matmul::variants());
     v.extend(crate::ops::rms_norm::variants());
     v.extend(crate::ops::rope::variants());
+    v.extend(crate::ops::slice_cols::variants());
     v.extend(crate::ops::write_kv::variants());
     v
 }

@@ -34,16 +34,9 @@ fn gpu(tier: Tier) -> Option<WgpuBackend> {
     }
 }
 
-/// Ops this backend leaves to the CPU (MLA's column ops, the MoE experts,
-/// sampling): the suite skips them.
-const NOT_HERE: [&str; 6] = [
-    "gather_kv",
-    "head_matmul",
-    "slice_cols",
-    "concat_cols",
-    "moe",
-    "sample",
-];
+/// Ops this backend leaves to the CPU (the MoE experts, sampling): the
+/// suite skips them.
+const NOT_HERE: [&str; 2] = ["moe", "sample"];
 
 #[test]
 fn wgpu_backend_conforms() {

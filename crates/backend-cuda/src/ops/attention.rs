@@ -126,7 +126,13 @@ pub fn paged_attention(
         let row_bytes = (d + 16 / esize) * esize;
         let stores = if std::ptr::eq(k, v) { 1 } else { 2 };
         let smem = gb * d * 4 + TK * GB * 4 + TK * row_bytes * stores;
-        let max_smem = rt.max_shared_memory()?;
+        // A block's opt-in limit covers the kernel's static shared memory
+        // too: what dynamic memory may ask for is the rest.
+        let fixed = f
+            .shared_size_bytes()
+            .map_err(|e| driver_err("attention static shared memory", e))?
+            .max(0) as usize;
+        let max_smem = rt.max_shared_memory()?.saturating_sub(fixed);
         if smem > max_smem {
             return Err(Error::Invalid(format!(
                 "cuda paged attention: {smem} bytes of shared memory for heads of {d} ({max_smem} allowed)"

@@ -4,10 +4,14 @@
 
 pub mod activation;
 pub mod attention;
+pub mod concat_cols;
 pub mod embedding;
+pub mod gather_kv;
+pub mod head_matmul;
 pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod slice_cols;
 pub mod write_kv;
 
 use mm_core::{Error, Result};
