@@ -12,8 +12,8 @@
 //! run here (embedding, RMSNorm, RoPE, paged attention over KV stores in
 //! GPU memory, SiLU·mul, add, matmul of dense and every quantized weight
 //! format in `mm_quant::gpu_layout`, MLA's column ops, KV read-back and
-//! per-head matmuls); the MoE experts and sampling run on the CPU through
-//! [`mm_core::Device`]. Activations are f32. Each op is checked
+//! per-head matmuls) and the MoE experts (routed on the host); sampling
+//! runs on the host ([`mm_core::Backend::sample`]'s default). Activations are f32. Each op is checked
 //! against the CPU references by the conformance suite
 //! (`tests/conformance.rs`).
 
@@ -158,6 +158,20 @@ impl Backend for WgpuBackend {
         b_groups: usize,
     ) -> Result<Tensor> {
         ops::concat_cols::concat_cols(&self.rt, a, b, groups, b_groups)
+    }
+
+    fn supports_moe(&self, format: WeightFormat) -> bool {
+        ops::matmul::supports(format)
+    }
+
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &mm_core::MoeExperts<'_>,
+        route: &mm_core::MoeRoute<'_>,
+        _kinds: &[mm_core::RowKind],
+    ) -> Result<Tensor> {
+        ops::moe::moe_experts(&self.rt, x, experts, route)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

@@ -55,6 +55,8 @@ pub fn source(file: &str) -> Result<&'static str> {
         "gather_kv" => include_str!("../shaders/gather_kv.wgsl"),
         "head_matmul" => include_str!("../shaders/head_matmul.wgsl"),
         "matmul" => include_str!("../shaders/matmul.wgsl"),
+        "moe" => include_str!("../shaders/moe.wgsl"),
+        "moe_combine" => include_str!("../shaders/moe_combine.wgsl"),
         "rms_norm" => include_str!("../shaders/rms_norm.wgsl"),
         "rope" => include_str!("../shaders/rope.wgsl"),
         "slice_cols" => include_str!("../shaders/slice_cols.wgsl"),
@@ -116,6 +118,7 @@ pub fn all() -> Vec<Variant> {
     v.extend(crate::ops::gather_kv::variants());
     v.extend(crate::ops::head_matmul::variants());
     v.extend(crate::ops::matmul::variants());
+    v.extend(crate::ops::moe::variants());
     v.extend(crate::ops::rms_norm::variants());
     v.extend(crate::ops::rope::variants());
     v.extend(crate::ops::slice_cols::variants());

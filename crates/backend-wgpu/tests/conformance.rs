@@ -34,9 +34,8 @@ fn gpu(tier: Tier) -> Option<WgpuBackend> {
     }
 }
 
-/// Ops this backend leaves to the CPU (the MoE experts, sampling): the
-/// suite skips them.
-const NOT_HERE: [&str; 2] = ["moe", "sample"];
+/// Ops this backend leaves to the host (sampling): the suite skips them.
+const NOT_HERE: [&str; 1] = ["sample"];
 
 #[test]
 fn wgpu_backend_conforms() {
@@ -71,5 +70,20 @@ fn wgpu_quantized_formats_conform() {
         let Some(b) = gpu(tier) else { continue };
         let fails = run_quantized(&b, Tolerance::F32);
         assert!(fails.is_empty(), "{}: {}", tier.name(), fails.join("\n"));
+    }
+}
+
+/// The grouped expert op against the scalar experts for every format the
+/// conformance suite draws, with host routes and routed from logits under
+/// the three families' rules, and with a shared expert: f32 throughout.
+#[test]
+fn wgpu_moe_conforms() {
+    use mm_conformance::{check_moe_experts, check_moe_routed, check_moe_shared};
+    for tier in [Tier::T0, Tier::T1] {
+        let Some(b) = gpu(tier) else { continue };
+        let f32 = Tolerance::F32;
+        check_moe_experts(&b, 0, f32, f32).unwrap();
+        check_moe_routed(&b, 0, f32).unwrap();
+        check_moe_shared(&b, 0, f32, f32).unwrap();
     }
 }

@@ -2,14 +2,14 @@
 //! `metal-marlin` binary as a user runs it: `logits --device wgpu` against
 //! references nobody here wrote, and against the CPU's exact path.
 //!
-//! * every tiny fixture (dense, MoE and MLA: ops the backend lacks run on
-//!   the CPU through the device), as stored (bf16): against transformers'
+//! * every tiny fixture (dense, MoE and MLA), as stored (bf16): against transformers'
 //!   f32 logits, the tolerance of the CPU's default path (the KV cache is
 //!   f16): max |Δlogit| ≤ 2e-3 · max |logit|, top-1 identical at every
 //!   position;
-//! * the dense fixtures quantized by us (int4, int8, nf4, Q4_K-class
-//!   GGUF formats run through the same layout): against the CPU's
-//!   `--exact` logits of the same weights, mean KL ≤ 1e-3, top-1 100 %;
+//! * two dense fixtures quantized by us to six formats, and three MoE/MLA
+//!   ones to one or two (their experts run on the GPU too): against the
+//!   CPU's `--exact` logits of the same weights, mean KL ≤ 1e-3, top-1
+//!   100 %;
 //! * the real SmolLM2-135M-Instruct (Q4_1 GGUF): against transformers'
 //!   logits, mean KL ≤ 1e-3, top-1 100 %;
 //! * each as a prompt and with its last ids as decode steps.
@@ -158,10 +158,18 @@ fn quantized_models_match_the_cpu() {
     }
     let tmp = std::env::temp_dir().join(format!("mm-wgpu-quant-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    for name in ["llama", "qwen3"] {
+    let every = ["int4", "int4-asym", "int8", "nf4", "mxfp4", "int3"];
+    let models: [(&str, &[&str]); 5] = [
+        ("llama", &every),
+        ("qwen3", &every),
+        ("qwen3-moe", &["int4", "int8"]),
+        ("glm4-moe-lite", &["int4", "int8"]),
+        ("deepseek-v3-yarn", &["int4"]),
+    ];
+    for (name, formats) in models {
         let src = root().join("tests/fixtures/tiny").join(name);
         let ids = ids_arg(&reference(&src)["input_ids"]);
-        for format in ["int4", "int4-asym", "int8", "nf4", "mxfp4", "int3"] {
+        for &format in formats {
             let q = tmp.join(format!("{name}-{format}"));
             run(&[
                 "quantize",

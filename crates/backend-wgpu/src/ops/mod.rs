@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod gather_kv;
 pub mod head_matmul;
 pub mod matmul;
+pub mod moe;
 pub mod rms_norm;
 pub mod rope;
 pub mod slice_cols;
