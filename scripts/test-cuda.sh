@@ -41,7 +41,8 @@
 #                                # on the GPU machine, with a Vulkan loader
 #                                # (libvulkan.so.1) and the NVIDIA driver's
 #                                # Vulkan ICD: the wgpu backend's
-#                                # conformance at both tiers, a random
+#                                # conformance at both tiers, its matmul
+#                                # kernel alone (wgpu_bench), a random
 #                                # Llama-shape model's logits with
 #                                # --device wgpu against transformers', and
 #                                # its int4 bench on wgpu next to CUDA
@@ -81,6 +82,8 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["executable"])' |
         while read -r exe; do cp "$exe" "$B/test-cuda_batch"; done
+    cargo build --release -p mm-backend-wgpu --example wgpu_bench
+    cp target/release/examples/wgpu_bench "$B/"
     cargo test --release -p mm-backend-wgpu --test conformance --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
@@ -197,7 +200,22 @@ model)
     ;;
 wgpu)
     export MM_REQUIRE_WGPU=1
+    # The Vulkan loader (libvulkan.so.1, from the distribution's libvulkan1
+    # package; on LD_LIBRARY_PATH if carried) and the NVIDIA driver's
+    # Vulkan ICD, which lives in libGLX_nvidia.so.0: a driver installed
+    # without its ICD file gets one here.
+    python3 -c 'import ctypes; ctypes.CDLL("libvulkan.so.1")' 2>/dev/null ||
+        { echo "no Vulkan loader (libvulkan.so.1): install libvulkan1 or put it on LD_LIBRARY_PATH"; exit 1; }
+    if ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1 &&
+        [ -z "${VK_ICD_FILENAMES:-}" ] &&
+        python3 -c 'import ctypes; ctypes.CDLL("libGLX_nvidia.so.0")' 2>/dev/null; then
+        echo '{"file_format_version": "1.0.0", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.0"}}' \
+            >/tmp/mm-nvidia-icd.json
+        export VK_ICD_FILENAMES=/tmp/mm-nvidia-icd.json
+    fi
     "$B/test-wgpu-conformance" --test-threads=1
+    # The matmul kernel alone at Llama-3-8B shapes (GB/s of weights read).
+    "$B/wgpu_bench"
     d=/tmp/mm-random-${2:-1b}
     [ -d "$d" ] || python3 scripts/cuda/random_llama.py make "$d" --shape "${2:-1b}"
     ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$d/reference.json'))['input_ids'])))")

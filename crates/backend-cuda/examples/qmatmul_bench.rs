@@ -29,42 +29,12 @@ use mm_backend_cuda::ops::{qmatmul, tc_matmul};
 use mm_backend_cuda::qlayout::QLayout;
 use mm_backend_cuda::Runtime;
 use mm_core::weight::{MmFormat, MmKind};
-use mm_core::{HostBytes, WeightData, WeightFormat};
+use mm_core::{WeightData, WeightFormat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn random_weight(f: WeightFormat, m: usize, k: usize, seed: u64) -> WeightData {
-    let mut rng = StdRng::seed_from_u64(seed);
-    match f {
-        WeightFormat::Mm(mf) => {
-            let groups = mf.groups_per_row(k);
-            // Random bytes, but no e4m3 NaN (0x7f, 0xff) among fp8 codes.
-            let fp8 = mf.kind == MmKind::Fp8E4M3;
-            let codes: Vec<u8> = (0..m * mf.code_bytes(k))
-                .map(|_| rng.gen::<u8>())
-                .map(|c| if fp8 && c & 0x7f == 0x7f { c ^ 1 } else { c })
-                .collect();
-            let scales: Vec<u8> = (0..m * groups)
-                .flat_map(|_| half::f16::from_f32(rng.gen_range(1e-3..2e-2)).to_le_bytes())
-                .collect();
-            let zeros = mf
-                .kind
-                .has_zeros()
-                .then(|| HostBytes::owned((0..m * groups).map(|_| rng.gen()).collect()));
-            WeightData::new_mm(
-                mf,
-                vec![m, k],
-                HostBytes::owned(codes),
-                HostBytes::owned(scales),
-                zeros,
-            )
-            .expect("weight parts")
-        }
-        _ => {
-            let bytes = mm_backend_cpu::ops::qmatmul::testing::random_blocks(f, m, k, seed);
-            WeightData::new(f, vec![m, k], HostBytes::owned(bytes)).expect("weight bytes")
-        }
-    }
+    mm_conformance::random_weight(f, m, k, seed).expect("weight parts")
 }
 
 fn median_us(rt: &Runtime, reps: usize, mut f: impl FnMut() -> mm_core::Result<()>) -> f64 {

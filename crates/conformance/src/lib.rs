@@ -597,3 +597,56 @@ pub fn run_supported(b: &dyn Backend, tol: Tolerance, apart: &[(&str, Tolerance)
     }
     r
 }
+
+/// A `m × k` weight of format `f` with random content, as the kernel
+/// benchmarks time them: random codes (no e4m3 NaN among fp8 codes),
+/// scales in 1e-3..2e-2 and random zero-points for metal-marlin formats;
+/// random blocks for GGML formats; values in -1..1 for dense ones.
+pub fn random_weight(f: WeightFormat, m: usize, k: usize, seed: u64) -> Result<WeightData> {
+    use mm_core::weight::MmKind;
+    use mm_core::HostBytes;
+    let mut rng = StdRng::seed_from_u64(seed);
+    match f {
+        WeightFormat::Mm(mf) => {
+            let groups = mf.groups_per_row(k);
+            let fp8 = mf.kind == MmKind::Fp8E4M3;
+            let codes: Vec<u8> = (0..m * mf.code_bytes(k))
+                .map(|_| rng.gen::<u8>())
+                .map(|c| if fp8 && c & 0x7f == 0x7f { c ^ 1 } else { c })
+                .collect();
+            let scales: Vec<u8> = (0..m * groups)
+                .flat_map(|_| half::f16::from_f32(rng.gen_range(1e-3..2e-2)).to_le_bytes())
+                .collect();
+            let zeros = mf
+                .kind
+                .has_zeros()
+                .then(|| HostBytes::owned((0..m * groups).map(|_| rng.gen()).collect()));
+            WeightData::new_mm(
+                mf,
+                vec![m, k],
+                HostBytes::owned(codes),
+                HostBytes::owned(scales),
+                zeros,
+            )
+        }
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
+            let v: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let bytes: Vec<u8> = match f {
+                WeightFormat::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                WeightFormat::F16 => v
+                    .iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                _ => v
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            };
+            WeightData::new(f, vec![m, k], HostBytes::owned(bytes))
+        }
+        _ => {
+            let bytes = mm_backend_cpu::ops::qmatmul::testing::random_blocks(f, m, k, seed);
+            WeightData::new(f, vec![m, k], HostBytes::owned(bytes))
+        }
+    }
+}
