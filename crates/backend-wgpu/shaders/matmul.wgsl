@@ -33,28 +33,7 @@ const NB: u32 = {{NB}}u;
 
 var<workgroup> part: array<f32, {{WG}} * 4 * {{NB}}>;
 
-// Columns col .. col + 8 of row `row` of x, zero past its end.
-fn x8(row: u32, col: u32, lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>) {
-    *lo = vec4<f32>(0.0);
-    *hi = vec4<f32>(0.0);
-    if (row >= p.n) {
-        return;
-    }
-    let b = row * p.k + col;
-    if (col + 8u <= p.k) {
-        *lo = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
-        *hi = vec4<f32>(x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
-        return;
-    }
-    var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for (var j = 0u; j < 8u; j = j + 1u) {
-        if (col + j < p.k) {
-            v[j] = x[b + j];
-        }
-    }
-    *lo = vec4<f32>(v[0], v[1], v[2], v[3]);
-    *hi = vec4<f32>(v[4], v[5], v[6], v[7]);
-}
+{{X8}}
 
 @compute @workgroup_size({{WG}})
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -69,9 +48,11 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         var xl: array<vec4<f32>, {{NB}}>;
         var xh: array<vec4<f32>, {{NB}}>;
         for (var b = 0u; b < NB; b = b + 1u) {
-            var lo: vec4<f32>;
-            var hi: vec4<f32>;
-            x8(n0 + b, c8 * 8u, &lo, &hi);
+            var lo = vec4<f32>(0.0);
+            var hi = vec4<f32>(0.0);
+            if (n0 + b < p.n) {
+                x8(n0 + b, c8 * 8u, &lo, &hi);
+            }
             xl[b] = lo;
             xh[b] = hi;
         }

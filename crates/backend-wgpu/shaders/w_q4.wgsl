@@ -1,15 +1,5 @@
-// Weight loads, the quantized GPU layout with 4-bit codes (mm_quant's
-// GpuLayout: every GGUF and metal-marlin format of 2–4-bit codes): eight
-// codes per u32, code c of a row at bits 4·c; rows of p.kp codes (a
-// multiple of 32); per group of p.group columns a scale s and offset o
-// (slot PARAM decodes the layout's parameter storage); w = s·lut[code] + o.
-@group(0) @binding(8) var<storage, read> wq: array<u32>;
-@group(0) @binding(9) var<storage, read> wpar: array<u32>;
-@group(0) @binding(10) var<storage, read> wlut: array<f32>;
-
-fn wparam(g: u32) -> vec2<f32> {
-    {{PARAM}}
-}
+// 4-bit codes (formats of 2–4-bit codes), eight per u32: code c of a row
+// at bits 4·c.
 
 fn wval(row: u32, col: u32) -> f32 {
     let i = row * p.kp + col;

@@ -276,9 +276,9 @@ impl Runtime {
         Ok(k)
     }
 
-    /// A zeroed storage buffer of `bytes` (rounded up to 4), or an error
-    /// naming a size past the adapter's limits.
-    pub fn alloc(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+    /// `bytes` rounded up to a whole number of words (at least one), or an
+    /// error naming `what` when that passes the adapter's limit per binding.
+    fn buffer_size(&self, bytes: u64, what: &str) -> Result<u64> {
         let size = bytes.max(4).div_ceil(4) * 4;
         let cap = self
             .limits
@@ -291,6 +291,13 @@ impl Runtime {
                 self.info.name
             )));
         }
+        Ok(size)
+    }
+
+    /// A zeroed storage buffer of `bytes` (rounded up to 4), or an error
+    /// naming a size past the adapter's limits.
+    pub fn alloc(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        let size = self.buffer_size(bytes, what)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size,
@@ -303,18 +310,7 @@ impl Runtime {
 
     /// A storage buffer holding `data` (padded with zeros to 4 bytes).
     pub fn upload(&self, data: &[u8], what: &str) -> Result<wgpu::Buffer> {
-        let size = (data.len() as u64).max(4).div_ceil(4) * 4;
-        let cap = self
-            .limits
-            .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
-        if size > cap {
-            return Err(err(format!(
-                "{what} needs a buffer of {size} bytes, past this adapter's limit of {cap} \
-                 bytes per binding ({})",
-                self.info.name
-            )));
-        }
+        let size = self.buffer_size(data.len() as u64, what)?;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size,

@@ -69,7 +69,7 @@ pub fn template(s: Stored) -> String {
         Stored::F16 => include_str!("../../shaders/w_f16.wgsl").to_string(),
         Stored::BF16 => include_str!("../../shaders/w_bf16.wgsl").to_string(),
         Stored::Q { bits, mode } => {
-            let text = if bits == 4 {
+            let codes = if bits == 4 {
                 include_str!("../../shaders/w_q4.wgsl")
             } else {
                 include_str!("../../shaders/w_q8.wgsl")
@@ -81,7 +81,9 @@ pub fn template(s: Stored) -> String {
                 3 => "return vec2<f32>(bitcast<f32>(wpar[2u * g]), bitcast<f32>(wpar[2u * g + 1u]));",
                 _ => "return vec2<f32>(bitcast<f32>(wpar[g]), 0.0);",
             };
-            text.replace("{{PARAM}}", param)
+            include_str!("../../shaders/w_q.wgsl")
+                .replace("{{PARAM}}", param)
+                .replace("{{CODES}}", codes)
         }
     }
 }
@@ -171,7 +173,11 @@ fn variant(stored: Stored, nb: usize) -> Variant {
         .with("WG", WG)
         .with("NB", nb)
         .with("WEIGHT", template(stored))
+        .with("X8", X8)
 }
+
+/// The activation loads the matmul kernels share (`shaders/x8.wgsl`).
+pub const X8: &str = include_str!("../../shaders/x8.wgsl");
 
 /// Every matmul variant.
 pub fn variants() -> Vec<Variant> {

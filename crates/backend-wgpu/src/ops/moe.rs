@@ -24,6 +24,7 @@ fn expert_variant(stored: Stored) -> Variant {
     Variant::new("moe", "expert_matmul")
         .with("WG", WG)
         .with("WEIGHT", template(stored))
+        .with("X8", matmul::X8)
 }
 
 fn combine_variant() -> Variant {
