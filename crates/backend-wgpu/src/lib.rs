@@ -12,8 +12,8 @@
 //! run here (embedding, RMSNorm, RoPE, paged attention over KV stores in
 //! GPU memory, SiLU·mul, add, matmul of dense and every quantized weight
 //! format in `mm_quant::gpu_layout`, MLA's column ops, KV read-back and
-//! per-head matmuls) and the MoE experts (routed on the host); sampling
-//! runs on the host ([`mm_core::Backend::sample`]'s default). Activations are f32. Each op is checked
+//! per-head matmuls), the MoE experts (routed on the host) and greedy
+//! sampling (other rows are read back alone and sampled on the host). Activations are f32. Each op is checked
 //! against the CPU references by the conformance suite
 //! (`tests/conformance.rs`).
 
@@ -172,6 +172,14 @@ impl Backend for WgpuBackend {
         _kinds: &[mm_core::RowKind],
     ) -> Result<Tensor> {
         ops::moe::moe_experts(&self.rt, x, experts, route)
+    }
+
+    fn supports_sampling(&self) -> bool {
+        true
+    }
+
+    fn sample(&self, logits: &Tensor, rows: &[mm_core::SampleRow]) -> Result<Vec<u32>> {
+        ops::sample::sample(&self.rt, logits, rows)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

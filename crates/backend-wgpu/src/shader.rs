@@ -59,6 +59,7 @@ pub fn source(file: &str) -> Result<&'static str> {
         "moe_combine" => include_str!("../shaders/moe_combine.wgsl"),
         "rms_norm" => include_str!("../shaders/rms_norm.wgsl"),
         "rope" => include_str!("../shaders/rope.wgsl"),
+        "sample" => include_str!("../shaders/sample.wgsl"),
         "slice_cols" => include_str!("../shaders/slice_cols.wgsl"),
         "write_kv" => include_str!("../shaders/write_kv.wgsl"),
         other => return Err(Error::Other(format!("wgpu: no kernel file {other:?}"))),
@@ -121,6 +122,7 @@ pub fn all() -> Vec<Variant> {
     v.extend(crate::ops::moe::variants());
     v.extend(crate::ops::rms_norm::variants());
     v.extend(crate::ops::rope::variants());
+    v.extend(crate::ops::sample::variants());
     v.extend(crate::ops::slice_cols::variants());
     v.extend(crate::ops::write_kv::variants());
     v

@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod moe;
 pub mod rms_norm;
 pub mod rope;
+pub mod sample;
 pub mod slice_cols;
 pub mod write_kv;
 
