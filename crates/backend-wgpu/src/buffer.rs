@@ -62,9 +62,40 @@ impl DeviceBuffer for WgpuBuffer {
         })
     }
 
+    /// f32 buffers copy only the ranges asked for (a few logits rows of a
+    /// batch); f16 ones read everything and pick.
+    fn ranges_to_host(&self, ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
+        if self.elem != Elem::F32 {
+            let all = self.to_host()?;
+            return pick(&all, ranges);
+        }
+        let mut bytes = Vec::with_capacity(ranges.len());
+        for &(s, l) in ranges {
+            if s.checked_add(l).is_none_or(|e| e > self.len) {
+                return Err(Error::Invalid(format!("values {s}..+{l} of {}", self.len)));
+            }
+            bytes.push((s as u64 * 4, l as u64 * 4));
+        }
+        let raw = self.rt.read_ranges(&self.buf, &bytes)?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&raw).to_vec())
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// The values of `ranges` (`(start, len)`) of `v`, one after another.
+fn pick(v: &[f32], ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for &(s, l) in ranges {
+        let part = s
+            .checked_add(l)
+            .and_then(|e| v.get(s..e))
+            .ok_or_else(|| Error::Invalid(format!("values {s}..+{l} of {}", v.len())))?;
+        out.extend_from_slice(part);
+    }
+    Ok(out)
 }
 
 /// A new f32 tensor of `shape` on the GPU (zeros until a kernel writes it).

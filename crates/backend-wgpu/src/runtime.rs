@@ -442,6 +442,14 @@ impl Runtime {
     /// `bytes` bytes of `buf` from `offset` (multiples of 4), after every
     /// op recorded so far.
     pub fn read(&self, buf: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        self.read_ranges(buf, &[(offset, bytes)])
+    }
+
+    /// The byte ranges `(offset, bytes)` of `buf` (multiples of 4), one
+    /// after another, after every op recorded so far: one copy each into
+    /// one staging buffer, one wait.
+    pub fn read_ranges(&self, buf: &wgpu::Buffer, ranges: &[(u64, u64)]) -> Result<Vec<u8>> {
+        let bytes: u64 = ranges.iter().map(|r| r.1).sum();
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -451,7 +459,11 @@ impl Runtime {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.copy(buf, offset, &staging, 0, bytes)?;
+        let mut at = 0;
+        for &(offset, len) in ranges {
+            self.copy(buf, offset, &staging, at, len)?;
+            at += len;
+        }
         self.flush()?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
