@@ -147,9 +147,13 @@ pub fn upload(rt: &Arc<Runtime>, t: &Tensor) -> Result<Tensor> {
     )
 }
 
-/// Small host data (ids, slots, tables) as a storage buffer.
-pub fn words(rt: &Runtime, v: &[u32], what: &str) -> Result<wgpu::Buffer> {
-    rt.upload(bytemuck::cast_slice(v), what)
+/// Small host data (ids, slots, tables) as a storage buffer; the same
+/// data under the same name as last time reuses that upload
+/// ([`Runtime::upload_cached`]: every layer of a step writes the same KV
+/// slots and reads the same block tables).
+pub fn words(rt: &Runtime, v: &[u32], what: &'static str) -> Result<wgpu::Buffer> {
+    let bytes: &[u8] = bytemuck::cast_slice(v);
+    rt.upload_cached(what, bytes, || bytes.to_vec())
 }
 
 /// The buffer and element type of a KV store of this backend.

@@ -69,6 +69,9 @@ pub struct Runtime {
     /// Kernels built with naga's bounds checks (tests) or without (speed).
     checked: bool,
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
+    /// The last upload under each name with the tag it was made from
+    /// ([`Runtime::upload_cached`]).
+    uploads: Mutex<HashMap<&'static str, (Vec<u8>, wgpu::Buffer)>>,
     pending: Mutex<Pending>,
     error: Arc<Mutex<Option<String>>>,
 }
@@ -119,15 +122,6 @@ impl OpenOptions {
             checked: false,
         }
     }
-}
-
-/// Every adapter wgpu sees on Vulkan and Metal, as `(name, type, backend)`.
-pub fn adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = instance();
-    pollster::block_on(instance.enumerate_adapters(backends()))
-        .iter()
-        .map(|a| a.get_info())
-        .collect()
 }
 
 fn backends() -> wgpu::Backends {
@@ -204,6 +198,7 @@ impl Runtime {
             limits,
             checked: opts.checked,
             kernels: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),
             error,
         }))
@@ -326,6 +321,28 @@ impl Runtime {
             view.slice(..data.len()).copy_from_slice(data);
         }
         buf.unmap();
+        Ok(buf)
+    }
+
+    /// The buffer last uploaded under `what` when it was made from the same
+    /// `tag`, else a new upload of `make()` (kept for the next call): the
+    /// layers of a step upload the same slots, block tables and RoPE
+    /// angles once instead of once per layer. Buffers are read-only to the
+    /// kernels, so a cached one is never changed under a recorded dispatch.
+    pub fn upload_cached(
+        &self,
+        what: &'static str,
+        tag: &[u8],
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<wgpu::Buffer> {
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, b)) = map.get(what) {
+            if t.as_slice() == tag {
+                return Ok(b.clone());
+            }
+        }
+        let buf = self.upload(&make(), what)?;
+        map.insert(what, (tag.to_vec(), buf.clone()));
         Ok(buf)
     }
 
@@ -494,16 +511,17 @@ impl Runtime {
     }
 }
 
+/// `g` workgroups as `[a, b]` with `a · b ≥ g` and neither past `max`
+/// (kernels linearize `(b-index · a + a-index)` and skip the excess).
+pub fn spread(g: usize, max: u32) -> [u32; 2] {
+    let max = max.max(1) as usize;
+    let b = g.div_ceil(max).max(1);
+    [g.div_ceil(b) as u32, b as u32]
+}
+
 /// Workgroup counts covering `n` items of `per` each, spread over x and y
-/// when x alone would pass the per-dimension limit (kernels linearize
-/// `(y · gx + x)`).
+/// when x alone would pass the per-dimension limit ([`spread`]).
 pub fn grid(n: usize, per: usize, max: u32) -> [u32; 3] {
-    let g = n.div_ceil(per.max(1)) as u64;
-    let max = max.max(1) as u64;
-    if g <= max {
-        [g as u32, 1, 1]
-    } else {
-        let y = g.div_ceil(max);
-        [g.div_ceil(y) as u32, y as u32, 1]
-    }
+    let [x, y] = spread(n.div_ceil(per.max(1)), max);
+    [x, y, 1]
 }

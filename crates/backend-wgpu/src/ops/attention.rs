@@ -8,7 +8,7 @@ use mm_core::{Error, KvStore, PagedBatch, PagedParams, Result, Tensor};
 
 use super::dim;
 use crate::buffer::{alloc, kv_buffer, on_gpu, words};
-use crate::runtime::Runtime;
+use crate::runtime::{spread, Runtime};
 use crate::shader::Variant;
 
 /// Threads (and keys per tile) per workgroup.
@@ -65,9 +65,7 @@ pub fn paged_attention(
     let ib = words(rt, &info, "attention rows")?;
     let tb = words(rt, &batch.block_tables, "block tables")?;
     let (y, yb) = alloc(rt, vec![rows, width], "attention output")?;
-    let max = rt.limits.max_compute_workgroups_per_dimension as usize;
-    let gz = rows.div_ceil(max);
-    let gy = rows.div_ceil(gz);
+    let [gy, gz] = spread(rows, rt.limits.max_compute_workgroups_per_dimension);
     let params = [
         dim(p.n_heads, "heads")?,
         dim(p.n_heads / p.n_kv_heads, "heads per KV head")?,
@@ -75,7 +73,7 @@ pub fn paged_attention(
         dim(k.width(), "KV width")?,
         dim(batch.block_size, "block size")?,
         p.scale.to_bits(),
-        dim(gy, "workgroups")?,
+        gy,
         dim(rows, "rows")?,
     ];
     rt.dispatch(
@@ -89,11 +87,7 @@ pub fn paged_attention(
             (5, &tb),
             (6, &yb),
         ],
-        [
-            dim(p.n_heads, "heads")?,
-            dim(gy, "workgroups")?,
-            dim(gz, "workgroups")?,
-        ],
+        [dim(p.n_heads, "heads")?, gy, gz],
     )?;
     Ok(y)
 }

@@ -7,7 +7,7 @@ use mm_core::{Result, Tensor};
 
 use super::dim;
 use crate::buffer::{alloc, on_gpu};
-use crate::runtime::Runtime;
+use crate::runtime::{spread, Runtime};
 use crate::shader::Variant;
 
 /// Threads per workgroup.
@@ -30,25 +30,19 @@ pub fn head_matmul(rt: &Arc<Runtime>, x: &Tensor, w: &Tensor) -> Result<Tensor> 
     let (xb, wb) = (on_gpu(rt, x)?, on_gpu(rt, w)?);
     let (y, yb) = alloc(rt, vec![n, h * m], "head_matmul output")?;
     let rh = n * h;
-    let max = rt.limits.max_compute_workgroups_per_dimension as usize;
-    let gz = rh.div_ceil(max);
-    let gy = rh.div_ceil(gz);
+    let [gy, gz] = spread(rh, rt.limits.max_compute_workgroups_per_dimension);
     let params = [
         dim(h, "heads")?,
         dim(k, "inputs")?,
         dim(m, "outputs")?,
-        dim(gy, "workgroups")?,
+        gy,
         dim(rh, "rows × heads")?,
     ];
     rt.dispatch(
         &kernel,
         &params,
         &[(1, &xb), (2, &wb), (3, &yb)],
-        [
-            dim(m.div_ceil(4), "output blocks")?,
-            dim(gy, "workgroups")?,
-            dim(gz, "workgroups")?,
-        ],
+        [dim(m.div_ceil(4), "output blocks")?, gy, gz],
     )?;
     Ok(y)
 }

@@ -11,7 +11,7 @@ use mm_quant::gpu_layout::{self, QLayout};
 
 use super::dim;
 use crate::buffer::{alloc, on_gpu};
-use crate::runtime::Runtime;
+use crate::runtime::{spread, Runtime};
 use crate::shader::Variant;
 
 /// Threads per workgroup of the matmul kernel.
@@ -203,13 +203,11 @@ pub fn matmul(
     let xb = on_gpu(rt, x)?;
     let bb = match bias {
         Some(b) => on_gpu(rt, b)?,
-        None => rt.upload(&[0; 4], "no bias")?,
+        None => rt.upload_cached("no bias", &[], || vec![0; 4])?,
     };
     let (y, yb) = alloc(rt, vec![n, m], "matmul output")?;
     let blocks = m.div_ceil(R);
-    let max = rt.limits.max_compute_workgroups_per_dimension as usize;
-    let gz = blocks.div_ceil(max);
-    let gx = blocks.div_ceil(gz);
+    let [gx, gz] = spread(blocks, rt.limits.max_compute_workgroups_per_dimension);
     let params = [
         dim(n, "rows")?,
         dim(k, "columns")?,
@@ -217,7 +215,7 @@ pub fn matmul(
         dim(gw.kp, "padded columns")?,
         dim(gw.group, "group")?,
         bias.is_some() as u32,
-        dim(gx, "workgroups")?,
+        gx,
         0,
     ];
     let mut bind = vec![(1, &xb), (2, &bb), (3, &yb)];
@@ -226,11 +224,7 @@ pub fn matmul(
         &kernel,
         &params,
         &bind,
-        [
-            dim(gx, "workgroups")?,
-            dim(n.div_ceil(nb), "row blocks")?,
-            dim(gz, "workgroups")?,
-        ],
+        [gx, dim(n.div_ceil(nb), "row blocks")?, gz],
     )?;
     Ok(y)
 }

@@ -33,17 +33,28 @@ pub fn rope(
     if total == 0 {
         return Ok(Tensor::zeros(vec![n, width]));
     }
-    let mut cs = Vec::with_capacity(n * inv_freq.len() * 2);
-    for &p in positions {
-        for &f in inv_freq {
-            let a = p as f32 * f;
-            cs.push(a.cos() * mscale);
-            cs.push(a.sin() * mscale);
+    // The queries and keys of every layer turn by the same angles: the
+    // table is computed and uploaded once per (positions, frequencies,
+    // mscale).
+    let tag: Vec<u8> = bytemuck::cast_slice(positions)
+        .iter()
+        .chain(bytemuck::cast_slice(inv_freq))
+        .chain(&mscale.to_le_bytes())
+        .copied()
+        .collect();
+    let csb = rt.upload_cached("rope angles", &tag, || {
+        let mut cs = Vec::with_capacity(n * inv_freq.len() * 2);
+        for &p in positions {
+            for &f in inv_freq {
+                let a = p as f32 * f;
+                cs.push(a.cos() * mscale);
+                cs.push(a.sin() * mscale);
+            }
         }
-    }
+        bytemuck::cast_slice(&cs).to_vec()
+    })?;
     let kernel = rt.kernel(&variant())?;
     let xb = on_gpu(rt, x)?;
-    let csb = rt.upload(bytemuck::cast_slice(&cs), "rope angles")?;
     let (y, yb) = alloc(rt, vec![n, width], "rope output")?;
     let g = grid(
         total,
