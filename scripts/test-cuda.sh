@@ -92,6 +92,15 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["executable"])' |
         while read -r exe; do cp "$exe" "$B/test-wgpu-conformance"; done
+    cargo test --release --features wgpu -p metal-marlin --test wgpu_models --no-run \
+        --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])' |
+        while read -r exe; do cp "$exe" "$B/test-wgpu_models"; done
     strip "$B"/*
     ls -la "$B"
     ;;
@@ -214,6 +223,9 @@ wgpu)
         export VK_ICD_FILENAMES=/tmp/mm-nvidia-icd.json
     fi
     "$B/test-wgpu-conformance" --test-threads=1
+    # The tiny fixtures end to end with --device wgpu, against transformers
+    # and the CPU (the CI test, on this GPU).
+    MM_BIN="$B/metal-marlin" "$B/test-wgpu_models" --test-threads=1
     # The matmul kernel alone at Llama-3-8B shapes (GB/s of weights read).
     "$B/wgpu_bench"
     d=/tmp/mm-random-${2:-1b}

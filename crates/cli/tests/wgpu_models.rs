@@ -37,12 +37,27 @@ fn available() -> bool {
     }
 }
 
+/// The repository root: the build tree's, or the working directory when
+/// the test binary runs elsewhere (the GPU machine, from the bundle of
+/// `scripts/test-cuda.sh build`).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if built.join("tests/fixtures/tiny").is_dir() {
+        built
+    } else {
+        PathBuf::from(".")
+    }
+}
+
+/// The CLI under test: `MM_BIN` when set (the bundle's), else cargo's.
+fn bin() -> PathBuf {
+    std::env::var_os("MM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_metal-marlin")))
 }
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_metal-marlin"))
+    let out = Command::new(bin())
         .env("HF_HUB_OFFLINE", "1")
         .args(args)
         .output()
