@@ -22,7 +22,7 @@ struct P {
     rows: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: P;
+var<immediate> p: P;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> kc: array<u32>;
 @group(0) @binding(3) var<storage, read> vc: array<u32>;

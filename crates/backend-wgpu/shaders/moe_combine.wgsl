@@ -9,7 +9,7 @@ struct P {
     gx: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: P;
+var<immediate> p: P;
 @group(0) @binding(1) var<storage, read> d: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;

@@ -33,3 +33,20 @@ fn wg_max(v: f32, lid: u32) -> f32 {
     workgroupBarrier();
     return r;
 }
+
+var<workgroup> red4_: array<vec4<f32>, 256>;
+
+// The sum of `v` over the workgroup, in every thread (four sums at once).
+fn wg_sum4(v: vec4<f32>, lid: u32) -> vec4<f32> {
+    red4_[lid] = v;
+    workgroupBarrier();
+    for (var s = {{WG}}u / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            red4_[lid] = red4_[lid] + red4_[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red4_[0];
+    workgroupBarrier();
+    return r;
+}

@@ -39,3 +39,20 @@ fn wg_max(v: f32, lid: u32) -> f32 {
     workgroupBarrier();
     return t;
 }
+
+var<workgroup> red4_: array<vec4<f32>, 64>;
+
+// The sum of `v` over the workgroup, in every thread (four sums at once).
+fn wg_sum4(v: vec4<f32>, lid: u32) -> vec4<f32> {
+    let s = subgroupAdd(v);
+    if (sg_lane == 0u) {
+        red4_[sg_id] = s;
+    }
+    workgroupBarrier();
+    var t = vec4<f32>(0.0);
+    for (var i = 0u; i < sg_count; i = i + 1u) {
+        t = t + red4_[i];
+    }
+    workgroupBarrier();
+    return t;
+}

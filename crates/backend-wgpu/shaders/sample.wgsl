@@ -12,7 +12,7 @@ struct P {
     vocab: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: P;
+var<immediate> p: P;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> rows: array<u32>;
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;

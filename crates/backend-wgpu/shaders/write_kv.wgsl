@@ -11,7 +11,7 @@ struct P {
     pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: P;
+var<immediate> p: P;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> slots: array<u32>;
 @group(0) @binding(3) var<storage, read_write> store: array<u32>;

@@ -22,6 +22,17 @@ pub struct WgpuBuffer {
     pub len: usize,
     pub elem: Elem,
     pub rt: Arc<Runtime>,
+    /// Taken from the runtime's pool ([`Runtime::take`]), to which it goes
+    /// back when the tensor is dropped.
+    pub pooled: bool,
+}
+
+impl Drop for WgpuBuffer {
+    fn drop(&mut self) {
+        if self.pooled {
+            self.rt.give(self.buf.clone());
+        }
+    }
 }
 
 impl std::fmt::Debug for WgpuBuffer {
@@ -98,10 +109,11 @@ fn pick(v: &[f32], ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// A new f32 tensor of `shape` on the GPU (zeros until a kernel writes it).
+/// A new f32 tensor of `shape` on the GPU, in a pooled buffer whose
+/// contents are undefined until a kernel writes all of it.
 pub fn alloc(rt: &Arc<Runtime>, shape: Vec<usize>, what: &str) -> Result<(Tensor, wgpu::Buffer)> {
     let len: usize = shape.iter().product();
-    let buf = rt.alloc(len as u64 * 4, what)?;
+    let buf = rt.take(len as u64 * 4, what)?;
     let t = Tensor::from_device(
         shape,
         Arc::new(WgpuBuffer {
@@ -109,6 +121,7 @@ pub fn alloc(rt: &Arc<Runtime>, shape: Vec<usize>, what: &str) -> Result<(Tensor
             len,
             elem: Elem::F32,
             rt: rt.clone(),
+            pooled: true,
         }),
     )?;
     Ok((t, buf))
@@ -135,7 +148,7 @@ pub fn upload(rt: &Arc<Runtime>, t: &Tensor) -> Result<Tensor> {
         }
     }
     let v = t.to_vec()?;
-    let buf = rt.upload(bytemuck::cast_slice(&v), "tensor")?;
+    let buf = rt.take_filled(bytemuck::cast_slice(&v), "tensor")?;
     Tensor::from_device(
         t.shape().to_vec(),
         Arc::new(WgpuBuffer {
@@ -143,6 +156,7 @@ pub fn upload(rt: &Arc<Runtime>, t: &Tensor) -> Result<Tensor> {
             len: v.len(),
             elem: Elem::F32,
             rt: rt.clone(),
+            pooled: true,
         }),
     )
 }

@@ -8,6 +8,12 @@
 //! [`FLUSH_EVERY`] dispatches so the GPU starts while the host records the
 //! rest. Reading back is the only synchronization.
 //!
+//! A dispatch costs the host little: its parameters travel as immediates
+//! (push constants; Metal's `setBytes`), its bind group comes from a cache
+//! keyed by kernel and buffers, and buffers come from a pool ([`Pool`]),
+//! so the buffers of one decode step are those of the last and their bind
+//! groups are found, not made.
+//!
 //! wgpu reports a failed command (a validation error, memory running out)
 //! to a handler instead of the call that caused it; the handler keeps the
 //! first message, and the next submission or read-back returns it as this
@@ -45,6 +51,29 @@ impl Tier {
 /// Dispatches recorded before the encoder is submitted unasked.
 pub const FLUSH_EVERY: usize = 256;
 
+/// The largest parameter block of a kernel, in bytes (immediates).
+pub const MAX_PARAMS_BYTES: u32 = 64;
+
+/// Bytes of free buffers the pool keeps; past it, released ones are freed.
+const POOL_BYTES: u64 = 1 << 30;
+
+/// Bind groups kept; past it the cache starts over.
+const BIND_GROUPS: usize = 4096;
+
+/// Storage buffers no tensor holds any more, kept by size for the next
+/// tensor of that size. A released buffer waits in `limbo` until the
+/// commands recorded so far are submitted: they may still read it, and a
+/// buffer taken from `free` is written (by a kernel or by
+/// `Queue::write_buffer`) only after everything submitted before.
+#[derive(Default)]
+struct Pool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    limbo: Vec<wgpu::Buffer>,
+    bytes: u64,
+}
+
+type BindKey = (usize, Vec<(u32, wgpu::Buffer)>);
+
 /// A compiled kernel variant.
 pub struct Kernel {
     pipeline: wgpu::ComputePipeline,
@@ -72,6 +101,10 @@ pub struct Runtime {
     /// The last upload under each name with the tag it was made from
     /// ([`Runtime::upload_cached`]).
     uploads: Mutex<HashMap<&'static str, (Vec<u8>, wgpu::Buffer)>>,
+    pool: Mutex<Pool>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    /// The read-back buffer, kept for the next read that fits.
+    staging: Mutex<Option<wgpu::Buffer>>,
     pending: Mutex<Pending>,
     error: Arc<Mutex<Option<String>>>,
 }
@@ -169,11 +202,16 @@ impl Runtime {
         if let Some(max) = opts.max_tier {
             tier = tier.min(max);
         }
-        let features = if tier >= Tier::T1 {
-            t1
-        } else {
-            wgpu::Features::empty()
-        };
+        // Kernel parameters are immediates (push constants): every Vulkan
+        // device has 128 bytes of them, Metal has setBytes.
+        let imm = wgpu::Features::IMMEDIATES;
+        if !have.contains(imm) || adapter.limits().max_immediate_size < MAX_PARAMS_BYTES {
+            return Err(err(format!(
+                "{}: no immediates (push constants) of {MAX_PARAMS_BYTES} bytes",
+                info.name
+            )));
+        }
+        let features = if tier >= Tier::T1 { t1 | imm } else { imm };
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("metal-marlin"),
@@ -199,6 +237,9 @@ impl Runtime {
             checked: opts.checked,
             kernels: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Pool::default()),
+            bind_groups: Mutex::new(HashMap::new()),
+            staging: Mutex::new(None),
             pending: Mutex::new(Pending::default()),
             error,
         }))
@@ -289,6 +330,44 @@ impl Runtime {
         Ok(size)
     }
 
+    /// A storage buffer of `bytes` (rounded up to 4) from the pool, its
+    /// contents undefined (a kernel writes all of it), or an error naming a
+    /// size past the adapter's limits. Hand it back with [`Runtime::give`].
+    pub fn take(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        let size = self.buffer_size(bytes, what)?;
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = pool.free.get_mut(&size).and_then(|v| v.pop()) {
+                pool.bytes -= size;
+                return Ok(b);
+            }
+        }
+        self.alloc(bytes, what)
+    }
+
+    /// Returns a buffer of [`Runtime::take`] to the pool once the commands
+    /// recorded so far are submitted.
+    pub fn give(&self, buf: wgpu::Buffer) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.limbo.push(buf);
+    }
+
+    /// A pooled buffer holding `data`, written before the next submitted
+    /// commands run (hand it back with [`Runtime::give`]).
+    pub fn take_filled(&self, data: &[u8], what: &str) -> Result<wgpu::Buffer> {
+        let buf = self.take(data.len() as u64, what)?;
+        let whole = data.len() / 4 * 4;
+        if whole > 0 {
+            self.queue.write_buffer(&buf, 0, &data[..whole]);
+        }
+        if whole < data.len() {
+            let mut tail = [0u8; 4];
+            tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+            self.queue.write_buffer(&buf, whole as u64, &tail);
+        }
+        Ok(buf)
+    }
+
     /// A zeroed storage buffer of `bytes` (rounded up to 4), or an error
     /// naming a size past the adapter's limits.
     pub fn alloc(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
@@ -341,14 +420,16 @@ impl Runtime {
                 return Ok(b.clone());
             }
         }
-        let buf = self.upload(&make(), what)?;
-        map.insert(what, (tag.to_vec(), buf.clone()));
+        let buf = self.take_filled(&make(), what)?;
+        if let Some((_, old)) = map.insert(what, (tag.to_vec(), buf.clone())) {
+            self.give(old);
+        }
         Ok(buf)
     }
 
-    /// Records `kernel` over `groups` workgroups: binding 0 the
-    /// parameters `params` (a uniform block of u32 words, padded here to
-    /// 16 bytes), then each buffer of `buffers` at its binding.
+    /// Records `kernel` over `groups` workgroups: the parameters `params`
+    /// (u32 words, the kernel's `P` exactly) as immediates, each buffer of
+    /// `buffers` at its binding.
     pub fn dispatch(
         &self,
         kernel: &Kernel,
@@ -366,34 +447,14 @@ impl Runtime {
                 kernel.name
             )));
         }
-        let mut words = params.to_vec();
-        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
-        let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("params"),
-            size: (words.len() * 4) as u64,
-            usage: wgpu::BufferUsages::UNIFORM,
-            mapped_at_creation: true,
-        });
-        uniform
-            .get_mapped_range_mut(..)
-            .map_err(|e| err(format!("mapping parameters: {e}")))?
-            .copy_from_slice(bytemuck::cast_slice(&words));
-        uniform.unmap();
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        for (binding, b) in buffers {
-            entries.push(wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: b.as_entire_binding(),
-            });
+        if params.len() * 4 > MAX_PARAMS_BYTES as usize {
+            return Err(err(format!(
+                "{}: {} parameter words",
+                kernel.name,
+                params.len()
+            )));
         }
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&kernel.name),
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let group = self.bind_group(kernel, buffers);
         let flush = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             if p.pass.is_none() {
@@ -409,6 +470,9 @@ impl Runtime {
             let pass = p.pass.as_mut().expect("a pass was just opened");
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &group, &[]);
+            if !params.is_empty() {
+                pass.set_immediates(0, bytemuck::cast_slice(params));
+            }
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             p.dispatches += 1;
             p.dispatches >= FLUSH_EVERY
@@ -417,6 +481,35 @@ impl Runtime {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The bind group of `buffers` for `kernel`, made on first use.
+    fn bind_group(&self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+        let key: BindKey = (
+            kernel as *const Kernel as usize,
+            buffers.iter().map(|(i, b)| (*i, (*b).clone())).collect(),
+        );
+        let mut cache = self.bind_groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = cache.get(&key) {
+            return g.clone();
+        }
+        if cache.len() >= BIND_GROUPS {
+            cache.clear();
+        }
+        let entries: Vec<_> = buffers
+            .iter()
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.name),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        cache.insert(key, group.clone());
+        group
     }
 
     /// Submits what was recorded.
@@ -430,6 +523,15 @@ impl Runtime {
         if let Some(enc) = enc {
             self.queue.submit([enc.finish()]);
         }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let Pool { free, limbo, bytes } = &mut *pool;
+        for b in limbo.drain(..) {
+            if *bytes + b.size() <= POOL_BYTES {
+                *bytes += b.size();
+                free.entry(b.size()).or_default().push(b);
+            }
+        }
+        drop(pool);
         self.check()
     }
 
@@ -470,12 +572,16 @@ impl Runtime {
         if bytes == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let mut kept = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let staging = match kept.take() {
+            Some(b) if b.size() >= bytes => b,
+            _ => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read-back"),
+                size: bytes.next_power_of_two().max(4096),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
         let mut at = 0;
         for &(offset, len) in ranges {
             self.copy(buf, offset, &staging, at, len)?;
@@ -483,9 +589,11 @@ impl Runtime {
         }
         self.flush()?;
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| err(format!("waiting for the GPU: {e}")))?;
@@ -494,10 +602,11 @@ impl Runtime {
             .map_err(|e| err(format!("reading back: {e}")))?;
         self.check()?;
         let out = staging
-            .get_mapped_range(..)
+            .get_mapped_range(..bytes)
             .map_err(|e| err(format!("reading back: {e}")))?
             .to_vec();
         staging.unmap();
+        *kept = Some(staging);
         Ok(out)
     }
 

@@ -55,6 +55,7 @@ pub fn source(file: &str) -> Result<&'static str> {
         "gather_kv" => include_str!("../shaders/gather_kv.wgsl"),
         "head_matmul" => include_str!("../shaders/head_matmul.wgsl"),
         "matmul" => include_str!("../shaders/matmul.wgsl"),
+        "matvec" => include_str!("../shaders/matvec.wgsl"),
         "moe" => include_str!("../shaders/moe.wgsl"),
         "moe_combine" => include_str!("../shaders/moe_combine.wgsl"),
         "rms_norm" => include_str!("../shaders/rms_norm.wgsl"),

@@ -15,7 +15,10 @@ fn every_kernel_translates_to_msl_and_spirv() {
     for tier in [Tier::T0, Tier::T1] {
         // unpack2x16float needs SHADER_FLOAT16_IN_FLOAT32, a downlevel
         // flag every Vulkan and Metal device has.
+        // Kernel parameters are immediates (push constants; Metal's
+        // setBytes).
         let caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32
+            | Capabilities::IMMEDIATES
             | match tier {
                 Tier::T0 => Capabilities::empty(),
                 Tier::T1 => Capabilities::SUBGROUP,
@@ -32,17 +35,26 @@ fn every_kernel_translates_to_msl_and_spirv() {
             let info = Validator::new(ValidationFlags::all(), caps)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&text)));
+            // As wgpu's Metal backend binds them: one buffer slot per
+            // binding, the immediates in the slot after; nothing faked.
             let msl = naga::back::msl::Options {
                 lang_version: (2, 4),
+                per_entry_point_map: metal_slots(&module),
+                fake_missing_bindings: false,
                 ..Default::default()
             };
-            let (out, _) = naga::back::msl::write_string(
+            let (out, tr) = naga::back::msl::write_string(
                 &module,
                 &info,
                 &msl,
                 &naga::back::msl::PipelineOptions::default(),
             )
             .unwrap_or_else(|e| panic!("{what}: MSL: {e}"));
+            for ep in &tr.entry_point_names {
+                if let Err(e) = ep {
+                    panic!("{what}: MSL entry point: {e}");
+                }
+            }
             assert!(out.contains("kernel void"), "{what}: no MSL kernel");
             if tier == Tier::T1 {
                 assert!(out.contains("simd_"), "{what}: no simdgroup op in the MSL");
@@ -57,4 +69,41 @@ fn every_kernel_translates_to_msl_and_spirv() {
         }
     }
     eprintln!("{done} kernel variants translated");
+}
+
+/// Buffer slots for every binding of `module`'s entry points (binding b at
+/// slot b), immediates and the buffer sizes (naga's bounds checks) after
+/// the last: what a Metal pipeline receives.
+fn metal_slots(module: &naga::Module) -> naga::back::msl::EntryPointResourceMap {
+    let mut res = naga::back::msl::EntryPointResources::default();
+    let mut next = 0u8;
+    for (_, g) in module.global_variables.iter() {
+        if let Some(b) = &g.binding {
+            let slot = u8::try_from(b.binding).expect("binding below 256");
+            next = next.max(slot + 1);
+            let mutable = matches!(
+                g.space,
+                naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE)
+            );
+            res.resources.insert(
+                b.clone(),
+                naga::back::msl::BindTarget {
+                    buffer: Some(slot),
+                    mutable,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    assert!(
+        next + 2 <= 31,
+        "{next} buffer slots and two more: past Metal's 31"
+    );
+    res.immediates_buffer = Some(next);
+    res.sizes_buffer = Some(next + 1);
+    module
+        .entry_points
+        .iter()
+        .map(|ep| (ep.name.clone(), res.clone()))
+        .collect()
 }

@@ -42,6 +42,9 @@ pub struct GpuWeight {
     /// Columns per parameter group (quantized weights; `kp` otherwise).
     pub group: usize,
     pub stored: Stored,
+    /// `(lut0, step)` when the value table is affine, `lut[c] = lut0 +
+    /// step·c` (quantized integer and GGUF formats).
+    pub affine: Option<(f32, f32)>,
     /// Values or codes, then parameters and value table (quantized).
     pub bufs: Vec<wgpu::Buffer>,
 }
@@ -74,17 +77,22 @@ pub fn template(s: Stored) -> String {
             } else {
                 include_str!("../../shaders/w_q8.wgsl")
             };
-            let param = match mode {
-                0 => "let h = unpack2x16float(wpar[g / 2u]);\n    return vec2<f32>(select(h.x, h.y, (g & 1u) == 1u), 0.0);",
-                1 => "return unpack2x16float(wpar[g]);",
-                2 => "let h = unpack2x16float(wpar[g]);\n    return vec2<f32>(h.x, -h.x * h.y);",
-                3 => "return vec2<f32>(bitcast<f32>(wpar[2u * g]), bitcast<f32>(wpar[2u * g + 1u]));",
-                _ => "return vec2<f32>(bitcast<f32>(wpar[g]), 0.0);",
-            };
             include_str!("../../shaders/w_q.wgsl")
-                .replace("{{PARAM}}", param)
+                .replace("{{PARAM}}", param(mode))
                 .replace("{{CODES}}", codes)
         }
+    }
+}
+
+/// The body of `wparam(g)`, a group's `(s, o)`, for parameter storage
+/// `mode` ([`gpu_layout::Params::mode`]).
+fn param(mode: u32) -> &'static str {
+    match mode {
+        0 => "let h = unpack2x16float(wpar[g / 2u]);\n    return vec2<f32>(select(h.x, h.y, (g & 1u) == 1u), 0.0);",
+        1 => "return unpack2x16float(wpar[g]);",
+        2 => "let h = unpack2x16float(wpar[g]);\n    return vec2<f32>(h.x, -h.x * h.y);",
+        3 => "return vec2<f32>(bitcast<f32>(wpar[2u * g]), bitcast<f32>(wpar[2u * g + 1u]));",
+        _ => "return vec2<f32>(bitcast<f32>(wpar[g]), 0.0);",
     }
 }
 
@@ -137,6 +145,7 @@ fn upload(rt: &Runtime, w: &WeightData) -> Result<GpuWeight> {
             kp,
             group: kp,
             stored,
+            affine: None,
             bufs: vec![rt.upload(&data, &what)?],
         })
     };
@@ -154,6 +163,7 @@ fn upload(rt: &Runtime, w: &WeightData) -> Result<GpuWeight> {
                 kp: l.kp,
                 group: l.group,
                 stored: Stored::Q { bits: l.bits, mode },
+                affine: affine(&l.lut),
                 bufs: vec![
                     rt.upload(&l.codes, &what)?,
                     rt.upload(&params, &what)?,
@@ -168,6 +178,65 @@ fn upload(rt: &Runtime, w: &WeightData) -> Result<GpuWeight> {
     }
 }
 
+/// `(lut0, step)` of a table whose every entry is `lut0 + step·c` exactly.
+fn affine(lut: &[f32]) -> Option<(f32, f32)> {
+    let (l0, step) = (*lut.first()?, lut.get(1)? - lut[0]);
+    lut.iter()
+        .enumerate()
+        .all(|(c, &v)| v == l0 + step * c as f32)
+        .then_some((l0, step))
+}
+
+/// Threads per workgroup of the decode kernel (`matvec.wgsl`); 64, 128
+/// or 256 by `MM_WGPU_MATVEC_WG`, 0 for the general kernel instead.
+fn matvec_wg() -> u32 {
+    static WG: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *WG.get_or_init(
+        || match std::env::var("MM_WGPU_MATVEC_WG").ok().as_deref() {
+            Some("0") => 0,
+            Some("64") => 64,
+            Some("256") => 256,
+            _ => 128,
+        },
+    )
+}
+
+/// The decode kernel for a quantized weight of `bits`-bit codes in
+/// parameter storage `mode`, affine or looked up.
+fn matvec_variant(bits: u32, mode: u32, affine: bool, wg: u32) -> Variant {
+    let (codes, lutn) = if bits == 4 {
+        (include_str!("../../shaders/mv_q4.wgsl"), 16)
+    } else {
+        (include_str!("../../shaders/mv_q8.wgsl"), 256)
+    };
+    let (val4, fold, lookup) = if affine {
+        ("return vec4<f32>(c);", "p.step * d + p.lut0 * sx", "false")
+    } else {
+        (
+            "return vec4<f32>(lut_[c.x], lut_[c.y], lut_[c.z], lut_[c.w]);",
+            "d",
+            "true",
+        )
+    };
+    Variant::new("matvec", "matvec")
+        .with("WG", wg)
+        .with("LUTN", lutn)
+        .with("PARAM", param(mode))
+        .with("VAL4", val4)
+        .with("FOLD", fold)
+        .with("LOOKUP", lookup)
+        .with("CODES", codes)
+}
+
+/// Columns of one chunk of the decode kernel.
+fn chunk_cols(bits: u32) -> usize {
+    if bits == 4 {
+        32
+    } else {
+        16
+    }
+}
+
 fn variant(stored: Stored, nb: usize) -> Variant {
     Variant::new("matmul", "matmul")
         .with("WG", WG)
@@ -179,12 +248,70 @@ fn variant(stored: Stored, nb: usize) -> Variant {
 /// The activation loads the matmul kernels share (`shaders/x8.wgsl`).
 pub const X8: &str = include_str!("../../shaders/x8.wgsl");
 
-/// Every matmul variant.
+/// Every matmul variant, the decode kernel's included.
 pub fn variants() -> Vec<Variant> {
-    all_stored()
+    let mut v: Vec<Variant> = all_stored()
         .into_iter()
         .flat_map(|s| [variant(s, 1), variant(s, 4)])
-        .collect()
+        .collect();
+    for s in all_stored() {
+        if let Stored::Q { bits, mode } = s {
+            for affine in [true, false] {
+                for wg in [64, 128, 256] {
+                    v.push(matvec_variant(bits, mode, affine, wg));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The decode kernel fits `gw` for an input of `k` columns.
+fn matvec_fits(gw: &GpuWeight, k: usize) -> Option<(u32, u32)> {
+    match gw.stored {
+        Stored::Q { bits, mode }
+            if matvec_wg() != 0
+                && k.is_multiple_of(4)
+                && gw.group.is_multiple_of(chunk_cols(bits)) =>
+        {
+            Some((bits, mode))
+        }
+        _ => None,
+    }
+}
+
+/// One row of x through `matvec.wgsl`.
+fn matvec(
+    rt: &Arc<Runtime>,
+    gw: &GpuWeight,
+    (bits, mode): (u32, u32),
+    k: usize,
+    m: usize,
+    x: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+) -> Result<()> {
+    let wg = matvec_wg();
+    let kernel = rt.kernel(&matvec_variant(bits, mode, gw.affine.is_some(), wg))?;
+    let (lut0, step) = gw.affine.unwrap_or((0.0, 0.0));
+    let [gx, gz] = spread(
+        m.div_ceil(R),
+        rt.limits.max_compute_workgroups_per_dimension,
+    );
+    let params = [
+        dim(k, "columns")?,
+        dim(m, "outputs")?,
+        dim(gw.kp, "padded columns")?,
+        dim(gw.group, "group")?,
+        bias.is_some() as u32,
+        gx,
+        lut0.to_bits(),
+        step.to_bits(),
+    ];
+    let nb = rt.upload_cached("no bias", &[], || vec![0; 4])?;
+    let mut bind = vec![(1, x), (2, bias.unwrap_or(&nb)), (3, y)];
+    bind.extend(gw.bindings());
+    rt.dispatch(&kernel, &params, &bind, [gx, 1, gz])
 }
 
 pub fn matmul(
@@ -198,6 +325,15 @@ pub fn matmul(
         return Ok(Tensor::zeros(vec![n, m]));
     }
     let gw = prepare(rt, w)?;
+    if n == 1 {
+        if let Some(q) = matvec_fits(&gw, k) {
+            let xb = on_gpu(rt, x)?;
+            let bb = bias.map(|b| on_gpu(rt, b)).transpose()?;
+            let (y, yb) = alloc(rt, vec![n, m], "matmul output")?;
+            matvec(rt, &gw, q, k, m, &xb, bb.as_ref(), &yb)?;
+            return Ok(y);
+        }
+    }
     let nb = if n == 1 { 1 } else { 4 };
     let kernel = rt.kernel(&variant(gw.stored, nb))?;
     let xb = on_gpu(rt, x)?;

@@ -114,7 +114,7 @@ pub fn moe_experts(
     }
     let h = activation::binary(rt, "silu_mul", &g, &u)?;
     let hb = on_gpu(rt, &h)?;
-    let (_, db) = alloc(rt, vec![pairs, hidden], "expert down")?;
+    let (_d, db) = alloc(rt, vec![pairs, hidden], "expert down")?;
     for &(id, base, count) in &spans {
         let dims = (inter, hidden, topk);
         expert_matmul(

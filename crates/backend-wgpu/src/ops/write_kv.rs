@@ -45,6 +45,7 @@ pub fn kv_store(rt: &Arc<Runtime>, slots: usize, width: usize, dtype: KvDType) -
             len,
             elem,
             rt: rt.clone(),
+            pooled: false,
         }),
     )
 }
