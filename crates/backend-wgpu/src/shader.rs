@@ -56,6 +56,7 @@ pub fn source(file: &str) -> Result<&'static str> {
         "head_matmul" => include_str!("../shaders/head_matmul.wgsl"),
         "matmul" => include_str!("../shaders/matmul.wgsl"),
         "matvec" => include_str!("../shaders/matvec.wgsl"),
+        "gemm" => include_str!("../shaders/gemm.wgsl"),
         "moe" => include_str!("../shaders/moe.wgsl"),
         "moe_combine" => include_str!("../shaders/moe_combine.wgsl"),
         "rms_norm" => include_str!("../shaders/rms_norm.wgsl"),

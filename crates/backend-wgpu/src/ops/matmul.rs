@@ -237,6 +237,17 @@ fn chunk_cols(bits: u32) -> usize {
     }
 }
 
+/// Rows of x from which `gemm.wgsl` (64 × 64 tiles) takes over from
+/// `matmul.wgsl` (4 × 4 per workgroup).
+const GEMM_ROWS: usize = 16;
+
+fn gemm_variant(stored: Stored) -> Variant {
+    Variant::new("gemm", "gemm")
+        .with("WG", 256)
+        .with("WEIGHT", template(stored))
+        .with("X8", X8)
+}
+
 fn variant(stored: Stored, nb: usize) -> Variant {
     Variant::new("matmul", "matmul")
         .with("WG", WG)
@@ -252,7 +263,7 @@ pub const X8: &str = include_str!("../../shaders/x8.wgsl");
 pub fn variants() -> Vec<Variant> {
     let mut v: Vec<Variant> = all_stored()
         .into_iter()
-        .flat_map(|s| [variant(s, 1), variant(s, 4)])
+        .flat_map(|s| [variant(s, 1), variant(s, 4), gemm_variant(s)])
         .collect();
     for s in all_stored() {
         if let Stored::Q { bits, mode } = s {
@@ -334,16 +345,27 @@ pub fn matmul(
             return Ok(y);
         }
     }
+    let gemm = n >= GEMM_ROWS;
     let nb = if n == 1 { 1 } else { 4 };
-    let kernel = rt.kernel(&variant(gw.stored, nb))?;
+    let kernel = if gemm {
+        rt.kernel(&gemm_variant(gw.stored))?
+    } else {
+        rt.kernel(&variant(gw.stored, nb))?
+    };
     let xb = on_gpu(rt, x)?;
     let bb = match bias {
         Some(b) => on_gpu(rt, b)?,
         None => rt.upload_cached("no bias", &[], || vec![0; 4])?,
     };
     let (y, yb) = alloc(rt, vec![n, m], "matmul output")?;
-    let blocks = m.div_ceil(R);
-    let [gx, gz] = spread(blocks, rt.limits.max_compute_workgroups_per_dimension);
+    let max = rt.limits.max_compute_workgroups_per_dimension;
+    let (blocks, nb) = if gemm { (m.div_ceil(64), 64) } else { (m.div_ceil(R), nb) };
+    let [gx, gz] = spread(blocks, max);
+    if gemm && gz > 1 {
+        return Err(Error::Invalid(format!(
+            "wgpu: a weight of {m} rows passes {max} workgroups of 64 rows"
+        )));
+    }
     let params = [
         dim(n, "rows")?,
         dim(k, "columns")?,
