@@ -14,7 +14,8 @@
 //!
 //! `wgpu_bench [--quick] [--ceiling GBS] [--reps N] [--cache-mb MB]`
 
-use mm_backend_wgpu::ops::matmul::{matmul, prepare};
+use mm_backend_wgpu::ops::matmul::matmul;
+use mm_backend_wgpu::weight::prepare;
 use mm_backend_wgpu::{OpenOptions, Runtime};
 use mm_core::weight::{MmFormat, MmKind};
 use mm_core::{Tensor, WeightData, WeightFormat};
@@ -29,7 +30,7 @@ fn arg(name: &str) -> Option<f64> {
 
 fn gpu_bytes(rt: &std::sync::Arc<Runtime>, w: &WeightData) -> u64 {
     let g = prepare(rt, w).expect("upload");
-    g.bufs.iter().map(|b| b.size()).sum()
+    g.bytes()
 }
 
 fn main() {

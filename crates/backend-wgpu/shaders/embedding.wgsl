@@ -1,5 +1,7 @@
 // y[r, c] = table[ids[r], c] for a table of any format (slot WEIGHT, as
-// in matmul.wgsl). One thread per output value.
+// in matmul.wgsl). One thread per output value. A table past the binding
+// limit runs shard by shard (weight.rs): this shard holds table rows
+// row0 .. row0 + rows and writes the outputs of the ids among them.
 
 struct P {
     total: u32,
@@ -7,6 +9,8 @@ struct P {
     kp: u32,
     group: u32,
     gx: u32,
+    row0: u32,
+    rows: u32,
 }
 
 var<immediate> p: P;
@@ -21,5 +25,8 @@ fn embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     if (t >= p.total) {
         return;
     }
-    y[t] = wval(ids[t / p.k], t % p.k);
+    let id = ids[t / p.k];
+    if (id >= p.row0 && id - p.row0 < p.rows) {
+        y[t] = wval(id - p.row0, t % p.k);
+    }
 }

@@ -21,7 +21,9 @@ struct P {
     group: u32,
     bias: u32,
     gx: u32,
-    pad: u32,
+    // This weight shard's first row among y's columns, and y's row length.
+    yo: u32,
+    ys: u32,
 }
 
 var<immediate> p: P;
@@ -93,9 +95,9 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (col < p.m) {
                     var s = acc[i][c];
                     if (p.bias != 0u) {
-                        s = s + bias[col];
+                        s = s + bias[p.yo + col];
                     }
-                    y[row * p.m + col] = s;
+                    y[row * p.ys + p.yo + col] = s;
                 }
             }
         }

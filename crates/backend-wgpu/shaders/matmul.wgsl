@@ -18,7 +18,10 @@ struct P {
     group: u32,
     bias: u32,
     gx: u32,
-    pad: u32,
+    // This weight shard's first row among y's columns, and y's row length
+    // (weight.rs: a weight past the binding limit runs shard by shard).
+    yo: u32,
+    ys: u32,
 }
 
 var<immediate> p: P;
@@ -80,9 +83,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 s = s + part[lid * {{WG}}u + t];
             }
             if (p.bias != 0u) {
-                s = s + bias[m0 + r];
+                s = s + bias[p.yo + m0 + r];
             }
-            y[(n0 + b) * p.m + m0 + r] = s;
+            y[(n0 + b) * p.ys + p.yo + m0 + r] = s;
         }
     }
 }

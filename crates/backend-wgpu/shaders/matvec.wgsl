@@ -28,6 +28,8 @@ struct P {
     gx: u32,
     lut0: f32,
     step: f32,
+    // This weight shard's first row among y's values.
+    yo: u32,
 }
 
 var<immediate> p: P;
@@ -92,8 +94,8 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if (lid < R && m0 + lid < p.m) {
         var s = tot[lid];
         if (p.bias != 0u) {
-            s = s + bias[m0 + lid];
+            s = s + bias[p.yo + m0 + lid];
         }
-        y[m0 + lid] = s;
+        y[p.yo + m0 + lid] = s;
     }
 }

@@ -21,6 +21,7 @@ pub mod buffer;
 pub mod ops;
 pub mod runtime;
 pub mod shader;
+pub mod weight;
 
 use std::sync::Arc;
 
@@ -72,15 +73,15 @@ impl Backend for WgpuBackend {
 
     fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool {
         match op {
-            Op::Matmul | Op::Embedding => format.is_some_and(ops::matmul::supports),
+            Op::Matmul | Op::Embedding => format.is_some_and(weight::supports),
             Op::RmsNorm | Op::Rope | Op::Attention | Op::SiluMul | Op::Add | Op::WriteKv => true,
             Op::GatherKv | Op::HeadMatmul | Op::SliceCols | Op::ConcatCols => true,
         }
     }
 
     fn prepare(&self, w: &WeightData) -> Result<()> {
-        if ops::matmul::supports(w.format) && w.shape.len() == 2 {
-            ops::matmul::prepare(&self.rt, w)?;
+        if weight::supports(w.format) && w.shape.len() == 2 {
+            weight::prepare(&self.rt, w)?;
         }
         Ok(())
     }
@@ -161,7 +162,7 @@ impl Backend for WgpuBackend {
     }
 
     fn supports_moe(&self, format: WeightFormat) -> bool {
-        ops::matmul::supports(format)
+        weight::supports(format)
     }
 
     fn moe_experts(

@@ -97,6 +97,10 @@ pub struct Runtime {
     pub limits: wgpu::Limits,
     /// Kernels built with naga's bounds checks (tests) or without (speed).
     checked: bool,
+    /// Bytes per binding ([`Runtime::binding_cap`]), and per weight
+    /// binding ([`Runtime::weight_cap`]).
+    cap: u64,
+    weight_cap: u64,
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     /// The last upload under each name with the tag it was made from
     /// ([`Runtime::upload_cached`]).
@@ -135,6 +139,9 @@ pub struct OpenOptions {
     pub max_tier: Option<Tier>,
     /// Keep naga's bounds checks in the kernels (tests do).
     pub checked: bool,
+    /// A lower limit of bytes per binding for weights than the adapter's
+    /// (tests split weights into shards with it).
+    pub max_weight_binding: Option<u64>,
 }
 
 impl OpenOptions {
@@ -153,6 +160,7 @@ impl OpenOptions {
             adapter,
             max_tier,
             checked: false,
+            max_weight_binding: None,
         }
     }
 }
@@ -233,6 +241,11 @@ impl Runtime {
             queue,
             info,
             tier,
+            cap: binding_cap(&limits),
+            weight_cap: binding_cap(&limits).min(
+                opts.max_weight_binding
+                    .map_or(u64::MAX, |m| m.max(256) / 4 * 4),
+            ),
             limits,
             checked: opts.checked,
             kernels: Mutex::new(HashMap::new()),
@@ -312,14 +325,23 @@ impl Runtime {
         Ok(k)
     }
 
+    /// The most bytes one buffer binding may hold here.
+    pub fn binding_cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// The most bytes a weight's buffer may hold before the weight is
+    /// split into shards: [`Runtime::binding_cap`] unless the opener asked
+    /// for less.
+    pub fn weight_cap(&self) -> u64 {
+        self.weight_cap
+    }
+
     /// `bytes` rounded up to a whole number of words (at least one), or an
     /// error naming `what` when that passes the adapter's limit per binding.
     fn buffer_size(&self, bytes: u64, what: &str) -> Result<u64> {
         let size = bytes.max(4).div_ceil(4) * 4;
-        let cap = self
-            .limits
-            .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
+        let cap = self.cap;
         if size > cap {
             return Err(err(format!(
                 "{what} needs a buffer of {size} bytes, past this adapter's limit of {cap} \
@@ -618,6 +640,18 @@ impl Runtime {
             .map_err(|e| err(format!("waiting for the GPU: {e}")))?;
         self.check()
     }
+}
+
+/// The adapter's limit of bytes per binding, below 4 GiB (Metal
+/// miscomputes bindings of 4 GiB or more: naga keeps their sizes in 32
+/// bits, wgpu#10306).
+fn binding_cap(limits: &wgpu::Limits) -> u64 {
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+        .min((1 << 32) - 256)
+        / 4
+        * 4
 }
 
 /// `g` workgroups as `[a, b]` with `a · b ≥ g` and neither past `max`

@@ -82,3 +82,28 @@ fn wgpu_moe_conforms() {
         check_moe_shared(&b, 0, f32, f32).unwrap();
     }
 }
+
+/// Weights past the limit per binding run as shards of rows, each its own
+/// buffers: the quantized suite (matmuls of 1, 5, 19 and 40 rows, so the
+/// decode, small-batch and tiled kernels; embeddings) with a limit of
+/// 4 KiB, which splits its weights into shards of a few rows each.
+#[test]
+fn wgpu_weights_in_shards_conform() {
+    let opts = OpenOptions {
+        checked: true,
+        max_weight_binding: Some(4096),
+        ..OpenOptions::from_env()
+    };
+    let b = match WgpuBackend::open(&opts) {
+        Ok(b) => b,
+        Err(e) if std::env::var_os("MM_REQUIRE_WGPU").is_none_or(|v| v != "1") => {
+            eprintln!("skipped (no usable adapter): {e}");
+            return;
+        }
+        Err(e) => panic!("MM_REQUIRE_WGPU=1 but: {e}"),
+    };
+    assert_eq!(b.runtime().weight_cap(), 4096);
+    let fails = run_quantized(&b, Tolerance::F32);
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    mm_conformance::check_embedding(&b, 0, Tolerance::F32).unwrap();
+}

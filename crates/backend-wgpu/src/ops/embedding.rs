@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use mm_core::{Error, Result, Tensor, WeightData};
 
-use super::matmul::{all_stored, prepare, template, Stored};
 use super::{dim, WG};
 use crate::buffer::{alloc, words};
 use crate::runtime::{grid, Runtime};
 use crate::shader::Variant;
+use crate::weight::{all_stored, prepare, template, Stored};
 
 fn variant(stored: Stored) -> Variant {
     Variant::new("embedding", "embedding")
@@ -42,19 +42,23 @@ pub fn embedding(rt: &Arc<Runtime>, ids: &[u32], table: &WeightData) -> Result<T
         WG as usize,
         rt.limits.max_compute_workgroups_per_dimension,
     );
-    let mut bind = vec![(1, &idb), (2, &yb)];
-    bind.extend(gw.bindings());
-    rt.dispatch(
-        &kernel,
-        &[
-            dim(total, "values")?,
-            dim(k, "width")?,
-            dim(gw.kp, "padded width")?,
-            dim(gw.group, "group")?,
-            g[0],
-        ],
-        &bind,
-        g,
-    )?;
+    for s in &gw.shards {
+        let mut bind = vec![(1, &idb), (2, &yb)];
+        bind.extend(s.bindings());
+        rt.dispatch(
+            &kernel,
+            &[
+                dim(total, "values")?,
+                dim(k, "width")?,
+                dim(gw.kp, "padded width")?,
+                dim(gw.group, "group")?,
+                g[0],
+                dim(s.row0, "first row")?,
+                dim(s.rows, "rows")?,
+            ],
+            &bind,
+            g,
+        )?;
+    }
     Ok(y)
 }

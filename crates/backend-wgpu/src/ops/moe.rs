@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use mm_core::{MoeExperts, MoeRoute, Result, Tensor, WeightData};
 
-use super::matmul::{all_stored, prepare, template, Stored};
 use super::{activation, dim, matmul, WG as EW};
 use crate::buffer::{alloc, on_gpu, words};
 use crate::runtime::{grid, Runtime};
 use crate::shader::Variant;
+use crate::weight::{all_stored, prepare, template, Stored};
 
 /// Threads per workgroup of the expert matmul.
 const WG: u32 = 64;
@@ -63,7 +63,7 @@ fn expert_matmul(
         by_pair as u32,
     ];
     let mut bind = vec![(1, x), (2, idx), (3, y)];
-    bind.extend(gw.bindings());
+    bind.extend(gw.single("expert weight")?.bindings());
     rt.dispatch(
         &kernel,
         &params,
