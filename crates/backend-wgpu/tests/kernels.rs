@@ -86,7 +86,7 @@ fn metal_slots(module: &naga::Module) -> naga::back::msl::EntryPointResourceMap 
                 naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE)
             );
             res.resources.insert(
-                b.clone(),
+                *b,
                 naga::back::msl::BindTarget {
                     buffer: Some(slot),
                     mutable,
