@@ -165,6 +165,7 @@ def mixtral_config(llama_cfg, experts: int, top_k: int) -> MixtralConfig:
 
 def write(out: Path, src: Path, cfg: MixtralConfig, sd: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    cfg.architectures = ["MixtralForCausalLM"]
     cfg.save_pretrained(out)
     save_file({k: v.contiguous() for k, v in sd.items()}, out / "model.safetensors", {"format": "pt"})
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):

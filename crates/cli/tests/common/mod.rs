@@ -175,3 +175,44 @@ pub fn stored_tensors(dir: &Path) -> std::collections::BTreeMap<String, (String,
         .collect()
 }
 
+
+/// A copy of tiny fixture `fixture` in `dir` with a byte-level tokenizer
+/// (the 256 bytes as tokens 0..255, no merges: GPT-2's byte-to-character
+/// map), so that calibration text tokenizes inside the fixtures'
+/// vocabulary of 320.
+pub fn with_byte_tokenizer(fixture: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "model.safetensors", "reference.json"] {
+        std::fs::copy(tiny(fixture).join(f), dir.join(f)).unwrap();
+    }
+    // GPT-2's bytes_to_unicode.
+    let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let vocab: serde_json::Map<String, Value> = printable
+        .iter()
+        .zip(&chars)
+        .map(|(&b, &c)| (char::from_u32(c).unwrap().to_string(), Value::from(b)))
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    dir.to_path_buf()
+}
