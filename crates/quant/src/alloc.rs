@@ -201,7 +201,7 @@ mod tests {
     fn greedy_equals_exhaustive_on_hull_budgets() {
         // Three units of different sizes: compare with every combination.
         let units = vec![unit(100.0, 3.0), unit(300.0, 1.0), unit(50.0, 7.0)];
-        for budget in [400.0, 700.0, 1000.0, 1400.0, 1900.0, 2500.0, 3700.0] {
+        for budget in [956.25, 1000.0, 1300.0, 1600.0, 1900.0, 2500.0, 3000.0, 3700.0] {
             let pick = allocate(&units, budget).unwrap();
             let cost = |p: &[usize]| -> f64 { p.iter().zip(&units).map(|(&k, u)| u[k].cost).sum() };
             let mut best = f64::INFINITY;
