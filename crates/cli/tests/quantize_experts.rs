@@ -14,7 +14,13 @@ use serde_json::Value;
 
 const CALIB: &str = "/usr/share/common-licenses/GPL-3";
 
-const MOE: [&str; 5] = ["qwen3-moe", "mixtral", "glm4-moe", "glm4-moe-lite", "deepseek-v2"];
+const MOE: [&str; 5] = [
+    "qwen3-moe",
+    "mixtral",
+    "glm4-moe",
+    "glm4-moe-lite",
+    "deepseek-v2",
+];
 
 /// GPTQ (act-order, error propagation on) of every MoE/MLA fixture: the run
 /// reports its routed experts, and the model loads and stays as close to
@@ -106,7 +112,12 @@ fn expert_bits_meet_the_budget_and_equal_explicit_rules() {
     };
     for target in ["3", "4.5", "5.5"] {
         let out = t.join(&format!("auto-{target}"));
-        let mut args = vec!["quantize", src.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        let mut args = vec![
+            "quantize",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
         args.extend(base);
         args.extend(["--expert-bits", "auto", "--target-bpw", target]);
         let err = ok(&args);
@@ -118,7 +129,11 @@ fn expert_bits_meet_the_budget_and_equal_explicit_rules() {
         // Every expert weight is stored as recorded; the mean matches.
         let experts = eb["experts"].as_array().unwrap();
         assert_eq!(experts.len(), 8);
-        let mean: f64 = experts.iter().map(|e| bits(e["format"].as_str().unwrap())).sum::<f64>() / 8.0;
+        let mean: f64 = experts
+            .iter()
+            .map(|e| bits(e["format"].as_str().unwrap()))
+            .sum::<f64>()
+            / 8.0;
         assert!((mean - achieved).abs() < 1e-9, "{mean} vs {achieved}");
         let stored = open_source_formats(&out);
         for e in experts {
@@ -126,14 +141,24 @@ fn expert_bits_meet_the_budget_and_equal_explicit_rules() {
             for p in ["gate_proj", "up_proj", "down_proj"] {
                 let name = format!("model.layers.{l}.mlp.experts.{x}.{p}.weight");
                 let want = e["format"].as_str().unwrap();
-                assert!(stored[&name].starts_with(&want.replace("/g32", "")), "{name}: {} vs {want}", stored[&name]);
+                assert!(
+                    stored[&name].starts_with(&want.replace("/g32", "")),
+                    "{name}: {} vs {want}",
+                    stored[&name]
+                );
             }
         }
         // The most sensitive expert (at the lowest format) never has fewer
         // bits than the least sensitive.
         let s0 = |e: &Value| e["sensitivity"][0].as_f64().unwrap();
-        let hi = experts.iter().max_by(|a, b| s0(a).total_cmp(&s0(b))).unwrap();
-        let lo = experts.iter().min_by(|a, b| s0(a).total_cmp(&s0(b))).unwrap();
+        let hi = experts
+            .iter()
+            .max_by(|a, b| s0(a).total_cmp(&s0(b)))
+            .unwrap();
+        let lo = experts
+            .iter()
+            .min_by(|a, b| s0(a).total_cmp(&s0(b)))
+            .unwrap();
         assert!(
             bits(hi["format"].as_str().unwrap()) >= bits(lo["format"].as_str().unwrap()),
             "{hi} vs {lo}"
@@ -144,7 +169,12 @@ fn expert_bits_meet_the_budget_and_equal_explicit_rules() {
             .iter()
             .map(|(n, f)| format!("^{}$={f}", n.replace('.', "\\.")))
             .collect();
-        let mut args = vec!["quantize", src.to_str().unwrap(), "-o", rules.to_str().unwrap()];
+        let mut args = vec![
+            "quantize",
+            src.to_str().unwrap(),
+            "-o",
+            rules.to_str().unwrap(),
+        ];
         args.extend(["--format", "int4", "--group-size", "32"]);
         for k in &keeps {
             args.extend(["--keep", k.as_str()]);
@@ -152,13 +182,28 @@ fn expert_bits_meet_the_budget_and_equal_explicit_rules() {
         ok(&args);
         let (a, _) = logits(&out, &ids);
         let (b, _) = logits(&rules, &ids);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "target {target}");
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "target {target}"
+        );
     }
     // With GPTQ too: the budget holds and the model runs.
     let out = t.join("auto-gptq");
-    let mut args = vec!["quantize", src.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    let mut args = vec![
+        "quantize",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
     args.extend(base);
-    args.extend(["--expert-bits", "auto", "--target-bpw", "3.5", "--method", "gptq"]);
+    args.extend([
+        "--expert-bits",
+        "auto",
+        "--target-bpw",
+        "3.5",
+        "--method",
+        "gptq",
+    ]);
     ok(&args);
     let (eb, _) = allocated(&out);
     assert!(eb["achieved_bpw"].as_f64().unwrap() <= 3.5, "{eb}");
@@ -184,25 +229,93 @@ fn bad_expert_options_are_clear_errors() {
     let s = src.to_str().unwrap();
     let out = t.join("out");
     let o = out.to_str().unwrap();
-    let e = fails(&["quantize", s, "-o", o, "--expert-bits", "auto", "--target-bpw", "3"]);
+    let e = fails(&[
+        "quantize",
+        s,
+        "-o",
+        o,
+        "--expert-bits",
+        "auto",
+        "--target-bpw",
+        "3",
+    ]);
     assert!(e.contains("--calib"), "{e}");
-    let auto = ["--expert-bits", "auto", "--calib", CALIB, "--calib-windows", "2"];
+    let auto = [
+        "--expert-bits",
+        "auto",
+        "--calib",
+        CALIB,
+        "--calib-windows",
+        "2",
+    ];
     let e = fails(&[&["quantize", s, "-o", o, "--target-bpw", "1"][..], &auto].concat());
     assert!(e.contains("cannot be met"), "{e}");
-    let e = fails(&[&["quantize", s, "-o", o, "--target-bpw", "3", "--expert-formats", "int4,f16"][..], &auto].concat());
+    let e = fails(
+        &[
+            &[
+                "quantize",
+                s,
+                "-o",
+                o,
+                "--target-bpw",
+                "3",
+                "--expert-formats",
+                "int4,f16",
+            ][..],
+            &auto,
+        ]
+        .concat(),
+    );
     assert!(e.contains("not a quantized format"), "{e}");
-    let e = fails(&[&["quantize", s, "-o", o, "--target-bpw", "3", "--expert-formats", "int4/g64"][..], &auto].concat());
+    let e = fails(
+        &[
+            &[
+                "quantize",
+                s,
+                "-o",
+                o,
+                "--target-bpw",
+                "3",
+                "--expert-formats",
+                "int4/g64",
+            ][..],
+            &auto,
+        ]
+        .concat(),
+    );
     assert!(e.contains("cannot store expert rows of 32"), "{e}");
-    let e = fails(&[&["quantize", tiny("llama").to_str().unwrap(), "-o", o, "--target-bpw", "3"][..], &auto].concat());
+    let e = fails(
+        &[
+            &[
+                "quantize",
+                tiny("llama").to_str().unwrap(),
+                "-o",
+                o,
+                "--target-bpw",
+                "3",
+            ][..],
+            &auto,
+        ]
+        .concat(),
+    );
     assert!(e.contains("no routed experts"), "{e}");
     // clap: --target-bpw needs --expert-bits.
     let r = run(&["quantize", s, "-o", o, "--target-bpw", "3"]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("--expert-bits"));
     let gptq = ["--method", "gptq", "--calib", CALIB, "--calib-windows", "2"];
-    let e = fails(&[&["quantize", s, "-o", o, "--expert-min-tokens", "-1"][..], &gptq].concat());
+    let e = fails(
+        &[
+            &["quantize", s, "-o", o, "--expert-min-tokens", "-1"][..],
+            &gptq,
+        ]
+        .concat(),
+    );
     assert!(e.contains("--expert-min-tokens"), "{e}");
     let e = fails(&[&["quantize", s, "-o", o, "--tune", "1"][..], &gptq].concat());
-    assert!(e.contains("--tune supports dense layers") && e.contains("layer 1"), "{e}");
+    assert!(
+        e.contains("--tune supports dense layers") && e.contains("layer 1"),
+        "{e}"
+    );
     assert_nothing_written(&out);
 }

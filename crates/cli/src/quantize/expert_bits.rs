@@ -110,7 +110,9 @@ pub fn allocate(ask: &ExpertBits, cx: &Context, status: &dyn Fn(String)) -> Resu
     let (method, gopts, asked) = (cx.method, cx.gptq, cx.scale_search);
     let quantize = move |_: &str, v: &[f32], rows, cols, h: &Hessian, f: MmFormat| {
         let q = match method {
-            QuantMethod::Rtn => quantize_rtn_with(v, rows, cols, f, scale_search_for(asked, f, false))?,
+            QuantMethod::Rtn => {
+                quantize_rtn_with(v, rows, cols, f, scale_search_for(asked, f, false))?
+            }
             QuantMethod::Gptq => {
                 let o = GptqOptions {
                     scale_search: scale_search_for(asked, f, true),

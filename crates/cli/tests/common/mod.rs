@@ -175,7 +175,6 @@ pub fn stored_tensors(dir: &Path) -> std::collections::BTreeMap<String, (String,
         .collect()
 }
 
-
 /// A copy of tiny fixture `fixture` in `dir` with a byte-level tokenizer
 /// (the 256 bytes as tokens 0..255, no merges: GPT-2's byte-to-character
 /// map), so that calibration text tokenizes inside the fixtures'

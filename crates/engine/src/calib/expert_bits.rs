@@ -104,7 +104,11 @@ pub fn measure_experts(
             if layer != l {
                 continue;
             }
-            let w = (lin.name().to_string(), lin.weight.shape[0], lin.weight.shape[1]);
+            let w = (
+                lin.name().to_string(),
+                lin.weight.shape[0],
+                lin.weight.shape[1],
+            );
             match experts.iter_mut().find(|x| x.0 == e) {
                 Some(x) => x.1.push(w),
                 None => experts.push((e, vec![w])),
@@ -137,7 +141,11 @@ pub fn measure_experts(
         complete_expert_stats(&mut seq, model, &probes, &mut stats, policy)?;
         let linears = model.linears();
         for (e, ws) in &experts {
-            let tokens = ws.iter().map(|w| routed[&probe_of[&w.0]]).max().unwrap_or(0);
+            let tokens = ws
+                .iter()
+                .map(|w| routed[&probe_of[&w.0]])
+                .max()
+                .unwrap_or(0);
             let mut cost = ExpertCost {
                 layer: l,
                 expert: *e,
@@ -149,16 +157,15 @@ pub fn measure_experts(
                 bits: Vec::with_capacity(formats.len()),
                 errors: Vec::with_capacity(formats.len()),
             };
-            let values: Vec<Vec<f32>> = ws
-                .iter()
-                .map(|(n, rows, _)| {
-                    let lin = linears
-                        .iter()
-                        .find(|x| x.name() == n)
-                        .ok_or_else(|| Error::Other(format!("the model has no weight '{n}'")))?;
-                    mm_quant::dequantize_rows_ref(&lin.weight, 0..*rows)
-                })
-                .collect::<Result<_>>()?;
+            let values: Vec<Vec<f32>> =
+                ws.iter()
+                    .map(|(n, rows, _)| {
+                        let lin = linears.iter().find(|x| x.name() == n).ok_or_else(|| {
+                            Error::Other(format!("the model has no weight '{n}'"))
+                        })?;
+                        mm_quant::dequantize_rows_ref(&lin.weight, 0..*rows)
+                    })
+                    .collect::<Result<_>>()?;
             for &f in formats {
                 let (mut bits, mut err, mut fmts) = (0.0, 0.0, Vec::with_capacity(ws.len()));
                 for ((n, rows, cols), v) in ws.iter().zip(&values) {

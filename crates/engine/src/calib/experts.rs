@@ -92,7 +92,10 @@ pub fn complete_expert_stats(
         return Ok(Vec::new());
     }
     let prior = if policy.min_tokens_per_input > 0.0 {
-        seq.hessians_all_tokens(model, names_filter(thin.iter().map(|t| t.0.clone()).collect()))?
+        seq.hessians_all_tokens(
+            model,
+            names_filter(thin.iter().map(|t| t.0.clone()).collect()),
+        )?
     } else {
         HashMap::new()
     };

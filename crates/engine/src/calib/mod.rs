@@ -40,9 +40,9 @@ mod expert_bits;
 mod experts;
 mod sequential;
 mod stages;
-pub use sequential::{names_filter, SequentialCalib, WeightStats};
 pub use expert_bits::{allocate_experts, measure_experts, ExpertCost, QuantizeFn};
 pub use experts::{complete_expert_stats, Blended, ExpertPolicy, DEFAULT_EXPERT_MIN_TOKENS};
+pub use sequential::{names_filter, SequentialCalib, WeightStats};
 pub use stages::{routed_expert, stage_of, STAGES};
 
 /// Tokens per calibration window.

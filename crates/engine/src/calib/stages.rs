@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(routed_expert(&n("2.mlp.gate")), None);
         assert_eq!(residual_point(&n("2.self_attn.o_proj")), Some(0));
         assert_eq!(residual_point(&n("2.mlp.down_proj")), Some(1));
-        assert_eq!(residual_point(&n("2.mlp.shared_experts.down_proj")), Some(1));
+        assert_eq!(
+            residual_point(&n("2.mlp.shared_experts.down_proj")),
+            Some(1)
+        );
         assert_eq!(residual_point(&n("2.mlp.experts.1.down_proj")), None);
         assert_eq!(residual_point(&n("2.self_attn.kv_b_proj")), None);
     }
