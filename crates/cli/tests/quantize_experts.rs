@@ -30,7 +30,7 @@ fn gptq_of_experts_loads_and_runs() {
     let t = Tmp::new("gptq-experts");
     let mut bad = Vec::new();
     for fixture in MOE {
-        let src = tiny(fixture);
+        let src = with_byte_tokenizer(fixture, &t.join(&format!("src-{fixture}")));
         let ids = input_ids(fixture);
         let (want, vocab) = logits(&src, &ids);
         let mut kl = Vec::new();
@@ -67,15 +67,18 @@ fn gptq_of_experts_loads_and_runs() {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
-/// Experts' formats from the record in quantization_config.json: weight
-/// name → format label.
+/// The `"expert_bits"` record of quantization_config.json, and the
+/// routed-expert weights stored in another format than the default
+/// (its overrides): weight name → `int2/g32`.
 fn allocated(dir: &std::path::Path) -> (Value, BTreeMap<String, String>) {
     let qc = read_json(&dir.join("quantization_config.json"));
     let eb = qc["expert_bits"].clone();
     let mut formats = BTreeMap::new();
     for (name, f) in qc["overrides"].as_object().into_iter().flatten() {
         if name.contains(".experts.") {
-            formats.insert(name.clone(), f.as_str().unwrap_or_default().to_string());
+            // {"format": "int2", "group_size": 32}
+            let label = format!("{}/g{}", f["format"].as_str().unwrap(), f["group_size"]);
+            formats.insert(name.clone(), label);
         }
     }
     (eb, formats)
@@ -88,7 +91,7 @@ fn allocated(dir: &std::path::Path) -> (Value, BTreeMap<String, String>) {
 #[test]
 fn expert_bits_meet_the_budget_and_equal_explicit_rules() {
     let t = Tmp::new("expert-bits");
-    let src = tiny("qwen3-moe");
+    let src = with_byte_tokenizer("qwen3-moe", &t.join("src"));
     let ids = input_ids("qwen3-moe");
     let base = [
         "--format",
@@ -225,7 +228,7 @@ fn open_source_formats(dir: &std::path::Path) -> BTreeMap<String, String> {
 #[test]
 fn bad_expert_options_are_clear_errors() {
     let t = Tmp::new("expert-bad");
-    let src = tiny("qwen3-moe");
+    let src = with_byte_tokenizer("qwen3-moe", &t.join("src"));
     let s = src.to_str().unwrap();
     let out = t.join("out");
     let o = out.to_str().unwrap();
@@ -288,7 +291,9 @@ fn bad_expert_options_are_clear_errors() {
         &[
             &[
                 "quantize",
-                tiny("llama").to_str().unwrap(),
+                with_byte_tokenizer("llama", &t.join("llama"))
+                    .to_str()
+                    .unwrap(),
                 "-o",
                 o,
                 "--target-bpw",
