@@ -109,11 +109,7 @@ pub fn allocate(units: &[Vec<Candidate>], budget_bits: f64) -> Result<Vec<usize>
     }
     let hulls: Vec<Vec<usize>> = units.iter().map(|c| hull(c)).collect();
     let mut at = vec![0usize; units.len()];
-    let mut total: f64 = hulls
-        .iter()
-        .zip(units)
-        .map(|(h, c)| c[h[0]].bits)
-        .sum();
+    let mut total: f64 = hulls.iter().zip(units).map(|(h, c)| c[h[0]].bits).sum();
     if total > budget_bits {
         return Err(Error::Invalid(format!(
             "bit allocation: the smallest candidates take {total} bits, above the budget of {budget_bits}"
@@ -174,7 +170,10 @@ mod tests {
             assert!(bits <= bpw * n + 1e-9, "bpw {bpw}: {bits} bits");
             // Never more than one upgrade short: at least the budget less
             // the largest step (4 bits × 1000 weights) is used.
-            assert!(bits >= (bpw * n - 4000.0).min(8.125 * n - 6.0 * 1000.0), "bpw {bpw}: {bits}");
+            assert!(
+                bits >= (bpw * n - 4000.0).min(8.125 * n - 6.0 * 1000.0),
+                "bpw {bpw}: {bits}"
+            );
             // More sensitive units never get fewer bits.
             for a in 0..sens.len() {
                 for b in 0..sens.len() {
@@ -201,7 +200,9 @@ mod tests {
     fn greedy_equals_exhaustive_on_hull_budgets() {
         // Three units of different sizes: compare with every combination.
         let units = vec![unit(100.0, 3.0), unit(300.0, 1.0), unit(50.0, 7.0)];
-        for budget in [956.25, 1000.0, 1300.0, 1600.0, 1900.0, 2500.0, 3000.0, 3700.0] {
+        for budget in [
+            956.25, 1000.0, 1300.0, 1600.0, 1900.0, 2500.0, 3000.0, 3700.0,
+        ] {
             let pick = allocate(&units, budget).unwrap();
             let cost = |p: &[usize]| -> f64 { p.iter().zip(&units).map(|(&k, u)| u[k].cost).sum() };
             let mut best = f64::INFINITY;
@@ -218,13 +219,22 @@ mod tests {
             }
             let got = cost(&pick);
             // Greedy on hulls: within the cost of one upgrade of the best.
-            assert!(got <= best + 7.0 * 8.0 + 1e-9, "budget {budget}: {got} vs {best}");
+            assert!(
+                got <= best + 7.0 * 8.0 + 1e-9,
+                "budget {budget}: {got} vs {best}"
+            );
         }
     }
 
     #[test]
     fn hull_drops_dominated_and_concave_points() {
-        let cands = [c(1.0, 10.0), c(2.0, 9.5), c(3.0, 2.0), c(4.0, 3.0), c(5.0, 1.0)];
+        let cands = [
+            c(1.0, 10.0),
+            c(2.0, 9.5),
+            c(3.0, 2.0),
+            c(4.0, 3.0),
+            c(5.0, 1.0),
+        ];
         // (2, 9.5) lies above the chord from (1, 10) to (3, 2); (4, 3) is
         // dominated by (3, 2).
         assert_eq!(hull(&cands), vec![0, 2, 4]);

@@ -401,7 +401,10 @@ mod tests {
         assert_eq!(b.n_samples(), 12);
         for ((v, o), p) in b.matrix().iter().zip(own.matrix()).zip(prior.matrix()) {
             let want = o / 3.0 + p * 2.0 / 3.0;
-            assert!((v - want).abs() <= 1e-12 * (1.0 + want.abs()), "{v} vs {want}");
+            assert!(
+                (v - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                "{v} vs {want}"
+            );
         }
         // Enough rows: unchanged; none: the prior.
         assert_eq!(own.shrink_towards(&prior, 4).unwrap(), own);
