@@ -365,6 +365,13 @@ pub enum MethodArg {
     Gptq,
 }
 
+/// `quantize --expert-bits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExpertBitsArg {
+    /// From measured sensitivity under --target-bpw.
+    Auto,
+}
+
 /// `quantize --scale-search`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScaleSearchArg {
@@ -445,6 +452,28 @@ pub struct QuantizeArgs {
     /// GPTQ: calibration windows of 512 tokens taken from --calib (at most).
     #[arg(long, value_name = "N", default_value_t = mm_engine::calib::DEFAULT_MAX_WINDOWS)]
     pub calib_windows: usize,
+    /// GPTQ of mixture-of-experts models: a routed expert that the
+    /// calibration text routes fewer than MULT × (the weight's input width)
+    /// tokens to has its Hessian blended with the layer-wide one (every
+    /// token entering the block), in proportion to the tokens it lacks; 0:
+    /// each expert's own Hessian only.
+    #[arg(long, value_name = "MULT", allow_negative_numbers = true, default_value_t = mm_engine::calib::DEFAULT_EXPERT_MIN_TOKENS)]
+    pub expert_min_tokens: f64,
+    /// Per-expert bit allocation: `auto` picks each routed expert's format
+    /// among --expert-formats from its measured sensitivity on --calib
+    /// (routing frequency × output error), so that all routed-expert
+    /// weights take at most --target-bpw bits per weight.
+    #[arg(long, value_enum, requires = "target_bpw")]
+    pub expert_bits: Option<ExpertBitsArg>,
+    /// --expert-bits auto: bits per routed-expert weight, at most (codes,
+    /// scales and zero-points counted; other weights are not part of it).
+    #[arg(long, value_name = "B", requires = "expert_bits")]
+    pub target_bpw: Option<f64>,
+    /// --expert-bits auto: the candidate formats, comma-separated, each
+    /// with the default group unless it names one (int4/g64)
+    /// [default: int2,int3,int4,int8].
+    #[arg(long, value_name = "LIST", requires = "expert_bits")]
+    pub expert_formats: Option<String>,
     /// Rotate the model first (QuaRot-style random orthogonal rotation of
     /// the residual stream and of attention values, fused into the
     /// weights): spreads outlier channels; measured to help only with GPTQ

@@ -4,14 +4,13 @@
 //! `--keep` and recipes, and every bad-input case (clear error, exit 1,
 //! nothing written).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Arc;
+mod common;
 
-use mm_backend_cpu::CpuBackend;
-use mm_core::{Device, WeightFormat};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use mm_core::WeightFormat;
 use mm_formats::open_source;
-use mm_models::load_model;
 use serde_json::Value;
 
 const FIXTURES: [&str; 7] = [
@@ -23,169 +22,6 @@ const FIXTURES: [&str; 7] = [
     "qwen2",
     "qwen3",
 ];
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_metal-marlin"))
-}
-
-fn tiny(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/tiny")
-        .join(name)
-}
-
-/// A scratch directory, removed on drop.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("mm-quantize-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Tmp(d)
-    }
-    fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    bin()
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-/// Runs the CLI, expects success, returns stderr.
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "args {args:?} failed: {err}");
-    err
-}
-
-/// Runs the CLI, expects exit 1 with an error line and no panic.
-fn fails(args: &[&str]) -> String {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "args {args:?}: expected exit 1: {err}"
-    );
-    assert!(!err.contains("panicked"), "args {args:?} panicked: {err}");
-    assert!(
-        err.contains("error:"),
-        "args {args:?}: no error line: {err}"
-    );
-    err
-}
-
-/// Nothing named like `out` (or its temporary siblings) exists.
-fn assert_nothing_written(out: &Path) {
-    assert!(!out.exists(), "{} was written", out.display());
-    let name = out.file_name().unwrap().to_string_lossy().to_string();
-    for e in std::fs::read_dir(out.parent().unwrap()).unwrap() {
-        let n = e.unwrap().file_name().to_string_lossy().to_string();
-        assert!(!n.starts_with(&format!("{name}.")), "leftover {n}");
-    }
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// The reference-precision CPU backend (f32 activations), so that logit
-/// comparisons measure the quantization of the weights alone, not the
-/// kernels' 8-bit activations.
-fn cpu() -> Device {
-    let b: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::exact());
-    Device::new(b.clone(), b)
-}
-
-fn input_ids(fixture: &str) -> Vec<u32> {
-    read_json(&tiny(fixture).join("reference.json"))["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-/// Logits `[ids, vocab]` of the model in `dir`, every position.
-fn logits(dir: &Path, ids: &[u32]) -> (Vec<f32>, usize) {
-    let src = open_source(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let model = load_model(src.as_ref(), &cpu(), &|_, _| {}).unwrap();
-    let mut cache = model.new_cache(ids.len()).unwrap();
-    let t = model.forward(ids, &mut cache, true).unwrap();
-    (t.to_vec().unwrap(), src.config().vocab_size)
-}
-
-/// How far quantized logits are from the reference ones.
-#[derive(Debug, Clone, Copy)]
-struct Closeness {
-    /// max |Δlogit| / max |logit|.
-    rel_max: f32,
-    /// Fraction of positions whose argmax agrees.
-    top1: f32,
-    /// Mean KL(p_ref ‖ p_quant) over positions, in nats.
-    kl: f32,
-}
-
-fn softmax(x: &[f32]) -> Vec<f64> {
-    let m = x.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
-}
-
-fn argmax(x: &[f32]) -> usize {
-    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b })
-}
-
-fn closeness(reference: &[f32], got: &[f32], vocab: usize) -> Closeness {
-    assert_eq!(reference.len(), got.len());
-    let max_ref = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_err = reference
-        .iter()
-        .zip(got)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    let rows = reference.len() / vocab;
-    let (mut agree, mut kl) = (0, 0f64);
-    for (r, g) in reference.chunks(vocab).zip(got.chunks(vocab)) {
-        agree += (argmax(r) == argmax(g)) as usize;
-        let (p, q) = (softmax(r), softmax(g));
-        kl += p
-            .iter()
-            .zip(&q)
-            .map(|(a, b)| if *a > 0.0 { a * (a / b).ln() } else { 0.0 })
-            .sum::<f64>();
-    }
-    Closeness {
-        rel_max: max_err / max_ref,
-        top1: agree as f32 / rows as f32,
-        kl: (kl / rows as f64) as f32,
-    }
-}
-
-/// Every `model-*.safetensors` shard's tensors: name → (dtype, shape).
-fn stored_tensors(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>)> {
-    let set = mm_formats::SafetensorsSet::open_dir(dir).unwrap();
-    set.names()
-        .map(|n| {
-            let (d, s) = set.info(n).unwrap();
-            (n.to_string(), (d, s.to_vec()))
-        })
-        .collect()
-}
 
 #[test]
 fn layout_index_and_config() {

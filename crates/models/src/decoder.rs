@@ -433,6 +433,15 @@ impl DecoderModel {
         self.lm_head.set_observer(observer);
     }
 
+    /// Calibration: every MoE block shows its routed experts' observers
+    /// all the rows entering it (`true`) or only their routed rows
+    /// (`false`, the default); see [`crate::layers::Moe::set_observe_all_tokens`].
+    pub fn set_moe_observe_all_tokens(&mut self, all: bool) {
+        for l in &mut self.layers {
+            l.ffn.set_observe_all_tokens(all);
+        }
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -3,6 +3,7 @@
 //! and the quantizers that produce metal-marlin formats (RTN in `mm`,
 //! GPTQ in `gptq`).
 
+pub mod alloc;
 pub mod dense;
 pub mod ggml;
 pub mod gptq;

@@ -37,6 +37,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             scale_lr: a.tune_scale_lr,
         },
         calib_windows: a.calib_windows,
+        expert_min_tokens: a.expert_min_tokens,
+        expert_bits: a
+            .expert_bits
+            .map(|_| crate::quantize::expert_bits::ExpertBits {
+                target_bpw: a.target_bpw.unwrap_or(f64::NAN),
+                formats: a.expert_formats.clone(),
+            }),
         scale_search: match a.scale_search {
             ScaleSearchArg::Auto => None,
             ScaleSearchArg::Minmax => Some(ScaleSearch::MinMax),
@@ -75,6 +82,23 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             mm_formats::mm_format_label(s.fallbacks[0].1),
             mm_formats::mm_format_label(s.fallbacks[0].2)
         );
+    }
+    if let Some(line) = &s.expert_bits {
+        eprintln!("{line}");
+    }
+    if let Some(r) = &s.experts {
+        eprintln!(
+            "GPTQ of routed experts: {} experts, {} with fewer calibration tokens than --expert-min-tokens asks \
+             took the layer-wide Hessian blend ({} of them saw no token)",
+            r.experts, r.blended, r.unrouted
+        );
+        if r.not_propagated > 0 {
+            eprintln!(
+                "error propagation: not applied to {} routed-expert weights (their tokens differ between the \
+                 unquantized and the quantized model; docs/GPTQ.md, \"Experts\")",
+                r.not_propagated
+            );
+        }
     }
     Ok(())
 }

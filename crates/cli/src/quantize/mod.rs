@@ -12,6 +12,7 @@
 //!    existing `OUT` only with `--force`, and only now). Any failure removes
 //!    the temporary directory.
 
+pub mod expert_bits;
 pub mod quantizer;
 pub mod rotate;
 pub mod rules;
@@ -33,7 +34,7 @@ use mm_quant::mm::{
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-pub use quantizer::Quantizer;
+pub use quantizer::{ExpertReport, Quantizer};
 use rules::{Dense, Recipe, Rule, Target, DEFAULT_GROUP};
 
 /// Elements per block of rows processed at once.
@@ -86,6 +87,13 @@ pub struct Options {
     pub tune: mm_engine::tune::TuneOptions,
     /// GPTQ: calibration windows taken from the text (at most).
     pub calib_windows: usize,
+    /// GPTQ: a routed expert with fewer calibration tokens than this many
+    /// times its input width has its Hessian blended with the layer-wide
+    /// one (`mm_engine::calib::ExpertPolicy`).
+    pub expert_min_tokens: f64,
+    /// `--expert-bits auto`: each routed expert's format from measured
+    /// sensitivity under a size target ([`expert_bits`]).
+    pub expert_bits: Option<expert_bits::ExpertBits>,
     /// Rotate the model before quantizing (see [`rotate`]).
     pub rotate: bool,
     pub progress: bool,
@@ -150,6 +158,11 @@ pub struct Summary {
     pub out_bytes: u64,
     pub shards: usize,
     pub seconds: f64,
+    /// GPTQ of a mixture-of-experts model: what happened to its routed
+    /// experts.
+    pub experts: Option<ExpertReport>,
+    /// `--expert-bits auto`: the allocation, in one line.
+    pub expert_bits: Option<String>,
 }
 
 /// Runs the whole pipeline.
@@ -160,15 +173,20 @@ pub fn run(o: &Options) -> Result<Summary> {
             "--method gptq needs calibration text: pass --calib FILE".into(),
         ));
     }
+    if o.expert_bits.is_some() && o.calib.is_none() {
+        return Err(Error::Invalid(
+            "--expert-bits auto measures each expert on calibration text: pass --calib FILE".into(),
+        ));
+    }
     if o.method == QuantMethod::Rtn
-        && (o.calib.is_some()
+        && ((o.calib.is_some() && o.expert_bits.is_none())
             || o.act_order
             || o.refit_scales
             || o.propagate_error.is_some()
             || o.tune.epochs > 0)
     {
         return Err(Error::Invalid(
-            "--calib, --act-order, --refit-scales, --propagate-error and --tune are only used by --method gptq"
+            "--calib (except with --expert-bits auto), --act-order, --refit-scales, --propagate-error and --tune are only used by --method gptq"
                 .into(),
         ));
     }
@@ -183,6 +201,12 @@ pub fn run(o: &Options) -> Result<Summary> {
         return Err(Error::Invalid(format!(
             "--calib-windows {} is too few (at least 1, and 2 with --tune: one is held out)",
             o.calib_windows
+        )));
+    }
+    if !(o.expert_min_tokens.is_finite() && o.expert_min_tokens >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "--expert-min-tokens {} must be a finite number ≥ 0 (a multiple of each expert weight's input width; 0: every expert keeps its own Hessian)",
+            o.expert_min_tokens
         )));
     }
     let propagate = o.propagate_strength();
@@ -237,10 +261,49 @@ pub fn run(o: &Options) -> Result<Summary> {
     for k in &o.keep {
         rules.push(Rule::parse_keep(k, default.group)?);
     }
+    let n_keep = rules.len();
+    let gptq_opts = mm_quant::gptq::GptqOptions {
+        act_order: o.act_order,
+        static_groups: o.act_order,
+        refit_scales: o.refit_scales,
+        ..Default::default()
+    };
+    let expert_policy = mm_engine::calib::ExpertPolicy {
+        min_tokens_per_input: o.expert_min_tokens,
+    };
+    let allocation = match &o.expert_bits {
+        None => None,
+        Some(ask) => {
+            let bar = progress_bar(o.progress, 0);
+            let a = expert_bits::allocate(
+                ask,
+                &expert_bits::Context {
+                    src_path: &o.src,
+                    src: src.as_ref(),
+                    calib: o.calib.as_deref().unwrap_or(Path::new("")),
+                    windows: o.calib_windows,
+                    method: o.method,
+                    gptq: gptq_opts,
+                    scale_search: o.scale_search,
+                    policy: expert_policy,
+                    default_group: default.group,
+                    lenient_groups: groups.fallback || !groups.default_explicit,
+                    group_fallback: groups.fallback,
+                },
+                &|m| bar.set_message(m),
+            )?;
+            bar.finish_and_clear();
+            rules.extend(a.rules.iter().cloned());
+            Some(a)
+        }
+    };
 
     let (items, fallbacks, src_bytes) =
         plan_items(src.as_ref(), default, &rules, n_recipe, groups)?;
-    let qconfig = quant_config(&items, default, o, &rules[n_recipe..])?;
+    let mut qconfig = quant_config(&items, default, o, &rules[n_recipe..n_keep])?;
+    if let (Some(a), Some(m)) = (&allocation, qconfig.as_object_mut()) {
+        m.insert("expert_bits".into(), a.record.clone());
+    }
     let (groups, n_quant) = tensor_groups(&items)?;
     if n_quant == 0 {
         tracing::warn!("no tensor is quantized: every weight was kept in a float dtype");
@@ -262,23 +325,18 @@ pub fn run(o: &Options) -> Result<Summary> {
                     Out::Dense(_) => None,
                 })
                 .collect();
-            let opts = mm_quant::gptq::GptqOptions {
-                act_order: o.act_order,
-                static_groups: o.act_order,
-                refit_scales: o.refit_scales,
-                ..Default::default()
-            };
             Quantizer::gptq(
                 &o.src,
                 src.as_ref(),
                 calib,
                 weights,
-                opts,
+                gptq_opts,
                 o.scale_search,
                 propagate,
                 o.propagate_residual,
                 o.tune,
                 o.calib_windows,
+                expert_policy,
             )?
         }
     };
@@ -331,6 +389,8 @@ pub fn run(o: &Options) -> Result<Summary> {
         out_bytes,
         shards,
         seconds: t0.elapsed().as_secs_f64(),
+        experts: quantizer.expert_report(),
+        expert_bits: allocation.map(|a| a.summary),
     })
 }
 
@@ -385,7 +445,7 @@ fn dense_dtype(d: Dense, src: WeightFormat) -> Dtype {
 
 /// The largest supported group not above `fmt.group` that suits rows of
 /// `cols` (per-channel as the last resort).
-fn fallback_group(fmt: MmFormat, cols: usize) -> Option<MmFormat> {
+pub(crate) fn fallback_group(fmt: MmFormat, cols: usize) -> Option<MmFormat> {
     if fmt.kind.fixed_group().is_some() {
         return None;
     }

@@ -27,8 +27,9 @@ use mm_backend_cpu::{ActPrecision, CpuBackend};
 use mm_core::weight::MmFormat;
 use mm_core::{Device, Error, Result};
 use mm_engine::calib::{
-    calibration_tokens, calibration_windows, names_filter, stage_of, CalibOptions, SequentialCalib,
-    DEFAULT_MIN_TOKENS, DEFAULT_WINDOW,
+    calibration_tokens, calibration_windows, complete_expert_stats, names_filter, routed_expert,
+    stage_of, CalibOptions, ExpertPolicy, SequentialCalib, DEFAULT_MIN_TOKENS, DEFAULT_WINDOW,
+    STAGES,
 };
 use mm_engine::tune::{tune_block, Block, Param, TuneOptions, LINEARS};
 use mm_formats::WeightSource;
@@ -63,6 +64,25 @@ pub struct Gptq {
     weights: Vec<(String, MmFormat)>,
     /// Quantized weights waiting for the pipeline to ask for them.
     done: RefCell<HashMap<String, QuantizedTensor>>,
+    /// Routed experts that see few calibration tokens.
+    experts: ExpertPolicy,
+    /// What happened to the routed experts so far.
+    report: RefCell<ExpertReport>,
+}
+
+/// What GPTQ did with the routed experts of a mixture-of-experts model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpertReport {
+    /// Routed experts `(layer, expert)` with a weight quantized by GPTQ.
+    pub experts: usize,
+    /// Of those, experts whose Hessian took the layer-wide prior because
+    /// the calibration text routed too few tokens to them.
+    pub blended: usize,
+    /// Of those, experts no calibration token chose.
+    pub unrouted: usize,
+    /// Routed-expert weights quantized without error propagation (it was
+    /// on for the other weights; see docs/GPTQ.md, "Experts").
+    pub not_propagated: usize,
 }
 
 impl Quantizer {
@@ -72,6 +92,15 @@ impl Quantizer {
         match self {
             Quantizer::Gptq(g) if g.applies(name) => g.prepare(name, status),
             _ => Ok(()),
+        }
+    }
+
+    /// With GPTQ of a mixture-of-experts model: what happened to its
+    /// routed experts.
+    pub fn expert_report(&self) -> Option<ExpertReport> {
+        match self {
+            Quantizer::Gptq(g) if g.report.borrow().experts > 0 => Some(g.report.borrow().clone()),
+            _ => None,
         }
     }
 
@@ -116,6 +145,7 @@ impl Quantizer {
     /// the error it carries. With `tune.epochs` > 0 each layer's quantized
     /// weights are then trained against the unquantized model's output
     /// (`mm_engine::tune`). At most `windows` calibration windows are used.
+    /// Routed experts with few routed tokens follow `experts`.
     #[allow(clippy::too_many_arguments)]
     pub fn gptq(
         src_path: &Path,
@@ -128,57 +158,26 @@ impl Quantizer {
         residual: bool,
         tune: TuneOptions,
         windows: usize,
+        experts: ExpertPolicy,
     ) -> Result<Self> {
-        let text = std::fs::read_to_string(calib).map_err(|e| Error::io(calib, e))?;
-        let tok = mm_engine::tokenizer::load_for(src_path, src).map_err(|e| {
-            Error::Other(format!(
-                "GPTQ calibration needs the model's tokenizer, which could not be loaded: {e}"
-            ))
-        })?;
-        let tokens = calibration_tokens(&tok, &text)?;
-        let cfg = src.config();
-        let calib_opts = CalibOptions {
-            window: DEFAULT_WINDOW.min(cfg.max_position_embeddings),
-            max_windows: windows,
-            min_tokens: DEFAULT_MIN_TOKENS,
-            filter: None,
-        };
-        calibration_windows(
-            &tokens,
-            calib_opts.window,
-            calib_opts.max_windows,
-            calib_opts.min_tokens,
-        )
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "{}: {} (a few thousand tokens of text like the model's use)",
-                calib.display(),
-                match e {
-                    Error::Invalid(m) => m,
-                    e => e.to_string(),
-                }
-            ))
-        })?;
-        if let Some(bad) = tokens.iter().find(|&&i| i as usize >= cfg.vocab_size) {
-            return Err(Error::Invalid(format!(
-                "the tokenizer gives id {bad} for the calibration text, outside the model's vocabulary of {}",
-                cfg.vocab_size
-            )));
-        }
+        let (tokens, calib_opts) = calibration(src_path, src, calib, windows)?;
         let weights: Vec<(String, MmFormat)> = weights
             .into_iter()
             .filter(|(n, _)| stage_of(n).is_some())
             .collect();
-        // Calibration runs with one 8-bit activation pass, as when every
-        // GPTQ number in docs/QUALITY.md was measured. The default
-        // inference precision (with the remainder pass) measured worse
-        // here: SmolLM2 layers 0-1 int3-asym/g64, GPTQ act-order with its
-        // defaults, held-out KL 0.049 against 0.030 (the CI test
-        // `gptq_pipeline_beats_rtn_on_smollm2`).
-        let cpu: Arc<dyn mm_core::Backend> =
-            Arc::new(CpuBackend::with_activations(ActPrecision::Int8));
-        let model = mm_models::load_model(src, &Device::new(cpu.clone(), cpu), &|_, _| {})
-            .map_err(|e| Error::Other(format!("loading the model for GPTQ calibration: {e}")))?;
+        let model = calibration_model(src)?;
+        if tune.epochs > 0 {
+            if let Some(l) = (0..model.num_layers()).find(|&l| {
+                model
+                    .layer(l)
+                    .is_some_and(|x| x.attn.gqa().is_none() || x.ffn.as_mlp().is_none())
+            }) {
+                return Err(Error::Invalid(format!(
+                    "--tune supports dense layers (grouped-query attention and an MLP) only; \
+                     layer {l} has multi-head latent attention or a mixture of experts: leave out --tune"
+                )));
+            }
+        }
         let mut seq = SequentialCalib::new(&model, &tokens, &calib_opts)
             .map_err(|e| Error::Other(format!("GPTQ calibration: {e}")))?;
         if propagate > 0.0 {
@@ -194,6 +193,8 @@ impl Quantizer {
             tune,
             weights,
             done: RefCell::new(HashMap::new()),
+            experts,
+            report: RefCell::new(ExpertReport::default()),
         })))
     }
 }
@@ -242,7 +243,7 @@ impl Gptq {
         } else {
             None
         };
-        for stage in 0..4 {
+        for stage in 0..STAGES {
             let names: Vec<(String, MmFormat)> = self
                 .weights
                 .iter()
@@ -253,13 +254,16 @@ impl Gptq {
                 continue;
             }
             status(format!(
-                "GPTQ layer {}/{n_layers}, stage {}/4 ({} windows)",
+                "GPTQ layer {}/{n_layers}, stage {}/{STAGES} ({} windows)",
                 l + 1,
                 stage + 1,
                 seq.windows()
             ));
-            let filter = names_filter(names.iter().map(|(n, _)| n.clone()).collect());
-            let stats = seq.calibrate(&mut model, filter)?;
+            let list: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+            let mut stats = seq.calibrate(&mut model, names_filter(list.clone()))?;
+            let blended =
+                complete_expert_stats(&mut seq, &mut model, &list, &mut stats, &self.experts)?;
+            self.note_experts(&list, &blended);
             for (name, fmt) in names {
                 let st = stats.get(&name).ok_or_else(|| {
                     Error::Other(format!("no Hessian for '{name}' (the model never used it)"))
@@ -303,6 +307,36 @@ impl Gptq {
             self.tune_layer(&mut model, &seq, l, original.as_deref(), status)?;
         }
         seq.advance(&mut model)
+    }
+
+    /// Counts the routed experts among one stage's weights `names` and
+    /// those of `blended` (experts are counted once, at their gate/up
+    /// stage, or at down when only that is quantized with GPTQ).
+    fn note_experts(&self, names: &[String], blended: &[mm_engine::calib::Blended]) {
+        let mut r = self.report.borrow_mut();
+        let mut seen = std::collections::BTreeSet::new();
+        for n in names {
+            let Some(e) = routed_expert(n) else { continue };
+            if self.propagate > 0.0 {
+                r.not_propagated += 1;
+            }
+            let counted_before = stage_of(n).is_some_and(|(_, s)| s == 4)
+                && self.weights.iter().any(|(m, _)| {
+                    routed_expert(m) == Some(e) && stage_of(m).is_some_and(|(_, s)| s == 3)
+                });
+            if counted_before || !seen.insert(e) {
+                continue;
+            }
+            r.experts += 1;
+            let thin: Vec<_> = blended
+                .iter()
+                .filter(|b| routed_expert(&b.name) == Some(e))
+                .collect();
+            if !thin.is_empty() {
+                r.blended += 1;
+                r.unrouted += thin.iter().all(|b| b.tokens == 0) as usize;
+            }
+        }
     }
 
     /// Block-wise tuning of layer `l`'s quantized weights (see
@@ -412,4 +446,65 @@ fn layer_weights(model: &DecoderModel, l: usize) -> Result<Vec<Vec<f32>>> {
             mm_quant::dequantize_ref(&lin.weight)
         })
         .collect()
+}
+
+/// The calibration text in `calib` as token ids of the model's tokenizer,
+/// checked to be long enough for GPTQ's windows (at most `windows` of
+/// them) and inside the vocabulary, and the windows' options.
+pub fn calibration(
+    src_path: &Path,
+    src: &dyn WeightSource,
+    calib: &Path,
+    windows: usize,
+) -> Result<(Vec<u32>, CalibOptions)> {
+    let text = std::fs::read_to_string(calib).map_err(|e| Error::io(calib, e))?;
+    let tok = mm_engine::tokenizer::load_for(src_path, src).map_err(|e| {
+        Error::Other(format!(
+            "calibration needs the model's tokenizer, which could not be loaded: {e}"
+        ))
+    })?;
+    let tokens = calibration_tokens(&tok, &text)?;
+    let cfg = src.config();
+    let calib_opts = CalibOptions {
+        window: DEFAULT_WINDOW.min(cfg.max_position_embeddings),
+        max_windows: windows,
+        min_tokens: DEFAULT_MIN_TOKENS,
+        filter: None,
+    };
+    calibration_windows(
+        &tokens,
+        calib_opts.window,
+        calib_opts.max_windows,
+        calib_opts.min_tokens,
+    )
+    .map_err(|e| {
+        Error::Invalid(format!(
+            "{}: {} (a few thousand tokens of text like the model's use)",
+            calib.display(),
+            match e {
+                Error::Invalid(m) => m,
+                e => e.to_string(),
+            }
+        ))
+    })?;
+    if let Some(bad) = tokens.iter().find(|&&i| i as usize >= cfg.vocab_size) {
+        return Err(Error::Invalid(format!(
+            "the tokenizer gives id {bad} for the calibration text, outside the model's vocabulary of {}",
+            cfg.vocab_size
+        )));
+    }
+    Ok((tokens, calib_opts))
+}
+
+/// The source model loaded on the CPU for calibration.
+pub fn calibration_model(src: &dyn WeightSource) -> Result<DecoderModel> {
+    // Calibration runs with one 8-bit activation pass, as when every
+    // GPTQ number in docs/QUALITY.md was measured. The default
+    // inference precision (with the remainder pass) measured worse
+    // here: SmolLM2 layers 0-1 int3-asym/g64, GPTQ act-order with its
+    // defaults, held-out KL 0.049 against 0.030 (the CI test
+    // `gptq_pipeline_beats_rtn_on_smollm2`).
+    let cpu: Arc<dyn mm_core::Backend> = Arc::new(CpuBackend::with_activations(ActPrecision::Int8));
+    mm_models::load_model(src, &Device::new(cpu.clone(), cpu), &|_, _| {})
+        .map_err(|e| Error::Other(format!("loading the model for calibration: {e}")))
 }

@@ -36,8 +36,14 @@ use mm_quant::gptq::{Gram, Hessian};
 
 use crate::tokenizer::Tokenizer;
 
+mod expert_bits;
+mod experts;
 mod sequential;
-pub use sequential::{names_filter, stage_of, SequentialCalib, WeightStats};
+mod stages;
+pub use expert_bits::{allocate_experts, measure_experts, ExpertCost, QuantizeFn};
+pub use experts::{complete_expert_stats, Blended, ExpertPolicy, DEFAULT_EXPERT_MIN_TOKENS};
+pub use sequential::{names_filter, SequentialCalib, WeightStats};
+pub use stages::{routed_expert, stage_of, STAGES};
 
 /// Tokens per calibration window.
 pub const DEFAULT_WINDOW: usize = 512;

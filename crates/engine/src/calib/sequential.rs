@@ -7,7 +7,7 @@
 //! Memory: `windows × window × hidden` f32 for the residual streams
 //! (16 × 512 × 576 × 4 B = 19 MB for SmolLM2) and one KV cache.
 //!
-//! Use: for each layer `l` in order, for each stage `s` of [`stage_of`],
+//! Use: for each layer `l` in order, for each stage `s` of [`stage_of`](super::stage_of),
 //! call [`SequentialCalib::hessians`] (or [`SequentialCalib::calibrate`])
 //! for the stage's weights, quantize them and put the quantized weights
 //! into the model ([`DecoderModel::linear_mut`]); then
@@ -30,25 +30,8 @@ use mm_core::{Error, KvDType, Result, Tensor};
 use mm_models::{DecoderModel, KvCache, LinearObserver};
 use mm_quant::gptq::{ErrorCross, Hessian};
 
+use super::stages::{residual_point, routed_expert};
 use super::{calibration_windows, hessian_observer, take_hessians, CalibOptions, NameFilter};
-
-/// The stage of a decoder-layer weight in true-sequential order: the
-/// attention inputs (q, k, v) first, then o, then the MLP inputs (gate,
-/// up), then down. `None` for names outside decoder layers. Weights of one
-/// stage share an input, so they are calibrated together.
-pub fn stage_of(name: &str) -> Option<(usize, usize)> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let layer = layer.parse().ok()?;
-    let stage = match tail.strip_suffix(".weight").unwrap_or(tail) {
-        "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj" => 0,
-        "self_attn.o_proj" => 1,
-        "mlp.gate_proj" | "mlp.up_proj" => 2,
-        "mlp.down_proj" => 3,
-        _ => return None,
-    };
-    Some((layer, stage))
-}
 
 /// Residual streams of the calibration windows at the input of layer
 /// [`next_layer`](Self::next_layer).
@@ -82,23 +65,13 @@ pub struct WeightStats {
     /// `2·X̂ᵀX̂/n` of the inputs it sees in the partly quantized model.
     pub hessian: Hessian,
     /// With error propagation: `2·(X − X̂)ᵀX̂/n` against the unquantized
-    /// model's inputs `X` (same rows).
+    /// model's inputs `X` (same rows). `None` for routed experts, whose
+    /// tokens differ between the two models (docs/GPTQ.md, "Experts").
     pub cross: Option<ErrorCross>,
     /// With error propagation, for weights whose output is added to the
     /// residual stream (`o_proj`, `down_proj`): `2·(h − ĥ)ᵀX̂/n`, the
     /// unquantized minus the quantized model's stream at that addition.
     pub residual: Option<ErrorCross>,
-}
-
-/// Where a weight's output is added to the residual stream: 0 at the
-/// layer's input stream (attention output), 1 between the blocks (MLP
-/// output); `None` for weights that feed other products.
-fn residual_point(name: &str) -> Option<usize> {
-    match stage_of(name)?.1 {
-        1 => Some(0),
-        3 => Some(1),
-        _ => None,
-    }
 }
 
 impl SequentialCalib {
@@ -184,6 +157,32 @@ impl SequentialCalib {
             .collect())
     }
 
+    /// The Hessians of the weights `filter` selects as if every token
+    /// entering a MoE block were routed to each of its experts: a routed
+    /// expert's gate/up see every row entering the block, its down the
+    /// expert's own activations of every row (with the expert's weights as
+    /// they are now). Other weights see what they always see. Layer
+    /// [`next_layer`](Self::next_layer), the streams do not move, no error
+    /// propagation statistics. GPTQ uses these as the layer-wide prior of
+    /// experts that see too few tokens
+    /// ([`mm_quant::gptq::Hessian::shrink_towards`]).
+    pub fn hessians_all_tokens(
+        &mut self,
+        model: &mut DecoderModel,
+        filter: NameFilter,
+    ) -> Result<HashMap<String, Hessian>> {
+        let (observer, state) = hessian_observer(filter);
+        model.set_linear_observer(Some(observer));
+        model.set_moe_observe_all_tokens(true);
+        let reference = self.reference.take();
+        let run = self.run_layer(model, false);
+        self.reference = reference;
+        model.set_moe_observe_all_tokens(false);
+        model.set_linear_observer(None);
+        run?;
+        take_hessians(&state)
+    }
+
     /// [`hessians`](Self::hessians), and with error propagation each
     /// weight's [`ErrorCross`] too. The first call for a layer runs the
     /// unquantized layer first (see [`with_reference`](Self::with_reference)).
@@ -204,7 +203,9 @@ impl SequentialCalib {
                 let (crosses, kept) = (crosses.clone(), kept.clone());
                 Arc::new(move |name: &str, x: &Tensor| {
                     hess(name, x)?;
-                    if !filter(name) {
+                    // A routed expert's rows are the tokens routed to it,
+                    // which differ between the two models: no pairs.
+                    if !filter(name) || routed_expert(name).is_some() {
                         return Ok(());
                     }
                     if residual_point(name).is_some() {
@@ -231,7 +232,7 @@ impl SequentialCalib {
             .map(|(name, hessian)| {
                 let cross = match crosses.remove(&name) {
                     Some((_, c)) => Some(c),
-                    None if with_reference => {
+                    None if with_reference && routed_expert(&name).is_none() => {
                         return Err(Error::Other(format!(
                             "error propagation: no reference input for '{name}'"
                         )))
@@ -330,7 +331,7 @@ impl SequentialCalib {
         let last = Arc::new(Mutex::new(None::<Arc<Vec<f32>>>));
         let sink = inputs.clone();
         let observer: LinearObserver = Arc::new(move |name: &str, x: &Tensor| {
-            if !name.starts_with(&prefix) {
+            if !name.starts_with(&prefix) || routed_expert(name).is_some() {
                 return Ok(());
             }
             let data = x.to_vec()?;
@@ -433,33 +434,4 @@ fn poisoned() -> Error {
 /// A filter that selects exactly `names`.
 pub fn names_filter(names: Vec<String>) -> NameFilter {
     Arc::new(move |n: &str| names.iter().any(|m| m == n))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stage_of;
-
-    #[test]
-    fn stages_follow_the_forward_order() {
-        assert_eq!(
-            stage_of("model.layers.0.self_attn.q_proj.weight"),
-            Some((0, 0))
-        );
-        assert_eq!(
-            stage_of("model.layers.12.self_attn.v_proj.weight"),
-            Some((12, 0))
-        );
-        assert_eq!(
-            stage_of("model.layers.3.self_attn.o_proj.weight"),
-            Some((3, 1))
-        );
-        assert_eq!(stage_of("model.layers.3.mlp.up_proj.weight"), Some((3, 2)));
-        assert_eq!(
-            stage_of("model.layers.29.mlp.down_proj.weight"),
-            Some((29, 3))
-        );
-        assert_eq!(stage_of("lm_head.weight"), None);
-        assert_eq!(stage_of("model.layers.x.mlp.down_proj.weight"), None);
-        assert_eq!(stage_of("model.layers.1.input_layernorm.weight"), None);
-    }
 }

@@ -103,6 +103,13 @@ impl Ffn {
         }
     }
 
+    /// See [`Moe::set_observe_all_tokens`]; nothing for a dense MLP.
+    pub fn set_observe_all_tokens(&mut self, all: bool) {
+        if let Ffn::Moe(m) = self {
+            m.set_observe_all_tokens(all);
+        }
+    }
+
     /// Every linear layer: gate, up, down (dense); see [`Moe::linears`].
     pub fn linears(&self) -> Vec<&Linear> {
         match self {

@@ -42,6 +42,10 @@ pub struct Moe {
     params: RouterParams,
     experts: Vec<Expert>,
     shared: Option<Mlp>,
+    /// Calibration: show every expert's observers all the rows entering
+    /// the block, not only those routed to it (see
+    /// [`set_observe_all_tokens`](Self::set_observe_all_tokens)).
+    observe_all: bool,
 }
 
 impl Moe {
@@ -101,7 +105,17 @@ impl Moe {
             params: m.router_params(),
             experts,
             shared,
+            observe_all: false,
         })
+    }
+
+    /// Under calibration observers, show each routed expert's observers
+    /// every row entering the block (`true`) or only the rows routed to it
+    /// (`false`, the default). The block's output is the same either way:
+    /// GPTQ uses the all-rows statistics as the layer-wide prior of experts
+    /// that see too few tokens.
+    pub fn set_observe_all_tokens(&mut self, all: bool) {
+        self.observe_all = all;
     }
 
     /// The routing rule.
@@ -175,15 +189,20 @@ impl Moe {
 
     /// Shows each expert's observers the rows routed to it (calibration:
     /// GPTQ builds an expert's statistics from its own tokens); an expert
-    /// no token chose sees nothing.
+    /// no token chose sees nothing. With
+    /// [`set_observe_all_tokens`](Self::set_observe_all_tokens), every row.
     fn observe_experts(&self, x: &Tensor, route: &MoeRoute, device: &Device) -> Result<()> {
         let (n, h) = x.dims2()?;
         let xs = x.to_vec()?;
         for (e, ex) in self.experts.iter().enumerate() {
-            let toks: Vec<usize> = (0..n * route.top_k)
-                .filter(|&p| route.ids[p] as usize == e)
-                .map(|p| p / route.top_k)
-                .collect();
+            let toks: Vec<usize> = if self.observe_all {
+                (0..n).collect()
+            } else {
+                (0..n * route.top_k)
+                    .filter(|&p| route.ids[p] as usize == e)
+                    .map(|p| p / route.top_k)
+                    .collect()
+            };
             if toks.is_empty() {
                 continue;
             }

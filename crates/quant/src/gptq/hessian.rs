@@ -236,6 +236,44 @@ impl Hessian {
         Ok(())
     }
 
+    /// Shrinkage towards a prior for a Hessian estimated from too few
+    /// rows: with `n` = [`n_samples`](Self::n_samples) below `min_samples`,
+    /// `(n·H + (min_samples − n)·P) / min_samples`, i.e. this Hessian's
+    /// rows counted as they are and the prior `P` filling in for the rows
+    /// that are missing (at `n = 0`, `P` itself); with `n ≥ min_samples`,
+    /// this Hessian unchanged. Both are normalised (`2·XᵀX/n`), so the
+    /// result is too; its sample count is `max(n, min_samples)` (the prior
+    /// counts for the rows it stands in for).
+    ///
+    /// GPTQ for a mixture-of-experts layer uses it for experts that the
+    /// calibration text routes few tokens to: their own Hessian has rank
+    /// at most `n` and GPTQ would fit those few rows at the expense of
+    /// every other input (docs/GPTQ.md, "Experts").
+    pub fn shrink_towards(&self, prior: &Hessian, min_samples: usize) -> Result<Hessian> {
+        if prior.cols != self.cols {
+            return Err(Error::Invalid(format!(
+                "cannot shrink a Hessian of {} inputs towards one of {}",
+                self.cols, prior.cols
+            )));
+        }
+        let n = self.n_samples;
+        if n >= min_samples {
+            return Ok(self.clone());
+        }
+        let a = n as f64 / min_samples as f64;
+        let h = self
+            .h
+            .iter()
+            .zip(&prior.h)
+            .map(|(&s, &p)| a * s + (1.0 - a) * p)
+            .collect();
+        Ok(Hessian {
+            cols: self.cols,
+            h,
+            n_samples: min_samples,
+        })
+    }
+
     /// `Σ_r δ_r·H·δ_rᵀ` for `δ = W - Ŵ` (`rows × cols`): the layer's squared
     /// output error `‖(W - Ŵ)·Xᵀ‖²_F` on the accumulated activations, times
     /// `2/n`. This is the objective GPTQ minimises.
@@ -347,6 +385,32 @@ mod tests {
             (e - 2.0 * direct / n as f64).abs() < 1e-6 * direct,
             "{e} vs {direct}"
         );
+    }
+
+    #[test]
+    fn shrinkage_fills_in_missing_rows() {
+        let cols = 6;
+        let own_x = data(4, cols, 3);
+        let all_x = data(50, cols, 4);
+        let mut own = Hessian::new(cols);
+        own.add_rows(&own_x, 4).unwrap();
+        let mut prior = Hessian::new(cols);
+        prior.add_rows(&all_x, 50).unwrap();
+        // 4 of 12 rows: one third own, two thirds prior.
+        let b = own.shrink_towards(&prior, 12).unwrap();
+        assert_eq!(b.n_samples(), 12);
+        for ((v, o), p) in b.matrix().iter().zip(own.matrix()).zip(prior.matrix()) {
+            let want = o / 3.0 + p * 2.0 / 3.0;
+            assert!(
+                (v - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                "{v} vs {want}"
+            );
+        }
+        // Enough rows: unchanged; none: the prior.
+        assert_eq!(own.shrink_towards(&prior, 4).unwrap(), own);
+        let none = Hessian::new(cols).shrink_towards(&prior, 12).unwrap();
+        assert_eq!(none.matrix(), prior.matrix());
+        assert!(own.shrink_towards(&Hessian::new(5), 12).is_err());
     }
 
     #[test]
