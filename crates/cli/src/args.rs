@@ -481,8 +481,8 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub rotate: bool,
     /// A preset mix of formats (instead of --format/--group-size).
-    #[arg(long, value_enum)]
-    pub recipe: Option<crate::quantize::rules::Recipe>,
+    #[arg(long, value_parser = recipe_parser())]
+    pub recipe: Option<mm_quantize::rules::Recipe>,
     /// REGEX=FORMAT: tensors whose name the regex matches (anywhere; anchor
     /// with ^$) get FORMAT: f16, bf16, f32 (unquantized) or a quantized
     /// format, optionally with a group (int8/g64). Repeatable; later wins.
@@ -543,4 +543,13 @@ mod tests {
         assert!(parse_size("2XB").unwrap_err().contains("unit"));
         assert!(parse_size("GB").is_err());
     }
+}
+
+/// `--recipe`: the names of [`mm_quantize::rules::Recipe`], each with what
+/// it holds in the help.
+fn recipe_parser() -> impl clap::builder::TypedValueParser<Value = mm_quantize::rules::Recipe> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    use mm_quantize::rules::Recipe;
+    PossibleValuesParser::new(Recipe::ALL.map(|r| PossibleValue::new(r.name()).help(r.describe())))
+        .map(|s| Recipe::from_name(&s).expect("clap passes only the listed names"))
 }

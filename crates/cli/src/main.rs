@@ -6,7 +6,6 @@ mod args;
 mod commands;
 mod load;
 mod npy;
-mod quantize;
 
 use clap::Parser;
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use mm_quant::mm::{QuantMethod, ScaleSearch};
 
 use crate::args::{MethodArg, QuantizeArgs, ScaleSearchArg};
-use crate::quantize::{run as quantize, Options};
+use mm_quantize::{run as quantize, Options};
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let spec = a.src.or(a.model);
@@ -38,12 +38,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         },
         calib_windows: a.calib_windows,
         expert_min_tokens: a.expert_min_tokens,
-        expert_bits: a
-            .expert_bits
-            .map(|_| crate::quantize::expert_bits::ExpertBits {
-                target_bpw: a.target_bpw.unwrap_or(f64::NAN),
-                formats: a.expert_formats.clone(),
-            }),
+        expert_bits: a.expert_bits.map(|_| mm_quantize::expert_bits::ExpertBits {
+            target_bpw: a.target_bpw.unwrap_or(f64::NAN),
+            formats: a.expert_formats.clone(),
+        }),
         scale_search: match a.scale_search {
             ScaleSearchArg::Auto => None,
             ScaleSearchArg::Minmax => Some(ScaleSearch::MinMax),

@@ -1,5 +1,6 @@
-//! `metal-marlin quantize`: a HF directory or GGUF file in, a metal-marlin
-//! quantized model directory (docs/FORMAT.md) out.
+//! The quantization pipeline behind `metal-marlin quantize` (a thin caller
+//! of [`run`]), for any program: a HF directory or GGUF file in, a
+//! metal-marlin quantized model directory (docs/FORMAT.md) out.
 //!
 //! 1. Plan: every source tensor gets a target (rules.rs); every shape is
 //!    checked against its format and the complete safetensors layout is

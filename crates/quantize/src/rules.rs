@@ -147,21 +147,12 @@ pub fn tied_embedding_rule() -> Rule {
     }
 }
 
-/// Preset mixes of formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Preset mixes of formats ([`Recipe::describe`] says what each holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recipe {
-    /// int4 g128 everywhere; embeddings and lm_head int8 g128.
-    #[value(name = "speed-4bit")]
     Speed4bit,
-    /// int4 g64 MLP and q/k; int8 g128 attention v/o, embeddings, lm_head.
-    #[value(name = "balanced-5bit")]
     Balanced5bit,
-    /// int8 g128 linear layers; embeddings and lm_head unquantized.
-    #[value(name = "quality-8bit")]
     Quality8bit,
-    /// fp8-e4m3 attention, int4 MLP, int8 down_proj in the first and last
-    /// layers, int8 embeddings and lm_head.
-    #[value(name = "mixed")]
     Mixed,
 }
 
@@ -169,6 +160,34 @@ const EMBED: &str = r"(^|\.)embed_tokens\.weight$";
 const LM_HEAD: &str = r"^lm_head\.weight$";
 
 impl Recipe {
+    /// Every recipe, in the order the CLI lists them.
+    pub const ALL: [Recipe; 4] = [
+        Recipe::Speed4bit,
+        Recipe::Balanced5bit,
+        Recipe::Quality8bit,
+        Recipe::Mixed,
+    ];
+
+    /// The recipe called `name` ([`Recipe::name`]).
+    pub fn from_name(name: &str) -> Option<Recipe> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// What the recipe quantizes to what.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Recipe::Speed4bit => "int4 g128 everywhere; embeddings and lm_head int8 g128",
+            Recipe::Balanced5bit => {
+                "int4 g64 MLP and q/k; int8 g128 attention v/o, embeddings, lm_head"
+            }
+            Recipe::Quality8bit => "int8 g128 linear layers; embeddings and lm_head unquantized",
+            Recipe::Mixed => {
+                "fp8-e4m3 attention, int4 MLP, int8 down_proj in the first and last layers, \
+                 int8 embeddings and lm_head"
+            }
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Recipe::Speed4bit => "speed-4bit",
