@@ -58,6 +58,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 B=target/cuda-bundle
 
+# Builds one test target (cargo test arguments after NAME) and copies its
+# executable to $B/test-NAME.
+test_exe() {
+    local name=$1
+    shift
+    cargo test --release "$@" --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])' |
+        while read -r exe; do cp "$exe" "$B/test-$name"; done
+}
+
 case "${1:-}" in
 build)
     rm -rf "$B" && mkdir -p "$B"
@@ -73,34 +88,13 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["lib"], ["test"]):
         print(m["target"]["name"], m["executable"])' |
         while read -r name exe; do cp "$exe" "$B/test-$name"; done
-    cargo test --release --features cuda -p metal-marlin --test cuda_batch --no-run \
-        --message-format=json 2>/dev/null |
-        python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])' |
-        while read -r exe; do cp "$exe" "$B/test-cuda_batch"; done
+    # The CLI's and the wgpu crate's test binaries, built with the same
+    # features as the CLI above (so cargo builds it once).
+    test_exe cuda_batch --features cuda,wgpu -p metal-marlin --test cuda_batch
     cargo build --release -p mm-backend-wgpu --example wgpu_bench
     cp target/release/examples/wgpu_bench "$B/"
-    cargo test --release -p mm-backend-wgpu --test conformance --no-run --message-format=json 2>/dev/null |
-        python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])' |
-        while read -r exe; do cp "$exe" "$B/test-wgpu-conformance"; done
-    cargo test --release --features wgpu -p metal-marlin --test wgpu_models --no-run \
-        --message-format=json 2>/dev/null |
-        python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])' |
-        while read -r exe; do cp "$exe" "$B/test-wgpu_models"; done
+    test_exe wgpu-conformance -p mm-backend-wgpu --test conformance
+    test_exe wgpu_models --features cuda,wgpu -p metal-marlin --test wgpu_models
     strip "$B"/*
     ls -la "$B"
     ;;
