@@ -35,8 +35,8 @@ fn every_kernel_translates_to_msl_and_spirv() {
             let info = Validator::new(ValidationFlags::all(), caps)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&text)));
-            // As wgpu's Metal backend binds them: one buffer slot per
-            // binding, the immediates in the slot after; nothing faked.
+            // Every binding, the immediates and naga's buffer-size table
+            // get a real slot, as in a Metal pipeline; nothing faked.
             let msl = naga::back::msl::Options {
                 lang_version: (2, 4),
                 per_entry_point_map: metal_slots(&module),
