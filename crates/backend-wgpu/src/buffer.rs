@@ -78,7 +78,7 @@ impl DeviceBuffer for WgpuBuffer {
     fn ranges_to_host(&self, ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
         if self.elem != Elem::F32 {
             let all = self.to_host()?;
-            return pick(&all, ranges);
+            return mm_core::tensor::gather_ranges(&all, ranges);
         }
         let mut bytes = Vec::with_capacity(ranges.len());
         for &(s, l) in ranges {
@@ -94,19 +94,6 @@ impl DeviceBuffer for WgpuBuffer {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-}
-
-/// The values of `ranges` (`(start, len)`) of `v`, one after another.
-fn pick(v: &[f32], ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
-    let mut out = Vec::new();
-    for &(s, l) in ranges {
-        let part = s
-            .checked_add(l)
-            .and_then(|e| v.get(s..e))
-            .ok_or_else(|| Error::Invalid(format!("values {s}..+{l} of {}", v.len())))?;
-        out.extend_from_slice(part);
-    }
-    Ok(out)
 }
 
 /// A new f32 tensor of `shape` on the GPU, in a pooled buffer whose

@@ -183,7 +183,7 @@ fn upload(rt: &Runtime, w: &WeightData) -> Result<GpuWeight> {
                 let l = QLayout::from_weight(w)?;
                 let mode = l.params.mode();
                 let params = l.params.bytes();
-                let (cb, pb) = (l.codes.len() / rows, params.len() / rows);
+                let (cb, pb) = (l.codes.len() / rows.max(1), params.len() / rows.max(1));
                 let stored = Stored::Q { bits: l.bits, mode };
                 let lut: Vec<u8> = bytemuck::cast_slice(&l.lut).to_vec();
                 let streams = vec![(l.codes, cb), (params, pb)];
@@ -209,7 +209,7 @@ fn upload(rt: &Runtime, w: &WeightData) -> Result<GpuWeight> {
     }
     let mut shards = Vec::new();
     for row0 in (0..rows.max(1)).step_by(fit) {
-        let n = fit.min(rows - row0.min(rows));
+        let n = fit.min(rows - row0);
         let mut bufs = Vec::new();
         for (data, per) in &streams {
             bufs.push(rt.upload(&data[row0 * per..(row0 + n) * per], &what)?);

@@ -18,7 +18,7 @@ pub trait DeviceBuffer: Send + Sync + std::fmt::Debug {
     /// host one after another. Default: everything, then the ranges.
     fn ranges_to_host(&self, ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
         let all = self.to_host()?;
-        gather(&all, ranges)
+        gather_ranges(&all, ranges)
     }
     fn as_any(&self) -> &dyn Any;
 }
@@ -167,7 +167,7 @@ impl Tensor {
             }
         }
         match &self.storage {
-            Storage::Cpu(v) => gather(v, &ranges),
+            Storage::Cpu(v) => gather_ranges(v, &ranges),
             Storage::Device(b) => b.ranges_to_host(&ranges),
         }
     }
@@ -186,8 +186,9 @@ impl Tensor {
     }
 }
 
-/// The values of `ranges` (`(start, len)`) of `v`, one after another.
-fn gather(v: &[f32], ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
+/// The values of `ranges` (`(start, len)`) of `v`, one after another; a
+/// range past the end is an error naming it.
+pub fn gather_ranges(v: &[f32], ranges: &[(usize, usize)]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(ranges.iter().map(|r| r.1).sum());
     for &(s, l) in ranges {
         let part = s
