@@ -33,14 +33,16 @@ pub struct CudaBackend {
     rt: Arc<Runtime>,
     exact: bool,
     tensor_cores: bool,
-    /// Sampling on the GPU ([`ops::sample`]); off unless
-    /// `MM_CUDA_SAMPLING=1` or [`CudaBackend::device_sampling`]: its kernel
-    /// has not yet run on a GPU (the engine samples on the host meanwhile).
+    /// Sampling on the GPU ([`ops::sample`]); on unless
+    /// `MM_CUDA_SAMPLING=0` or [`CudaBackend::device_sampling`] turns it
+    /// off (its GPU tests and the engine's end-to-end runs with it passed
+    /// on an H100, thirteenth session).
     sampling: bool,
-    /// The kernels written in the tenth session and not yet run on a GPU:
-    /// v2 paged attention, RMSNorm rows in registers, the shared expert in
-    /// the expert launches. Off unless `MM_CUDA_NEXT=1` or
-    /// [`CudaBackend::next_kernels`]; the GPU tests run both ways.
+    /// The kernels of the tenth session: v2 paged attention, RMSNorm rows
+    /// in registers, the shared expert in the expert launches. On unless
+    /// `MM_CUDA_NEXT=0` or [`CudaBackend::next_kernels`] turns them off
+    /// (passed on an H100 in the thirteenth session: GLM-shape decode 674
+    /// tok/s against 468 without); the GPU tests run both ways.
     next: bool,
     /// Decode steps recorded as CUDA graphs ([`graph`]); None when off.
     graphs: Option<Arc<Mutex<graph::Graphs>>>,
@@ -99,8 +101,8 @@ impl CudaBackend {
             rt: Runtime::new(ordinal)?,
             exact: false,
             tensor_cores: !env_is("MM_CUDA_TENSOR_CORES", "0"),
-            sampling: env_is("MM_CUDA_SAMPLING", "1"),
-            next: env_is("MM_CUDA_NEXT", "1"),
+            sampling: !env_is("MM_CUDA_SAMPLING", "0"),
+            next: !env_is("MM_CUDA_NEXT", "0"),
             graphs: None,
         }
         .graphs(!env_is("MM_CUDA_GRAPHS", "0")))
@@ -183,7 +185,8 @@ impl Backend for CudaBackend {
 
     fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool {
         match op {
-            Op::Matmul => format.is_some_and(|f| f.is_dense() || qlayout::supports(f)),
+            Op::Matmul => format
+                .is_some_and(|f| f.is_dense() || qlayout::supports(f) || ops::trellis::takes(f)),
             Op::Embedding => format.is_some_and(|f| f.is_dense() || qlayout::supports(f)),
             Op::RmsNorm | Op::Rope | Op::SiluMul | Op::Add => true,
             Op::Attention | Op::WriteKv => true,
@@ -199,6 +202,8 @@ impl Backend for CudaBackend {
             buffer::weight(&self.rt, w)?;
         } else if qlayout::supports(w.format) {
             ops::qmatmul::prepare(&self.rt, w)?;
+        } else if ops::trellis::takes(w.format) && w.shape.len() == 2 {
+            ops::trellis::prepare(&self.rt, w)?;
         }
         Ok(())
     }
