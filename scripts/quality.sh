@@ -55,7 +55,7 @@ export BIN MODEL WORK TEXT THREADS MAX_CHUNKS GROUP QARGS TAG
 job() {
     local fmt=$1 method=$2 out="$WORK/$1-$2$TAG"
     local q=(quantize "$MODEL" --format "$fmt" -o "$out" --force --threads "$THREADS")
-    [ "$fmt" = mxfp4 ] || q+=(--group-size "$GROUP" --group-fallback)
+    case $fmt in mxfp4 | trellis*) ;; *) q+=(--group-size "$GROUP" --group-fallback) ;; esac
     # shellcheck disable=SC2206 # QARGS is a list of words
     q+=($QARGS)
     case $method in

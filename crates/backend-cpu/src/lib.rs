@@ -62,7 +62,10 @@ impl CpuBackend {
     }
 
     fn native(&self, w: &WeightData) -> bool {
-        !self.exact && (ops::qmatmul::supports(w.format) || ops::qmatmul::mm::supports(w))
+        !self.exact
+            && (ops::qmatmul::supports(w.format)
+                || ops::qmatmul::mm::supports(w)
+                || ops::qmatmul::trellis::supports(w))
     }
 }
 
@@ -94,7 +97,7 @@ impl Backend for CpuBackend {
         if self.native(w) {
             if ops::qmatmul::il::active(ops::qmatmul::Isa::detect(), w) {
                 il_prepared(w)?;
-            } else if let WeightFormat::Mm(_) = w.format {
+            } else if ops::qmatmul::mm::supports(w) {
                 mm_prepared(w)?;
             }
             return Ok(());

@@ -17,8 +17,9 @@
 //! values and the f32 activations on its first 64 rows (the `rel err`
 //! column: q8x1 rounds activations to 8 bits, ≈4e-3 expected).
 //!
-//! `qmatmul_bench [--quick]` prints one line per case and writes JSON
-//! lines to `$OUT/qmatmul.jsonl` when OUT is set.
+//! `qmatmul_bench [--quick] [--trellis]` prints one line per case and
+//! writes JSON lines to `$OUT/qmatmul.jsonl` when OUT is set; `--trellis`
+//! runs only the trellis formats' cases (at the end of a full run).
 
 use std::io::Write;
 
@@ -171,6 +172,9 @@ fn main() {
         &[1, 2, 4, 8, 16, 32, 64, 128, 512]
     };
     println!("GPU {} (sm_{})", rt.name, rt.arch);
+    if std::env::args().any(|a| a == "--trellis") {
+        return trellis(&rt, quick, l2, &mut out);
+    }
     println!(
         "{:>6} {:>6} {:>4} {:>10} {:>6} {:>9} {:>7} {:>9}",
         "N", "K", "M", "format", "kernel", "us", "TB/s", "rel err"
@@ -240,6 +244,91 @@ fn main() {
                 );
                 if let Some(o) = out.as_mut() {
                     writeln!(o, "{{\"N\":{m},\"K\":{k},\"M\":{n},\"format\":\"{}\",\"kernel\":\"{}\",\"us\":{us:.3},\"bytes\":{bytes},\"tflops\":{tflops:.2},\"err\":{err:.3e}}}", f.name(), v.name()).ok();
+                }
+            }
+        }
+    }
+    trellis(&rt, quick, l2, &mut out);
+}
+
+/// The trellis kernels (`ops::trellis`, docs/FORMAT.md §4.8) at 2, 3 and 4
+/// bits on random streams: `mv` (the codes' product, the part that reads
+/// the weight) timed as the others, and the whole op (both Hadamard
+/// launches included) through the backend; bytes = the tiles.
+fn trellis(rt: &std::sync::Arc<Runtime>, quick: bool, l2: usize, out: &mut Option<std::fs::File>) {
+    use mm_backend_cuda::ops::trellis;
+    use mm_backend_cuda::CudaBackend;
+    use mm_core::{Backend, Tensor};
+    let shapes: &[(usize, usize)] = if quick {
+        &[(14336, 4096), (28672, 8192)]
+    } else {
+        &[
+            (4096, 4096),
+            (14336, 4096),
+            (4096, 14336),
+            (8192, 8192),
+            (28672, 8192),
+        ]
+    };
+    let b = CudaBackend::new(0).expect("backend");
+    for &(m, k) in shapes {
+        for bits in [2u8, 3, 4] {
+            let f = WeightFormat::Mm(MmFormat::new(MmKind::Trellis(bits), 0).unwrap());
+            let bytes = m * k * bits as usize / 8;
+            let copies = (4 * l2).div_ceil(bytes).clamp(1, 8);
+            let ws: Vec<WeightData> = (0..copies)
+                .map(|i| random_weight(f, m, k, 40 + i as u64))
+                .collect();
+            let ts: Vec<_> = ws
+                .iter()
+                .map(|w| trellis::prepare(rt, w).expect("upload"))
+                .collect();
+            for n in [1usize, 8] {
+                let mut rng = StdRng::seed_from_u64(n as u64);
+                let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let xd = rt.stream.clone_htod(&x).expect("upload");
+                let mut y = rt.stream.alloc_zeros::<f32>(n * m).expect("alloc");
+                let mut i = 0;
+                let us = median_us(rt, 20, || {
+                    i = (i + 1) % ts.len();
+                    trellis::mv(rt, &ts[i], &xd, &mut y, n)
+                });
+                // The whole op, launches and all, through the backend.
+                let xt = b
+                    .upload(&Tensor::from_vec(vec![n, k], x.clone()).unwrap())
+                    .unwrap();
+                let t0 = std::time::Instant::now();
+                let reps = 50;
+                for r in 0..reps {
+                    let yt = b.matmul(&xt, &ws[r % ws.len()], None).expect("matmul");
+                    if r + 1 == reps {
+                        yt.to_host().expect("sync");
+                    }
+                }
+                let op_us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                // Check the op against the CPU's dequantized weight on 16 rows.
+                let err = if m * k <= 4096 * 4096 {
+                    let yt = b.matmul(&xt, &ws[0], None).unwrap().to_host().unwrap();
+                    let got = yt.as_slice().unwrap();
+                    let wq = mm_quant::dequantize_ref(&ws[0]).unwrap();
+                    let (mut num, mut den) = (0f64, 0f64);
+                    for r in 0..16.min(m) {
+                        let want: f64 = (0..k).map(|c| x[c] as f64 * wq[r * k + c] as f64).sum();
+                        num += (got[r] as f64 - want).powi(2);
+                        den += want * want;
+                    }
+                    (num / den).sqrt()
+                } else {
+                    f64::NAN
+                };
+                let tbs = bytes as f64 / us / 1e6;
+                println!(
+                    "{m:>6} {k:>6} {n:>4} {:>10} {:>6} {us:>9.1} {tbs:>7.2} {err:>9.1e}   whole op {op_us:.1} us",
+                    f.name(),
+                    "mv"
+                );
+                if let Some(o) = out.as_mut() {
+                    writeln!(o, "{{\"N\":{m},\"K\":{k},\"M\":{n},\"format\":\"{}\",\"kernel\":\"trellis_mv\",\"us\":{us:.3},\"op_us\":{op_us:.3},\"bytes\":{bytes},\"err\":{err:.3e}}}", f.name()).ok();
                 }
             }
         }

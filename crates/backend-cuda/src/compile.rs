@@ -333,6 +333,15 @@ pub const HEAD_MATMUL: Kernel = kernel!("head_matmul", ["head_matmul_f32"]);
 pub const SLICE_COLS: Kernel = kernel!("slice_cols", ["slice_cols_f32"]);
 pub const CONCAT_COLS: Kernel = kernel!("concat_cols", ["concat_cols_f32"]);
 pub const SAMPLE: Kernel = kernel!("sample", ["sample_rows"]);
+pub const TRELLIS: Kernel = kernel!(
+    "trellis",
+    [
+        "trellis_had",
+        "trellis_mv_k2",
+        "trellis_mv_k3",
+        "trellis_mv_k4"
+    ]
+);
 pub const ATTENTION: Kernel = kernel!(
     "attention",
     [
@@ -369,6 +378,7 @@ pub const ALL: &[Kernel] = &[
     CONCAT_COLS,
     SAMPLE,
     ATTENTION,
+    TRELLIS,
 ];
 
 /// The NVRTC version `(major, minor)`, or an error naming the missing

@@ -223,7 +223,8 @@ pub fn check_matmul_ggml(b: &dyn Backend, seed: u64, tol: Tolerance) -> Result<(
 /// Weights of every metal-marlin format (docs/FORMAT.md) and group size
 /// (32, 64, 128, per-channel; MXFP4: 32) from the reference quantizer
 /// `mm_quant::mm::quantize_rtn` over uniform values, `[m, 384]`, plus a
-/// per-channel int4 weight with rows of 40 values (not whole 32-blocks).
+/// per-channel int4 weight with rows of 40 values (not whole 32-blocks)
+/// and the trellis formats (`[48 | 64 | 80, 384]`).
 pub fn mm_weights(seed: u64) -> Result<Vec<(WeightFormat, WeightData)>> {
     use mm_quant::mm::{quantize_rtn, MmFormat, MmKind};
     let mut rng = StdRng::seed_from_u64(seed);
@@ -235,8 +236,17 @@ pub fn mm_weights(seed: u64) -> Result<Vec<(WeightFormat, WeightData)>> {
         }
     }
     formats.push((MmFormat::new(MmKind::IntSym(4), 0)?, 40));
+    // Trellis weights need 16-divisible dimensions.
+    let grouped = formats.len();
+    for kind in MmKind::TRELLIS {
+        formats.push((MmFormat::new(kind, 0)?, 384));
+    }
     for (i, (f, k)) in formats.into_iter().enumerate() {
-        let m = 17 + 3 * (i % 11);
+        let m = if i >= grouped {
+            48 + 16 * (i - grouped)
+        } else {
+            17 + 3 * (i % 11)
+        };
         let w = quantize_rtn(&randv(&mut rng, m * k), m, k, f)?.into_weight_data()?;
         out.push((w.format, w));
     }
@@ -607,6 +617,25 @@ pub fn random_weight(f: WeightFormat, m: usize, k: usize, seed: u64) -> Result<W
     use mm_core::HostBytes;
     let mut rng = StdRng::seed_from_u64(seed);
     match f {
+        WeightFormat::Mm(mf) if mf.kind.is_trellis() => {
+            // Any stream is a valid trellis weight; sv as a quantizer sets
+            // it (about 1/147.8 of a row's scale), su signs.
+            let sizes = mf.part_sizes(m, k)?;
+            let codes: Vec<u8> = (0..sizes.codes).map(|_| rng.gen()).collect();
+            let mut v: Vec<f32> = (0..m).map(|_| rng.gen_range(1e-5f32..1e-4)).collect();
+            v.extend((0..k).map(|_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 }));
+            let scales: Vec<u8> = v
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            WeightData::new_mm(
+                mf,
+                vec![m, k],
+                HostBytes::owned(codes),
+                HostBytes::owned(scales),
+                None,
+            )
+        }
         WeightFormat::Mm(mf) => {
             let groups = mf.groups_per_row(k);
             let fp8 = mf.kind == MmKind::Fp8E4M3;

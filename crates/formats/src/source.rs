@@ -68,7 +68,9 @@ pub trait WeightSource: Send + Sync {
 /// Short name of a metal-marlin format with its group: `int4/g128`,
 /// `int8/per-channel`, `mxfp4/g32`.
 pub fn mm_format_label(f: MmFormat) -> String {
-    if f.group == 0 {
+    if f.kind.is_trellis() {
+        f.name().to_string()
+    } else if f.group == 0 {
         format!("{}/per-channel", f.name())
     } else {
         format!("{}/g{}", f.name(), f.group)

@@ -46,6 +46,12 @@ pub fn dequantize_rows_into(
         )));
     }
     if let mm_core::WeightFormat::Mm(fmt) = w.format {
+        if let mm_core::weight::MmKind::Trellis(k) = fmt.kind {
+            let scales = w.scales.as_deref().unwrap_or(&[]);
+            return crate::trellis::dequantize_trellis_rows(
+                k as u32, n_rows, cols, &w.bytes, scales, rows, out,
+            );
+        }
         let (scales, groups) = (w.scales.as_deref().unwrap_or(&[]), fmt.groups_per_row(cols));
         let (cb, sb) = (fmt.code_bytes(cols), groups * fmt.scale_bytes());
         let short = |what: &str| {

@@ -108,7 +108,8 @@ pub fn supports(f: WeightFormat) -> bool {
     match f {
         F::Q4_0 | F::Q4_1 | F::Q5_0 | F::Q5_1 | F::Q8_0 => true,
         F::Q2K | F::Q3K | F::Q4K | F::Q5K | F::Q6K => true,
-        F::Mm(_) => true,
+        // Trellis tiles have their own kernels (not this layout).
+        F::Mm(m) => !m.kind.is_trellis(),
         F::F32 | F::F16 | F::BF16 => false,
     }
 }

@@ -10,6 +10,7 @@ pub mod gptq;
 pub mod gpu_layout;
 pub mod mm;
 pub mod ste;
+pub mod trellis;
 
 pub use dense::{dequantize_ref, dequantize_rows_into, dequantize_rows_ref};
 pub use ggml::dequantize_row;

@@ -269,6 +269,17 @@ pub fn run(o: &Options) -> Result<Summary> {
 
     let (items, fallbacks, src_bytes) =
         plan_items(src.as_ref(), default, &rules, n_recipe, groups)?;
+    if o.tune.epochs > 0 {
+        if let Some(it) = items
+            .iter()
+            .find(|it| matches!(it.out, plan::Out::Quant(f) if f.kind.is_trellis()))
+        {
+            return Err(Error::Invalid(format!(
+                "--tune does not apply to trellis formats ('{}'): their codes are searched, not rounded",
+                it.name
+            )));
+        }
+    }
     let mut qconfig = quant_config(&items, default, o, &rules[n_recipe..n_keep])?;
     if let (Some(a), Some(m)) = (&allocation, qconfig.as_object_mut()) {
         m.insert("expert_bits".into(), a.record.clone());

@@ -102,7 +102,14 @@ pub(crate) fn plan_items(
             Target::Dense(d) => Out::Dense(dense_dtype(d, w.format)),
             Target::Quant(fmt) => {
                 let cols = *w.shape.last().unwrap_or(&0);
-                match fmt.check_row_len(cols) {
+                // Trellis tiles need the whole shape (2-D, 16-divisible).
+                let fits = fmt
+                    .check_row_len(cols)
+                    .and_then(|()| match fmt.kind.is_trellis() {
+                        true => mm_part_shapes(fmt, &w.shape).map(|_| ()),
+                        false => Ok(()),
+                    });
+                match fits {
                     Ok(()) => Out::Quant(fmt),
                     Err(e) => match fallback_group(fmt, cols).filter(|_| lenient) {
                         Some(f) => {

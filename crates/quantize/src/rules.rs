@@ -79,7 +79,7 @@ pub fn parse_target(s: &str, default_group: u32) -> Result<Target> {
     let kind = MmKind::parse(name).map_err(|_| {
         Error::Invalid(format!(
             "unknown format '{s}' (valid: f16, bf16, f32 to keep a tensor unquantized, or {}; optionally with a group, e.g. int8/g64)",
-            MM_FORMAT_NAMES[..13].join(", ")
+            MM_FORMAT_NAMES[..16].join(", ")
         ))
     })?;
     let group = group.unwrap_or_else(|| kind.fixed_group().unwrap_or(default_group));

@@ -150,7 +150,11 @@ pub(crate) fn write_item(
             it.name
         )));
     }
-    let block = (BLOCK_ELEMS / cols).max(1);
+    // Trellis weights are quantized whole (their transforms mix rows).
+    let block = match it.out {
+        Out::Quant(f) if f.kind.is_trellis() => rows,
+        _ => (BLOCK_ELEMS / cols).max(1),
+    };
     match it.out {
         Out::Dense(d) if same_dtype(w.format, d) => {
             let bytes: &[u8] = &w.bytes;

@@ -322,6 +322,8 @@ fn native(w: &WeightData, x: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
         matmul_q(w.format, &w.bytes, x, n, k, m)?
     } else if mm::supports(w) {
         mm::matmul_mm(&*mm_prepared(w)?, x, n)?
+    } else if super::qmatmul::trellis::supports(w) {
+        super::qmatmul::trellis::matmul_trellis(w, x, n)?
     } else {
         return Ok(None);
     }))

@@ -1,6 +1,7 @@
 //! `y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias)` for every weight the GPU takes:
 //! dense (F32/F16/BF16, `kernels/matmul.cu`, the stored bytes uploaded
-//! once) and quantized ([`super::qmatmul`], the GPU layout).
+//! once), quantized ([`super::qmatmul`], the GPU layout) and trellis
+//! ([`super::trellis`]).
 //!
 //! Which kernel computes a row: in the exact mode (and while the tensor
 //! cores are off, `CudaBackend::tensor_cores`) every row takes the f32
@@ -59,6 +60,10 @@ pub fn matmul(
     }
     if n == 0 || m == 0 {
         return Ok(Tensor::zeros(vec![n, m]));
+    }
+    // Trellis weights: one kernel for every row kind (f32 activations).
+    if super::trellis::takes(w.format) {
+        return super::trellis::matmul(rt, x, w, bias);
     }
     let p = prepared(rt, w)?;
     let xd = on_device(rt, x)?;

@@ -16,6 +16,7 @@ pub mod rope;
 pub mod sample;
 pub mod slice_cols;
 pub mod tc_matmul;
+pub mod trellis;
 pub mod write_kv;
 
 use cudarc::driver::LaunchConfig;

@@ -18,7 +18,7 @@ use crate::{Error, Result};
 pub const MM_GROUP_SIZES: [u32; 4] = [0, 32, 64, 128];
 
 /// Every name [`MmKind::parse`] accepts, canonical names first.
-pub const MM_FORMAT_NAMES: [&str; 14] = [
+pub const MM_FORMAT_NAMES: [&str; 17] = [
     "int8",
     "int4",
     "int3",
@@ -32,6 +32,9 @@ pub const MM_FORMAT_NAMES: [&str; 14] = [
     "fp8-e5m2",
     "fp4",
     "mxfp4",
+    "trellis2",
+    "trellis3",
+    "trellis4",
     "fp8",
 ];
 
@@ -54,6 +57,13 @@ pub enum MmKind {
     Fp4E2M1,
     /// OCP MXFP4: E2M1 elements, one E8M0 power-of-two scale per 32 elements.
     Mxfp4,
+    /// Bitshift trellis of 2, 3 or 4 bits per weight over 16×16 tiles, with
+    /// Hadamard transforms and sign/scale vectors on both sides
+    /// (docs/FORMAT.md §4.8; `mm_quant::trellis`). Not grouped and not
+    /// row-major: its codes are tiles, its "scales" part holds the output
+    /// then the input vector (`rows + cols` F16), so the group arithmetic of
+    /// [`MmFormat`] does not describe it; see [`MmFormat::part_sizes`].
+    Trellis(u8),
 }
 
 /// How a format's per-group scales are stored.
@@ -66,7 +76,8 @@ pub enum MmScale {
 }
 
 impl MmKind {
-    /// Every format, in the order of [`MM_FORMAT_NAMES`].
+    /// Every grouped (row-major) format, in the order of [`MM_FORMAT_NAMES`];
+    /// the trellis formats are [`MmKind::TRELLIS`].
     pub const ALL: [MmKind; 13] = [
         Self::IntSym(8),
         Self::IntSym(4),
@@ -83,11 +94,15 @@ impl MmKind {
         Self::Mxfp4,
     ];
 
+    /// The trellis formats.
+    pub const TRELLIS: [MmKind; 3] = [Self::Trellis(2), Self::Trellis(3), Self::Trellis(4)];
+
     /// The group sizes the format allows (0 = per-channel): its fixed group
     /// (MXFP4: 32) or every one of [`MM_GROUP_SIZES`].
     pub fn group_sizes(self) -> &'static [u32] {
         match self {
             Self::Mxfp4 => &[32],
+            Self::Trellis(_) => &[0],
             _ => &MM_GROUP_SIZES,
         }
     }
@@ -109,10 +124,13 @@ impl MmKind {
             "fp8-e5m2" => Self::Fp8E5M2,
             "fp4" => Self::Fp4E2M1,
             "mxfp4" => Self::Mxfp4,
+            "trellis2" => Self::Trellis(2),
+            "trellis3" => Self::Trellis(3),
+            "trellis4" => Self::Trellis(4),
             _ => {
                 return Err(Error::Invalid(format!(
                 "unknown quantization format '{name}' (valid: {}; 'fp8' is an alias of 'fp8-e4m3')",
-                MM_FORMAT_NAMES[..13].join(", ")
+                MM_FORMAT_NAMES[..16].join(", ")
             )))
             }
         })
@@ -136,16 +154,25 @@ impl MmKind {
             Self::Fp8E5M2 => "fp8-e5m2",
             Self::Fp4E2M1 => "fp4",
             Self::Mxfp4 => "mxfp4",
+            Self::Trellis(2) => "trellis2",
+            Self::Trellis(3) => "trellis3",
+            Self::Trellis(4) => "trellis4",
+            Self::Trellis(_) => "trellis?",
         }
     }
 
     /// Bits per code.
     pub fn bits(self) -> u32 {
         match self {
-            Self::IntSym(b) | Self::IntAsym(b) => b as u32,
+            Self::IntSym(b) | Self::IntAsym(b) | Self::Trellis(b) => b as u32,
             Self::Nf4 | Self::Fp4E2M1 | Self::Mxfp4 => 4,
             Self::Fp8E4M3 | Self::Fp8E5M2 => 8,
         }
+    }
+
+    /// Whether this is a trellis format (tiles, not row-major groups).
+    pub fn is_trellis(self) -> bool {
+        matches!(self, Self::Trellis(_))
     }
 
     /// Whether the format stores a per-group zero-point part.
@@ -165,6 +192,7 @@ impl MmKind {
     pub fn fixed_group(self) -> Option<u32> {
         match self {
             Self::Mxfp4 => Some(32),
+            Self::Trellis(_) => Some(0),
             _ => None,
         }
     }
@@ -172,6 +200,9 @@ impl MmKind {
     /// Smallest number of codes that fills whole bytes (8 for 3-bit codes,
     /// which pack 8 to 3 bytes). Every row holds a multiple of it.
     pub fn pack_unit(self) -> usize {
+        if self.is_trellis() {
+            return 16;
+        }
         match self.bits() {
             2 => 4,
             3 => 8,
@@ -188,6 +219,9 @@ impl MmKind {
                     "integer quantization supports 2, 3, 4 or 8 bits, not {b}"
                 )))
             }
+            Self::Trellis(b) if !matches!(b, 2..=4) => Err(Error::Invalid(format!(
+                "trellis formats have 2, 3 or 4 bits per weight, not {b}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -226,7 +260,7 @@ impl MmFormat {
         Ok(f)
     }
 
-    /// Every valid (format, group size) combination: each of [`MmKind::ALL`]
+    /// Every valid grouped (format, group size) combination: each of [`MmKind::ALL`]
     /// with each of its [`MmKind::group_sizes`].
     pub fn all() -> Vec<Self> {
         MmKind::ALL
@@ -249,6 +283,13 @@ impl MmFormat {
     /// Checks the bit width and the group size.
     pub fn validate(self) -> Result<()> {
         self.kind.validate()?;
+        if self.kind.is_trellis() && self.group != 0 {
+            return Err(Error::Invalid(format!(
+                "{} has no scale groups (one scale per row and per column): leave the group size out, not {}",
+                self.kind.name(),
+                self.group
+            )));
+        }
         if let Some(g) = self.kind.fixed_group() {
             if self.group != g {
                 return Err(Error::Invalid(format!(
@@ -338,9 +379,31 @@ impl MmFormat {
     }
 
     /// Byte sizes of the parts of a `[rows, cols]` weight.
+    /// Trellis formats (2-D weights only): codes `rows·cols·K/8` bytes of
+    /// tiles, scales `rows + cols` F16 (the output then the input vector).
     pub fn part_sizes(self, rows: usize, cols: usize) -> Result<MmPartSizes> {
         self.check_row_len(cols)?;
         let overflow = || Error::Invalid(format!("{rows}x{cols} {} weight overflows", self.name()));
+        if self.kind.is_trellis() {
+            if rows == 0 || rows % 16 != 0 {
+                return Err(Error::Invalid(format!(
+                    "{}: {rows} rows do not divide into 16x16 tiles (a non-zero multiple of 16 is needed)",
+                    self.name()
+                )));
+            }
+            let codes = rows
+                .checked_mul(self.code_bytes(cols))
+                .ok_or_else(overflow)?;
+            let scales = rows
+                .checked_add(cols)
+                .and_then(|n| n.checked_mul(2))
+                .ok_or_else(overflow)?;
+            return Ok(MmPartSizes {
+                codes,
+                scales,
+                zeros: 0,
+            });
+        }
         let groups = rows
             .checked_mul(self.groups_per_row(cols))
             .ok_or_else(overflow)?;

@@ -119,6 +119,32 @@ pub fn gptq_quantize_with_stats(
     fmt: MmFormat,
     opts: &GptqOptions,
 ) -> Result<(QuantizedTensor, GptqStats)> {
+    if let mm_core::weight::MmKind::Trellis(k) = fmt.kind {
+        // Trellis formats: BlockLDLQ over tiles (act order and scale rules do not apply).
+        let q = crate::trellis::ldlq::quantize_trellis_ldlq(
+            w,
+            rows,
+            cols,
+            h,
+            k as u32,
+            opts.damp_percent,
+            crate::mm::quantize::TRELLIS_SEED,
+        )?;
+        let stats = GptqStats {
+            loss: 0.0,
+            damp_percent: opts.damp_percent,
+            dead_columns: (0..cols).filter(|&i| h.get(i, i) == 0.0).count(),
+        };
+        let t = QuantizedTensor {
+            format: fmt,
+            rows,
+            cols,
+            qweight: q.codes,
+            scales: q.scales,
+            zeros: None,
+        };
+        return Ok((t, stats));
+    }
     let bad = |e: String| Error::Invalid(format!("GPTQ {fmt}: {e}"));
     let sizes = fmt.part_sizes(rows, cols)?;
     if w.len() != rows * cols {

@@ -31,6 +31,11 @@ pub(crate) fn check_row_parts(
     scales: usize,
     zeros: Option<usize>,
 ) -> Result<()> {
+    if fmt.kind.is_trellis() {
+        return Err(Error::Invalid(format!(
+            "{fmt}: rows are not stored on their own (16x16 tiles with transforms); decode the whole weight"
+        )));
+    }
     fmt.check_row_len(cols)?;
     let groups = fmt.groups_per_row(cols);
     let bad = |part: &str, need: usize, found: usize| {
@@ -150,6 +155,8 @@ pub fn decode(kind: MmKind, code: u8, zero: u8) -> f32 {
         MmKind::Fp8E4M3 => e4m3_to_f32(code),
         MmKind::Fp8E5M2 => e5m2_to_f32(code),
         MmKind::Fp4E2M1 | MmKind::Mxfp4 => e2m1_to_f32(code),
+        // Trellis codes are not per-element bytes (`trellis::decode_tile`).
+        MmKind::Trellis(_) => f32::NAN,
     }
 }
 
@@ -190,6 +197,9 @@ pub fn dequantize_mm(
     zeros: Option<&[u8]>,
 ) -> Result<Vec<f32>> {
     check_parts(fmt, rows, cols, codes, scales, zeros)?;
+    if let MmKind::Trellis(k) = fmt.kind {
+        return crate::trellis::dequantize_trellis(k as u32, rows, cols, codes, scales);
+    }
     let mut out = vec![0f32; rows * cols];
     let cb = fmt.code_bytes(cols);
     let groups = fmt.groups_per_row(cols);
@@ -243,6 +253,9 @@ pub fn code_at(packed: &[u8], bits: u32, i: usize) -> u8 {
 pub fn dequantize_mm_ref(w: &WeightData) -> Result<Vec<f32>> {
     let (fmt, rows, cols, codes, scales, zeros) = mm_parts(w)?;
     check_parts(fmt, rows, cols, codes, scales, zeros)?;
+    if let MmKind::Trellis(k) = fmt.kind {
+        return crate::trellis::dequantize_trellis_ref(k as u32, rows, cols, codes, scales);
+    }
     let bits = fmt.bits();
     let row_bytes = fmt.code_bytes(cols);
     let gl = fmt.group_len(cols);

@@ -39,6 +39,12 @@ impl GroupQuantizer {
     /// Errors on a non-finite value and on a scale beyond the largest F16.
     pub fn fit(kind: MmKind, x: &[f32]) -> Result<Self> {
         kind.validate()?;
+        if kind.is_trellis() {
+            return Err(Error::Invalid(format!(
+                "{}: a trellis format has no per-group parameters (it is searched tile by tile)",
+                kind.name()
+            )));
+        }
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(Error::Invalid(format!(
                 "{}: element {i} of the group is the non-finite value {}",
@@ -72,6 +78,7 @@ impl GroupQuantizer {
                 let (bits, s) = f16_of(absmax, qmax as f32)?;
                 q(bits, s, 0)
             }
+            MmKind::Trellis(_) => unreachable!("refused above"),
             MmKind::IntAsym(b) => {
                 let qmax = ((1u32 << b) - 1) as f32;
                 let (mn, mx) = x
@@ -157,6 +164,7 @@ impl GroupQuantizer {
     pub fn encode(&self, v: f32) -> u8 {
         let s = self.scale;
         match self.kind {
+            MmKind::Trellis(_) => unreachable!("`fit` builds no quantizer for trellis formats"),
             MmKind::IntSym(b) => {
                 let off = 1i32 << (b - 1);
                 if s == 0.0 {

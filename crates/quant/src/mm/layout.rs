@@ -9,7 +9,8 @@ use mm_core::{Error, HostBytes, Result, WeightData};
 pub struct MmPartShapes {
     /// U8 `[.., rows, cols·bits/8]`.
     pub qweight: Vec<usize>,
-    /// F16 (U8 E8M0 for MXFP4) `[.., rows, groups]`.
+    /// F16 (U8 E8M0 for MXFP4) `[.., rows, groups]`; trellis formats:
+    /// F16 `[rows + cols]` (the output vector, then the input vector).
     pub scales: Vec<usize>,
     /// U8 `[.., rows, groups]`, asymmetric formats only.
     pub zeros: Option<Vec<usize>>,
@@ -30,6 +31,20 @@ pub fn mm_part_shapes(fmt: MmFormat, shape: &[usize]) -> Result<MmPartShapes> {
         .split_last()
         .ok_or_else(|| Error::Invalid("a quantized weight needs at least one dimension".into()))?;
     fmt.check_row_len(cols)?;
+    if fmt.kind.is_trellis() {
+        let &[rows] = lead else {
+            return Err(Error::Invalid(format!(
+                "{}: a weight of shape {shape:?} is not 2-D (trellis formats hold 2-D weights only)",
+                fmt.name()
+            )));
+        };
+        fmt.part_sizes(rows, cols)?;
+        return Ok(MmPartShapes {
+            qweight: vec![rows, fmt.code_bytes(cols)],
+            scales: vec![rows + cols],
+            zeros: None,
+        });
+    }
     let with_last = |n: usize| lead.iter().copied().chain([n]).collect::<Vec<_>>();
     let groups = fmt.groups_per_row(cols);
     Ok(MmPartShapes {

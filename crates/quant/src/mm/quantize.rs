@@ -103,6 +103,9 @@ impl QuantizedTensor {
     }
 }
 
+/// Seed of the sign vectors of trellis weights quantized without a Hessian.
+pub const TRELLIS_SEED: u64 = 0x7E11_15EE;
+
 /// Quantizes a row-major `[rows, cols]` f32 matrix with round-to-nearest,
 /// rows in parallel. Errors on a row length the format cannot hold, on a
 /// non-finite value, and on a group whose scale does not fit an F16.
@@ -112,6 +115,18 @@ pub fn quantize_rtn(
     cols: usize,
     fmt: MmFormat,
 ) -> Result<QuantizedTensor> {
+    if let MmKind::Trellis(k) = fmt.kind {
+        let q =
+            crate::trellis::quantize::quantize_trellis(values, rows, cols, k as u32, TRELLIS_SEED)?;
+        return Ok(QuantizedTensor {
+            format: fmt,
+            rows,
+            cols,
+            qweight: q.codes,
+            scales: q.scales,
+            zeros: None,
+        });
+    }
     let sizes = checked_sizes(values, rows, cols, fmt)?;
     let mut qweight = vec![0u8; sizes.codes];
     let mut scales = vec![0u8; sizes.scales];
@@ -187,7 +202,7 @@ pub fn quantize_rtn_with(
     fmt: MmFormat,
     search: ScaleSearch,
 ) -> Result<QuantizedTensor> {
-    if search == ScaleSearch::MinMax {
+    if search == ScaleSearch::MinMax || fmt.kind.is_trellis() {
         return quantize_rtn(values, rows, cols, fmt);
     }
     let sizes = checked_sizes(values, rows, cols, fmt)?;
@@ -328,6 +343,10 @@ fn quantize_group(
     scale: &mut [u8],
 ) -> std::result::Result<u8, String> {
     match kind {
+        MmKind::Trellis(_) => Err(format!(
+            "{} is searched tile by tile, not by groups",
+            kind.name()
+        )),
         MmKind::IntSym(b) => {
             let off = 1i32 << (b - 1);
             let qmax = off - 1;

@@ -16,6 +16,7 @@ fn formats() -> Vec<MmFormat> {
 /// stored scale is `s` (2^e for MXFP4), before f32 arithmetic slack.
 fn bound(kind: MmKind, x: f32, s: f32) -> f32 {
     match kind {
+        MmKind::Trellis(_) => f32::INFINITY,
         MmKind::IntSym(_) | MmKind::IntAsym(_) => s / 2.0,
         // Half the widest gap between adjacent NF4 levels (-1 … -0.696).
         MmKind::Nf4 => (NF4_LEVELS[1] - NF4_LEVELS[0]) / 2.0 * s,

@@ -115,9 +115,10 @@ impl MmPrepared {
 
 /// Whether the CPU kernels can run a weight: a 2-D (or stacked) metal-marlin
 /// weight whose rows are whole 32-element blocks (every grouped format; a
-/// per-channel weight with `cols % 32 != 0` uses the f32 path).
+/// per-channel weight with `cols % 32 != 0` uses the f32 path). Trellis
+/// weights have their own kernel.
 pub fn supports(w: &WeightData) -> bool {
-    matches!(w.format, WeightFormat::Mm(_))
+    matches!(w.format, WeightFormat::Mm(f) if !f.kind.is_trellis())
         && w.shape.last().is_some_and(|&c| c > 0 && c % BLOCK == 0)
 }
 

@@ -39,6 +39,7 @@ pub mod mm;
 pub mod q8;
 pub mod scalar;
 pub mod testing;
+pub mod trellis;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
