@@ -13,15 +13,7 @@ use mm_core::WeightFormat;
 use mm_formats::open_source;
 use serde_json::Value;
 
-const FIXTURES: [&str; 7] = [
-    "llama",
-    "llama-mqa-tied",
-    "llama3-rope",
-    "llama-linear-rope",
-    "mistral",
-    "qwen2",
-    "qwen3",
-];
+const FIXTURES: [&str; 7] = DENSE_FIXTURES;
 
 #[test]
 fn layout_index_and_config() {
@@ -157,27 +149,6 @@ fn layout_index_and_config() {
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("int8/g32 (rtn)"), "{text}");
     assert!(text.contains("int8/g32: 14"), "{text}");
-}
-
-/// Quantizes `fixture` with `args` into a fresh directory and compares its
-/// logits with the unquantized model's.
-fn quantized_closeness(t: &Tmp, fixture: &str, tag: &str, args: &[&str]) -> Closeness {
-    let out = t.join(&format!("{fixture}-{tag}"));
-    let src = tiny(fixture);
-    let mut a = vec![
-        "quantize",
-        src.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    a.extend_from_slice(args);
-    ok(&a);
-    let ids = input_ids(fixture);
-    let (want, vocab) = logits(&src, &ids);
-    let (got, _) = logits(&out, &ids);
-    let c = closeness(&want, &got, vocab);
-    eprintln!("{fixture:18} {tag:12} {c:?}");
-    c
 }
 
 /// Every format family on every fixture architecture, against the
@@ -962,26 +933,7 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
         return;
     };
     let t = Tmp::new("gptq-smol");
-    // The calibration text of docs/QUALITY.md where the system has it (it
-    // never changes), else this repository's docs.
-    let lic = Path::new("/usr/share/common-licenses");
-    let (dir, files) = if lic.join("Apache-2.0").exists() {
-        (
-            lic.to_path_buf(),
-            ["Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic"],
-        )
-    } else {
-        (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"),
-            ["GPTQ.md", "QUANTIZE.md", "FORMAT.md", "BENCHMARKS.md"],
-        )
-    };
-    let text: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
-        .collect();
-    let calib = t.join("calib.txt");
-    std::fs::write(&calib, text).unwrap();
+    let calib = license_calib(&t);
     let quantize_as = |tag: &str, fmt: &str, group: &str, extra: &[&str]| -> PathBuf {
         let out = t.join(tag);
         let mut a = vec![
@@ -1021,19 +973,7 @@ fn gptq_pipeline_beats_rtn_on_smollm2() {
     // Held-out text: 384 tokens of the GPL (docs/QUALITY.md's evaluation
     // text, not calibrated on) where the system has it, else the fixture
     // prompt.
-    let ids: Vec<u32> = match std::fs::read_to_string("/usr/share/common-licenses/GPL-3") {
-        Ok(text) => {
-            let src = open_source(&gguf).unwrap();
-            let tok = mm_engine::tokenizer::load_for(&gguf, src.as_ref()).unwrap();
-            tok.encode(&text, false).unwrap()[..384].to_vec()
-        }
-        Err(_) => reference["logits"][1]["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect(),
-    };
+    let ids = held_out_ids(&gguf, &reference);
     let (want, vocab) = logits(&gguf, &ids);
     let c_rtn = closeness(&want, &logits(&rtn, &ids).0, vocab);
     let c_gptq = closeness(&want, &logits(&gptq, &ids).0, vocab);

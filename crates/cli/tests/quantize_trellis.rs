@@ -11,34 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-const FIXTURES: [&str; 7] = [
-    "llama",
-    "llama-mqa-tied",
-    "llama3-rope",
-    "llama-linear-rope",
-    "mistral",
-    "qwen2",
-    "qwen3",
-];
-
-fn quantized(t: &Tmp, fixture: &str, tag: &str, args: &[&str]) -> Closeness {
-    let out = t.join(&format!("{fixture}-{tag}"));
-    let src = tiny(fixture);
-    let mut a = vec![
-        "quantize",
-        src.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    a.extend_from_slice(args);
-    ok(&a);
-    let ids = input_ids(fixture);
-    let (want, vocab) = logits(&src, &ids);
-    let (got, _) = logits(&out, &ids);
-    let c = closeness(&want, &got, vocab);
-    eprintln!("{fixture:18} {tag:10} {c:?}");
-    c
-}
+const FIXTURES: [&str; 7] = DENSE_FIXTURES;
 
 /// Random-weight fixtures (see `quantize.rs`, `quantized_logits_are_close`,
 /// for why their errors are large). Measured worst cases over the 7
@@ -50,10 +23,10 @@ fn trellis_models_run_close_to_the_source() {
     let t = Tmp::new("trellis");
     let mut bad = Vec::new();
     for fixture in FIXTURES {
-        let c2 = quantized(&t, fixture, "trellis2", &["--format", "trellis2"]);
-        let c3 = quantized(&t, fixture, "trellis3", &["--format", "trellis3"]);
-        let c4 = quantized(&t, fixture, "trellis4", &["--format", "trellis4"]);
-        let i4 = quantized(
+        let c2 = quantized_closeness(&t, fixture, "trellis2", &["--format", "trellis2"]);
+        let c3 = quantized_closeness(&t, fixture, "trellis3", &["--format", "trellis3"]);
+        let c4 = quantized_closeness(&t, fixture, "trellis4", &["--format", "trellis4"]);
+        let i4 = quantized_closeness(
             &t,
             fixture,
             "int4-g32",
@@ -139,24 +112,7 @@ fn ldlq_beats_the_plain_search_on_smollm2() {
         return;
     };
     let t = Tmp::new("trellis-smol");
-    let lic = Path::new("/usr/share/common-licenses");
-    let (dir, files) = if lic.join("Apache-2.0").exists() {
-        (
-            lic.to_path_buf(),
-            ["Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic"],
-        )
-    } else {
-        (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"),
-            ["GPTQ.md", "QUANTIZE.md", "FORMAT.md", "BENCHMARKS.md"],
-        )
-    };
-    let text: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
-        .collect();
-    let calib = t.join("calib.txt");
-    std::fs::write(&calib, text).unwrap();
+    let calib = license_calib(&t);
     let quantize = |tag: &str, extra: &[&str]| -> PathBuf {
         let out = t.join(tag);
         let mut a = vec![
@@ -180,14 +136,10 @@ fn ldlq_beats_the_plain_search_on_smollm2() {
         "ldlq",
         &["--method", "gptq", "--calib", calib.to_str().unwrap()],
     );
-    let ids: Vec<u32> = match std::fs::read_to_string("/usr/share/common-licenses/GPL-3") {
-        Ok(text) => {
-            let src = mm_formats::open_source(&gguf).unwrap();
-            let tok = mm_engine::tokenizer::load_for(&gguf, src.as_ref()).unwrap();
-            tok.encode(&text, false).unwrap()[..384].to_vec()
-        }
-        Err(_) => input_ids("llama").iter().map(|&i| i % 1000).collect(),
-    };
+    let reference = read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
+    );
+    let ids = held_out_ids(&gguf, &reference);
     let (want, vocab) = logits(&gguf, &ids);
     let c_plain = closeness(&want, &logits(&plain, &ids).0, vocab);
     let c_ldlq = closeness(&want, &logits(&ldlq, &ids).0, vocab);

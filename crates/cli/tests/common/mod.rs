@@ -12,6 +12,17 @@ use mm_formats::open_source;
 use mm_models::load_model;
 use serde_json::Value;
 
+/// The dense tiny fixtures (every attention and RoPE variant).
+pub const DENSE_FIXTURES: [&str; 7] = [
+    "llama",
+    "llama-mqa-tied",
+    "llama3-rope",
+    "llama-linear-rope",
+    "mistral",
+    "qwen2",
+    "qwen3",
+];
+
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_metal-marlin"))
 }
@@ -214,4 +225,69 @@ pub fn with_byte_tokenizer(fixture: &str, dir: &Path) -> PathBuf {
     });
     std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
     dir.to_path_buf()
+}
+
+/// Quantizes `fixture` with `args` into a fresh directory of `t` and compares its
+/// logits with the unquantized model's.
+pub fn quantized_closeness(t: &Tmp, fixture: &str, tag: &str, args: &[&str]) -> Closeness {
+    let out = t.join(&format!("{fixture}-{tag}"));
+    let src = tiny(fixture);
+    let mut a = vec![
+        "quantize",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    a.extend_from_slice(args);
+    ok(&a);
+    let ids = input_ids(fixture);
+    let (want, vocab) = logits(&src, &ids);
+    let (got, _) = logits(&out, &ids);
+    let c = closeness(&want, &got, vocab);
+    eprintln!("{fixture:18} {tag:12} {c:?}");
+    c
+}
+
+/// The calibration text of docs/QUALITY.md (Apache-2.0, MPL-2.0, GFDL-1.3,
+/// Artistic from /usr/share/common-licenses) where the system has it (it
+/// never changes), else this repository's docs, written to `t/calib.txt`.
+pub fn license_calib(t: &Tmp) -> PathBuf {
+    let lic = Path::new("/usr/share/common-licenses");
+    let (dir, files) = if lic.join("Apache-2.0").exists() {
+        (
+            lic.to_path_buf(),
+            ["Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic"],
+        )
+    } else {
+        (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"),
+            ["GPTQ.md", "QUANTIZE.md", "FORMAT.md", "BENCHMARKS.md"],
+        )
+    };
+    let text: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect();
+    let calib = t.join("calib.txt");
+    std::fs::write(&calib, text).unwrap();
+    calib
+}
+
+/// Held-out text for the SmolLM2 `gguf`: 384 tokens of the GPL
+/// (docs/QUALITY.md's evaluation text) where the system has it, else the
+/// second prompt of the SmolLM2 fixture `reference`.
+pub fn held_out_ids(gguf: &Path, reference: &Value) -> Vec<u32> {
+    match std::fs::read_to_string("/usr/share/common-licenses/GPL-3") {
+        Ok(text) => {
+            let src = open_source(gguf).unwrap();
+            let tok = mm_engine::tokenizer::load_for(gguf, src.as_ref()).unwrap();
+            tok.encode(&text, false).unwrap()[..384].to_vec()
+        }
+        Err(_) => reference["logits"][1]["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect(),
+    }
 }

@@ -135,15 +135,7 @@ pub fn gptq_quantize_with_stats(
             damp_percent: opts.damp_percent,
             dead_columns: (0..cols).filter(|&i| h.get(i, i) == 0.0).count(),
         };
-        let t = QuantizedTensor {
-            format: fmt,
-            rows,
-            cols,
-            qweight: q.codes,
-            scales: q.scales,
-            zeros: None,
-        };
-        return Ok((t, stats));
+        return Ok((q.into_quantized(fmt), stats));
     }
     let bad = |e: String| Error::Invalid(format!("GPTQ {fmt}: {e}"));
     let sizes = fmt.part_sizes(rows, cols)?;

@@ -118,14 +118,7 @@ pub fn quantize_rtn(
     if let MmKind::Trellis(k) = fmt.kind {
         let q =
             crate::trellis::quantize::quantize_trellis(values, rows, cols, k as u32, TRELLIS_SEED)?;
-        return Ok(QuantizedTensor {
-            format: fmt,
-            rows,
-            cols,
-            qweight: q.codes,
-            scales: q.scales,
-            zeros: None,
-        });
+        return Ok(q.into_quantized(fmt));
     }
     let sizes = checked_sizes(values, rows, cols, fmt)?;
     let mut qweight = vec![0u8; sizes.codes];

@@ -22,6 +22,21 @@ pub fn fwht(x: &mut [f32]) {
     fwht_any(x, |v, n| v * n, |h| 1.0 / (h as f32).sqrt());
 }
 
+/// [`fwht`] down every column of a row-major `[rows, cols]` matrix, with
+/// `each(row, col, value)` called on every transformed value.
+pub fn fwht_cols(m: &[f32], rows: usize, cols: usize, mut each: impl FnMut(usize, usize, f32)) {
+    let mut col = vec![0f32; rows];
+    for j in 0..cols {
+        for (i, c) in col.iter_mut().enumerate() {
+            *c = m[i * cols + j];
+        }
+        fwht(&mut col);
+        for (i, &v) in col.iter().enumerate() {
+            each(i, j, v);
+        }
+    }
+}
+
 /// [`fwht`] in f64 (Hessians).
 pub fn fwht_f64(x: &mut [f64]) {
     fwht_any(x, |v, n| v * n, |h| 1.0 / (h as f64).sqrt());

@@ -18,10 +18,10 @@ use rayon::prelude::*;
 use super::codebook;
 use super::hadamard::fwht_f64;
 use super::quantize::{
-    check_input, f16_round, rotate, scale_bytes, search_gain, signs_and_scales, tile_targets,
-    TrellisWeight,
+    check_input, encode_into, f16_round, rotate, scale_bytes, search_gain, signs_and_scales,
+    tile_targets, TrellisWeight,
 };
-use super::viterbi::{encode_tile, Codebook, Workspace};
+use super::viterbi::{Codebook, Workspace};
 use super::{state, tile_bytes, TILE, TILE_LEN};
 use crate::gptq::cholesky::inverse_cholesky_upper;
 use crate::gptq::Hessian;
@@ -98,10 +98,7 @@ pub fn quantize_trellis_ldlq(
                 },
                 |(ws, tt, words), (band, (out, d))| {
                     tile_targets(&t, cols, band, tc, 1.0, tt);
-                    encode_tile(tt, &cb, ws, words);
-                    for (o, w) in out.chunks_exact_mut(4).zip(words.iter()) {
-                        o.copy_from_slice(&w.to_le_bytes());
-                    }
+                    encode_into(tt, &cb, ws, words, out);
                     for (i, d) in d.iter_mut().enumerate() {
                         *d = tt[i] - codebook::code(state(out, k, i)) as f32;
                     }

@@ -177,17 +177,11 @@ pub fn dequantize_trellis(
     for row in w.chunks_exact_mut(cols) {
         hadamard::fwht(row);
     }
-    let mut col = vec![0f32; rows];
-    for j in 0..cols {
-        for (i, v) in col.iter_mut().enumerate() {
-            *v = w[i * cols + j];
-        }
-        hadamard::fwht(&mut col);
-        for (i, &v) in col.iter().enumerate() {
-            w[i * cols + j] = sv[i] * v * su[j];
-        }
-    }
-    Ok(w)
+    let mut out = vec![0f32; rows * cols];
+    hadamard::fwht_cols(&w, rows, cols, |i, j, v| {
+        out[i * cols + j] = sv[i] * v * su[j]
+    });
+    Ok(out)
 }
 
 /// Rows `range` of the dense weight into `out` (`range.len() × cols`):

@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::codebook::CODE_STD;
-use super::hadamard::fwht;
+use super::hadamard::{self, fwht};
 use super::viterbi::{encode_tile, Codebook, Workspace};
 use super::{check_dims, tile_bytes, TILE, TILE_LEN};
 use mm_core::{Error, Result};
@@ -34,6 +34,20 @@ pub struct TrellisWeight {
     pub scales: Vec<u8>,
     /// The gain chosen.
     pub gain: f32,
+}
+
+impl TrellisWeight {
+    /// The weight as the stored parts of format `fmt` (its trellis kind).
+    pub fn into_quantized(self, fmt: mm_core::weight::MmFormat) -> crate::mm::QuantizedTensor {
+        crate::mm::QuantizedTensor {
+            format: fmt,
+            rows: self.rows,
+            cols: self.cols,
+            qweight: self.codes,
+            scales: self.scales,
+            zeros: None,
+        }
+    }
 }
 
 /// splitmix64: a seeded stream for the sign vectors.
@@ -89,17 +103,9 @@ pub(crate) fn rotate(w: &[f32], rows: usize, cols: usize, sv: &[f32], su: &[f32]
         row.iter_mut().zip(su).for_each(|(v, s)| *v *= s * inv);
         fwht(row);
     }
-    let mut col = vec![0f32; rows];
-    for j in 0..cols {
-        for (i, c) in col.iter_mut().enumerate() {
-            *c = t[i * cols + j];
-        }
-        fwht(&mut col);
-        for (i, &c) in col.iter().enumerate() {
-            t[i * cols + j] = c;
-        }
-    }
-    t
+    let mut out = vec![0f32; rows * cols];
+    hadamard::fwht_cols(&t, rows, cols, |i, j, v| out[i * cols + j] = v);
+    out
 }
 
 /// The 256 targets of tile (band, tc), element order `16·r + c`, times `scale`.
@@ -116,6 +122,20 @@ pub(crate) fn tile_targets(
         for (o, &v) in out[r * TILE..(r + 1) * TILE].iter_mut().zip(src) {
             *o = v * scale;
         }
+    }
+}
+
+/// Encodes one tile's targets into its stored bytes `out` (`words`: scratch).
+pub(crate) fn encode_into(
+    tt: &[f32],
+    cb: &Codebook,
+    ws: &mut Workspace,
+    words: &mut [u32],
+    out: &mut [u8],
+) {
+    encode_tile(tt, cb, ws, words);
+    for (o, w) in out.chunks_exact_mut(4).zip(words.iter()) {
+        o.copy_from_slice(&w.to_le_bytes());
     }
 }
 
@@ -176,10 +196,7 @@ pub fn quantize_trellis(
         },
         |(ws, tt, words), (n, out)| {
             tile_targets(&t, cols, n / tiles_per_band, n % tiles_per_band, 1.0, tt);
-            encode_tile(tt, &cb, ws, words);
-            for (o, w) in out.chunks_exact_mut(4).zip(words.iter()) {
-                o.copy_from_slice(&w.to_le_bytes());
-            }
+            encode_into(tt, &cb, ws, words, out);
         },
     );
     Ok(TrellisWeight {
