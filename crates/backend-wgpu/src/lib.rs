@@ -73,7 +73,8 @@ impl Backend for WgpuBackend {
 
     fn supports(&self, op: Op, format: Option<WeightFormat>) -> bool {
         match op {
-            Op::Matmul | Op::Embedding => format.is_some_and(weight::supports),
+            Op::Matmul => format.is_some_and(|f| weight::supports(f) || ops::trellis::takes(f)),
+            Op::Embedding => format.is_some_and(weight::supports),
             Op::RmsNorm | Op::Rope | Op::Attention | Op::SiluMul | Op::Add | Op::WriteKv => true,
             Op::GatherKv | Op::HeadMatmul | Op::SliceCols | Op::ConcatCols => true,
         }
@@ -82,6 +83,8 @@ impl Backend for WgpuBackend {
     fn prepare(&self, w: &WeightData) -> Result<()> {
         if weight::supports(w.format) && w.shape.len() == 2 {
             weight::prepare(&self.rt, w)?;
+        } else if ops::trellis::takes(w.format) && w.shape.len() == 2 {
+            ops::trellis::prepare(&self.rt, w)?;
         }
         Ok(())
     }

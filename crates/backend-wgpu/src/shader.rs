@@ -63,6 +63,7 @@ pub fn source(file: &str) -> Result<&'static str> {
         "rope" => include_str!("../shaders/rope.wgsl"),
         "sample" => include_str!("../shaders/sample.wgsl"),
         "slice_cols" => include_str!("../shaders/slice_cols.wgsl"),
+        "trellis" => include_str!("../shaders/trellis.wgsl"),
         "write_kv" => include_str!("../shaders/write_kv.wgsl"),
         other => return Err(Error::Other(format!("wgpu: no kernel file {other:?}"))),
     })
@@ -126,6 +127,7 @@ pub fn all() -> Vec<Variant> {
     v.extend(crate::ops::rope::variants());
     v.extend(crate::ops::sample::variants());
     v.extend(crate::ops::slice_cols::variants());
+    v.extend(crate::ops::trellis::variants());
     v.extend(crate::ops::write_kv::variants());
     v
 }

@@ -90,7 +90,8 @@ pub fn matmul_with(
     let (n, k, m) = check(x, w, bias)?;
     let xs = x.as_slice()?;
     let panels = (prec == ActPrecision::Int8Residual && int8_block(w).is_some())
-        || dense16::active(w.format, k);
+        || dense16::active(w.format, k)
+        || super::qmatmul::trellis::supports(w);
     if n >= PANEL_ROWS && panels {
         let mut y = matmul_panels(w, xs, n, k, m)?;
         add_bias(&mut y, bias, m)?;
@@ -143,6 +144,17 @@ pub fn matmul_kinds(
     kinds: &[RowKind],
 ) -> Result<Tensor> {
     let (n, k, m) = check(x, w, bias)?;
+    if super::qmatmul::trellis::supports(w) {
+        // Prompt rows through panels, generated rows through the tile
+        // kernel, whatever the batch (f32 activations both).
+        use super::qmatmul::trellis::{matmul_trellis, matmul_trellis_panels};
+        let xs = x.as_slice()?;
+        let prompt = |xs: &[f32], n: usize| matmul_trellis_panels(w, xs, n);
+        let generated = |xs: &[f32], n: usize| matmul_trellis(w, xs, n);
+        let mut y = by_kind(xs, k, m, kinds, prompt, generated)?;
+        add_bias(&mut y, bias, m)?;
+        return Tensor::from_vec(vec![n, m], y);
+    }
     let Some(block) = int8_block(w) else {
         return matmul_with(x, w, bias, ActPrecision::Int8Residual);
     };
@@ -263,7 +275,10 @@ const PANEL_ROWS: usize = 24;
 /// `w` dequantized a panel of rows at a time
 /// ([`dense::matmul_panels_with`]).
 fn matmul_panels(w: &WeightData, x: &[f32], n: usize, k: usize, m: usize) -> Result<Vec<f32>> {
-    use super::qmatmul::{il, il16, Isa};
+    use super::qmatmul::{il, il16, trellis, Isa};
+    if trellis::supports(w) {
+        return trellis::matmul_trellis_panels(w, x, n);
+    }
     if il::active(Isa::detect(), w) {
         return il16::matmul_il16(&*il_prepared(w)?, x, n);
     }

@@ -3,6 +3,7 @@
 //! and a quantized weight (a decode step), `gemm.wgsl` (64 × 64 tiles)
 //! from [`GEMM_ROWS`] rows, `matmul.wgsl` (4 weight rows × 1 or 4 rows of
 //! x per workgroup) for the rest. Each runs once per shard of the weight.
+//! Trellis weights take their own kernels ([`super::trellis`]).
 
 use std::sync::Arc;
 
@@ -168,6 +169,9 @@ pub fn matmul(
     let (n, k, m) = mm_core::backend::matmul_dims(x, w, bias)?;
     if n == 0 || m == 0 {
         return Ok(Tensor::zeros(vec![n, m]));
+    }
+    if super::trellis::takes(w.format) {
+        return super::trellis::matmul(rt, x, w, bias);
     }
     let gw = prepare(rt, w)?;
     if n == 1 {

@@ -14,6 +14,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod sample;
 pub mod slice_cols;
+pub mod trellis;
 pub mod write_kv;
 
 use mm_core::{Error, Result};

@@ -3,17 +3,20 @@
 //!
 //! `W = diag(sv)·H·C·H·diag(su)`, so `y = sv ⊙ H(C · H(su ⊙ x))`: each
 //! activation row is signed and Hadamard-transformed once (f32), multiplied
-//! by the code matrix `C`, and the result transformed back and scaled. The
-//! product with `C` runs band by band (16 weight rows, tasks of the CPU
+//! by the code matrix `C`, and the result transformed back and scaled.
+//! Prompt rows multiply `C` through the dense f32 panel tiles
+//! ([`matmul_trellis_panels`]: codes decoded into panels once per task);
+//! decode rows ([`matmul_trellis`]) run band by band (16 weight rows, tasks of the CPU
 //! pool): each 16×16 tile is decoded once into 256 f32 codes — window of
 //! 16 stream bits, one multiply, a byte sum — and fed to every activation
 //! row; each row keeps 256 running products per band (one per tile
 //! position) and sums each weight row's 16 at the end of the band in a
 //! fixed order, so a row's result does not depend on the batch.
 //!
-//! Decode: AVX2 (8 codes per step: a gather of the 32-bit words holding
-//! each window, variable shifts, `vpmulld`, byte sums by `vpmaddubsw` +
-//! `vpmaddwd`), or the portable loop ([`mm_quant::trellis::decode_tile`]
+//! Decode: AVX2 (8 codes per step: one 64-bit load holds their windows,
+//! cut by 64-bit variable shifts and gathered into eight dwords, then
+//! `vpmulld` and byte sums by `vpmaddubsw` + `vpmaddwd`; `vpgatherdd` was
+//! slower on AMD), or the portable loop ([`mm_quant::trellis::decode_tile`]
 //! semantics), chosen at run time; both give the same integers.
 
 use mm_core::weight::MmKind;
@@ -31,8 +34,17 @@ pub fn supports(w: &WeightData) -> bool {
 /// start: the stream is circular).
 const PAD: usize = 4;
 
-/// `x[n, cols] · wᵀ` → `[n, rows]`.
-pub fn matmul_trellis(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
+/// A trellis weight's parts, checked.
+struct Parts<'a> {
+    k: u32,
+    rows: usize,
+    cols: usize,
+    codes: &'a [u8],
+    sv: Vec<f32>,
+    su: Vec<f32>,
+}
+
+fn parts<'a>(w: &'a WeightData, x: &[f32], n: usize) -> Result<Parts<'a>> {
     let WeightFormat::Mm(f) = w.format else {
         return Err(Error::Invalid(format!(
             "{} is not a trellis format",
@@ -45,10 +57,8 @@ pub fn matmul_trellis(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
             f.name()
         )));
     };
-    let k = k as u32;
     let (rows, cols) = w.dims2()?;
     let sizes = f.part_sizes(rows, cols)?;
-    let scales = w.scales.as_deref().unwrap_or(&[]);
     if w.bytes.len() != sizes.codes || x.len() != n * cols {
         return Err(Error::Invalid(format!(
             "{} [{rows}, {cols}]: {} code bytes (need {}), {} activations for {n} rows",
@@ -58,26 +68,66 @@ pub fn matmul_trellis(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
             x.len()
         )));
     }
-    let (sv, su) = split_scales(scales, rows, cols)?;
+    let (sv, su) = split_scales(w.scales.as_deref().unwrap_or(&[]), rows, cols)?;
+    Ok(Parts {
+        k: k as u32,
+        rows,
+        cols,
+        codes: &w.bytes,
+        sv,
+        su,
+    })
+}
+
+/// `H(su ⊙ x)` per row.
+fn transform_in(p: &Parts<'_>, x: &[f32]) -> Vec<f32> {
     let mut xr = x.to_vec();
-    for row in xr.chunks_exact_mut(cols) {
-        row.iter_mut().zip(&su).for_each(|(v, s)| *v *= s);
+    for row in xr.chunks_exact_mut(p.cols) {
+        row.iter_mut().zip(&p.su).for_each(|(v, s)| *v *= s);
         fwht(row);
     }
-    let (bands, tcols, tb) = (rows / TILE, cols / TILE, tile_bytes(k));
+    xr
+}
+
+/// `sv ⊙ H(y')` per row, in place.
+fn transform_out(p: &Parts<'_>, y: &mut [f32]) {
+    for yrow in y.chunks_exact_mut(p.rows) {
+        fwht(yrow);
+        yrow.iter_mut().zip(&p.sv).for_each(|(v, s)| *v *= s);
+    }
+}
+
+/// Copies tile `(b, tc)` with its wrapped bytes into `tile` and decodes it.
+#[inline]
+fn tile_codes(
+    p: &Parts<'_>,
+    avx2: bool,
+    b: usize,
+    tc: usize,
+    tile: &mut [u8; 128 + PAD],
+    c: &mut [f32; TILE_LEN],
+) {
+    let tb = tile_bytes(p.k);
+    let src = &p.codes[(b * (p.cols / TILE) + tc) * tb..][..tb];
+    tile[..tb].copy_from_slice(src);
+    tile[tb..tb + PAD].copy_from_slice(&src[..PAD]);
+    decode(avx2, &tile[..tb + PAD], p.k, c);
+}
+
+/// `x[n, cols] · wᵀ` → `[n, rows]`: the tile kernel (decode rows).
+pub fn matmul_trellis(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let p = parts(w, x, n)?;
+    let (rows, cols) = (p.rows, p.cols);
+    let xr = transform_in(&p, x);
     let avx2 = has_avx2();
-    let codes: &[u8] = &w.bytes;
     // Band-major results: band b holds [n][16].
     let mut yb = vec![0f32; rows * n];
     pool::for_each_chunk_mut(&mut yb, n * TILE, |b, out| {
         let mut acc = vec![0f32; n * TILE_LEN];
         let mut tile = [0u8; 128 + PAD];
         let mut c = [0f32; TILE_LEN];
-        for tc in 0..tcols {
-            let src = &codes[(b * tcols + tc) * tb..][..tb];
-            tile[..tb].copy_from_slice(src);
-            tile[tb..tb + PAD].copy_from_slice(&src[..PAD]);
-            decode(avx2, &tile[..tb + PAD], k, &mut c);
+        for tc in 0..cols / TILE {
+            tile_codes(&p, avx2, b, tc, &mut tile, &mut c);
             for (a, xrow) in acc.chunks_exact_mut(TILE_LEN).zip(xr.chunks_exact(cols)) {
                 fma_tile(avx2, a, &c, &xrow[tc * TILE..(tc + 1) * TILE]);
             }
@@ -90,12 +140,37 @@ pub fn matmul_trellis(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
     });
     let mut y = vec![0f32; n * rows];
     for (i, yrow) in y.chunks_exact_mut(rows).enumerate() {
-        for b in 0..bands {
+        for b in 0..rows / TILE {
             yrow[b * TILE..(b + 1) * TILE].copy_from_slice(&yb[(b * n + i) * TILE..][..TILE]);
         }
-        fwht(yrow);
-        yrow.iter_mut().zip(&sv).for_each(|(v, s)| *v *= s);
     }
+    transform_out(&p, &mut y);
+    Ok(y)
+}
+
+/// `x[n, cols] · wᵀ` → `[n, rows]` for prompt rows: the code matrix's rows
+/// decoded into panels for the dense f32 tiles (`dense::matmul_panels_with`),
+/// so each tile is decoded once per task, not once per activation row.
+pub fn matmul_trellis_panels(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    use crate::ops::matmul::dense::{matmul_panels_with, Simd};
+    let p = parts(w, x, n)?;
+    let cols = p.cols;
+    let xr = transform_in(&p, x);
+    let avx2 = has_avx2();
+    let mut y = matmul_panels_with(Simd::detect(), &xr, n, cols, p.rows, |j0, j1, panel| {
+        let mut tile = [0u8; 128 + PAD];
+        let mut c = [0f32; TILE_LEN];
+        for b in j0 / TILE..j1.div_ceil(TILE) {
+            for tc in 0..cols / TILE {
+                tile_codes(&p, avx2, b, tc, &mut tile, &mut c);
+                for r in (b * TILE).max(j0)..(b * TILE + TILE).min(j1) {
+                    let at = (r - j0) * cols + tc * TILE;
+                    panel[at..at + TILE].copy_from_slice(&c[(r - b * TILE) * TILE..][..TILE]);
+                }
+            }
+        }
+    })?;
+    transform_out(&p, &mut y);
     Ok(y)
 }
 
@@ -134,40 +209,26 @@ pub fn decode_portable(tile: &[u8], k: u32, out: &mut [f32; TILE_LEN]) {
 unsafe fn decode_avx2(tile: &[u8], k: u32, out: &mut [f32; TILE_LEN]) {
     use std::arch::x86_64::*;
     assert!(tile.len() >= TILE_LEN * k as usize / 8 + PAD);
-    let kk = k as i32;
-    // Element l of a group of 8: byte offset l·k/8, shift l·k % 8 (8·k bits
-    // per group, a whole number of bytes).
-    let off = _mm256_setr_epi32(
-        0,
-        kk / 8,
-        2 * kk / 8,
-        3 * kk / 8,
-        4 * kk / 8,
-        5 * kk / 8,
-        6 * kk / 8,
-        7 * kk / 8,
-    );
-    let sh = _mm256_setr_epi32(
-        0,
-        kk % 8,
-        2 * kk % 8,
-        3 * kk % 8,
-        4 * kk % 8,
-        5 * kk % 8,
-        6 * kk % 8,
-        7 * kk % 8,
-    );
+    let kk = k as i64;
+    // A group of 8 elements spans its first byte's 7k + 16 ≤ 44 bits: one
+    // 64-bit load, shifted per element in two sets of four 64-bit lanes,
+    // the low dwords gathered into eight lanes.
+    let s0 = _mm256_setr_epi64x(0, kk, 2 * kk, 3 * kk);
+    let s1 = _mm256_setr_epi64x(4 * kk, 5 * kk, 6 * kk, 7 * kk);
+    let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     let mask = _mm256_set1_epi32(0xFFFF);
     let mul = _mm256_set1_epi32(codebook::MUL as i32);
     let ones8 = _mm256_set1_epi8(1);
     let ones16 = _mm256_set1_epi16(1);
     let bias = _mm256_set1_epi32(codebook::OFFSET);
-    let base = tile.as_ptr() as *const i32;
     for g in 0..TILE_LEN / 8 {
-        let idx = _mm256_add_epi32(off, _mm256_set1_epi32(g as i32 * kk));
-        let v = _mm256_i32gather_epi32::<1>(base, idx);
-        let s = _mm256_and_si256(_mm256_srlv_epi32(v, sh), mask);
-        let x = _mm256_mullo_epi32(s, mul);
+        let v = (tile.as_ptr().add(g * k as usize) as *const i64).read_unaligned();
+        let b = _mm256_set1_epi64x(v);
+        let lo = _mm256_srlv_epi64(b, s0);
+        let hi = _mm256_slli_epi64(_mm256_srlv_epi64(b, s1), 32);
+        // Dwords w0 w4 w1 w5 w2 w6 w3 w7, then in order.
+        let w = _mm256_permutevar8x32_epi32(_mm256_blend_epi32(lo, hi, 0b1010_1010), order);
+        let x = _mm256_mullo_epi32(_mm256_and_si256(w, mask), mul);
         let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(x, ones8), ones16);
         let c = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, bias));
         _mm256_storeu_ps(out.as_mut_ptr().add(8 * g), c);
@@ -264,6 +325,19 @@ mod tests {
                     "trellis{k}: row {i} alone differs"
                 );
             }
+            let panels = matmul_trellis_panels(&wd, &x, 3).unwrap();
+            for (g, w) in panels.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * scale,
+                    "trellis{k} panels: {g} vs {w}"
+                );
+            }
+            let one = matmul_trellis_panels(&wd, &x[cols..2 * cols], 1).unwrap();
+            assert_eq!(
+                one,
+                panels[rows..2 * rows],
+                "trellis{k}: a panel row alone differs"
+            );
         }
     }
 }
