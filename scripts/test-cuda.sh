@@ -46,6 +46,13 @@
 #                                # Llama-shape model's logits with
 #                                # --device wgpu against transformers', and
 #                                # its int4 bench on wgpu next to CUDA
+#   scripts/test-cuda.sh trellis # on the GPU machine: the trellis formats
+#                                # (docs/FORMAT.md §4.8): the GPU conformance
+#                                # checks (trellis2/3/4 among the quantized
+#                                # formats), tiny fixtures quantized here to
+#                                # trellis2/3 with GPU logits against the
+#                                # CPU's (prompt and decode steps), and the
+#                                # kernel's bandwidth (qmatmul_bench --trellis)
 #   scripts/test-cuda.sh bench [--quick]
 #                                # on the GPU machine: the quantized matmul
 #                                # kernels and their peers (cuBLAS fp16,
@@ -287,6 +294,30 @@ profile)
     # steps: the table is per decode step.
     python3 scripts/cuda/kernel_times.py /tmp/mm-ncu.csv --skip 1
     ;;
+trellis)
+    export MM_REQUIRE_CUDA=1
+    "$B/test-conformance" --test-threads=1 cuda_quantized_matmul_conforms
+    ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('tests/fixtures/tiny/llama/reference.json'))['input_ids'])))")
+    for f in llama qwen3 qwen2; do
+        for fmt in trellis2 trellis3; do
+            m=/tmp/mm-$f-$fmt
+            "$B/metal-marlin" quantize "tests/fixtures/tiny/$f" -o "$m" --format "$fmt" --force >/dev/null 2>&1
+            for mode in "" "--decode 6"; do
+                # shellcheck disable=SC2086 # mode is empty or two words
+                "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cuda --out /tmp/mm-g.npy $mode >/dev/null
+                # shellcheck disable=SC2086
+                "$B/metal-marlin" logits -m "$m" --ids "$ids" --device cpu --out /tmp/mm-c.npy $mode >/dev/null
+                python3 -c "
+import numpy as np, sys
+g, c = np.load('/tmp/mm-g.npy'), np.load('/tmp/mm-c.npy')
+rel = np.abs(g - c).max() / np.abs(c).max()
+print('$f $fmt ${mode:-prompt}: max|d|/max|c| %.2e, top-1 %d/%d' % (rel, (g.argmax(-1) == c.argmax(-1)).sum(), len(c)))
+sys.exit(0 if rel < 1e-4 else 1)"
+            done
+        done
+    done
+    "$B/qmatmul_bench" --trellis | tee "${OUT:-/tmp}/trellis.txt"
+    ;;
 bench)
     "$B/qmatmul_bench" ${2:-} | tee "${OUT:-/tmp}/qmatmul.txt"
     python3 scripts/cuda/peers.py measure ${2:-} >/dev/null
@@ -294,7 +325,7 @@ bench)
     "$B/sample_bench" ${2:-} | tee "${OUT:-/tmp}/sample.txt"
     ;;
 *)
-    echo "usage: $0 build|run|quick|model [1b|8b]|moe [SHAPE] [LAYERS]|profile [MODEL]|bench [--quick]" >&2
+    echo "usage: $0 build|run|quick|model [1b|8b]|moe [SHAPE] [LAYERS]|profile [MODEL]|trellis|bench [--quick]" >&2
     exit 2
     ;;
 esac
