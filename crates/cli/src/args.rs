@@ -393,7 +393,8 @@ pub struct QuantizeArgs {
     #[arg(short, long, value_name = "OUT")]
     pub out: PathBuf,
     /// Format of the linear layers: int8 int4 int3 int2 (-asym variants),
-    /// nf4, fp8-e4m3 (fp8), fp8-e5m2, fp4, mxfp4 [default: int4].
+    /// nf4, fp8-e4m3 (fp8), fp8-e5m2, fp4, mxfp4, trellis2, trellis3, trellis4
+    /// (trellis codes, docs/FORMAT.md §4.8) [default: int4].
     #[arg(long, conflicts_with = "recipe")]
     pub format: Option<String>,
     /// Elements per scale group: 0 (per-channel), 32, 64, 128 [default: 128,

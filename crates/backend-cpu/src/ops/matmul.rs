@@ -91,7 +91,7 @@ pub fn matmul_with(
     let xs = x.as_slice()?;
     let panels = (prec == ActPrecision::Int8Residual && int8_block(w).is_some())
         || dense16::active(w.format, k)
-        || super::qmatmul::trellis::supports(w);
+        || (prec == ActPrecision::Int8Residual && super::qmatmul::trellis::supports(w));
     if n >= PANEL_ROWS && panels {
         let mut y = matmul_panels(w, xs, n, k, m)?;
         add_bias(&mut y, bias, m)?;
