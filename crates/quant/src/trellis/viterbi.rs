@@ -257,6 +257,7 @@ unsafe fn step_avx2(
 }
 
 #[derive(Clone, Copy, PartialEq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Isa {
     Avx512,
     Avx2,
