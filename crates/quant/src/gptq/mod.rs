@@ -21,7 +21,7 @@
 pub mod cholesky;
 pub mod hessian;
 mod propagate;
-mod quantize;
+pub(crate) mod quantize;
 mod refit;
 
 #[cfg(test)]

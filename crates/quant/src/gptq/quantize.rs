@@ -63,6 +63,40 @@ pub struct GptqStats {
     pub dead_columns: usize,
 }
 
+/// GPTQ's handling of columns calibration never activated (`H[i][i] = 0`):
+/// their diagonal becomes 1 and their weights 0. Returns the Hessian's
+/// matrix, the weight and the dead columns; a negative or non-finite
+/// diagonal entry is an error.
+pub(crate) fn drop_dead_columns(
+    h: &Hessian,
+    w: &[f32],
+    cols: usize,
+) -> std::result::Result<(Vec<f64>, Vec<f32>, Vec<usize>), String> {
+    let mut hm = h.matrix().to_vec();
+    let mut w = w.to_vec();
+    let mut dead = Vec::new();
+    for i in 0..cols {
+        let d = hm[i * cols + i];
+        if !(d >= 0.0 && d.is_finite()) {
+            return Err(format!(
+                "H[{i}][{i}] = {d}: a Hessian's diagonal must be finite and non-negative"
+            ));
+        }
+        if d == 0.0 {
+            hm[i * cols + i] = 1.0;
+            dead.push(i);
+        }
+    }
+    if !dead.is_empty() {
+        w.par_chunks_mut(cols).for_each(|row| {
+            for &i in &dead {
+                row[i] = 0.0;
+            }
+        });
+    }
+    Ok((hm, w, dead))
+}
+
 /// Rows quantized together by one task (they share the lazy-update GEMM).
 const CHUNK_ROWS: usize = 32;
 /// Dampening retries after the first attempt, each ×10.
@@ -184,28 +218,7 @@ pub fn gptq_quantize_with_stats(
     let static_groups = opts.static_groups || opts.act_order;
 
     // Dead columns.
-    let mut hm = h.matrix().to_vec();
-    let mut w = w.to_vec();
-    let mut dead = Vec::new();
-    for i in 0..cols {
-        let d = hm[i * cols + i];
-        if !(d >= 0.0 && d.is_finite()) {
-            return Err(bad(format!(
-                "H[{i}][{i}] = {d}: a Hessian's diagonal must be finite and non-negative"
-            )));
-        }
-        if d == 0.0 {
-            hm[i * cols + i] = 1.0;
-            dead.push(i);
-        }
-    }
-    if !dead.is_empty() {
-        w.par_chunks_mut(cols).for_each(|row| {
-            for &i in &dead {
-                row[i] = 0.0;
-            }
-        });
-    }
+    let (mut hm, mut w, dead) = drop_dead_columns(h, w, cols).map_err(bad)?;
 
     // The weight in natural order, for the scale refit.
     let w_nat = opts.refit_scales.then(|| w.clone());

@@ -24,6 +24,7 @@ use super::quantize::{
 use super::viterbi::{Codebook, Workspace};
 use super::{state, tile_bytes, TILE, TILE_LEN};
 use crate::gptq::cholesky::inverse_cholesky_upper;
+use crate::gptq::quantize::drop_dead_columns;
 use crate::gptq::Hessian;
 use mm_core::{Error, Result};
 
@@ -55,20 +56,7 @@ pub fn quantize_trellis_ldlq(
         )));
     }
     // Dead columns (never activated): H_ii = 1, weights 0, as GPTQ.
-    let mut hm = h.matrix().to_vec();
-    let mut w = w.to_vec();
-    for i in 0..cols {
-        let d = hm[i * cols + i];
-        if !(d >= 0.0 && d.is_finite()) {
-            return Err(bad(format!(
-                "H[{i}][{i}] = {d}: a Hessian's diagonal must be finite and non-negative"
-            )));
-        }
-        if d == 0.0 {
-            hm[i * cols + i] = 1.0;
-            w.iter_mut().skip(i).step_by(cols).for_each(|v| *v = 0.0);
-        }
-    }
+    let (hm, w, _) = drop_dead_columns(h, w, cols).map_err(bad)?;
     let (sv1, su) = signs_and_scales(&w, rows, cols, seed);
     let hr = rotate_hessian(&hm, cols, &su);
     let u = damped_factor(&hr, cols, damp_percent).map_err(bad)?;

@@ -164,26 +164,6 @@ fn experiment() {
     eprintln!("wrap window {WRAP_WINDOW}");
 }
 
-#[test]
-#[ignore]
-fn probe_wide() {
-    let cb = Codebook::new();
-    let data = gaussian(42, 16 * TILE_LEN);
-    for k in BITS {
-        let mut ws = Workspace::new(k, &cb);
-        let mut words = vec![0u32; 8 * k as usize];
-        for g in [0.6f32, 0.9, 1.2, 1.5, 2.0] {
-            let mut e = 0.0;
-            for t in data.chunks_exact(TILE_LEN) {
-                let tt: Vec<f32> = t.iter().map(|v| v * 147.8 * g).collect();
-                e += encode_tile(&tt, &cb, &mut ws, &mut words) as f64
-                    / (147.8f64 * g as f64).powi(2);
-            }
-            eprintln!("k{k} std×{g}: nmse {:.5}", e / data.len() as f64);
-        }
-    }
-}
-
 /// `tr(ΔW·H·ΔWᵀ)` of a dequantized weight.
 fn proxy_loss(w: &[f32], wq: &[f32], h: &[f64], rows: usize, cols: usize) -> f64 {
     (0..rows)
