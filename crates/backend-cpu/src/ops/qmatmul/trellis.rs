@@ -81,7 +81,7 @@ fn parts<'a>(w: &'a WeightData, x: &[f32], n: usize) -> Result<Parts<'a>> {
 
 /// `H(su ⊙ x)` per row.
 fn transform_in(p: &Parts<'_>, x: &[f32]) -> Vec<f32> {
-    let mut xr = x.to_vec();
+    let mut xr = mm_core::host_pool::copied(x);
     for row in xr.chunks_exact_mut(p.cols) {
         row.iter_mut().zip(&p.su).for_each(|(v, s)| *v *= s);
         fwht(row);
@@ -121,9 +121,17 @@ pub fn matmul_trellis(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
     let xr = transform_in(&p, x);
     let avx2 = has_avx2();
     // Band-major results: band b holds [n][16].
-    let mut yb = vec![0f32; rows * n];
+    let mut yb = mm_core::host_pool::zeroed(rows * n);
     pool::for_each_chunk_mut(&mut yb, n * TILE, |b, out| {
-        let mut acc = vec![0f32; n * TILE_LEN];
+        // One row (a decode step): the running products on the stack.
+        let mut one = [0f32; TILE_LEN];
+        let mut many = Vec::new();
+        let acc: &mut [f32] = if n == 1 {
+            &mut one
+        } else {
+            many = mm_core::host_pool::zeroed(n * TILE_LEN);
+            &mut many
+        };
         let mut tile = [0u8; 128 + PAD];
         let mut c = [0f32; TILE_LEN];
         for tc in 0..cols / TILE {
@@ -137,13 +145,16 @@ pub fn matmul_trellis(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<f32>> {
                 *v = a[r * TILE..(r + 1) * TILE].iter().sum();
             }
         }
+        mm_core::host_pool::recycle(many);
     });
-    let mut y = vec![0f32; n * rows];
+    mm_core::host_pool::recycle(xr);
+    let mut y = mm_core::host_pool::zeroed(n * rows);
     for (i, yrow) in y.chunks_exact_mut(rows).enumerate() {
         for b in 0..rows / TILE {
             yrow[b * TILE..(b + 1) * TILE].copy_from_slice(&yb[(b * n + i) * TILE..][..TILE]);
         }
     }
+    mm_core::host_pool::recycle(yb);
     transform_out(&p, &mut y);
     Ok(y)
 }
@@ -170,6 +181,7 @@ pub fn matmul_trellis_panels(w: &WeightData, x: &[f32], n: usize) -> Result<Vec<
             }
         }
     })?;
+    mm_core::host_pool::recycle(xr);
     transform_out(&p, &mut y);
     Ok(y)
 }
